@@ -1,0 +1,1 @@
+"""Networks: LATS generator and discriminator, DeepLab face parser. No training code here."""
