@@ -1,0 +1,1 @@
+"""Face pipeline: detection, alignment, parsing, masking, paste-back."""
