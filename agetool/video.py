@@ -1,0 +1,108 @@
+"""Streamed H.264 MP4 writer: frames go to ffmpeg as they are produced, never all in memory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from agetool.errors import OutputError
+from agetool.images import atomic_path, ensure_parent
+
+
+class VideoWriter:
+    """H.264 (libx264), yuv420p, +faststart, CRF quality. Writes to a temporary name and renames on
+    ``close()``; ``abort()`` (or an exception inside ``with``) removes the partial file.
+
+    Frames are RGB uint8 [H, W, 3]; every frame must have the size of the first, with even sides.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float = 30.0, crf: int = 18):
+        self.path = Path(path)
+        if self.path.suffix.lower() != ".mp4":
+            raise OutputError(f"{self.path}: video output must end in .mp4")
+        if not (0 <= crf <= 51):
+            raise OutputError(f"--crf {crf}: expected 0 (lossless) to 51")
+        if fps <= 0:
+            raise OutputError(f"--fps {fps}: must be positive")
+        ensure_parent(self.path)
+        self.fps, self.crf = fps, crf
+        self._tmp: Path | None = None
+        self._gen = None
+        self._size: tuple[int, int] | None = None
+        self.frames = 0
+
+    def _open(self, width: int, height: int) -> None:
+        import imageio_ffmpeg
+
+        if width % 2 or height % 2:
+            raise OutputError(f"video frames must have even sides, got {width}x{height}")
+        self._tmp = atomic_path(self.path)
+        self._size = (width, height)
+        self._gen = imageio_ffmpeg.write_frames(
+            str(self._tmp), (width, height), fps=self.fps, codec="libx264", pix_fmt_in="rgb24",
+            pix_fmt_out="yuv420p", quality=None, macro_block_size=2,
+            output_params=["-crf", str(self.crf), "-preset", "medium", "-movflags", "+faststart"],
+            ffmpeg_log_level="error",
+        )
+        self._gen.send(None)
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one RGB uint8 frame [H, W, 3]."""
+        h, w = frame.shape[:2]
+        if self._gen is None:
+            self._open(w, h)
+        elif (w, h) != self._size:
+            raise OutputError(f"frame {self.frames} is {w}x{h}, expected {self._size[0]}x{self._size[1]}")
+        try:
+            self._gen.send(np.ascontiguousarray(frame, dtype=np.uint8))
+        except (OSError, RuntimeError) as e:
+            self.abort()
+            raise OutputError(f"ffmpeg failed while writing {self.path}: {str(e).splitlines()[0][:160]}") from None
+        self.frames += 1
+
+    def close(self) -> Path:
+        """Finish encoding and move the file into place."""
+        if self._gen is None:
+            raise OutputError(f"{self.path}: no frames to write")
+        try:
+            self._gen.close()
+        except (OSError, RuntimeError) as e:
+            self.abort()
+            raise OutputError(f"ffmpeg failed to finish {self.path}: {str(e).splitlines()[0][:160]}") from None
+        self._gen = None
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+        return self.path
+
+    def abort(self) -> None:
+        """Stop ffmpeg and remove the partial file."""
+        if self._gen is not None:
+            try:
+                self._gen.close()
+            except Exception:  # noqa: BLE001 - ffmpeg already failed; cleanup only
+                pass
+            self._gen = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def read_video_frames(path: str | os.PathLike) -> tuple[int, tuple[int, int]]:
+    """(frame count, (width, height)) of a video, decoded with ffmpeg (used by checks and tests)."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = reader.__next__()
+    n = sum(1 for _ in reader)
+    return n, tuple(meta["size"])
