@@ -91,7 +91,7 @@ def to_tensor(image: np.ndarray):
     import torch
 
     a = image if image.ndim == 4 else image[None]
-    t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float()
+    t = torch.from_numpy(np.array(a, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float()
     return (t / 255.0 - 0.5) / 0.5
 
 

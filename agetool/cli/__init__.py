@@ -30,15 +30,20 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from agetool import __version__
 
         typer.echo(f"agetool {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
+) -> None:
+    """Age progression across the lifespan from one photo."""
 
 
 def _register() -> None:
@@ -57,8 +62,6 @@ _register()
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (never raises SystemExit)."""
-    import click
-
     from agetool.errors import AgetoolError
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -68,35 +71,45 @@ def run(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=args, prog_name="agetool", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         _console.error("interrupted")
         return 130
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
     except AgetoolError as e:
-        if debug:
-            _console.traceback()
-        _console.error(str(e))
-        return e.exit_code
+        return _agetool_error(e, debug)
     except KeyboardInterrupt:
         _console.error("interrupted; finished outputs were kept, partial ones removed")
         return 130
-    except MemoryError:
-        _console.error("out of memory; try a smaller --batch or --device cpu")
-        return 1
-    except Exception as e:  # noqa: BLE001 - last resort: one line, traceback only with --debug
-        oom = type(e).__name__ == "OutOfMemoryError"
+    except Exception as e:  # noqa: BLE001
+        if _is_click_error(e):  # usage errors from the argument parser (exit 2)
+            e.show()
+            return e.exit_code
+        return _unexpected(e, debug)
+
+
+def _is_click_error(e: Exception) -> bool:
+    return callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int)
+
+
+def _agetool_error(e, debug: bool) -> int:
+    if debug:
+        _console.traceback()
+    _console.error(str(e))
+    return e.exit_code
+
+
+def _unexpected(e: Exception, debug: bool) -> int:
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
         if debug:
             _console.traceback()
-        if oom:
-            _console.error("the GPU ran out of memory; try a smaller --batch")
-        else:
-            _console.error(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                           " (rerun with --debug for the traceback)")
+        _console.error("out of memory; try a smaller --batch (or --device cpu)")
         return 1
+    if debug:
+        _console.traceback()
+    first = str(e).splitlines()[0] if str(e) else ""
+    _console.error(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)")
+    return 1
 
 
 def main() -> None:

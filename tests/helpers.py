@@ -1,0 +1,36 @@
+"""Small helpers shared by tests: tiny seeded generators, CLI runner, synthetic images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def tiny_generator_file(path: Path, seed: int = 1, ngf: int = 8) -> Path:
+    """An agetool safetensors generator with ngf=8 (fast on CPU), deterministically seeded."""
+    from agetool.nn.checkpoint import save_generator
+    from agetool.nn.generator import Generator, GeneratorConfig
+    from agetool.nn.seeded import seed_module
+
+    g = seed_module(Generator(GeneratorConfig(ngf=ngf)), seed, "generator")
+    return save_generator(path, g)
+
+
+def cli(args: list[str], capsys=None) -> tuple[int, str, str]:
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    from agetool.cli import run
+
+    code = run([str(a) for a in args])
+    if capsys is None:
+        return code, "", ""
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def face_like(size: int = 256, seed: int = 0) -> np.ndarray:
+    """A smooth synthetic RGB image (not a real face) for aligned-crop tests."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = np.stack([np.sin(6 * xx + rng.uniform(0, 3)), np.cos(5 * yy + rng.uniform(0, 3)), xx * yy], -1)
+    return ((base - base.min()) / (np.ptp(base) + 1e-9) * 255).astype(np.uint8)
