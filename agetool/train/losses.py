@@ -1,0 +1,182 @@
+"""The LATS training objective as pure functions.
+
+Notation: a step sees ``reals = cat(real_A, real_B)`` ([2N, 3, S, S]) where image ``real_A[i]`` is of
+class ``class_A[i]`` and ``real_B[i]`` of class ``class_B[i]`` (never the same class). Every image is
+translated to the other image's class and back:
+
+- ``gen = Dec(IdEnc(reals), gen_codes)`` with ``gen_codes = cat(code(class_B), code(class_A))``
+- ``rec = Dec(IdEnc(reals), orig_codes)`` with ``orig_codes = cat(code(class_A), code(class_B))``
+- ``cyc = Dec(IdEnc(gen), cyc_codes)`` with ``cyc_codes = cat(gen_codes[N:], gen_codes[:N])``
+
+The discriminator has one output per class; a sample is judged only at its target class.
+
+Discriminator:  softplus(-D(reals)[target]) + softplus(D(gen)[target]) + R1
+Generator:      softplus(-D(gen)[target]) + 10 |cyc - reals| + 10 |rec - reals|
+                + |IdEnc(gen) - IdEnc(reals)| + |AgeEnc(gen) - gen_codes| + |AgeEnc(reals) - orig_codes|
+
+(each |.| a mean absolute difference). Nothing here owns an optimizer or a random state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the objective's terms (the reference's lambdas)."""
+
+    cycle: float = 10.0
+    rec: float = 10.0
+    identity: float = 1.0
+    age: float = 1.0
+    r1: float = 10.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Codes:
+    """Class codes of one step, each [2N, code_dim]."""
+
+    gen: torch.Tensor   # target classes: cat(code(class_B), code(class_A))
+    cyc: torch.Tensor   # back to the source: cat(gen[N:], gen[:N])
+    orig: torch.Tensor  # source classes: cat(code(class_A), code(class_B))
+
+    def to(self, device: torch.device | str) -> "Codes":
+        return Codes(self.gen.to(device), self.cyc.to(device), self.orig.to(device))
+
+
+@dataclass(frozen=True)
+class GeneratorPass:
+    """Everything one generator pass over ``reals`` produces."""
+
+    rec: torch.Tensor        # [2N, 3, S, S]
+    gen: torch.Tensor        # [2N, 3, S, S]
+    cyc: torch.Tensor        # [2N, 3, S, S]
+    id_real: torch.Tensor    # [2N, C, S/4, S/4]
+    age_real: torch.Tensor   # [2N, code_dim]
+    id_fake: torch.Tensor    # [2N, C, S/4, S/4]
+    age_fake: torch.Tensor   # [2N, code_dim]
+
+    def as_tuple(self) -> tuple[torch.Tensor, ...]:
+        return (self.rec, self.gen, self.cyc, self.id_real, self.age_real, self.id_fake, self.age_fake)
+
+
+def make_codes(class_a: torch.Tensor, class_b: torch.Tensor, sigma: float, code_per_class: int,
+               n_classes: int, generator: torch.Generator | None = None) -> Codes:
+    """Draw the step's noisy class codes, for each pair i in the order gen_A, gen_B, orig_A, orig_B.
+
+    class_a, class_b: [N] long. Each code is sigma * N(0, 1) with +1 on the class's block of
+    ``code_per_class`` entries. Drawn on the CPU, so a seed gives the same codes on every device.
+    """
+    class_a = torch.as_tensor(class_a, dtype=torch.long).reshape(-1).cpu()
+    class_b = torch.as_tensor(class_b, dtype=torch.long).reshape(-1).cpu()
+    n, dim = class_a.numel(), code_per_class * n_classes
+    noise = torch.randn(n, 4, dim, generator=generator) * sigma  # [N, 4, D]: gen_A, gen_B, orig_A, orig_B
+    classes = torch.stack([class_b, class_a, class_a, class_b], dim=1)  # [N, 4]
+    block = torch.arange(dim) // code_per_class  # [D] class of each entry
+    codes = noise + (block[None, None, :] == classes[:, :, None]).float()
+    gen = torch.cat([codes[:, 0], codes[:, 1]])
+    orig = torch.cat([codes[:, 2], codes[:, 3]])
+    return Codes(gen=gen, cyc=torch.cat([gen[n:], gen[:n]]), orig=orig)
+
+
+def generator_pass(generator, reals: torch.Tensor, codes: Codes) -> GeneratorPass:
+    """Translate, reconstruct and cycle ``reals`` [2N, 3, S, S] with a ``Generator``."""
+    id_real = generator.encode(reals)
+    age_real = generator.encode_age(reals)
+    rec = generator.decode(id_real, generator.latent(codes.orig))
+    gen = generator.decode(id_real, generator.latent(codes.gen))
+    id_fake = generator.encode(gen)
+    age_fake = generator.encode_age(gen)
+    cyc = generator.decode(id_fake, generator.latent(codes.cyc))
+    return GeneratorPass(rec, gen, cyc, id_real, age_real, id_fake, age_fake)
+
+
+def translate(generator, reals: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Only the translated images (what the discriminator step needs). [B,3,S,S], [B,D] -> [B,3,S,S]"""
+    return generator.decode(generator.encode(reals), generator.latent(codes))
+
+
+def target_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """logits [B, K, h, w], targets [B] -> the target class's logit map [B, h, w]."""
+    b = torch.arange(logits.shape[0], device=logits.device)
+    return logits[b, targets.to(logits.device).long()]
+
+
+def class_nonsat_loss(logits: torch.Tensor, targets: torch.Tensor, real: bool) -> torch.Tensor:
+    """Class-selective non-saturating loss: softplus(-/+ D(x)[b, target_b]) averaged over batch and space."""
+    x = target_logits(logits, targets).float()
+    return F.softplus(-x).mean() if real else F.softplus(x).mean()
+
+
+def r1_gradient(real_logits: torch.Tensor, reals: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
+    """d mean(D(reals)) / d reals, the mean over all N x K outputs (not only the target class)."""
+    (grad,) = torch.autograd.grad(real_logits.float().mean(), reals, create_graph=create_graph)
+    return grad
+
+
+def r1_penalty(grad: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
+    """weight * sum(grad^2) / N."""
+    return weight * grad.float().pow(2).sum() / grad.shape[0]
+
+
+def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.float() - b.float()).abs().mean()
+
+
+def discriminator_losses(real_logits: torch.Tensor, fake_logits: torch.Tensor, reals: torch.Tensor,
+                         class_a: torch.Tensor, class_b: torch.Tensor,
+                         weights: LossWeights = LossWeights(), create_graph: bool = True,
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The discriminator objective from D(reals) (``reals`` requiring grad) and D(gen.detach()).
+
+    real_logits, fake_logits: [2N, K, h, w]. Returns (total, terms); terms also hold ``r1_grad``.
+    ``create_graph=False`` gives the values only (R1 then can't be back-propagated).
+    """
+    real_targets = torch.cat([class_a, class_b])
+    fake_targets = torch.cat([class_b, class_a])
+    loss_real = class_nonsat_loss(real_logits, real_targets, real=True)
+    loss_fake = class_nonsat_loss(fake_logits, fake_targets, real=False)
+    grad = r1_gradient(real_logits, reals, create_graph=create_graph)
+    loss_r1 = r1_penalty(grad, weights.r1)
+    total = loss_real + loss_fake + loss_r1
+    return total, {"D_real": loss_real, "D_fake": loss_fake, "D_r1": loss_r1, "D": total, "r1_grad": grad}
+
+
+def generator_losses(out: GeneratorPass, fake_logits: torch.Tensor, reals: torch.Tensor, codes: Codes,
+                     class_a: torch.Tensor, class_b: torch.Tensor,
+                     weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The generator objective from one ``generator_pass`` and D(gen) ([2N, K, h, w])."""
+    loss_adv = class_nonsat_loss(fake_logits, torch.cat([class_b, class_a]), real=True)
+    loss_rec = l1(out.rec, reals) * weights.rec
+    loss_cyc = l1(out.cyc, reals) * weights.cycle
+    loss_id = l1(out.id_fake, out.id_real) * weights.identity
+    loss_age = (l1(out.age_fake, codes.gen) + l1(out.age_real, codes.orig)) * weights.age
+    total = loss_adv + loss_rec + loss_cyc + loss_id + loss_age
+    return total, {"G_adv": loss_adv, "G_rec": loss_rec, "G_cyc": loss_cyc, "G_id": loss_id,
+                   "G_age": loss_age, "G": total}
+
+
+def objectives(generator, discriminator, reals: torch.Tensor, codes: Codes, class_a: torch.Tensor,
+               class_b: torch.Tensor, weights: LossWeights = LossWeights()) -> dict[str, torch.Tensor]:
+    """Both objectives' values on one batch with the same codes and no optimizer step.
+
+    D(gen) is evaluated once and serves both objectives (its value is the same in both steps), so the
+    returned terms are for reading, not for back-propagation. Returns every term, the totals ``D`` and
+    ``G``, ``r1_grad``, the images ``gen``, ``rec``, ``cyc``, the age codes and D(reals).
+    """
+    out = generator_pass(generator, reals, codes)
+    reals_d = reals.detach().requires_grad_(True)
+    real_logits = discriminator(reals_d)
+    fake_logits = discriminator(out.gen)
+    _, d_terms = discriminator_losses(real_logits, fake_logits, reals_d, class_a, class_b, weights,
+                                      create_graph=False)
+    _, g_terms = generator_losses(out, fake_logits, reals, codes, class_a, class_b, weights)
+    return {**d_terms, **g_terms, "gen": out.gen, "rec": out.rec, "cyc": out.cyc,
+            "age_real": out.age_real, "age_fake": out.age_fake, "real_logits": real_logits}
