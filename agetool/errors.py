@@ -31,6 +31,10 @@ class NoFaceError(InputError):
     """No face was found in a photo."""
 
 
+class DatasetError(InputError):
+    """A training data folder, label file or photo list that can't be used as given."""
+
+
 class OutputError(AgetoolError):
     """An output path that can't be written."""
 
