@@ -1,0 +1,182 @@
+"""FFHQ-style face alignment as LATS does it for in-the-wild photos, and its exact inverse.
+
+From 68 landmarks (iBUG order) an oriented square is built around the eyes and the mouth:
+
+- ``e`` = eye centre to eye centre, ``m`` = eye midpoint to mouth midpoint;
+- the square's x axis is ``e`` turned towards ``m``'s normal, its half side
+  ``max(2.0 |e|, 2.2 |m|)`` (FFHQ uses 1.8 for the mouth term), its centre ``eyes + 0.1 m``.
+
+The photo is then shrunk (Lanczos) when the square is over twice the output size, cropped to the
+square plus a border, reflect-padded where the square leaves the photo (the padding blurred and
+blended towards the median colour), warped with a quad transform to ``transform_size`` and resized
+to ``size`` with Lanczos. Float32 / float64 arithmetic follows the reference step by step, so on the
+same Pillow and SciPy the crop is identical.
+
+The warp is affine, so ``AlignedFace`` keeps the square in photo pixels and maps points both ways.
+Coordinates are pixel-index coordinates: the centre of pixel (i, j) is (i, j).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TRANSFORM_SIZE = 4096
+MOUTH_SCALE = 2.2  # FFHQ: 1.8
+EYE_SCALE = 2.0
+
+
+@dataclass
+class AlignedFace:
+    """An aligned crop and the square it came from.
+
+    ``quad`` [4, 2] float64 holds the corners of the crop's outer edge in photo pixel-index
+    coordinates, in the order top-left, bottom-left, bottom-right, top-right (as seen in the crop).
+    """
+
+    image: np.ndarray  # [S, S, 3] uint8
+    quad: np.ndarray  # [4, 2] float64, photo coordinates
+    photo_size: tuple[int, int]  # (width, height) of the photo
+    branches: dict = field(default_factory=dict)  # what the aligner did (shrink, crop, pad), for reports
+
+    @property
+    def size(self) -> int:
+        return self.image.shape[0]
+
+    def crop_to_photo_matrix(self, size: int | None = None) -> np.ndarray:
+        """[3, 3] affine taking crop pixel indices (of a crop of ``size``, default this one) to photo pixels."""
+        s = float(size or self.size)
+        tl, bl, _, tr = self.quad
+        ax = (tr - tl) / s  # photo step per crop pixel along x
+        ay = (bl - tl) / s
+        origin = tl + 0.5 * ax + 0.5 * ay  # centre of crop pixel (0, 0)
+        return np.array([[ax[0], ay[0], origin[0]], [ax[1], ay[1], origin[1]], [0.0, 0.0, 1.0]])
+
+    def photo_to_crop_matrix(self, size: int | None = None) -> np.ndarray:
+        return np.linalg.inv(self.crop_to_photo_matrix(size))
+
+    def crop_to_photo(self, points: np.ndarray, size: int | None = None) -> np.ndarray:
+        """Points [N, 2] in crop pixels -> photo pixels."""
+        return _apply(self.crop_to_photo_matrix(size), points)
+
+    def photo_to_crop(self, points: np.ndarray, size: int | None = None) -> np.ndarray:
+        """Points [N, 2] in photo pixels -> crop pixels."""
+        return _apply(self.photo_to_crop_matrix(size), points)
+
+    def warp_to_photo(self, crop: np.ndarray, *, border_value=0, interpolation: str = "linear") -> np.ndarray:
+        """Warp a square crop (any size; [S, S] or [S, S, C]) into photo space; outside is ``border_value``."""
+        import cv2
+
+        flags = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}[interpolation]
+        m = self.photo_to_crop_matrix(crop.shape[0])  # dst (photo) -> src (crop)
+        w, h = self.photo_size
+        return cv2.warpAffine(crop, m[:2], (w, h), flags=flags | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
+
+
+def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return p @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+def face_square(landmarks: np.ndarray) -> tuple[np.ndarray, float, dict]:
+    """The oriented square of the FFHQ-aging crop: corners [4, 2] (float64), side length and key points."""
+    lm = np.asarray(landmarks, dtype=np.float32).reshape(68, 2)
+    eye_l = np.mean(lm[36:42], axis=0)  # float32, as the reference
+    eye_r = np.mean(lm[42:48], axis=0)
+    eyes = (eye_l + eye_r) * 0.5
+    eye_to_eye = eye_r - eye_l
+    mouth = (lm[48] + lm[54]) * 0.5
+    eye_to_mouth = mouth - eyes
+    # x axis: eye-to-eye turned towards the normal of eye-to-mouth (float64 from here on)
+    normal = np.array([-eye_to_mouth[1], eye_to_mouth[0]], dtype=np.float64)
+    ax = eye_to_eye - normal
+    ax /= np.hypot(ax[0], ax[1])
+    half = max(np.hypot(*eye_to_eye) * EYE_SCALE, np.hypot(*eye_to_mouth) * MOUTH_SCALE)  # float32
+    ax *= half
+    ay = np.array([-ax[1], ax[0]])
+    centre = eyes + eye_to_mouth * 0.1  # float32
+    quad = np.stack([centre - ax - ay, centre - ax + ay, centre + ax + ay, centre + ax - ay])
+    side = np.hypot(ax[0], ax[1]) * 2
+    return quad, side, {"eye_left": eye_l.tolist(), "eye_right": eye_r.tolist(), "mouth_avg": mouth.tolist()}
+
+
+def _bbox(quad: np.ndarray) -> tuple[int, int, int, int]:
+    return (int(np.floor(min(quad[:, 0]))), int(np.floor(min(quad[:, 1]))),
+            int(np.ceil(max(quad[:, 0]))), int(np.ceil(max(quad[:, 1]))))
+
+
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 256, transform_size: int = TRANSFORM_SIZE,
+               enable_padding: bool = True) -> AlignedFace:
+    """Align the face given by ``landmarks`` [68, 2] (photo pixels) in ``image`` [H, W, 3] uint8.
+
+    Returns the [size, size, 3] uint8 crop and the mapping back to the photo.
+    """
+    from PIL import Image
+
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+    photo_h, photo_w = image.shape[:2]
+    quad, qsize, info = face_square(landmarks)
+    quad_photo = quad.copy()
+    img = Image.fromarray(image)
+
+    # Shrink: keep the square at most ~2x the output size before warping.
+    shrink = int(np.floor(qsize / size * 0.5))
+    scale = (1.0, 1.0)
+    if shrink > 1:
+        rsize = (int(np.rint(float(img.size[0]) / shrink)), int(np.rint(float(img.size[1]) / shrink)))
+        scale = (img.size[0] / rsize[0], img.size[1] / rsize[1])
+        img = img.resize(rsize, Image.LANCZOS)
+        quad /= shrink
+        qsize /= shrink
+
+    # Crop to the square plus a border.
+    border = max(int(np.rint(qsize * 0.1)), 3)
+    x0, y0, x1, y1 = _bbox(quad)
+    crop = (max(x0 - border, 0), max(y0 - border, 0), min(x1 + border, img.size[0]), min(y1 + border, img.size[1]))
+    cropped = crop[2] - crop[0] < img.size[0] or crop[3] - crop[1] < img.size[1]
+    if cropped:
+        img = img.crop(crop)
+        quad -= crop[0:2]
+
+    # Pad where the square leaves the photo: reflect, blur towards the edge, blend to the median.
+    x0, y0, x1, y1 = _bbox(quad)
+    pad = (max(-x0 + border, 0), max(-y0 + border, 0), max(x1 - img.size[0] + border, 0),
+           max(y1 - img.size[1] + border, 0))
+    padded = enable_padding and max(pad) > border - 4
+    if padded:
+        pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
+        img = _reflect_pad(np.asarray(img), pad, qsize)
+        quad += pad[:2]
+
+    # Warp the square to transform_size, then Lanczos to the output size.
+    img = img.transform((transform_size, transform_size), Image.QUAD, (quad + 0.5).flatten(), Image.BILINEAR)
+    if size != transform_size:
+        img = img.resize((size, size), Image.LANCZOS)
+
+    if shrink > 1:
+        # pixel p of the shrunk image covers photo pixel (p + 0.5) * scale - 0.5
+        quad_photo = (quad - (pad[:2] if padded else 0) + (crop[:2] if cropped else 0) + 0.5) * scale - 0.5
+    branches = dict(info, qsize=float(qsize), shrink=shrink, border=border, crop=list(crop), crop_applied=cropped,
+                    pad=[int(p) for p in pad], padding_applied=bool(padded))
+    return AlignedFace(np.asarray(img, dtype=np.uint8), quad_photo, (photo_w, photo_h), branches)
+
+
+def _reflect_pad(a: np.ndarray, pad, qsize: float):
+    """Reflect-pad [H, W, 3] by (left, top, right, bottom), blur and fade the padding; returns a PIL image."""
+    import scipy.ndimage
+    from PIL import Image
+
+    img = np.pad(np.float32(a), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
+    h, w, _ = img.shape
+    yy, xx, _ = np.ogrid[:h, :w, :1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # 0 inside the photo, rising to 1 at the outer edge of the padding
+        edge = np.maximum(1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(w - 1 - xx) / pad[2]),
+                          1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(h - 1 - yy) / pad[3]))
+    sigma = qsize * 0.02
+    img += (scipy.ndimage.gaussian_filter(img, [sigma, sigma, 0]) - img) * np.clip(edge * 3.0 + 1.0, 0.0, 1.0)
+    img += (np.median(img, axis=(0, 1)) - img) * np.clip(edge, 0.0, 1.0)
+    return Image.fromarray(np.uint8(np.clip(np.rint(img), 0, 255)), "RGB")

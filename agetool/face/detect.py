@@ -1,0 +1,198 @@
+"""Face detection and 68-point landmarks (iBUG order) behind one interface.
+
+Backends:
+
+- ``dlib``: the frontal HOG detector (one upsampling, as LATS) and the 68-point shape predictor
+  LATS uses. The predictor ships inside the ``face-recognition-models`` package, or comes from the
+  weights cache (``dlib-landmarks68``). Works offline.
+- ``fan``: the face-alignment package (S3FD detector, 2D-FAN-4 landmarks), uncompiled. Its files
+  must already be in ``$TORCH_HOME/hub/checkpoints``: agetool places them from its registry and
+  never lets the package download on its own.
+- ``auto``: ``fan`` where its files are present, else ``dlib``.
+
+Faces come back largest first; equal areas keep the detector's order (LATS keeps the first of the
+largest boxes).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agetool.errors import CheckpointError, OfflineError, UsageError
+
+DLIB_PREDICTOR = "shape_predictor_68_face_landmarks.dat"
+DLIB_UPSAMPLE = 1
+FAN_FILES = {"fan-2d": "2DFAN4-11f355bf06.pth.tar", "s3fd": "s3fd-619a316812.pth"}
+
+
+@dataclass
+class DetectedFace:
+    score: float
+    box: tuple[float, float, float, float]  # (x0, y0, x1, y1), photo pixels
+    landmarks: np.ndarray  # [68, 2] float32, photo pixels
+
+    @property
+    def area(self) -> float:
+        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
+
+
+def largest_first(faces: list[DetectedFace]) -> list[DetectedFace]:
+    """Sort by box area, descending; ties keep their order."""
+    return sorted(faces, key=lambda f: -f.area)
+
+
+class LandmarkDetector:
+    """Base class: ``detect(image)`` -> faces, largest first. ``timings`` sums seconds per stage."""
+
+    name = "landmarks"
+
+    def __init__(self):
+        self.timings: dict[str, float] = defaultdict(float)
+
+    @staticmethod
+    def create(backend: str = "auto", *, device=None, offline: bool = False,
+               report: Callable[[str], None] | None = None, progress=None) -> "LandmarkDetector":
+        if backend == "auto":
+            backend = "fan" if fan_files_present() else "dlib"
+        if backend == "dlib":
+            return DlibDetector(offline=offline, report=report, progress=progress)
+        if backend == "fan":
+            return FanDetector(device=device, offline=offline, report=report, progress=progress)
+        raise UsageError(f"--landmarks {backend}: expected auto, fan or dlib")
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        raise NotImplementedError
+
+    def _timed(self, stage: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.timings[stage] += time.perf_counter() - t0
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+# ---------------------------------------------------------------------------- dlib
+def bundled_dlib_predictor() -> Path | None:
+    """The predictor file inside the installed face-recognition-models package (not imported)."""
+    try:
+        spec = importlib.util.find_spec("face_recognition_models")
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "models" / DLIB_PREDICTOR
+        if path.is_file():
+            return path
+    return None
+
+
+def dlib_predictor_path(*, offline: bool = False, report=None, progress=None) -> Path:
+    path = bundled_dlib_predictor()
+    if path is not None:
+        return path
+    from agetool import weights
+
+    return Path(weights.fetch("dlib-landmarks68", offline=offline, progress=progress, report=report))
+
+
+class DlibDetector(LandmarkDetector):
+    name = "dlib (HOG + 68-point shape predictor)"
+
+    def __init__(self, *, predictor: str | Path | None = None, upsample: int = DLIB_UPSAMPLE, offline: bool = False,
+                 report=None, progress=None):
+        super().__init__()
+        import dlib
+
+        path = Path(predictor) if predictor else dlib_predictor_path(offline=offline, report=report, progress=progress)
+        self.upsample = upsample
+        self._detector = dlib.get_frontal_face_detector()
+        try:
+            self._predictor = dlib.shape_predictor(str(path))
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: not a dlib shape predictor ({str(e).splitlines()[0][:120]})",
+                                  hint="agetool weights download dlib-landmarks68") from None
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        image = _rgb(image)
+        rects, scores, _ = self._timed("detect", self._detector.run, image, self.upsample, 0.0)
+        faces = []
+        t0 = time.perf_counter()
+        for rect, score in zip(rects, scores):
+            shape = self._predictor(image, rect)
+            pts = np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], dtype=np.float32)
+            box = (float(rect.left()), float(rect.top()), float(rect.right()), float(rect.bottom()))
+            faces.append(DetectedFace(float(score), box, pts))
+        self.timings["landmarks"] += time.perf_counter() - t0
+        return largest_first(faces)
+
+
+# ---------------------------------------------------------------------------- face-alignment (FAN)
+def fan_checkpoint_dir() -> Path:
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def fan_files_present() -> bool:
+    folder = fan_checkpoint_dir()
+    return all((folder / f).is_file() for f in FAN_FILES.values())
+
+
+class FanDetector(LandmarkDetector):
+    name = "fan (face-alignment: S3FD + 2D-FAN-4)"
+
+    def __init__(self, *, device=None, offline: bool = False, report=None, progress=None):
+        super().__init__()
+        if not fan_files_present():
+            self._place_files(offline=offline, report=report, progress=progress)
+        import face_alignment
+
+        folder = fan_checkpoint_dir()
+        dev = str(device) if device is not None else "cpu"
+        try:
+            self._fa = face_alignment.FaceAlignment(
+                face_alignment.LandmarksType.TWO_D, device=dev, flip_input=True, face_detector="sfd",
+                face_detector_kwargs={"path_to_detector": str(folder / FAN_FILES["s3fd"])}, compile=False)
+        except (RuntimeError, OSError, KeyError) as e:
+            raise CheckpointError(f"face-alignment could not load its networks from {folder} "
+                                  f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})",
+                                  hint="agetool weights download fan-2d s3fd, or use --landmarks dlib") from None
+
+    @staticmethod
+    def _place_files(*, offline: bool, report, progress) -> None:
+        missing = ", ".join(f for f in FAN_FILES.values() if not (fan_checkpoint_dir() / f).is_file())
+        hint = "run `agetool weights download fan-2d s3fd` once online, or use --landmarks dlib"
+        if offline:
+            raise OfflineError(f"the fan landmark backend needs {missing} in {fan_checkpoint_dir()}", hint=hint)
+        try:
+            from agetool import weights
+        except ImportError:
+            raise OfflineError(f"the fan landmark backend needs {missing} in {fan_checkpoint_dir()}",
+                               hint=hint) from None
+        weights.place_face_alignment_files(offline=offline, progress=progress, report=report)
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        import warnings
+
+        image = _rgb(image)
+        boxes = self._timed("detect", self._fa.face_detector.detect_from_image, image.copy())
+        if len(boxes) == 0:
+            return []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            landmarks = self._timed("landmarks", self._fa.get_landmarks_from_image, image, detected_faces=boxes)
+        faces = [DetectedFace(float(b[4]), tuple(float(v) for v in b[:4]), np.asarray(lm[:, :2], dtype=np.float32))
+                 for b, lm in zip(boxes, landmarks or [])]
+        return largest_first(faces)

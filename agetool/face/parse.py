@@ -1,0 +1,132 @@
+"""Face parsing of aligned crops with the DeepLabV3 parser, exactly as LATS prepares its inputs.
+
+Crop -> Pillow bilinear resize to 513 x 513 -> /255 -> ImageNet normalization -> DeepLabV3 ->
+argmax over the 19 classes -> Pillow nearest resize back to the crop size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from agetool.errors import CheckpointError
+
+INPUT_SIZE = 513
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+FORMAT = "parser"
+
+
+def read_parser_state_dict(path: str | os.PathLike) -> dict:
+    """Tensors of a parser checkpoint: the released ``deeplab_model.pth`` layout (``state_dict`` with
+    ``module.``-prefixed keys; counters named ``*tracked*`` dropped) or agetool's safetensors."""
+    from agetool.nn.checkpoint import read_state_dict, strip_prefix
+
+    sd, _ = read_state_dict(path)
+    return strip_prefix({k: v for k, v in sd.items() if "tracked" not in k})
+
+
+def load_parser_network(path: str | os.PathLike, device=None):
+    """A ready, eval-mode ``DeepLabV3`` from ``path`` (weights standardized once, for inference)."""
+    import torch
+
+    from agetool.nn.checkpoint import load_into
+    from agetool.nn.parser import DeepLabV3
+
+    net = DeepLabV3()
+    try:
+        load_into(net, read_parser_state_dict(path), str(path))
+    except CheckpointError as e:
+        raise CheckpointError(e.message, hint="is it the face parser, deeplab_model.pth?") from None
+    return net.eval().to(device or torch.device("cpu")).freeze()
+
+
+def save_parser(path: str | os.PathLike, state_dict: dict) -> Path:
+    """Write a parser state dict in agetool's safetensors format."""
+    from agetool.nn.checkpoint import save_safetensors
+
+    return save_safetensors(path, state_dict, FORMAT, {"network": "deeplabv3-resnet101-gn-ws", "classes": 19})
+
+
+class FaceParser:
+    """A loaded parser; ``parse(crop)`` gives the 19-class label map at the crop's size."""
+
+    def __init__(self, network, device=None):
+        import torch
+
+        self.network = network
+        self.device = device or torch.device("cpu")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, *, device=None, offline: bool = False,
+             report: Callable[[str], None] | None = None, progress=None) -> "FaceParser":
+        """From ``path``, or (None) the registry's ``deeplab-parser``, downloaded once and cached."""
+        import torch
+
+        if path is None:
+            from agetool import weights
+
+            path = weights.fetch("deeplab-parser", offline=offline, progress=progress, report=report)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        return cls(load_parser_network(path, device), device)
+
+    def logits(self, crop: np.ndarray):
+        """Class scores [19, 513, 513] (float32, on the CPU) of an RGB uint8 crop [H, W, 3]."""
+        import torch
+
+        x = preprocess(crop).to(self.device)
+        with torch.inference_mode():
+            return self.network(x)[0].float().cpu()
+
+    def parse(self, crop: np.ndarray) -> np.ndarray:
+        """Label map [H, W] uint8 of an RGB uint8 crop [H, W, 3] (class ids as in ``CLASSES``)."""
+        return labels_from_logits(self.logits(crop), (crop.shape[1], crop.shape[0]))
+
+
+def preprocess(crop: np.ndarray):
+    """uint8 [H, W, 3] -> normalized float32 [1, 3, 513, 513], as the reference."""
+    import torch
+    from PIL import Image
+
+    if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 crop [H, W, 3], got {crop.dtype} {crop.shape}")
+    resized = np.array(Image.fromarray(crop).resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR))
+    x = torch.from_numpy(resized).permute(2, 0, 1).float() / 255.0  # [3, 513, 513]
+    mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
+    return ((x - mean) / std)[None]
+
+
+def labels_from_logits(logits, size: tuple[int, int]) -> np.ndarray:
+    """argmax over classes of [C, h, w] scores, then a Pillow nearest resize to ``size`` (width, height)."""
+    from PIL import Image
+
+    pred = logits.argmax(dim=0).numpy().astype(np.uint8)  # [h, w]
+    if (pred.shape[1], pred.shape[0]) == tuple(size):
+        return pred
+    return np.asarray(Image.fromarray(pred).resize(tuple(size), Image.NEAREST))
+
+
+#: One colour per class for overlays (background black).
+PALETTE = np.array([
+    [0, 0, 0], [204, 0, 0], [76, 153, 0], [204, 204, 0], [51, 51, 255], [204, 0, 204], [0, 255, 255],
+    [255, 204, 204], [102, 51, 0], [255, 0, 0], [102, 204, 0], [255, 255, 0], [0, 0, 153], [0, 0, 204],
+    [255, 51, 153], [0, 204, 204], [0, 51, 0], [255, 153, 51], [0, 204, 0],
+], dtype=np.uint8)
+
+
+def colorize(labels: np.ndarray) -> np.ndarray:
+    """[H, W] class ids -> [H, W, 3] uint8 colours."""
+    return PALETTE[np.clip(labels, 0, len(PALETTE) - 1)]
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The crop with the label colours blended on top (background left as is)."""
+    colours = colorize(labels).astype(np.float32)
+    out = image.astype(np.float32)
+    fg = labels > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colours[fg]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -1,0 +1,151 @@
+"""DeepLabV3 face parser on a ResNet-101 backbone with GroupNorm and weight standardization.
+
+19 CelebAMask-HQ classes (``CLASSES``). Module names reproduce the released ``deeplab_model.pth``
+keys (after its ``module.`` prefix), so that file loads strictly. The semantics follow the network
+LATS used for its in-the-wild preprocessing:
+
+- every conv but the classifier standardizes its weight per output channel: subtract the mean,
+  divide by (unbiased std + 1e-5);
+- GroupNorm with 32 groups (eps 1e-5) after every standardized conv;
+- output stride 16: layer4 keeps stride 1, its first block uses dilation 1 and the others 2;
+- ASPP with rates 6, 12, 18 plus image pooling (GroupNorm on the 1x1 map, bilinear upsample with
+  ``align_corners=True``), then a plain 1x1 conv with bias to the classes;
+- the logits are upsampled to the input size, bilinear, ``align_corners=True``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLASSES: tuple[str, ...] = (
+    "background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
+    "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth",
+)
+GROUPS = 32
+WS_EPS = 1e-5
+
+
+def standardize(weight: torch.Tensor) -> torch.Tensor:
+    """Weight standardization of a conv weight [O, I, kh, kw]: zero mean, unit (unbiased) std per output."""
+    mean = weight.mean(dim=1, keepdim=True).mean(dim=2, keepdim=True).mean(dim=3, keepdim=True)
+    centered = weight - mean
+    std = centered.reshape(weight.shape[0], -1).std(dim=1).reshape(-1, 1, 1, 1) + WS_EPS
+    return centered / std
+
+
+class WSConv2d(nn.Conv2d):
+    """Conv2d whose weight is standardized at every forward (or once, after ``freeze``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._frozen: torch.Tensor | None = None
+
+    def freeze(self, on: bool = True) -> None:
+        """Cache the standardized weight (inference: the weight no longer changes)."""
+        self._frozen = standardize(self.weight.detach()) if on else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._frozen if self._frozen is not None else standardize(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(GROUPS, channels)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = WSConv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = group_norm(planes)
+        self.conv2 = WSConv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = group_norm(planes)
+        self.conv3 = WSConv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = group_norm(planes * self.expansion)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + shortcut)
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: 1x1, three dilated 3x3 and an image-pooling branch."""
+
+    def __init__(self, channels: int, depth: int, n_classes: int, rates: tuple[int, ...] = (6, 12, 18)):
+        super().__init__()
+        self.aspp1 = WSConv2d(channels, depth, 1, bias=False)
+        self.aspp2 = WSConv2d(channels, depth, 3, padding=rates[0], dilation=rates[0], bias=False)
+        self.aspp3 = WSConv2d(channels, depth, 3, padding=rates[1], dilation=rates[1], bias=False)
+        self.aspp4 = WSConv2d(channels, depth, 3, padding=rates[2], dilation=rates[2], bias=False)
+        self.aspp5 = WSConv2d(channels, depth, 1, bias=False)
+        self.aspp1_bn = group_norm(depth)
+        self.aspp2_bn = group_norm(depth)
+        self.aspp3_bn = group_norm(depth)
+        self.aspp4_bn = group_norm(depth)
+        self.aspp5_bn = group_norm(depth)
+        self.conv2 = WSConv2d(depth * 5, depth, 1, bias=False)
+        self.bn2 = group_norm(depth)
+        self.conv3 = nn.Conv2d(depth, n_classes, 1)  # plain conv with bias, no standardization
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, h, w] -> [B, classes, h, w]
+        h, w = x.shape[-2:]
+        branches = [
+            F.relu(norm(conv(x)))
+            for conv, norm in ((self.aspp1, self.aspp1_bn), (self.aspp2, self.aspp2_bn),
+                               (self.aspp3, self.aspp3_bn), (self.aspp4, self.aspp4_bn))
+        ]
+        pooled = F.relu(self.aspp5_bn(self.aspp5(x.mean(dim=(2, 3), keepdim=True))))  # [B, depth, 1, 1]
+        branches.append(F.interpolate(pooled, size=(h, w), mode="bilinear", align_corners=True))
+        x = F.relu(self.bn2(self.conv2(torch.cat(branches, dim=1))))  # [B, depth, h, w]
+        return self.conv3(x)
+
+
+class DeepLabV3(nn.Module):
+    """DeepLabV3, ResNet-101 (GN + WS) backbone, output stride 16. ``forward`` returns logits at input size."""
+
+    def __init__(self, n_classes: int = len(CLASSES), blocks: tuple[int, int, int, int] = (3, 4, 23, 3)):
+        super().__init__()
+        self.conv1 = WSConv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = group_norm(64)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self._inplanes = 64
+        self.layer1 = self._make_layer(64, blocks[0])
+        self.layer2 = self._make_layer(128, blocks[1], stride=2)
+        self.layer3 = self._make_layer(256, blocks[2], stride=2)
+        self.layer4 = self._make_layer(512, blocks[3], dilation=2)
+        self.aspp = ASPP(512 * Bottleneck.expansion, 256, n_classes)
+
+    def _make_layer(self, planes: int, n: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+        out_ch = planes * Bottleneck.expansion
+        first_dilation = max(1, dilation // 2)
+        downsample = None
+        if stride != 1 or dilation != 1 or self._inplanes != out_ch:
+            downsample = nn.Sequential(WSConv2d(self._inplanes, out_ch, 1, stride=stride, bias=False),
+                                       group_norm(out_ch))
+        layers = [Bottleneck(self._inplanes, planes, stride, first_dilation, downsample)]
+        self._inplanes = out_ch
+        layers += [Bottleneck(out_ch, planes, dilation=dilation) for _ in range(1, n)]
+        return nn.Sequential(*layers)
+
+    def freeze(self, on: bool = True) -> "DeepLabV3":
+        """Cache every standardized conv weight (call after loading weights, for inference)."""
+        for m in self.modules():
+            if isinstance(m, WSConv2d):
+                m.freeze(on)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] normalized -> [B, classes, H, W]
+        size = x.shape[-2:]
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))  # [B, 64, H/4, W/4]
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # [B, 2048, H/16, W/16]
+        x = self.aspp(x)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
