@@ -1,0 +1,67 @@
+"""``agetool info``: versions, devices, and the model files in the cache with their licenses."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+from agetool.cli import app
+from agetool.cli import console
+
+PACKAGES = ("torch", "numpy", "safetensors", "huggingface-hub", "face-alignment", "dlib-bin", "dlib",
+            "onnxruntime", "opencv-python-headless", "imageio-ffmpeg", "pillow", "typer", "rich")
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _devices() -> list[str]:
+    try:
+        import torch
+    except ImportError:
+        return ["torch is not installed"]
+    out = [f"cpu ({torch.get_num_threads()} threads)"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            out.append(f"cuda:{i} {p.name} ({p.total_memory / 2**30:.0f} GiB)")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+@app.command("info")
+def info() -> None:
+    """Versions, devices, and cached model files with their licenses."""
+    from rich.table import Table
+
+    from agetool import __version__, weights
+    from agetool.cli.weights import human_size
+
+    out = console.out
+    out.print(f"agetool {__version__}", markup=False)
+    out.print(f"python {platform.python_version()} ({sys.executable}) on {platform.platform()}", markup=False)
+    versions = [f"{name} {v}" for name in PACKAGES if (v := _version(name))]
+    out.print("packages: " + ", ".join(versions), markup=False)
+    out.print("devices: " + ", ".join(_devices()), markup=False)
+    out.print(f"registry: {weights.registry_path()}", markup=False)
+    out.print(f"cache: {weights.cache_dir()}", markup=False)
+    cached = [st for st in weights.statuses() if st.path is not None]
+    if not cached:
+        out.print("cached model files: none (they are fetched on first use)", markup=False)
+        return
+    table = Table(title="cached model files", show_edge=False, title_justify="left")
+    for column in ("name", "size", "license", "path"):
+        table.add_column(column, overflow="fold")
+    for st in cached:
+        art = st.artifact
+        table.add_row(art.name, human_size(st.record.get("size") or art.size),
+                      f"{art.license} {art.license_url}".strip(), str(st.path))
+    out.print(table)

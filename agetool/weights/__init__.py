@@ -1,0 +1,36 @@
+"""Model weights: the registry (``weights.toml``), the cache, verified downloads, conversion.
+
+The library never prints. Callers that want feedback pass two optional callables:
+
+``report(message: str) -> None``
+    Receives one-line notices: the license line on the first download of a non-commercial
+    artifact (``"lats-male: CC BY-NC-SA 4.0 (non-commercial) https://..."``), a source that
+    failed before the next one is tried, a cached or downloaded file that failed verification
+    and was deleted, a checksum recorded on first use.
+
+``progress(description: str, total_bytes: int | None) -> advance``
+    Called when a transfer or a hash pass starts; ``advance(n_bytes)`` is then called as bytes
+    go by (``n_bytes`` may be negative when a transfer restarts). If ``advance`` has a
+    ``close()`` method it is called once when that pass ends, successful or not.
+
+Errors are typed (``agetool.errors``): ``OfflineError`` when something is missing and network
+access is off (``offline=True`` or ``HF_HUB_OFFLINE=1``), ``ChecksumError`` when every copy found
+failed verification, ``DownloadError`` when every source failed (the message lists each source
+with its failure and the ``agetool weights import FILE --as NAME`` command), ``WeightsError``
+for registry problems.
+
+Environment: ``AGETOOL_REGISTRY`` (a registry file replacing the bundled one), ``AGETOOL_CACHE``
+(default ``$XDG_CACHE_HOME/agetool``), ``HF_ENDPOINT``, ``HF_HOME`` / ``HF_HUB_CACHE``,
+``HF_HUB_OFFLINE``, ``TORCH_HOME`` (where face-alignment's files are placed).
+"""
+
+from agetool.weights.core import (Check, Status, fetch, generator_path, import_file, is_offline,
+                                  place_face_alignment_files, status, statuses, verify)
+from agetool.weights.registry import Artifact, Source, get, load_registry, registry_path
+from agetool.weights.store import cache_dir
+
+__all__ = [
+    "Artifact", "Check", "Source", "Status", "cache_dir", "fetch", "generator_path", "get",
+    "import_file", "is_offline", "load_registry", "place_face_alignment_files", "registry_path",
+    "status", "statuses", "verify",
+]

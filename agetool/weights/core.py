@@ -1,0 +1,369 @@
+"""Fetching, verifying, importing and converting registered artifacts (see ``agetool.weights``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agetool.errors import ChecksumError, DownloadError, OfflineError, WeightsError
+from agetool.weights import store, transfer
+from agetool.weights.registry import Artifact, check_name, get, load_registry
+from agetool.weights.store import Digest, read_record, write_record
+from agetool.weights.transfer import SourceFailed, progress_bar
+
+FACE_ALIGNMENT = ("fan-2d", "s3fd")
+_TRUE = ("1", "true", "yes", "on")
+
+
+def is_offline(offline: bool = False) -> bool:
+    """``offline``, or ``HF_HUB_OFFLINE=1`` in the environment."""
+    return bool(offline) or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def _say(report):
+    return report if report is not None else (lambda message: None)
+
+
+def _hash(art: Artifact, path: Path, progress, what: str = "verifying") -> Digest:
+    size = path.stat().st_size
+    with progress_bar(progress, f"{what} {art.name}", size) as advance:
+        return store.hash_file(path, md5=bool(art.md5), advance=advance)
+
+
+def _remember(art: Artifact, path: Path, digest: Digest, record: dict, say, *,
+              source: str | None = None, revision: str | None = None) -> dict:
+    """Record ``path`` as the verified copy of ``art`` (pinning its sha256 when the registry has none)."""
+    first_use = not art.has_checksum
+    if first_use and record.get("pinned") != "first-use":
+        say(f"{art.name}: no published checksum; recorded sha256 {digest.sha256} of this copy "
+            f"(trust on first use) and every later copy must match it")
+    new = {
+        "name": art.name, "path": str(path), "size": digest.size, "sha256": digest.sha256,
+        "md5": digest.md5 or (record.get("md5") if record.get("sha256") == digest.sha256 else None),
+        "pinned": "first-use" if first_use else "registry",
+        "source": source or record.get("source"), "revision": revision or record.get("revision"),
+        "stamp": store.stamp(path), "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    for key in ("converted", "placed"):  # still valid while the bytes are the same
+        if key in record and record.get("sha256") == digest.sha256:
+            new[key] = record[key]
+    write_record(art.name, new)
+    return new
+
+
+def _candidates(art: Artifact, record: dict) -> list[Path]:
+    seen, out = set(), []
+    paths = [Path(record["path"])] if record.get("path") else []
+    paths.append(store.file_path(art))
+    hub_sources = [s for s in art.sources if s.is_hub]
+    if hub_sources:
+        paths.extend(p for p in map(transfer.hub_cached, hub_sources) if p is not None)
+    for p in paths:
+        if str(p) not in seen and p.is_file():
+            seen.add(str(p))
+            out.append(p)
+    return out
+
+
+def _cached(art: Artifact, progress, say) -> Path | None:
+    """A verified cached copy of ``art``: the recorded one if unchanged, else the first candidate
+    that passes verification. Copies that fail are deleted and reported."""
+    record = read_record(art.name)
+    if record.get("path") and store.record_matches(art, record, Path(record["path"])):
+        return Path(record["path"])
+    for path in _candidates(art, record):
+        digest = _hash(art, path, progress)
+        why = store.mismatch(art, digest, record)
+        if why:
+            store.remove(path)
+            say(f"{art.name}: deleted {path}: {why}")
+            continue
+        same = record.get("path") == str(path)
+        _remember(art, path, digest, record, say, source=None if same else "cache")
+        return path
+    return None
+
+
+def fetch(name: str, *, offline: bool = False, progress=None, report=None) -> Path:
+    """A verified local copy of artifact ``name``, downloaded if needed (see the module docstring)."""
+    art = get(name)
+    say = _say(report)
+    found = _cached(art, progress, say)
+    if found is not None:
+        return found
+    if is_offline(offline):
+        why = "--offline" if offline else "HF_HUB_OFFLINE=1"
+        raise OfflineError(f"{name} is not in the cache and network access is off ({why})",
+                           hint=f"run `agetool weights download {name}` while online, or place a copy "
+                                f"with `{art.import_command}`")
+    with store.locked(art):
+        found = _cached(art, progress, say)  # another process may have finished meanwhile
+        return found if found is not None else _download(art, progress, say)
+
+
+def _download(art: Artifact, progress, say) -> Path:
+    if not art.sources:
+        raise DownloadError(f"{art.name} has no download source", hint=f"place it by hand: {art.import_command}")
+    failures: list[str] = []
+    mismatches = 0
+    for i, src in enumerate(art.sources):
+        record = read_record(art.name)
+        for fresh in (False, True):
+            resumed = not src.is_hub and store.part_path(art).is_file() and not fresh
+            try:
+                if src.is_hub:
+                    path, revision = transfer.download_hub(art, src, progress=progress)
+                else:
+                    path, revision = store.part_path(art), None
+                    transfer.download_url(art, src, path, progress=progress)
+            except SourceFailed as e:
+                failures.append(f"{src.describe()}: {e.reason}")
+                break
+            digest = _hash(art, path, progress)
+            why = store.mismatch(art, digest, record)
+            if why:
+                store.remove(path)
+                say(f"{art.name}: deleted the copy from {src.describe()}: {why}")
+                if resumed:
+                    continue  # the old partial file may have been the bad part: one clean try
+                failures.append(f"{src.describe()}: checksum mismatch ({why})")
+                mismatches += 1
+                break
+            if not src.is_hub:
+                final = store.file_path(art)
+                os.replace(path, final)
+                path = final
+            _remember(art, path, digest, record, say, source=src.describe(), revision=revision)
+            if art.non_commercial:
+                say(art.license_line)
+            return path
+        if i + 1 < len(art.sources):
+            say(f"{art.name}: {failures[-1]}; trying the next source")
+    error = ChecksumError if mismatches == len(failures) else DownloadError
+    raise error(f"could not download {art.name}: " + "; ".join(failures),
+                hint=f"fetch it by hand and run `{art.import_command}`")
+
+
+# --- status, verify, import ----------------------------------------------------------------------
+
+@dataclass
+class Status:
+    artifact: Artifact
+    path: Path | None  # the cached copy, if any
+    verified: bool  # recorded as verified and unchanged since
+    partial: int  # bytes of an interrupted download
+    converted: Path | None  # agetool's safetensors, for generators
+    record: dict
+
+
+def status(name: str) -> Status:
+    """What the cache holds for ``name`` (no network, no hashing)."""
+    art = get(name)
+    record = read_record(name)
+    candidates = _candidates(art, record)
+    path = candidates[0] if candidates else None
+    conv = store.converted_path(art)
+    part = store.part_path(art)
+    return Status(art, path, path is not None and store.record_matches(art, record, path),
+                  part.stat().st_size if part.is_file() else 0, conv if conv.is_file() else None, record)
+
+
+def statuses() -> list[Status]:
+    return [status(name) for name in load_registry()]
+
+
+@dataclass
+class Check:
+    name: str
+    path: Path | None
+    ok: bool | None  # None: nothing cached
+    detail: str
+
+
+def verify(names: list[str] | None = None, *, progress=None, report=None) -> list[Check]:
+    """Re-hash every cached copy (and converted file). Bad files are deleted and reported."""
+    say = _say(report)
+    checks = []
+    for name in names or list(load_registry()):
+        art = get(name)
+        record = read_record(name)
+        paths = _candidates(art, record)
+        if not paths:
+            checks.append(Check(name, None, None, "not cached"))
+            continue
+        for path in paths:
+            digest = _hash(art, path, progress)
+            why = store.mismatch(art, digest, record)
+            if why:
+                store.remove(path)
+                say(f"{name}: deleted {path}: {why}")
+                checks.append(Check(name, path, False, f"{why}; deleted"))
+            else:
+                record = _remember(art, path, digest, record, say)
+                checks.append(Check(name, path, True, "ok"))
+        checks.extend(_verify_converted(art, progress, say))
+    return checks
+
+
+def _verify_converted(art: Artifact, progress, say) -> list[Check]:
+    record = read_record(art.name)
+    conv = record.get("converted") or {}
+    path = Path(conv["path"]) if conv.get("path") else None
+    if path is None or not path.is_file():
+        return []
+    digest = _hash(art, path, progress)
+    if digest.sha256 == conv.get("sha256"):
+        record["converted"]["stamp"] = store.stamp(path)
+        write_record(art.name, record)
+        return [Check(f"{art.name} (converted)", path, True, "ok")]
+    store.remove(path)
+    record.pop("converted", None)
+    write_record(art.name, record)
+    say(f"{art.name}: deleted the damaged converted file {path}; it is rebuilt on next use")
+    return [Check(f"{art.name} (converted)", path, False, "sha256 differs from the recorded one; deleted")]
+
+
+def import_file(src: str | os.PathLike, name: str, *, progress=None, report=None) -> Path:
+    """Verify a file fetched by hand and place it in the cache as artifact ``name``."""
+    art = get(check_name(name))
+    say = _say(report)
+    src = Path(src).expanduser()
+    if not src.is_file():
+        raise WeightsError(f"{src}: no such file")
+    dest = store.file_path(art)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    with store.locked(art):
+        record = read_record(name)
+        try:
+            with progress_bar(progress, f"importing {name}", src.stat().st_size) as advance:
+                digest = store.hash_file(src, md5=bool(art.md5), advance=advance, copy_to=tmp)
+            why = store.mismatch(art, digest, record)
+            if why:
+                raise ChecksumError(f"{src} is not {name}: {why}", hint="nothing was placed in the cache")
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _remember(art, dest, digest, record, say, source=f"import {src}")
+    if art.non_commercial:
+        say(art.license_line)
+    return dest
+
+
+# --- first-use helpers for the pipeline -----------------------------------------------------------
+
+def generator_path(name: str, *, offline: bool = False, progress=None, report=None) -> Path:
+    """agetool's safetensors for a released generator, converted once from the zip's member."""
+    from agetool.nn.checkpoint import GENERATOR_MEMBER, load_into, read_state_dict, save_safetensors, strip_prefix
+    from agetool.nn.generator import Generator
+
+    art = get(name)
+    if art.kind != "generator":
+        raise WeightsError(f"{name} is a {art.kind}, not a generator")
+    out = store.converted_path(art)
+    if _converted_current(art, out):
+        return out
+    src = fetch(name, offline=offline, progress=progress, report=report)
+    with store.locked(art):
+        if _converted_current(art, out):
+            return out
+        sd, _ = read_state_dict(src, art.member or GENERATOR_MEMBER)
+        sd = strip_prefix(sd)
+        cfg = _generator_config(art, sd)
+        generator = load_into(Generator(cfg), sd, f"{name} ({src.name})")
+        config = {"generator": cfg.to_dict()}
+        save_safetensors(out, generator.state_dict(), "generator", config)
+        store.write_atomic(out.with_name(out.name + ".json"), json.dumps(config, indent=2).encode("utf-8"))
+        record = read_record(name)
+        record["converted"] = {"path": str(out), "sha256": store.hash_file(out).sha256,
+                               "from_sha256": record.get("sha256"), "stamp": store.stamp(out)}
+        write_record(name, record)
+    return out
+
+
+def _converted_current(art: Artifact, out: Path) -> bool:
+    record = read_record(art.name)
+    conv = record.get("converted") or {}
+    return (conv.get("path") == str(out) and conv.get("stamp") == store.stamp(out)
+            and conv.get("from_sha256") == record.get("sha256") and store.record_agrees(art, record))
+
+
+def _generator_config(art: Artifact, sd: dict):
+    """The registry's ``config`` table, with the channel width read from the weights themselves."""
+    from agetool.nn.generator import GeneratorConfig
+
+    cfg = dict(art.config.get("generator", art.config))
+    first = sd.get("id_encoder.encoder.1.conv.weight_orig")
+    if first is not None and "ngf" not in cfg:
+        cfg["ngf"] = int(first.shape[0])
+    return GeneratorConfig.from_dict(cfg)
+
+
+def _face_alignment_names() -> dict[str, str]:
+    """The file names the installed face-alignment looks for in ``$TORCH_HOME/hub/checkpoints``."""
+    from urllib.parse import urlparse
+
+    try:
+        from face_alignment import api
+        from face_alignment.detection.sfd import sfd_detector
+    except Exception:  # noqa: BLE001 - not installed or broken: fall back to the registry's names
+        return {}
+    urls = {"fan-2d": api.models_urls.get("2DFAN-4"), "s3fd": sfd_detector.models_urls.get("s3fd")}
+    return {k: os.path.basename(urlparse(u).path) for k, u in urls.items() if u}
+
+
+def place_face_alignment_files(*, offline: bool = False, progress=None, report=None) -> None:
+    """Put fan-2d and s3fd where face-alignment looks (``torch.hub.get_dir()/checkpoints``), verified,
+    so that it never downloads on its own."""
+    import torch
+
+    say = _say(report)
+    dest_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    expected = _face_alignment_names()
+    for name in FACE_ALIGNMENT:
+        art = get(name)
+        target = expected.get(name, art.filename)
+        if target != art.filename:
+            say(f"{name}: the installed face-alignment looks for {target}, the registry holds "
+                f"{art.filename}; face-alignment will use its own copy")
+            continue
+        dest = dest_dir / target
+        record = read_record(name)
+        placed = record.get("placed") or {}
+        if dest.is_file() and placed.get("path") == str(dest) and placed.get("stamp") == store.stamp(dest):
+            continue
+        if dest.is_file():
+            why = store.mismatch(art, _hash(art, dest, progress), record)
+            if why is None:
+                _mark_placed(name, dest)
+                continue
+            say(f"{name}: replacing {dest}: {why}")
+            store.remove(dest)
+        src = fetch(name, offline=offline, progress=progress, report=report)
+        _link_or_copy(src, dest)
+        _mark_placed(name, dest)
+
+
+def _mark_placed(name: str, dest: Path) -> None:
+    record = read_record(name)
+    record["placed"] = {"path": str(dest), "stamp": store.stamp(dest)}
+    write_record(name, record)
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src.resolve(), tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,213 @@
+"""The weights registry: ``weights.toml`` at the repository root, or the file named by
+``AGETOOL_REGISTRY``. Parsed into :class:`Artifact` records and validated, so that nothing read
+from it (a name, a file name) can point outside the cache."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
+
+from agetool.errors import WeightsError
+
+REGISTRY_ENV = "AGETOOL_REGISTRY"
+DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "weights.toml"
+
+KINDS = ("generator", "parser", "landmarks", "detector", "classifier", "recognition")
+REPO_TYPES = ("model", "space", "dataset")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+FILENAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
+HUB_REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+HEX_DIGITS = {"md5": 32, "sha256": 64}
+RESERVED_SUFFIXES = (".part", ".json", ".lock", ".tmp")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place an artifact can be fetched from: a direct URL, or a file in a Hub repository."""
+
+    url: str | None = None
+    hub: str | None = None
+    filename: str | None = None
+    revision: str | None = None
+    repo_type: str = "model"
+
+    @property
+    def is_hub(self) -> bool:
+        return self.hub is not None
+
+    def basename(self) -> str:
+        if self.is_hub:
+            return PurePosixPath(self.filename or "").name
+        return PurePosixPath(unquote(urlparse(self.url or "").path)).name
+
+    def describe(self) -> str:
+        if self.is_hub:
+            kind = "" if self.repo_type == "model" else f"{self.repo_type}s/"
+            at = f"@{self.revision[:12]}" if self.revision else ""
+            return f"hub:{kind}{self.hub}/{self.filename}{at}"
+        return self.url or "?"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    kind: str
+    description: str
+    license: str
+    license_url: str
+    filename: str
+    non_commercial: bool = False
+    size: int | None = None
+    md5: str | None = None
+    sha256: str | None = None
+    member: str | None = None
+    sources: tuple[Source, ...] = ()
+    config: dict = field(default_factory=dict)
+
+    @property
+    def has_checksum(self) -> bool:
+        return bool(self.md5 or self.sha256)
+
+    @property
+    def license_line(self) -> str:
+        note = " (non-commercial)" if self.non_commercial and "non-commercial" not in self.license.lower() else ""
+        url = f" {self.license_url}" if self.license_url else ""
+        return f"{self.name}: {self.license}{note}{url}"
+
+    @property
+    def import_command(self) -> str:
+        return f"agetool weights import FILE --as {self.name}"
+
+
+def check_name(name: str) -> str:
+    """An artifact name that is safe as a cache path component (lower case, digits, . _ -)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
+        raise WeightsError(f"invalid artifact name {name!r}",
+                           hint="names use lower-case letters, digits, '.', '_' and '-'")
+    return name
+
+
+def registry_path() -> Path:
+    env = os.environ.get(REGISTRY_ENV)
+    return Path(env).expanduser() if env else DEFAULT_REGISTRY
+
+
+_CACHE: dict[tuple, dict[str, Artifact]] = {}
+
+
+def load_registry(path: Path | None = None) -> dict[str, Artifact]:
+    """All artifacts of the registry, by name (parsed once per file version)."""
+    path = path or registry_path()
+    try:
+        st = path.stat()
+    except OSError:
+        hint = f"unset {REGISTRY_ENV}" if os.environ.get(REGISTRY_ENV) else "reinstall agetool"
+        raise WeightsError(f"weights registry not found: {path}", hint=hint) from None
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = parse_registry(path.read_bytes(), str(path))
+    return _CACHE[key]
+
+
+def _toml_loads(text: str) -> dict:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise WeightsError(f"weights registry is not valid TOML: {e}") from None
+
+
+def parse_registry(data: bytes, where: str = "registry") -> dict[str, Artifact]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WeightsError(f"{where}: not UTF-8 text") from None
+    models = _toml_loads(text).get("models")
+    if not isinstance(models, dict) or not models:
+        raise WeightsError(f"{where}: no [models.<name>] tables")
+    return {name: _artifact(name, entry, where) for name, entry in models.items()}
+
+
+def _artifact(name: str, entry: object, where: str) -> Artifact:
+    check_name(name)
+    ctx = f"{where}: models.{name}"
+    if not isinstance(entry, dict):
+        raise WeightsError(f"{ctx}: expected a table")
+    kind = entry.get("kind")
+    if kind not in KINDS:
+        raise WeightsError(f"{ctx}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    size = entry.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise WeightsError(f"{ctx}: size must be a positive integer")
+    sums = {}
+    for algo, digits in HEX_DIGITS.items():
+        value = entry.get(algo)
+        if value is not None:
+            if not isinstance(value, str) or not re.fullmatch(f"[0-9a-f]{{{digits}}}", value.lower()):
+                raise WeightsError(f"{ctx}: {algo} must be {digits} hex digits")
+            sums[algo] = value.lower()
+    raw_sources = entry.get("sources", [])
+    if not isinstance(raw_sources, list):
+        raise WeightsError(f"{ctx}: sources must be a list")
+    sources = tuple(_source(s, ctx) for s in raw_sources)
+    filename = entry.get("filename")
+    if filename is None:
+        filename = next((s.basename() for s in sources if _plain_filename(s.basename())), f"{name}.bin")
+    if not _plain_filename(filename):
+        raise WeightsError(f"{ctx}: filename {filename!r} is not a plain file name")
+    member = entry.get("member")
+    if member is not None and (not isinstance(member, str) or not member.strip("/")):
+        raise WeightsError(f"{ctx}: member must be a path inside the zip")
+    config = entry.get("config", {})
+    if not isinstance(config, dict):
+        raise WeightsError(f"{ctx}: config must be a table")
+    return Artifact(
+        name=name, kind=kind, description=str(entry.get("description", "")),
+        license=str(entry.get("license", "unknown")), license_url=str(entry.get("license_url", "")),
+        non_commercial=bool(entry.get("non_commercial", False)), filename=filename, size=size,
+        md5=sums.get("md5"), sha256=sums.get("sha256"), member=member, sources=sources, config=config,
+    )
+
+
+def _plain_filename(name: object) -> bool:
+    return isinstance(name, str) and bool(FILENAME_RE.fullmatch(name)) and not name.endswith(RESERVED_SUFFIXES)
+
+
+def _source(raw: object, ctx: str) -> Source:
+    if not isinstance(raw, dict) or ("url" in raw) == ("hub" in raw):
+        raise WeightsError(f"{ctx}: each source needs exactly one of url = ... or hub = ...")
+    if "url" in raw:
+        url = raw["url"]
+        if not isinstance(url, str) or urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
+            raise WeightsError(f"{ctx}: source url must be http(s): {url!r}")
+        return Source(url=url)
+    hub, filename = raw.get("hub"), raw.get("filename")
+    if not isinstance(hub, str) or not HUB_REPO_RE.fullmatch(hub):
+        raise WeightsError(f"{ctx}: hub must be 'owner/repo', not {hub!r}")
+    parts = PurePosixPath(filename).parts if isinstance(filename, str) else ()
+    if not parts or filename.startswith("/") or any(p in ("..", ".") for p in parts):
+        raise WeightsError(f"{ctx}: hub source needs a relative filename inside the repository")
+    repo_type = raw.get("repo_type", "model")
+    if repo_type not in REPO_TYPES:
+        raise WeightsError(f"{ctx}: repo_type must be one of {', '.join(REPO_TYPES)}")
+    revision = raw.get("revision")
+    if revision is not None and (not isinstance(revision, str) or not revision):
+        raise WeightsError(f"{ctx}: revision must be a commit sha, branch or tag")
+    return Source(hub=hub, filename=filename, revision=revision, repo_type=repo_type)
+
+
+def get(name: str) -> Artifact:
+    """The registered artifact ``name`` (a typed error listing the known names otherwise)."""
+    check_name(name)
+    models = load_registry()
+    if name not in models:
+        raise WeightsError(f"unknown weights {name!r}", hint=f"known: {', '.join(sorted(models))}")
+    return models[name]
