@@ -31,7 +31,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
     old_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    Image.MAX_IMAGE_PIXELS = None  # the size is checked below, before any pixel is decoded
     try:
         with Image.open(path) as im:
             w, h = im.size

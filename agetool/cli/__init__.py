@@ -70,22 +70,29 @@ def run(argv: list[str] | None = None) -> int:
     _console.DEBUG = debug
     try:
         rv = app(args=args, prog_name="agetool", standalone_mode=False)
+        if rv == 130:  # the parser turns Ctrl-C inside a command into a return value of 130
+            return _interrupted()
         return rv if isinstance(rv, int) else 0
-    except typer.Exit as e:
+    except typer.Exit as e:  # the parser turns Ctrl-C into exit code 130
+        if isinstance(e.__context__, KeyboardInterrupt) or e.exit_code == 130:
+            return _interrupted()
         return e.exit_code
     except typer.Abort:
-        _console.error("interrupted")
-        return 130
+        return _interrupted()
     except AgetoolError as e:
         return _agetool_error(e, debug)
     except KeyboardInterrupt:
-        _console.error("interrupted; finished outputs were kept, partial ones removed")
-        return 130
+        return _interrupted()
     except Exception as e:  # noqa: BLE001
         if _is_click_error(e):  # usage errors from the argument parser (exit 2)
             e.show()
             return e.exit_code
         return _unexpected(e, debug)
+
+
+def _interrupted() -> int:
+    _console.error("interrupted; finished outputs were kept, partial ones removed")
+    return 130
 
 
 def _is_click_error(e: Exception) -> bool:
