@@ -35,6 +35,10 @@ class DatasetError(InputError):
     """A training data folder, label file or photo list that can't be used as given."""
 
 
+class AlignmentError(InputError):
+    """Landmarks that can't define a face crop (not finite, degenerate, far outside the photo)."""
+
+
 class OutputError(AgetoolError):
     """An output path that can't be written."""
 
