@@ -70,6 +70,14 @@ def use_registry(env: Path, monkeypatch, models: dict[str, dict]) -> Path:
     return path
 
 
+def serve(env: Path, server, monkeypatch, name: str, data: bytes, **extra) -> str:
+    """Serve ``data`` at /f/<name>.bin and register it as ``name`` with that one URL source."""
+    path = f"/f/{name}.bin"
+    server.state.files[path] = data
+    use_registry(env, monkeypatch, {name: entry(data, [{"url": server.url(path)}], **extra)})
+    return path
+
+
 def cached_files(env: Path) -> list[Path]:
     root = env / "cache" / "files"
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".lock") if root.exists() else []
@@ -112,29 +120,18 @@ def test_resume_after_dropped_connection(env, server, monkeypatch):
     assert (env / "cache" / "files" / "big" / "big.bin").read_bytes() == data
 
 
-def test_partial_file_from_an_earlier_run_is_resumed(env, server, monkeypatch):
+@pytest.mark.parametrize("good_prefix, ranges", [(True, ["bytes=70000-"]), (False, ["bytes=70000-", None])],
+                         ids=["resumed", "bad-partial-discarded"])
+def test_partial_file_from_an_earlier_run(env, server, monkeypatch, good_prefix, ranges):
     data = payload(200_000, seed=2)
-    server.state.files["/f/p.bin"] = data
-    use_registry(env, monkeypatch, {"p": entry(data, [{"url": server.url("/f/p.bin")}])})
+    serve(env, server, monkeypatch, "p", data)
     part = env / "cache" / "files" / "p" / "p.bin.part"
     part.parent.mkdir(parents=True)
-    part.write_bytes(data[:70_000])
+    part.write_bytes(data[:70_000] if good_prefix else b"\0" * 70_000)
 
     path = weights.fetch("p")
     assert path.read_bytes() == data and not part.exists()
-    assert [r[2] for r in server.state.requests("GET")] == ["bytes=70000-"]
-
-
-def test_bad_partial_file_is_discarded_and_fetched_again(env, server, monkeypatch):
-    data = payload(100_000, seed=3)
-    server.state.files["/f/q.bin"] = data
-    use_registry(env, monkeypatch, {"q": entry(data, [{"url": server.url("/f/q.bin")}])})
-    part = env / "cache" / "files" / "q" / "q.bin.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"\0" * 5_000)  # garbage from somewhere else
-
-    assert weights.fetch("q").read_bytes() == data
-    assert [r[2] for r in server.state.requests("GET")] == ["bytes=5000-", None]
+    assert [r[2] for r in server.state.requests("GET")] == ranges
 
 
 def test_checksum_mismatch_exits_1_and_leaves_nothing(env, server, monkeypatch, capsys):
@@ -190,8 +187,7 @@ def test_every_source_failing_names_each_one(env, server, monkeypatch, capsys):
 
 def test_offline_without_cache_fails_with_one_line(env, server, monkeypatch, capsys):
     data = payload(1000)
-    server.state.files["/f/o.bin"] = data
-    use_registry(env, monkeypatch, {"o": entry(data, [{"url": server.url("/f/o.bin")}])})
+    serve(env, server, monkeypatch, "o", data)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
     assert run(["weights", "download", "o"]) == 1
@@ -226,8 +222,7 @@ def test_offline_with_warm_cache_serves_without_server(env, server, monkeypatch,
 
 def test_verify_catches_a_corrupted_file(env, server, monkeypatch, capsys):
     data = payload(60_000, seed=8)
-    server.state.files["/f/v.bin"] = data
-    use_registry(env, monkeypatch, {"v": entry(data, [{"url": server.url("/f/v.bin")}])})
+    serve(env, server, monkeypatch, "v", data)
     path = weights.fetch("v")
     assert run(["weights", "verify"]) == 0
     capsys.readouterr()
@@ -243,8 +238,7 @@ def test_verify_catches_a_corrupted_file(env, server, monkeypatch, capsys):
 
 def test_cached_file_changed_on_disk_is_rehashed_before_use(env, server, monkeypatch):
     data = payload(20_000, seed=9)
-    server.state.files["/f/c.bin"] = data
-    use_registry(env, monkeypatch, {"c": entry(data, [{"url": server.url("/f/c.bin")}])})
+    serve(env, server, monkeypatch, "c", data)
     path = weights.fetch("c")
     path.write_bytes(b"x" * len(data))
     messages = []
@@ -413,3 +407,14 @@ def test_default_cache_location(monkeypatch, tmp_path):
     assert store.cache_dir() == tmp_path / "xdg" / "agetool"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert store.cache_dir() == Path(os.path.expanduser("~")) / ".cache" / "agetool"
+
+
+def test_a_record_pointing_outside_the_cache_is_ignored(env, server, monkeypatch):
+    data = payload(4000, seed=16)
+    serve(env, server, monkeypatch, "r", data)
+    outside = env / "precious.txt"
+    outside.write_bytes(b"keep me")
+    store.write_record("r", {"path": str(outside), "sha256": "0" * 64, "stamp": store.stamp(outside)})
+
+    assert weights.fetch("r").read_bytes() == data
+    assert outside.read_bytes() == b"keep me"

@@ -62,7 +62,7 @@ def _candidates(art: Artifact, record: dict) -> list[Path]:
     if hub_sources:
         paths.extend(p for p in map(transfer.hub_cached, hub_sources) if p is not None)
     for p in paths:
-        if str(p) not in seen and p.is_file():
+        if str(p) not in seen and p.is_file() and store.managed(p):
             seen.add(str(p))
             out.append(p)
     return out
@@ -72,8 +72,9 @@ def _cached(art: Artifact, progress, say) -> Path | None:
     """A verified cached copy of ``art``: the recorded one if unchanged, else the first candidate
     that passes verification. Copies that fail are deleted and reported."""
     record = read_record(art.name)
-    if record.get("path") and store.record_matches(art, record, Path(record["path"])):
-        return Path(record["path"])
+    recorded = Path(record["path"]) if record.get("path") else None
+    if recorded is not None and store.record_matches(art, record, recorded) and store.managed(recorded):
+        return recorded
     for path in _candidates(art, record):
         digest = _hash(art, path, progress)
         why = store.mismatch(art, digest, record)
@@ -212,7 +213,7 @@ def _verify_converted(art: Artifact, progress, say) -> list[Check]:
     record = read_record(art.name)
     conv = record.get("converted") or {}
     path = Path(conv["path"]) if conv.get("path") else None
-    if path is None or not path.is_file():
+    if path is None or not path.is_file() or not store.managed(path):
         return []
     digest = _hash(art, path, progress)
     if digest.sha256 == conv.get("sha256"):

@@ -141,9 +141,9 @@ def _artifact(name: str, entry: object, where: str) -> Artifact:
     ctx = f"{where}: models.{name}"
     if not isinstance(entry, dict):
         raise WeightsError(f"{ctx}: expected a table")
-    kind = entry.get("kind")
-    if kind not in KINDS:
-        raise WeightsError(f"{ctx}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    kind = entry.get("kind", "other")  # KINDS are the ones agetool uses; others are kept as given
+    if not isinstance(kind, str) or not kind:
+        raise WeightsError(f"{ctx}: kind must be a word such as {', '.join(KINDS)}")
     size = entry.get("size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
         raise WeightsError(f"{ctx}: size must be a positive integer")
@@ -154,7 +154,7 @@ def _artifact(name: str, entry: object, where: str) -> Artifact:
             if not isinstance(value, str) or not re.fullmatch(f"[0-9a-f]{{{digits}}}", value.lower()):
                 raise WeightsError(f"{ctx}: {algo} must be {digits} hex digits")
             sums[algo] = value.lower()
-    raw_sources = entry.get("sources", [])
+    raw_sources = entry.get("sources", [{"url": entry["url"]}] if "url" in entry else [])
     if not isinstance(raw_sources, list):
         raise WeightsError(f"{ctx}: sources must be a list")
     sources = tuple(_source(s, ctx) for s in raw_sources)

@@ -155,8 +155,24 @@ def record_matches(art: Artifact, record: dict, path: Path) -> bool:
     return record_agrees(art, record)
 
 
+def managed(path: Path) -> bool:
+    """True for paths inside the agetool cache or the Hub cache: the only files this module
+    reads back from its records or ever deletes."""
+    try:
+        real = Path(os.path.realpath(path))
+    except (OSError, ValueError):
+        return False
+    for root in (cache_dir(), hub_cache_dir()):
+        if real.is_relative_to(Path(os.path.realpath(root))):
+            return True
+    return False
+
+
 def remove(path: Path) -> None:
-    """Delete a cached file; for a Hub snapshot link also the blob it points to."""
+    """Delete a cached file; for a Hub snapshot link also the blob it points to. Paths outside
+    the caches are never touched."""
+    if not managed(path):
+        return
     with contextlib.suppress(OSError):
         if path.is_symlink():
             target = path.resolve()

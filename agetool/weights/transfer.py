@@ -208,10 +208,8 @@ def _commit_of(path: Path) -> str | None:
 
 
 def _tqdm_adapter(progress, description: str):
-    """A tqdm class for ``hf_hub_download`` that forwards byte counts to ``progress``. Only the
-    first bar of a download reports (the Xet backend opens a second one for transfer bytes)."""
-    if progress is None:
-        return None
+    """A silent tqdm class for ``hf_hub_download`` that forwards byte counts to ``progress``. Only
+    the first bar of a download reports (the Xet backend opens a second one for transfer bytes)."""
     from tqdm import tqdm
 
     state = {"taken": False}
