@@ -1,0 +1,269 @@
+"""`agetool train` (and `train export`) and `agetool dataset prepare | from-photos`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from agetool.cli import app
+from agetool.cli import console
+
+train_app = typer.Typer(
+    name="train", invoke_without_command=True, no_args_is_help=True, add_completion=False,
+    help=("Train or fine-tune the LATS generator on one gender's folder (DIR/train<class>/*.png with "
+          "parsings/).\n\nScale with: torchrun --nproc_per_node N -m agetool train ...\n\n"
+          "Export the EMA generator for `agetool age --weights`: agetool train export RUN --out G.safetensors"),
+)
+dataset_app = typer.Typer(name="dataset", no_args_is_help=True, add_completion=False,
+                          help="Build training folders in the reference layout.")
+app.add_typer(train_app)
+app.add_typer(dataset_app)
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+LOSS_ORDER = ("D", "G", "D_real", "D_fake", "D_r1", "G_adv", "G_rec", "G_cyc", "G_id", "G_age")
+
+
+def _fmt_losses(losses: dict[str, float], short: bool = False) -> str:
+    names = ("D", "G", "G_rec") if short else LOSS_ORDER
+    return "  ".join(f"{k} {losses[k]:.4g}" for k in names if k in losses)
+
+
+class TrainDisplay:
+    """Renders ``TrainEvent``s: a live line on a terminal, plain log lines otherwise."""
+
+    def __init__(self, log_every: int):
+        self.log_every = max(1, log_every)
+        self.live = sys.stderr.isatty()
+        self.losses: dict[str, float] = {}
+        self.progress = None
+        self.task = None
+        self.started = time.time()
+
+    def __enter__(self):
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.progress = Progress(TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(bar_width=24),
+                                     TextColumn("{task.fields[rate]}"), TextColumn("ETA {task.fields[eta]}"),
+                                     TextColumn("{task.fields[losses]}"), console=console.err, transient=False)
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, ev) -> None:
+        kind = ev.kind
+        if kind == "warning":
+            console.warn(ev.message)
+        elif kind == "start" and ev.message:
+            console.info(ev.message)
+        elif kind == "start":
+            i = ev.info
+            classes = ", ".join(f"{k}: {v}" for k, v in i.get("classes", {}).items())
+            console.info(f"training {i.get('size')} px, ngf {i.get('ngf')}, ndf {i.get('ndf')}, "
+                         f"batch {i.get('batch_size')} pairs x {i.get('world')} process(es) on {i.get('device')}"
+                         f"{', bf16' if i.get('amp') == 'bf16' else ''}; {i.get('steps_per_epoch')} steps per epoch; "
+                         f"images per class: {classes}")
+            console.info(f"run folder: {i.get('run')}  (steps {ev.step} -> {ev.total_steps})")
+            if self.progress is not None:
+                self.task = self.progress.add_task("train", total=ev.total_steps, completed=ev.step, rate="",
+                                                   eta="?", losses="")
+        elif kind == "step":
+            if ev.losses:
+                self.losses = ev.losses
+            rate = f"{ev.images_per_sec:.3g} img/s"
+            if self.progress is not None and self.task is not None:
+                self.progress.update(self.task, completed=ev.step, rate=rate, eta=_fmt_time(ev.eta_s),
+                                     losses=_fmt_losses(self.losses, short=True))
+            elif ev.step % self.log_every == 0 or ev.step == ev.total_steps or ev.step == 1:
+                console.info(f"step {ev.step}/{ev.total_steps}  epoch {ev.epoch}  {rate}  lr {ev.lr:.3g}  "
+                             f"ETA {_fmt_time(ev.eta_s)}  {_fmt_losses(self.losses)}")
+        elif kind == "checkpoint":
+            self._note(f"checkpoint: {ev.path}")
+        elif kind == "sample":
+            self._note(f"samples: {ev.path}")
+        elif kind == "end":
+            if self.progress is not None and self.task is not None:
+                self.progress.update(self.task, completed=ev.step)
+            console.info(f"done: step {ev.step} in {_fmt_time(time.time() - self.started)}"
+                         + (f"  {_fmt_losses(self.losses)}" if self.losses else ""))
+
+    def _note(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text, markup=False, highlight=False)
+        else:
+            console.info(text)
+
+
+@train_app.callback()
+def train(
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Option("--data", help="One gender's folder: DIR/train<class>/*.png with parsings/.", file_okay=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder: checkpoints/, samples/, config.json, TensorBoard logs.", file_okay=False)] = None,
+    size: Annotated[Optional[int], typer.Option("--size", help="Training resolution: 256 (released), 128 or 64. The discriminator's depth follows it. Default 256, or the resumed run's.")] = None,
+    ngf: Annotated[Optional[int], typer.Option("--ngf", help="Generator width (64 released; 8-16 for quick experiments).", min=1)] = None,
+    ndf: Annotated[Optional[int], typer.Option("--ndf", help="Discriminator width (64 released; default: 64, or --ngf when that is smaller).", min=1)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per process and step (each pair = 2 images of different ages).", min=1)] = 6,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs (one epoch = images / 2 pairs).", min=1)] = 400,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop at this total step count (counting resumed steps).", min=0)] = None,
+    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (and always at the end).", min=0)] = 1000,
+    sample_every: Annotated[int, typer.Option("--sample-every", help="Write RUN/samples/step_N.png every N steps (0 = only at the end).", min=0)] = 500,
+    log_every: Annotated[int, typer.Option("--log-every", help="Report losses every N steps.", min=1)] = 10,
+    keep: Annotated[int, typer.Option("--keep", help="Keep the newest N checkpoints (0 = all).", min=0)] = 3,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --out.")] = False,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", help="Fine-tune from male, female (released models), a released zip or folder, a run, or a generator file.")] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (the mapping MLP uses 0.01 x).")] = 1e-3,
+    noise: Annotated[float, typer.Option("--noise", help="Sigma of the class-code noise.")] = 0.2,
+    no_flip: Annotated[bool, typer.Option("--no-flip", help="No random horizontal flips.")] = False,
+    no_mask: Annotated[bool, typer.Option("--no-mask", help="Don't mask the background with the parsings (then none are needed).")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N (torchrun: each process takes cuda:LOCAL_RANK).")] = "auto",
+    amp: Annotated[str, typer.Option("--amp", help="Mixed precision: none or bf16 (GPUs).")] = "none",
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of weights, pairs, flips and code noise (default 0, or the resumed run's).")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Data-loading processes per training process.", min=0)] = 2,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard/--no-tensorboard", help="Write TensorBoard logs to RUN/tb when tensorboard is installed.")] = True,
+    offline: Annotated[bool, typer.Option("--offline", help="Never use the network (for --init-from male|female).")] = False,
+) -> None:
+    """Train or fine-tune the LATS generator."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from agetool.errors import UsageError
+    from agetool.train.loop import TrainConfig, Trainer, tensorboard_available, TensorBoardLogger
+
+    if data is None or out is None:
+        raise UsageError("agetool train needs --data DIR and --out RUN",
+                         hint="e.g. agetool train --data ffhq-aging/males --out runs/males")
+    if ndf is None and ngf is not None and ngf < 64:
+        ndf = ngf
+    cfg = TrainConfig(data=str(data), out=str(out), size=size, ngf=ngf, ndf=ndf, batch_size=batch_size,
+                      epochs=epochs, max_steps=max_steps, save_every=save_every, sample_every=sample_every,
+                      log_every=log_every, keep=keep, lr=lr, noise=noise, flip=not no_flip, mask=not no_mask,
+                      seed=seed, device=device, amp=amp.lower(), workers=workers, resume=resume,
+                      init_from=init_from, offline=offline)
+    with TrainDisplay(log_every) as display:
+        trainer = Trainer(cfg, callback=display)
+        callbacks = [display]
+        tb = None
+        try:
+            if tensorboard and trainer.dist.main:
+                if tensorboard_available():
+                    tb = TensorBoardLogger(Path(out) / "tb")
+                    callbacks.append(tb)
+                else:
+                    console.info("TensorBoard logs: not written (pip install 'agetool[train]' to enable)")
+            trainer.callback = (lambda ev: [cb(ev) for cb in callbacks]) if trainer.dist.main else None
+            trainer.run()
+        finally:
+            if tb is not None:
+                tb.close()
+            trainer.close()
+
+
+@train_app.command("export", no_args_is_help=True)
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder (its newest checkpoint) or a checkpoints/step_* folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Generator file to write (.safetensors).", dir_okay=False)],
+    which: Annotated[str, typer.Option("--which", help="ema (the EMA generator, used for inference) or g (the training generator).")] = "ema",
+) -> None:
+    """Write a run's generator as a file for `agetool age --weights`."""
+    from agetool.errors import UsageError
+    from agetool.train.loop import export_generator, find_checkpoint
+
+    if out.suffix.lower() != ".safetensors":
+        raise UsageError(f"--out {out}: the exported file must end in .safetensors")
+    ck = find_checkpoint(run)
+    path = export_generator(ck, out, which=which)
+    console.info(f"wrote {path} ({'EMA' if which == 'ema' else 'training'} generator of {ck})")
+
+
+def _print_report(report, out: Path) -> None:
+    from rich.table import Table
+
+    from agetool.train.prepare import REASONS
+
+    table = Table(title=f"kept {report.n_kept} of {report.rows}", show_edge=False)
+    table.add_column("folder")
+    table.add_column("images", justify="right")
+    for (gender, phase, group), n in sorted(report.kept.items()):
+        table.add_row(f"{gender}/{phase}{group}", str(n))
+    console.err.print(table)
+    if report.dropped:
+        dropped = Table(title=f"dropped {report.n_dropped}", show_edge=False)
+        dropped.add_column("reason")
+        dropped.add_column("images", justify="right")
+        dropped.add_column("first")
+        for reason, n in report.dropped.most_common():
+            dropped.add_row(REASONS.get(reason, reason), str(n), report.examples.get(reason, ""))
+        console.err.print(dropped)
+    for note in report.notes:
+        console.warn(note)
+    console.info(f"output: {out}  (train on one gender folder, e.g. agetool train --data {out / 'males'} --out runs/males)")
+
+
+def _progress_cb(bar, task):
+    def cb(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return cb
+
+
+@dataset_app.command("prepare", no_args_is_help=True)
+def prepare(
+    images: Annotated[Path, typer.Option("--images", help="FFHQ-Aging images (e.g. ffhq_aging256x256): <number>.png, in any subfolders.", file_okay=False)],
+    labels: Annotated[Path, typer.Option("--labels", help="ffhq_aging_labels.csv.", dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: <out>/<males|females>/<train|test><group>/.", file_okay=False)],
+    parsings: Annotated[Optional[Path], typer.Option("--parsings", help="Face-parsing label maps <number>.png (default: parsings/ folders beside the images).", file_okay=False)] = None,
+    train_split: Annotated[int, typer.Option("--train-split", help="Images numbered below this go to train, the rest to test.")] = 69000,
+    link: Annotated[bool, typer.Option("--link", help="Hard-link instead of copying where the file system allows.")] = False,
+) -> None:
+    """Select FFHQ-Aging images with the dataset's rules and lay them out for training."""
+    from agetool.train.prepare import prepare_ffhq_aging
+
+    with console.progress() as bar:
+        task = bar.add_task("selecting", total=None)
+        report = prepare_ffhq_aging(images, labels, out, parsings=parsings, train_split=train_split, link=link,
+                                    progress=_progress_cb(bar, task))
+    _print_report(report, out)
+    if report.n_kept == 0:
+        raise typer.Exit(1)
+
+
+@dataset_app.command("from-photos", no_args_is_help=True)
+def from_photos(
+    csv_file: Annotated[Path, typer.Option("--csv", help="CSV with columns path, age (years) or age_group, gender (male/female).", dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: <out>/<males|females>/train<group>/.", file_okay=False)],
+    landmarks: Annotated[str, typer.Option("--landmarks", help="Landmark backend: auto, fan or dlib.")] = "auto",
+    parser_weights: Annotated[Optional[Path], typer.Option("--parser-weights", help="Face-parser checkpoint (default: the registry's deeplab-parser).", dir_okay=False)] = None,
+    phase: Annotated[str, typer.Option("--phase", help="train or test folders.")] = "train",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    offline: Annotated[bool, typer.Option("--offline", help="Never use the network; fail if a model file is not cached.")] = False,
+) -> None:
+    """Align and parse your own photos into the training layout (largest face of each photo)."""
+    from agetool.errors import UsageError
+    from agetool.train.prepare import build_from_photos, read_photo_csv
+
+    if phase not in ("train", "test"):
+        raise UsageError(f"--phase {phase}: expected train or test")
+    rows = read_photo_csv(csv_file)
+    dev = console.pick_device(device)
+    with console.progress() as bar:
+        task = bar.add_task("aligning and parsing", total=len(rows))
+        report = build_from_photos(rows, out, landmarks=landmarks, parser_weights=parser_weights, device=dev,
+                                   offline=offline, phase=phase, progress=_progress_cb(bar, task))
+    _print_report(report, out)
+    if report.n_kept == 0:
+        raise typer.Exit(1)
