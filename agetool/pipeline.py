@@ -199,24 +199,33 @@ class Pipeline:
             return photo
         from agetool.face.align import align_face
 
-        with self.timed("detect + landmarks"):
-            found = self.detector.detect(image)
-        if self.opts.min_face > 0:
-            small = [f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) < self.opts.min_face]
-            if small:
-                self.report(f"warning: {path.name}: skipped {len(small)} face(s) smaller than "
-                            f"{self.opts.min_face} px")
-            found = [f for f in found if f not in small]
-        if not found:
-            raise NoFaceError(f"no face found in {path}",
-                              hint="try a larger, frontal photo, --landmarks fan, or --aligned for a crop")
-        if self.opts.faces == "largest":
-            found = found[:1]
+        found = self.find_faces(image, photo.path)
         for i, det in enumerate(found):
             with self.timed("align"):
                 aligned = align_face(image, det.landmarks, size=GEN_SIZE)
             photo.faces.append(self._finish_face(i, aligned.image, det, aligned))
         return photo
+
+    def find_faces(self, image: np.ndarray, path: Path) -> list:
+        """Detected faces of ``image`` (largest first), after --min-face and --faces; NoFaceError if none."""
+        detector = self.detector
+        before = dict(detector.timings)
+        found = detector.detect(image)
+        for stage, secs in detector.timings.items():  # "detect" and "landmarks"
+            self.timings[stage] += secs - before.get(stage, 0.0)
+        if self.opts.min_face > 0:
+            kept = [f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= self.opts.min_face]
+            if len(kept) < len(found):
+                self.report(f"warning: {path.name}: skipped {len(found) - len(kept)} face(s) smaller than "
+                            f"{self.opts.min_face} px")
+            found = kept
+        if not found:
+            other = "fan" if self.detector.name.startswith("dlib") else "dlib"
+            raise NoFaceError(f"no face found in {path}",
+                              hint=f"try a larger, frontal photo, --landmarks {other}, or --aligned for a crop")
+        if self.opts.faces == "largest":
+            found = found[:1]
+        return found
 
     def _finish_face(self, index: int, crop: np.ndarray, detection, alignment) -> FaceCrop:
         face = FaceCrop(index, crop, crop, detection=detection, alignment=alignment)

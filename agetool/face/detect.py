@@ -11,7 +11,7 @@ Backends:
 - ``auto``: ``fan`` where its files are present, else ``dlib``.
 
 Faces come back largest first; equal areas keep the detector's order (LATS keeps the first of the
-largest boxes).
+largest boxes). dlib boxes scoring under ``DLIB_MIN_SCORE`` are dropped when a stronger one exists.
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ from agetool.errors import CheckpointError, OfflineError, UsageError
 
 DLIB_PREDICTOR = "shape_predictor_68_face_landmarks.dat"
 DLIB_UPSAMPLE = 1
+#: dlib detections scoring below this are dropped unless nothing scores higher (LATS keeps the largest
+#: box whatever its score; weak extra boxes are mostly false positives such as badges and prints).
+DLIB_MIN_SCORE = 0.2
 FAN_FILES = {"fan-2d": "2DFAN4-11f355bf06.pth.tar", "s3fd": "s3fd-619a316812.pth"}
 
 
-@dataclass
+@dataclass(eq=False)
 class DetectedFace:
     score: float
     box: tuple[float, float, float, float]  # (x0, y0, x1, y1), photo pixels
@@ -110,13 +113,14 @@ def dlib_predictor_path(*, offline: bool = False, report=None, progress=None) ->
 class DlibDetector(LandmarkDetector):
     name = "dlib (HOG + 68-point shape predictor)"
 
-    def __init__(self, *, predictor: str | Path | None = None, upsample: int = DLIB_UPSAMPLE, offline: bool = False,
-                 report=None, progress=None):
+    def __init__(self, *, predictor: str | Path | None = None, upsample: int = DLIB_UPSAMPLE,
+                 min_score: float = DLIB_MIN_SCORE, offline: bool = False, report=None, progress=None):
         super().__init__()
         import dlib
 
         path = Path(predictor) if predictor else dlib_predictor_path(offline=offline, report=report, progress=progress)
         self.upsample = upsample
+        self.min_score = min_score
         self._detector = dlib.get_frontal_face_detector()
         try:
             self._predictor = dlib.shape_predictor(str(path))
@@ -127,9 +131,14 @@ class DlibDetector(LandmarkDetector):
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         image = _rgb(image)
         rects, scores, _ = self._timed("detect", self._detector.run, image, self.upsample, 0.0)
+        boxes = list(zip(rects, scores))
+        if any(score >= self.min_score for _, score in boxes):
+            boxes = [(r, score) for r, score in boxes if score >= self.min_score]
+        else:  # nothing confident: keep the reference's choice, the largest box
+            boxes = sorted(boxes, key=lambda b: -(b[0].right() - b[0].left()) * (b[0].bottom() - b[0].top()))[:1]
         faces = []
         t0 = time.perf_counter()
-        for rect, score in zip(rects, scores):
+        for rect, score in boxes:
             shape = self._predictor(image, rect)
             pts = np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], dtype=np.float32)
             box = (float(rect.left()), float(rect.top()), float(rect.right()), float(rect.bottom()))

@@ -1,0 +1,137 @@
+"""`agetool align` and `agetool parse`: the face stages on their own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from agetool.cli import app
+from agetool.cli import console
+from agetool.cli.generate import Device, Faces, Landmarks, MinFace, Offline, ParserWeights
+
+
+def _read_landmarks(path: Path):
+    """68 [x, y] pairs from JSON: a bare list, or an object with a "landmarks" list."""
+    import json
+
+    import numpy as np
+
+    from agetool.errors import InputError
+
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise InputError(f"{path}: can't read ({e.strerror or e})", hint="check --landmarks-json") from None
+    except ValueError as e:
+        raise InputError(f"{path}: not valid JSON ({e})", hint="expected a list of 68 [x, y] pairs") from None
+    if isinstance(data, dict):
+        data = data.get("landmarks")
+    try:
+        points = np.asarray(data, dtype=np.float32)
+    except (TypeError, ValueError):
+        points = np.zeros((0,), np.float32)
+    if points.shape != (68, 2) or not np.isfinite(points).all():
+        raise InputError(f"{path}: expected 68 [x, y] pairs, found shape {points.shape}",
+                         hint="one face per file, iBUG / dlib point order")
+    return points
+
+
+def _pipeline(options, device: str):
+    from agetool.cli.generate import _report
+    from agetool.pipeline import Pipeline
+
+    return Pipeline(options, device=console.pick_device(device), report=_report)
+
+
+@app.command(no_args_is_help=True)
+def align(
+    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the crops: <stem>_face<i>.png.", file_okay=False)],
+    size: Annotated[int, typer.Option("--size", help="Side of the aligned crops in pixels.", min=16, max=4096)] = 256,
+    landmarks_json: Annotated[Optional[Path], typer.Option("--landmarks-json", help="68 [x, y] landmark pairs (JSON) of one face: skips detection. One input only.", dir_okay=False)] = None,
+    landmarks: Landmarks = "auto", faces: Faces = "all", min_face: MinFace = 0, offline: Offline = False,
+    device: Device = "auto",
+) -> int:
+    """Detect every face and write its FFHQ-aging aligned crop.
+
+    Examples:
+
+      agetool align group.jpg --out crops/
+
+      agetool align me.jpg --out crops/ --size 1024 --landmarks-json me_landmarks.json
+    """
+    from agetool.errors import AgetoolError, UsageError
+    from agetool.face.align import align_face
+    from agetool.images import find_images, read_image, write_image
+    from agetool.pipeline import Options
+
+    paths = find_images(inputs)
+    if not paths:
+        raise UsageError("no images found in the given folders")
+    if landmarks_json is not None and len(paths) > 1:
+        raise UsageError("--landmarks-json describes one face of one photo: give a single INPUT")
+    given = _read_landmarks(landmarks_json) if landmarks_json is not None else None
+    options = Options(landmarks=landmarks, faces=faces, min_face=min_face, offline=offline)
+    options.validate()
+    pipeline = _pipeline(options, device) if given is None else None
+    failed = 0
+    for path in paths:
+        try:
+            image = read_image(path)
+            points = [given] if given is not None else [f.landmarks for f in pipeline.find_faces(image, path)]
+            written = [write_image(out / f"{path.stem}_face{i}.png", align_face(image, lm, size=size).image)
+                       for i, lm in enumerate(points)]
+            console.info(f"{path} -> {', '.join(str(w) for w in written)}")
+        except AgetoolError as e:
+            if len(paths) == 1 or e.exit_code != 1:
+                raise
+            console.error(str(e))
+            failed += 1
+    if len(paths) > 1:
+        console.info(f"done: {len(paths) - failed} aligned, {failed} failed")
+    return 1 if failed else 0
+
+
+@app.command(no_args_is_help=True)
+def parse(
+    input: Annotated[Path, typer.Argument(help="A photo, or an aligned crop with --aligned.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Label map PNG: one uint8 class id per pixel (0 = background).", dir_okay=False)],
+    aligned: Annotated[bool, typer.Option("--aligned", help="Input is already an aligned crop: parse it as it is.")] = False,
+    overlay: Annotated[Optional[Path], typer.Option("--overlay", help="Also write the crop with the classes coloured in.", dir_okay=False)] = None,
+    parser_weights: ParserWeights = None, landmarks: Landmarks = "auto", offline: Offline = False,
+    device: Device = "auto",
+) -> int:
+    """Face-parsing labels (19 CelebAMask-HQ classes) of the largest face, or of an aligned crop.
+
+    Without --aligned the largest face is detected and aligned at 256 px first; the label map has
+    the crop's size.
+
+    Examples:
+
+      agetool parse crop.png --aligned --out labels.png --overlay overlay.png
+
+      agetool parse me.jpg --out labels.png
+    """
+    from agetool.face.parse import overlay as draw_overlay
+    from agetool.images import read_image, write_image
+    from agetool.pipeline import Options
+
+    options = Options(landmarks=landmarks, faces="largest", offline=offline, parser_weights=parser_weights,
+                      aligned=aligned)
+    pipeline = _pipeline(options, device)
+    crop = read_image(input)
+    if not aligned:
+        from agetool.face.align import align_face
+        from agetool.pipeline import GEN_SIZE
+
+        face = pipeline.find_faces(crop, input)[0]
+        crop = align_face(crop, face.landmarks, size=GEN_SIZE).image
+    labels = pipeline.parser.parse(crop)
+    write_image(out, labels)
+    if overlay is not None:
+        write_image(overlay, draw_overlay(crop, labels))
+    found = sorted(int(c) for c in set(labels.ravel().tolist()))
+    console.info(f"{input} -> {out}  ({len(found)} classes present)")
+    return 0

@@ -1,0 +1,113 @@
+"""Automatic choice of the male or female generator: insightface's ``genderage.onnx`` (buffalo_l).
+
+Input preparation follows insightface's attribute model: a square of 1.5 x the face box's longer
+side, centred on the box, scaled to the network's input (96 x 96) with a bilinear affine warp,
+RGB, ``(pixel - mean) / std`` where mean / std are 0 / 1 when the graph normalizes by itself (its
+first nodes subtract and multiply) and 127.5 / 128 otherwise. Output: three numbers, the first two
+gender scores (0 = female, 1 = male) and the age / 100.
+
+The face box is taken from the 68 landmarks (jaw and brows, raised by a third of the brow-to-chin
+height for the forehead), so it does not depend on which detector ran; an aligned crop without
+landmarks uses the face's place in the FFHQ-aging crop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from agetool.errors import AgetoolError, ModelChoiceError
+
+GENDERS = ("female", "male")
+BOX_SCALE = 1.5
+#: Face box in an aligned crop, as fractions of its side (x0, y0, x1, y1).
+ALIGNED_BOX = (0.235, 0.22, 0.77, 0.91)
+_HINT = "pass --model male or --model female"
+
+
+def face_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
+    """A detector-like face box (x0, y0, x1, y1) from 68 landmarks: jaw width, forehead to chin."""
+    lm = np.asarray(landmarks, dtype=np.float64).reshape(68, 2)
+    x0, x1 = lm[:, 0].min(), lm[:, 0].max()
+    brow, chin = lm[17:27, 1].min(), lm[:, 1].max()
+    return float(x0), float(brow - (chin - brow) / 3.0), float(x1), float(chin)
+
+
+def input_normalization(path: str | os.PathLike) -> tuple[float, float]:
+    """(mean, std) for the model at ``path``, by insightface's rule on the graph's first nodes."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    has_sub = has_mul = False
+    for i, node in enumerate(graph.node[:8]):
+        has_sub |= node.name.startswith(("Sub", "_minus"))
+        has_mul |= node.name.startswith(("Mul", "_mul"))
+        if i < 3 and node.name == "bn_data":
+            has_sub = has_mul = True
+    return (0.0, 1.0) if (has_sub and has_mul) else (127.5, 128.0)
+
+
+class GenderClassifier:
+    def __init__(self, session, mean: float, std: float):
+        inp = session.get_inputs()[0]
+        self.session = session
+        self.input_name = inp.name
+        self.input_size = int(inp.shape[2]) if isinstance(inp.shape[2], int) else 96
+        self.mean, self.std = mean, std
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, *, offline: bool = False,
+             report: Callable[[str], None] | None = None, progress=None) -> "GenderClassifier":
+        """From ``path``, or the registry's ``genderage``; ``ModelChoiceError`` when it can't be had."""
+        try:
+            if path is None:
+                from agetool import weights
+
+                path = weights.fetch("genderage", offline=offline, progress=progress, report=report)
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            mean, std = input_normalization(path)
+        except AgetoolError as e:
+            raise ModelChoiceError(f"can't choose the male or female model automatically: {e.message}",
+                                   hint=_HINT) from None
+        except ImportError as e:
+            raise ModelChoiceError(f"can't choose the male or female model automatically ({e.name} is missing)",
+                                   hint=_HINT) from None
+        except Exception as e:  # noqa: BLE001 - onnxruntime / onnx raise their own types for bad files
+            first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            raise ModelChoiceError(f"the gender classifier {path} could not be loaded ({first})", hint=_HINT) from None
+        return cls(session, mean, std)
+
+    def prepare(self, image: np.ndarray, box) -> np.ndarray:
+        """The network input [1, 3, S, S] float32 for the face in ``box`` of RGB ``image``."""
+        import cv2
+
+        s = self.input_size
+        x0, y0, x1, y1 = box
+        scale = s / (max(x1 - x0, y1 - y0) * BOX_SCALE)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        m = np.array([[scale, 0.0, s / 2 - cx * scale], [0.0, scale, s / 2 - cy * scale]])
+        crop = cv2.warpAffine(np.ascontiguousarray(image), m, (s, s), borderValue=0.0)  # [S, S, 3] RGB
+        blob = (crop.astype(np.float32) - np.float32(self.mean)) * np.float32(1.0 / self.std)
+        return np.ascontiguousarray(blob.transpose(2, 0, 1)[None])
+
+    def scores(self, blob: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: blob})[0][0], dtype=np.float64)
+
+    def predict(self, photo_image: np.ndarray, face) -> tuple[str, float]:
+        """('male' | 'female', probability of that answer) for ``face`` (a FaceCrop) of the photo."""
+        detection = getattr(face, "detection", None)
+        if detection is not None:
+            image, box = photo_image, face_box(detection.landmarks)
+        else:
+            image = face.aligned
+            n = image.shape[0]
+            box = tuple(v * n for v in ALIGNED_BOX)
+        logits = self.scores(self.prepare(image, box))[:2]
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        k = int(np.argmax(logits))
+        return GENDERS[k], float(p[k])
