@@ -318,7 +318,7 @@ def build_from_photos(rows: list[PhotoRow], out: str | os.PathLike, *, landmarks
 
     out = Path(out)
     detector = LandmarkDetector.create(landmarks, device=device, offline=offline)
-    parser = FaceParser.load(parser_weights, device, offline=offline)
+    parser = FaceParser.load(parser_weights, device=device, offline=offline)
     report = PrepareReport(rows=len(rows))
     several = 0
     for done, row in enumerate(rows, start=1):
