@@ -39,6 +39,11 @@ def env(tmp_path, monkeypatch, server):
     monkeypatch.setenv("HF_ENDPOINT", server.base)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    # as if HF_ENDPOINT had been set before huggingface_hub was imported: nothing leaves 127.0.0.1
+    template = huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        template.replace(huggingface_hub.constants.ENDPOINT, server.base))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.base)
     monkeypatch.setattr(transfer, "BACKOFF_S", 0.01)
     registry._CACHE.clear()
     return tmp_path
@@ -418,3 +423,17 @@ def test_a_record_pointing_outside_the_cache_is_ignored(env, server, monkeypatch
 
     assert weights.fetch("r").read_bytes() == data
     assert outside.read_bytes() == b"keep me"
+
+
+def test_hub_download_survives_a_dropped_connection(env, server, monkeypatch, capsys):
+    data = payload(400_000, seed=17)
+    path = "/acme/models/resolve/main/big.onnx"
+    server.state.files[path] = data
+    server.state.drop_after[path] = 150_000
+    use_registry(env, monkeypatch, {"hubbig": entry(data, [{"hub": "acme/models", "filename": "big.onnx"}])})
+
+    assert run(["weights", "download", "hubbig"]) == 0
+    out, err = capsys.readouterr()
+    assert Path(out.strip().split(": ", 1)[1]).read_bytes() == data
+    assert len(server.state.requests("GET", path)) >= 2
+    assert "Trying to resume" not in err  # the Hub client's own log lines stay quiet

@@ -4,6 +4,7 @@ or a Hub file through ``huggingface_hub`` (Hub cache, ``HF_ENDPOINT``, ``HF_HOME
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import re
 import time
@@ -174,11 +175,12 @@ def download_hub(art: Artifact, src: Source, *, progress=None) -> tuple[Path, st
     stalled = 0
     while True:
         try:
-            path = huggingface_hub.hf_hub_download(
-                src.hub, src.filename, repo_type=src.repo_type, revision=src.revision,
-                cache_dir=str(hub_cache_dir()), endpoint=os.environ.get("HF_ENDPOINT") or None,
-                tqdm_class=_tqdm_adapter(progress, art.name),
-            )
+            with _quiet_hub():
+                path = huggingface_hub.hf_hub_download(
+                    src.hub, src.filename, repo_type=src.repo_type, revision=src.revision,
+                    cache_dir=str(hub_cache_dir()), endpoint=os.environ.get("HF_ENDPOINT") or None,
+                    tqdm_class=_tqdm_adapter(progress, art.name),
+                )
             break
         except permanent as e:
             raise SourceFailed(_hub_reason(e), permanent=True) from None
@@ -189,6 +191,18 @@ def download_hub(art: Artifact, src: Source, *, progress=None) -> tuple[Path, st
             time.sleep(BACKOFF_S * 2 ** (stalled - 1))
     path = Path(path)
     return path, _commit_of(path)
+
+
+@contextmanager
+def _quiet_hub():
+    """huggingface_hub logs its own retries as warnings; failures reach the caller as errors instead."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _hub_reason(e: Exception) -> str:
