@@ -37,8 +37,11 @@ def _options(**kw):
     return Options(**kw)
 
 
-def _pipeline(options, device: str, dtype: str, progress=None):
+def _pipeline(options, device: str, dtype: str, bar=None):
+    from agetool.cli.weights import progress_factory
     from agetool.pipeline import Pipeline
+
+    progress = progress_factory(bar) if bar is not None else None
 
     dev = console.pick_device(device)
     dt = console.pick_dtype(dtype, dev)
@@ -111,7 +114,7 @@ def age(
     failed: list[tuple[Path, str]] = []
     done = 0
     with console.progress() as bar:
-        pipeline = _pipeline(options, device, dtype)
+        pipeline = _pipeline(options, device, dtype, bar)
         task = bar.add_task("ageing", total=len(paths))
         for path, target in zip(paths, targets):
             bar.update(task, description=f"ageing {path.name}")
@@ -220,7 +223,7 @@ def video(
     written: list[Path] = []
     try:
         with console.progress() as bar:
-            pipeline = _pipeline(options, device, dtype)
+            pipeline = _pipeline(options, device, dtype, bar)
             photo = pipeline.prepare(input)
             task = bar.add_task(f"rendering {total} frames", total=total)
             hold_n = int(round(hold * fps))

@@ -14,7 +14,9 @@ from urllib.parse import unquote, urlparse
 from agetool.errors import WeightsError
 
 REGISTRY_ENV = "AGETOOL_REGISTRY"
-DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "weights.toml"
+# A checkout keeps the registry at the repository root; a wheel carries a copy as package data.
+_ROOT_REGISTRY = Path(__file__).resolve().parents[2] / "weights.toml"
+DEFAULT_REGISTRY = _ROOT_REGISTRY if _ROOT_REGISTRY.is_file() else Path(__file__).resolve().parents[1] / "data" / "weights.toml"
 
 KINDS = ("generator", "parser", "landmarks", "detector", "classifier", "recognition")
 REPO_TYPES = ("model", "space", "dataset")
