@@ -256,3 +256,19 @@ def test_init_from_released_layout(data64, tmp_path):
     assert all(torch.equal(v, trainer.g_ema.state_dict()[k]) for k, v in g.state_dict().items())
     assert any("no discriminator" in n for n in notes)
     assert any("no training generator" in n for n in notes)
+
+
+def test_tensorboard_scalars_and_samples(data64, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from agetool.cli import run as cli
+
+    out = tmp_path / "run"
+    assert cli(["train", "--data", str(data64), "--out", str(out), "--size", "64", "--ngf", "8", "--batch-size", "2",
+                "--max-steps", "2", "--log-every", "1", "--sample-every", "2", "--workers", "0",
+                "--device", "cpu"]) == 0
+    acc = EventAccumulator(str(out / "tb")).Reload()
+    assert {"loss/G_rec", "loss/D_r1", "train/images_per_sec"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("loss/G")] == [1, 2]
+    assert acc.Tags()["images"] == ["samples"]
