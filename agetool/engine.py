@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import torch
@@ -14,7 +15,9 @@ class AgingEngine:
     """Runs a loaded generator on one device and dtype.
 
     ``chunk`` bounds how many frames are decoded at once, so memory does not grow with the number
-    of frames. Latents are always computed in float32; decoding runs in ``dtype``.
+    of frames. Latents are always computed in float32; decoding runs in ``dtype``. Decoding uses a
+    ``PreparedDecoder``: a snapshot of the decoder weights taken on first use, so the generator
+    must not be modified afterwards (build a new engine instead).
     """
 
     def __init__(self, generator: Generator, device: torch.device, dtype: torch.dtype = torch.float32,
@@ -23,6 +26,18 @@ class AgingEngine:
         self.device = device
         self.dtype = dtype
         self.chunk = max(1, int(chunk))
+        self._decoder = None
+        if device.type == "cpu":
+            use_physical_cores()
+
+    @property
+    def decoder(self):
+        """The prepared decoder (weights scaled, combined and cast once per engine)."""
+        if self._decoder is None:
+            from agetool.nn.prepared import PreparedDecoder
+
+            self._decoder = PreparedDecoder(self.generator.decoder, self.device, self.dtype)
+        return self._decoder
 
     def _autocast(self):
         if self.dtype == torch.float32:
@@ -32,8 +47,9 @@ class AgingEngine:
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [-1, 1] -> identity features [B, 256, H/4, W/4] (float32)"""
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            return self.generator.encode(x.to(self.device)).float()
+            return self.generator.encode(x).float().contiguous()
 
     @torch.inference_mode()
     def latents(self, codes: torch.Tensor) -> torch.Tensor:
@@ -47,12 +63,10 @@ class AgingEngine:
     @torch.inference_mode()
     def decode_stream(self, features: torch.Tensor, w: torch.Tensor) -> Iterator[torch.Tensor]:
         """One face's features [C, h, w] and latents [N, 256] -> chunks [n, 3, 4h, 4w] (float32, CPU)."""
-        feats = features.to(self.device)
+        feats = features.to(self.device)[None]
+        decoder = self.decoder
         for start in range(0, w.shape[0], self.chunk):
-            wc = w[start:start + self.chunk].to(self.device)
-            with self._autocast():
-                out = self.generator.decode(feats[None].expand(wc.shape[0], -1, -1, -1), wc)
-            yield out.float().cpu()
+            yield decoder(feats, w[start:start + self.chunk]).cpu()
 
     def decode(self, features: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """[C, h, w], [N, 256] -> [N, 3, 4h, 4w]"""
@@ -61,3 +75,29 @@ class AgingEngine:
     def traversal(self, anchors: torch.Tensor, steps: int) -> torch.Tensor:
         """Anchor latents [6, 256] -> video latents [5 * steps + 1, 256], youngest to oldest."""
         return traversal_latents(anchors, transition_alphas(steps).to(anchors.device))
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads counted once); the CPU count if unknown."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+                cores.add(f.read().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def use_physical_cores() -> None:
+    """One intra-op thread per physical core (convs gain nothing from hyper-threads), unless the
+    user set OMP_NUM_THREADS or torch.set_num_threads already chose fewer."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    n = physical_cores()
+    if torch.get_num_threads() > n:
+        torch.set_num_threads(n)

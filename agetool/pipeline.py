@@ -149,7 +149,7 @@ class Pipeline:
                     path = self._registry_generator(model)
                 generator = load_generator(path, device=self.device)
                 self._engines[model] = AgingEngine(generator, self.device, self.dtype,
-                                                   chunk=self.opts.batch or default_chunk(self.device))
+                                                   chunk=self.opts.batch or default_chunk(self.device, self.dtype))
         return self._engines[model]
 
     def _registry_generator(self, model: str) -> Path:
@@ -284,15 +284,48 @@ def _tiles(chunks, pipeline: Pipeline) -> Iterator[np.ndarray]:
         yield from to_uint8(chunk)
 
 
-def default_chunk(device) -> int:
-    """Frames decoded at once: small on CPUs (cache-friendly, bounded memory), larger on GPUs."""
-    if getattr(device, "type", "cpu") == "cuda":
-        import torch
+#: decoder activations alive at once per frame, in 64-channel maps of the output size (measured peak
+#: of the batched schedule at the upsampling blocks, with margin)
+FRAME_MAPS = 5
+#: per-sample modulated weights of one frame on the CPU (float32, all twelve convs)
+CPU_FRAME_WEIGHTS = 24 * 2**20
 
+
+def default_chunk(device, dtype=None, size: int = GEN_SIZE) -> int:
+    """Frames decoded at once, from the frame size, the dtype and the memory available.
+
+    GPUs decode a chunk as one batch: up to half the free memory, at most 128 frames. CPUs run the
+    frames of a chunk one by one (the chunk only bounds buffered outputs), so a few suffice; an
+    eighth of the available memory bounds it on small machines.
+    """
+    import torch
+
+    itemsize = torch.empty((), dtype=dtype or torch.float32).element_size()
+    per_frame = FRAME_MAPS * 64 * (size + 2) ** 2 * itemsize
+    kind = getattr(device, "type", str(device))
+    if kind == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        # about 120 MB of activations per 256 px frame in fp32
-        return int(max(1, min(64, free // (120 * 2**20) // 2)))
-    return 6
+        return int(max(1, min(128, free // 2 // per_frame)))
+    per_frame += CPU_FRAME_WEIGHTS + 3 * size * size * 4
+    cap = 16 if kind == "mps" else 8
+    return int(max(1, min(cap, available_memory() // 8 // per_frame)))
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to new allocations (MemAvailable on Linux; 4 GiB where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 4 * 2**30
 
 
 def class_labels() -> list[str]:
