@@ -49,3 +49,32 @@ def _isolated_env(tmp_path_factory):
     mp.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def seeded_parser_state():
+    """The reference's seeded face-parser weights (seed 3): a full-size DeepLabV3 state dict."""
+    from agetool.nn.parser import DeepLabV3
+    from agetool.nn.seeded import seeded_state_dict
+
+    return seeded_state_dict(DeepLabV3(), 3, "parser")
+
+
+@pytest.fixture(scope="session")
+def seeded_parser_file(tmp_path_factory, seeded_parser_state) -> Path:
+    """Those weights in the released ``deeplab_model.pth`` layout (``state_dict``, ``module.`` keys)."""
+    import torch
+
+    path = tmp_path_factory.mktemp("parser") / "deeplab_model.pth"
+    sd = {f"module.{k}": v for k, v in seeded_parser_state.items()}
+    sd["module.bn1.num_batches_tracked"] = torch.tensor(7)  # the reference loader drops keys with "tracked"
+    torch.save({"state_dict": sd, "epoch": 12}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def seeded_parser(seeded_parser_file):
+    """A loaded FaceParser with the seeded weights (shared: a full-size forward takes seconds)."""
+    from agetool.face.parse import FaceParser
+
+    return FaceParser.load(seeded_parser_file, device="cpu")

@@ -7,6 +7,7 @@ argmax over the 19 classes -> Pillow nearest resize back to the crop size.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,11 +37,16 @@ def load_parser_network(path: str | os.PathLike, device=None):
     from agetool.nn.checkpoint import load_into
     from agetool.nn.parser import DeepLabV3
 
-    net = DeepLabV3()
+    with torch.device("meta"):  # no random init of 58M parameters: the checkpoint replaces them all
+        net = DeepLabV3()
+    sd = {k: v.float() for k, v in read_parser_state_dict(path).items()}
     try:
-        load_into(net, read_parser_state_dict(path), str(path))
+        with warnings.catch_warnings():  # copying into meta tensors is a no-op: this only checks keys and shapes
+            warnings.simplefilter("ignore", UserWarning)
+            load_into(net, sd, str(path))
     except CheckpointError as e:
         raise CheckpointError(e.message, hint="is it the face parser, deeplab_model.pth?") from None
+    net.load_state_dict(sd, strict=True, assign=True)
     return net.eval().to(device or torch.device("cpu")).freeze()
 
 
