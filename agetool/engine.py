@@ -29,6 +29,11 @@ class AgingEngine:
         self._decoder = None
         if device.type == "cpu":
             use_physical_cores()
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # chunks repeat one shape: pick the fastest conv once
+            if dtype == torch.float32:  # float32 means float32: no TF32 convs or matmuls
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
 
     @property
     def decoder(self):
