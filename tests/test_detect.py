@@ -81,7 +81,7 @@ def test_auto_is_dlib_without_fan_files():
 def test_auto_is_fan_when_its_files_are_present(tmp_path, monkeypatch):
     folder = tmp_path / "hub" / "checkpoints"
     folder.mkdir(parents=True)
-    for name in detect.FAN_FILES.values():
+    for name in detect.fan_file_names().values():
         (folder / name).write_bytes(b"placeholder")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     built = {}

@@ -32,7 +32,7 @@ DLIB_UPSAMPLE = 1
 #: dlib detections scoring below this are dropped unless nothing scores higher (LATS keeps the largest
 #: box whatever its score; weak extra boxes are mostly false positives such as badges and prints).
 DLIB_MIN_SCORE = 0.2
-FAN_FILES = {"fan-2d": "2DFAN4-11f355bf06.pth.tar", "s3fd": "s3fd-619a316812.pth"}
+FAN_FILES = {"fan-2d": "2DFAN4-11f355bf06.pth.tar", "s3fd": "s3fd-619a316812.pth"}  # face-alignment 1.5
 
 
 @dataclass(eq=False)
@@ -154,9 +154,22 @@ def fan_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def fan_file_names() -> dict[str, str]:
+    """The file names the installed face-alignment loads from ``fan_checkpoint_dir()`` (registry name -> file)."""
+    from urllib.parse import urlparse
+
+    try:
+        from face_alignment import api
+        from face_alignment.detection.sfd import sfd_detector
+    except Exception:  # noqa: BLE001 - not installed or broken: the names of face-alignment 1.5
+        return dict(FAN_FILES)
+    urls = {"fan-2d": api.models_urls.get("2DFAN-4"), "s3fd": sfd_detector.models_urls.get("s3fd")}
+    return {k: Path(urlparse(u).path).name if u else FAN_FILES[k] for k, u in urls.items()}
+
+
 def fan_files_present() -> bool:
     folder = fan_checkpoint_dir()
-    return all((folder / f).is_file() for f in FAN_FILES.values())
+    return all((folder / f).is_file() for f in fan_file_names().values())
 
 
 class FanDetector(LandmarkDetector):
@@ -173,7 +186,7 @@ class FanDetector(LandmarkDetector):
         try:
             self._fa = face_alignment.FaceAlignment(
                 face_alignment.LandmarksType.TWO_D, device=dev, flip_input=True, face_detector="sfd",
-                face_detector_kwargs={"path_to_detector": str(folder / FAN_FILES["s3fd"])}, compile=False)
+                face_detector_kwargs={"path_to_detector": str(folder / fan_file_names()["s3fd"])}, compile=False)
         except (RuntimeError, OSError, KeyError) as e:
             raise CheckpointError(f"face-alignment could not load its networks from {folder} "
                                   f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})",
@@ -181,7 +194,7 @@ class FanDetector(LandmarkDetector):
 
     @staticmethod
     def _place_files(*, offline: bool, report, progress) -> None:
-        missing = ", ".join(f for f in FAN_FILES.values() if not (fan_checkpoint_dir() / f).is_file())
+        missing = ", ".join(f for f in fan_file_names().values() if not (fan_checkpoint_dir() / f).is_file())
         hint = "run `agetool weights download fan-2d s3fd` once online, or use --landmarks dlib"
         if offline:
             raise OfflineError(f"the fan landmark backend needs {missing} in {fan_checkpoint_dir()}", hint=hint)
