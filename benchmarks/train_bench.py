@@ -57,7 +57,8 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(data: Path, size: int, batch: int, amp: str, device: str, steps: int, warmup: int, ngf: int) -> dict:
+def bench(data: Path, size: int, batch: int, amp: str, device: str, steps: int, warmup: int, ngf: int,
+          grad_checkpoint: bool = False) -> dict:
     import torch
 
     from agetool.nn.seeded import seeded_state_dict
@@ -65,7 +66,8 @@ def bench(data: Path, size: int, batch: int, amp: str, device: str, steps: int, 
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(data=str(data), out=out, size=size, ngf=ngf, ndf=64, batch_size=batch, workers=0,
-                          device=device, amp=amp, save_every=0, sample_every=0)
+                          device=device, amp=amp, save_every=0, sample_every=0,
+                          grad_checkpoint=grad_checkpoint)
         tr = Trainer(cfg)
         if ngf == 64 and size == 256:
             for net, seed, kind in ((tr.g, 1, "generator"), (tr.g_ema, 1, "generator"), (tr.d, 2, "discriminator")):
@@ -86,7 +88,8 @@ def bench(data: Path, size: int, batch: int, amp: str, device: str, steps: int, 
             tr.step += 1
         finite = all(bool(torch.isfinite(v).all()) for v in terms.values())
         sec = float(np.median(times))
-        return {"stage": "train step (D+R1, G, EMA)", "device": str(tr.device),
+        stage = "train step" + (", G checkpointed" if grad_checkpoint else "")
+        return {"stage": stage, "device": str(tr.device),
                 "dtype": "bf16 autocast" if amp == "bf16" else "float32", "batch": f"{batch} pairs",
                 "size": size, "images_per_s": 2 * batch / sec, "sec_per_step": sec, "peak_mb": peak_mb(tr.device),
                 "finite": finite, "G": float(terms["G"]), "D": float(terms["D"])}
@@ -143,6 +146,7 @@ def main() -> int:
     ap.add_argument("--amp", nargs="+", default=["none"], choices=["none", "bf16"])
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--grad-checkpoint", action="store_true", help="recompute generator activations (less memory)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--check", action="store_true", help="verify the loss values on the device first")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
@@ -161,7 +165,8 @@ def main() -> int:
         for amp in args.amp:
             for b in args.batch_size:
                 try:
-                    rows.append(bench(data, args.size, b, amp, args.device, args.steps, args.warmup, args.ngf))
+                    rows.append(bench(data, args.size, b, amp, args.device, args.steps, args.warmup, args.ngf,
+                                      args.grad_checkpoint))
                 except torch.cuda.OutOfMemoryError:
                     rows.append({"stage": "train step", "device": args.device, "dtype": amp, "batch": f"{b} pairs",
                                  "images_per_s": float("nan"), "peak_mb": float("nan"), "finite": False,
@@ -170,11 +175,11 @@ def main() -> int:
                 r = rows[-1]
                 print(f"  done: {r['dtype']} batch {b}: {r['images_per_s']:.3g} img/s", flush=True)
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads, size {args.size}, ngf {args.ngf}")
-    header = f"{'stage':28s} {'device':8s} {'dtype':14s} {'batch':9s} {'images/s':>9s} {'s/step':>8s} {'peak MB':>8s} finite"
+    header = f"{'stage':32s} {'device':8s} {'dtype':14s} {'batch':9s} {'images/s':>9s} {'s/step':>8s} {'peak MB':>8s} finite"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['stage']:28s} {r['device']:8s} {r['dtype']:14s} {r['batch']:9s} {r['images_per_s']:9.3g} "
+        print(f"{r['stage']:32s} {r['device']:8s} {r['dtype']:14s} {r['batch']:9s} {r['images_per_s']:9.3g} "
               f"{r['sec_per_step']:8.2f} {r['peak_mb']:8.0f} {r['finite']}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -95,6 +95,21 @@ def test_resume_is_bit_exact(data64, tmp_path):
     assert state["optimizer_G"]["param_groups"][1]["lr"] == pytest.approx(5e-6)  # mapping MLP at 0.01 x
 
 
+def test_activation_checkpointing_gives_the_same_training(data64, tmp_path):
+    from agetool.train.loop import Trainer
+
+    params = []
+    for flag in (False, True):
+        trainer = Trainer(tiny(data64, tmp_path / f"run{flag}", max_steps=2, grad_checkpoint=flag))
+        batch = next(iter(trainer.loader))
+        for _ in range(2):
+            trainer.train_step(batch)
+            trainer.step += 1
+        params.append({**{f"G/{k}": v for k, v in trainer.g.state_dict().items()},
+                       **{f"D/{k}": v for k, v in trainer.d.state_dict().items()}})
+    assert all(torch.allclose(params[0][k], params[1][k], rtol=0, atol=1e-6) for k in params[0])
+
+
 def test_a_failed_checkpoint_write_keeps_the_previous_one(data64, tmp_path, monkeypatch):
     run = tmp_path / "run"
     train(tiny(data64, run, max_steps=2))

@@ -23,7 +23,6 @@ reports, writes samples and checkpoints. Progress reaches the caller through a c
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -35,8 +34,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from agetool.errors import CheckpointError, DatasetError, Interrupted, UsageError
+from agetool.ages import CODE_PER_CLASS, N_CLASSES
+from agetool.train.losses import (Codes, GeneratorPass, LossWeights, discriminate, discriminator_fake_loss,
+                                  discriminator_real_losses, generator_losses, generator_pass, make_codes, translate)
 
 CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
@@ -81,6 +85,7 @@ class TrainConfig:
     seed: int | None = None
     device: str = "auto"
     amp: str = "none"                 # none | bf16
+    grad_checkpoint: bool = False     # recompute generator activations in the backward pass (less memory)
     workers: int = 2
     resume: bool = False
     init_from: str | None = None
@@ -99,9 +104,7 @@ class TrainConfig:
             d["decay_epochs"] = tuple(d["decay_epochs"])
         return cls(**d)
 
-    def loss_weights(self):
-        from agetool.train.losses import LossWeights
-
+    def loss_weights(self) -> LossWeights:
         return LossWeights(cycle=self.cycle_weight, rec=self.rec_weight, identity=self.identity_weight,
                            age=self.age_weight, r1=self.r1_weight)
 
@@ -150,8 +153,6 @@ def _env_dist() -> Dist:
 
 
 def _resolve_device(name: str, dist: Dist):
-    import torch
-
     name = (name or "auto").lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -176,8 +177,6 @@ def _init_process_group(dist: Dist, device) -> None:
     if dist.world > 1 and not td.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
-            import torch
-
             torch.cuda.set_device(device)
         td.init_process_group(backend=backend)
 
@@ -196,8 +195,6 @@ def build_networks(size: int, ngf: int, ndf: int, seed: int):
     """Fresh G, D and EMA G (a copy of G); weights from ``seed`` (equalized-LR N(0, 1), zero biases)."""
     import copy
 
-    import torch
-
     from agetool.nn.discriminator import Discriminator, DiscriminatorConfig
     from agetool.nn.generator import Generator, GeneratorConfig
 
@@ -215,8 +212,6 @@ def build_networks(size: int, ngf: int, ndf: int, seed: int):
 
 
 def make_optimizers(g, d, cfg: TrainConfig):
-    import torch
-
     mlp = [p for n, p in g.named_parameters() if n.startswith("decoder.mlp.")]
     rest = [p for n, p in g.named_parameters() if not n.startswith("decoder.mlp.")]
     betas = (cfg.beta1, cfg.beta2)
@@ -240,8 +235,6 @@ def set_learning_rate(optimizers, lr: float) -> None:
 
 def ema_update(ema, model, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model, parameters only (the buffers are constant kernels)."""
-    import torch
-
     with torch.no_grad():
         e = [p for p in ema.parameters()]
         m = [p.detach() for p in model.parameters()]
@@ -286,8 +279,6 @@ def _fsync(path: Path) -> None:
 
 
 def _optimizer_tensors(opt, prefix: str) -> tuple[dict, dict]:
-    import torch
-
     sd = opt.state_dict()
     tensors, scalars = {}, {}
     for pid, state in sd["state"].items():
@@ -312,8 +303,6 @@ def _optimizer_state(tensors: dict, meta: dict, prefix: str) -> dict:
 
 
 def _rng_states() -> tuple[dict, dict]:
-    import torch
-
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -326,8 +315,6 @@ def _rng_states() -> tuple[dict, dict]:
 
 
 def _set_rng_states(tensors: dict, meta: dict) -> None:
-    import torch
-
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
     cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
@@ -488,8 +475,6 @@ def _infer_ndf(sd: dict) -> int | None:
 
 def sample_grid(g_ema, images, noise: float, seed: int, device) -> np.ndarray:
     """One row per input: [input, the six classes], 0-based from the youngest. uint8 [H, W, 3]."""
-    import torch
-
     from agetool.ages import AGE_CLASSES, all_class_codes
     from agetool.images import grid, to_uint8
 
@@ -538,23 +523,16 @@ class TensorBoardLogger:
 # the loop
 
 
-class _GeneratorObjective:
-    """Wraps a Generator so that DistributedDataParallel sees the whole training pass as one forward."""
+class GeneratorObjective(nn.Module):
+    """The whole generator pass of a step as one ``forward``, so DistributedDataParallel can wrap it."""
 
-    def __new__(cls, g):
-        import torch
+    def __init__(self, g, checkpoint: bool = False):
+        super().__init__()
+        self.g = g
+        self.checkpoint = checkpoint
 
-        from agetool.train.losses import Codes, generator_pass
-
-        class GeneratorObjective(torch.nn.Module):
-            def __init__(self, g):
-                super().__init__()
-                self.g = g
-
-            def forward(self, reals, gen, cyc, orig):
-                return generator_pass(self.g, reals, Codes(gen, cyc, orig)).as_tuple()
-
-        return GeneratorObjective(g)
+    def forward(self, reals, gen, cyc, orig):
+        return generator_pass(self.g, reals, Codes(gen, cyc, orig), self.checkpoint).as_tuple()
 
 
 class _StopFlag:
@@ -586,8 +564,6 @@ class Trainer:
     """Builds everything from a ``TrainConfig``; ``run()`` trains and returns the final step."""
 
     def __init__(self, cfg: TrainConfig, callback: Callback | None = None):
-        import torch
-
         self.dist = _env_dist()
         self.device = _resolve_device(cfg.device, self.dist)
         self.callback = callback if self.dist.main else None
@@ -626,7 +602,7 @@ class Trainer:
         if ck is not None:
             self._restore(ck)
 
-        self.g_train, self.d_train = _GeneratorObjective(self.g), self.d
+        self.g_train, self.d_train = GeneratorObjective(self.g, cfg.grad_checkpoint), self.d
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -699,7 +675,6 @@ class Trainer:
         self._emit(TrainEvent("start", message=f"fine-tuning from {what}"))
 
     def _build_data(self) -> None:
-        import torch
         from torch.utils.data import DataLoader
         from torch.utils.data.distributed import DistributedSampler
 
@@ -745,17 +720,10 @@ class Trainer:
     # -- one step
 
     def _autocast(self):
-        import torch
-
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
 
     def train_step(self, batch: dict) -> dict:
         """One discriminator update, one generator update, one EMA update. Returns the loss tensors."""
-        import torch
-
-        from agetool.ages import CODE_PER_CLASS, N_CLASSES
-        from agetool.train.losses import discriminator_losses, generator_losses, make_codes, translate, GeneratorPass
-
         dev = self.device
         class_a = torch.as_tensor(batch["A_class"]).long()
         class_b = torch.as_tensor(batch["B_class"]).long()
@@ -765,32 +733,38 @@ class Trainer:
         codes_g = make_codes(class_a, class_b, self.cfg.noise, CODE_PER_CLASS, N_CLASSES, rng).to(dev)
         class_a, class_b = class_a.to(dev), class_b.to(dev)
 
-        # discriminator
+        # discriminator: the fake half first, so its graph is freed before the real half and R1
         self.d.requires_grad_(True)
         self.opt_d.zero_grad(set_to_none=True)
         with torch.no_grad(), self._autocast():
             fakes = translate(self.g, reals, codes_d.gen)
+        with self._autocast():
+            fake_logits = self.d_train(fakes)
+        loss_fake = discriminator_fake_loss(fake_logits, class_a, class_b)
+        loss_fake.backward()
+        del fakes, fake_logits
         reals_d = reals.detach().requires_grad_(True)
         with self._autocast():
-            fake_logits = self.d_train(fakes.detach())
             real_logits = self.d_train(reals_d)
-        loss_d, terms_d = discriminator_losses(real_logits, fake_logits, reals_d, class_a, class_b, self.weights)
-        loss_d.backward()
+        loss_real, loss_r1, _ = discriminator_real_losses(real_logits, reals_d, class_a, class_b, self.weights)
+        (loss_real + loss_r1).backward()
         self.opt_d.step()
+        loss_fake, loss_real, loss_r1 = loss_fake.detach(), loss_real.detach(), loss_r1.detach()
+        terms_d = {"D_real": loss_real, "D_fake": loss_fake, "D_r1": loss_r1, "D": loss_real + loss_fake + loss_r1}
+        del real_logits, reals_d
 
         # generator
         self.d.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         with self._autocast():
             out = GeneratorPass(*self.g_train(reals, codes_g.gen, codes_g.cyc, codes_g.orig))
-            fake_logits_g = self.d(out.gen)
+            fake_logits_g = discriminate(self.d, out.gen, self.cfg.grad_checkpoint)
         loss_g, terms_g = generator_losses(out, fake_logits_g, reals, codes_g, class_a, class_b, self.weights)
         loss_g.backward()
         self.opt_g.step()
         self.d.requires_grad_(True)
         ema_update(self.g_ema, self.g, self.cfg.ema_decay)
-        terms_d.pop("r1_grad")
-        return {**terms_d, **terms_g}
+        return {**terms_d, **{k: v.detach() for k, v in terms_g.items()}}
 
     # -- the run
 
@@ -820,7 +794,6 @@ class Trainer:
     def _stop_everywhere(self, flag: bool) -> bool:
         if self.dist.world <= 1:
             return flag
-        import torch
         import torch.distributed as td
 
         t = torch.tensor([1.0 if flag else 0.0], device=self.device)
@@ -828,8 +801,6 @@ class Trainer:
         return bool(t.item() > 0)
 
     def run(self) -> int:
-        import torch
-
         cfg = self.cfg
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -86,16 +86,52 @@ def make_codes(class_a: torch.Tensor, class_b: torch.Tensor, sigma: float, code_
     return Codes(gen=gen, cyc=torch.cat([gen[n:], gen[:n]]), orig=orig)
 
 
-def generator_pass(generator, reals: torch.Tensor, codes: Codes) -> GeneratorPass:
-    """Translate, reconstruct and cycle ``reals`` [2N, 3, S, S] with a ``Generator``."""
-    id_real = generator.encode(reals)
+def generator_pass(generator, reals: torch.Tensor, codes: Codes, checkpoint: bool = False) -> GeneratorPass:
+    """Translate, reconstruct and cycle ``reals`` [2N, 3, S, S] with a ``Generator``.
+
+    ``checkpoint`` keeps only block inputs for the backward pass and recomputes the rest (same values,
+    a fraction of the memory, about a third more compute).
+    """
+    id_real = _encode(generator, reals, checkpoint)
     age_real = generator.encode_age(reals)
-    rec = generator.decode(id_real, generator.latent(codes.orig))
-    gen = generator.decode(id_real, generator.latent(codes.gen))
-    id_fake = generator.encode(gen)
+    rec = _decode(generator, id_real, generator.latent(codes.orig), checkpoint)
+    gen = _decode(generator, id_real, generator.latent(codes.gen), checkpoint)
+    id_fake = _encode(generator, gen, checkpoint)
     age_fake = generator.encode_age(gen)
-    cyc = generator.decode(id_fake, generator.latent(codes.cyc))
+    cyc = _decode(generator, id_fake, generator.latent(codes.cyc), checkpoint)
     return GeneratorPass(rec, gen, cyc, id_real, age_real, id_fake, age_fake)
+
+
+def _encode(generator, x: torch.Tensor, checkpoint: bool) -> torch.Tensor:
+    if not checkpoint:
+        return generator.encode(x)
+    from torch.utils.checkpoint import checkpoint_sequential
+
+    layers = generator.id_encoder.encoder
+    return checkpoint_sequential(layers, len(layers), x, use_reentrant=False)
+
+
+def _decode(generator, features: torch.Tensor, w: torch.Tensor, checkpoint: bool) -> torch.Tensor:
+    if not checkpoint:
+        return generator.decode(features, w)
+    from torch.utils.checkpoint import checkpoint as run_checkpointed
+
+    x = features
+    for block in generator.decoder.blocks():  # the decoder's forward, one checkpoint per styled block
+        x = run_checkpointed(block, x, w, use_reentrant=False)
+    return generator.decoder.conv_img(x)
+
+
+def discriminate(discriminator, x: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+    """D(x) [B, K, h, w]; ``checkpoint`` recomputes the down blocks in the backward pass (not for R1)."""
+    if not checkpoint:
+        return discriminator(x)
+    from torch.utils.checkpoint import checkpoint_sequential
+
+    from agetool.nn.discriminator import minibatch_stddev
+
+    layers = discriminator.model
+    return discriminator.gan_head(minibatch_stddev(checkpoint_sequential(layers, len(layers), x, use_reentrant=False)))
 
 
 def translate(generator, reals: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -130,6 +166,20 @@ def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.float() - b.float()).abs().mean()
 
 
+def discriminator_fake_loss(fake_logits: torch.Tensor, class_a: torch.Tensor, class_b: torch.Tensor) -> torch.Tensor:
+    """softplus(D(gen)[target]) for the translated images, targets cat(class_B, class_A)."""
+    return class_nonsat_loss(fake_logits, torch.cat([class_b, class_a]), real=False)
+
+
+def discriminator_real_losses(real_logits: torch.Tensor, reals: torch.Tensor, class_a: torch.Tensor,
+                              class_b: torch.Tensor, weights: LossWeights = LossWeights(), create_graph: bool = True,
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(softplus(-D(reals)[target]), R1, R1's gradient) from D(reals) with ``reals`` requiring grad."""
+    loss_real = class_nonsat_loss(real_logits, torch.cat([class_a, class_b]), real=True)
+    grad = r1_gradient(real_logits, reals, create_graph=create_graph)
+    return loss_real, r1_penalty(grad, weights.r1), grad
+
+
 def discriminator_losses(real_logits: torch.Tensor, fake_logits: torch.Tensor, reals: torch.Tensor,
                          class_a: torch.Tensor, class_b: torch.Tensor,
                          weights: LossWeights = LossWeights(), create_graph: bool = True,
@@ -139,12 +189,8 @@ def discriminator_losses(real_logits: torch.Tensor, fake_logits: torch.Tensor, r
     real_logits, fake_logits: [2N, K, h, w]. Returns (total, terms); terms also hold ``r1_grad``.
     ``create_graph=False`` gives the values only (R1 then can't be back-propagated).
     """
-    real_targets = torch.cat([class_a, class_b])
-    fake_targets = torch.cat([class_b, class_a])
-    loss_real = class_nonsat_loss(real_logits, real_targets, real=True)
-    loss_fake = class_nonsat_loss(fake_logits, fake_targets, real=False)
-    grad = r1_gradient(real_logits, reals, create_graph=create_graph)
-    loss_r1 = r1_penalty(grad, weights.r1)
+    loss_real, loss_r1, grad = discriminator_real_losses(real_logits, reals, class_a, class_b, weights, create_graph)
+    loss_fake = discriminator_fake_loss(fake_logits, class_a, class_b)
     total = loss_real + loss_fake + loss_r1
     return total, {"D_real": loss_real, "D_fake": loss_fake, "D_r1": loss_r1, "D": total, "r1_grad": grad}
 
