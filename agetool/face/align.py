@@ -102,6 +102,33 @@ def face_square(landmarks: np.ndarray) -> tuple[np.ndarray, float, dict]:
     return quad, side, {"eye_left": eye_l.tolist(), "eye_right": eye_r.tolist(), "mouth_avg": mouth.tolist()}
 
 
+def check_landmarks(landmarks, photo_w: int, photo_h: int) -> np.ndarray:
+    """[68, 2] float32 landmarks that define a usable square, or an AlignmentError saying why."""
+    from agetool.errors import AlignmentError
+
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.size != 136:
+        raise AlignmentError(f"expected 68 landmarks [x, y], got an array of shape {lm.shape}")
+    lm = lm.reshape(68, 2)
+    if not np.isfinite(lm).all():
+        raise AlignmentError("landmarks must be finite numbers (found NaN or infinity)")
+    if np.abs(lm).max() > 1e6:
+        raise AlignmentError("landmarks lie more than a million pixels away from the photo")
+    lm32 = lm.astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        quad, side, _ = face_square(lm32)
+    if not (np.isfinite(side) and np.isfinite(quad).all()) or side < 2.0:
+        raise AlignmentError("landmarks are degenerate: the eyes and mouth span less than a pixel")
+    x0, y0, x1, y1 = _bbox(quad)
+    overlap_w = min(x1, photo_w) - max(x0, 0)
+    overlap_h = min(y1, photo_h) - max(y0, 0)
+    if overlap_w <= 0 or overlap_h <= 0:
+        raise AlignmentError("the face square given by the landmarks lies outside the photo")
+    if side > 64 * max(photo_w, photo_h):
+        raise AlignmentError("the face square given by the landmarks is far larger than the photo")
+    return lm32
+
+
 def _bbox(quad: np.ndarray) -> tuple[int, int, int, int]:
     return (int(np.floor(min(quad[:, 0]))), int(np.floor(min(quad[:, 1]))),
             int(np.ceil(max(quad[:, 0]))), int(np.ceil(max(quad[:, 1]))))
@@ -118,6 +145,7 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 256, transf
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
     photo_h, photo_w = image.shape[:2]
+    landmarks = check_landmarks(landmarks, photo_w, photo_h)
     quad, qsize, info = face_square(landmarks)
     quad_photo = quad.copy()
     img = Image.fromarray(image)
