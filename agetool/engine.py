@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -67,11 +70,26 @@ class AgingEngine:
 
     @torch.inference_mode()
     def decode_stream(self, features: torch.Tensor, w: torch.Tensor) -> Iterator[torch.Tensor]:
-        """One face's features [C, h, w] and latents [N, 256] -> chunks [n, 3, 4h, 4w] (float32, CPU)."""
+        """One face's features [C, h, w] and latents [N, 256] -> chunks [n, 3, 4h, 4w] (float32, CPU).
+
+        On a multi-core CPU the frames are shared out to one worker thread per core.
+        """
         feats = features.to(self.device)[None]
         decoder = self.decoder
-        for start in range(0, w.shape[0], self.chunk):
-            yield decoder(feats, w[start:start + self.chunk]).cpu()
+        pool = frame_pool() if decoder.per_sample and self.device.type == "cpu" else None
+        if pool is None:
+            for start in range(0, w.shape[0], self.chunk):
+                yield decoder(feats, w[start:start + self.chunk]).cpu()
+            return
+        done: list[torch.Tensor] = []
+        ahead = max(self.chunk, 2 * pool.workers)
+        for frame in pool.imap(lambda i: decoder(feats, w[i:i + 1]), range(w.shape[0]), ahead):
+            done.append(frame)
+            if len(done) == self.chunk:
+                yield torch.cat(done)
+                done = []
+        if done:
+            yield torch.cat(done)
 
     def decode(self, features: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """[C, h, w], [N, 256] -> [N, 3, 4h, 4w]"""
@@ -80,6 +98,62 @@ class AgingEngine:
     def traversal(self, anchors: torch.Tensor, steps: int) -> torch.Tensor:
         """Anchor latents [6, 256] -> video latents [5 * steps + 1, 256], youngest to oldest."""
         return traversal_latents(anchors, transition_alphas(steps).to(anchors.device))
+
+
+class FramePool:
+    """Worker threads that each compute whole frames with one intra-op thread.
+
+    On CPUs this beats splitting every op across the cores: there is no barrier per op (a thread
+    that the system pre-empts delays only its own frame instead of stalling all cores at each of
+    the ~200 ops of a frame), and each core keeps its own frame's activations in its caches.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        main_threads = torch.get_num_threads()
+        ready = threading.Barrier(workers + 1, timeout=60)
+
+        def start() -> None:
+            torch.set_num_threads(1)  # this thread's OpenMP setting; the main thread's is restored below
+            ready.wait()
+
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="agetool-frames", initializer=start)
+        for _ in range(workers):  # each submit starts a thread while none is idle
+            self._pool.submit(lambda: None)
+        try:
+            ready.wait()
+        finally:
+            torch.set_num_threads(main_threads)
+
+    def imap(self, fn: Callable, items: Iterable, ahead: int) -> Iterator:
+        """fn over items, in order, with at most ``ahead`` calls queued or running."""
+        pending: deque = deque()
+        items = iter(items)
+        try:
+            for item in items:
+                pending.append(self._pool.submit(fn, item))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # the consumer stopped early (an error, Ctrl-C): drop what has not started
+            for future in pending:
+                future.cancel()
+
+
+_FRAME_POOLS: dict[int, FramePool] = {}
+_FRAME_POOL_LOCK = threading.Lock()
+
+
+def frame_pool() -> FramePool | None:
+    """The process's frame workers, one per physical core the intra-op setting allows; None for one."""
+    workers = min(physical_cores(), torch.get_num_threads())
+    if workers < 2:
+        return None
+    with _FRAME_POOL_LOCK:
+        if workers not in _FRAME_POOLS:
+            _FRAME_POOLS[workers] = FramePool(workers)
+        return _FRAME_POOLS[workers]
 
 
 def physical_cores() -> int:
