@@ -162,6 +162,12 @@ class Bench:
     def dt(self) -> str:
         return str(self.dtype).replace("torch.", "")
 
+    def workers_note(self) -> str:
+        from agetool.engine import frame_pool
+
+        pool = frame_pool() if self.device.type == "cpu" and self.engine.decoder.per_sample else None
+        return f"{pool.workers} frame workers" if pool else ""
+
     def add(self, stage, batch, rate, peak, note="", dtype=None):
         self.rows.append(Row(stage, self.dev, dtype or self.dt, str(batch), rate, peak, note))
 
@@ -209,7 +215,7 @@ class Bench:
                                  self.device, self.repeat)
         finally:
             self.engine.chunk = self.chunk
-        self.add("decode, six classes", len(self.anchors), rate, peak)
+        self.add("decode, six classes", len(self.anchors), rate, peak, self.workers_note())
 
     def traversal(self):
         n = len(self.frames)
@@ -219,7 +225,7 @@ class Bench:
                 pass
 
         rate, peak = measure(run, n, self.device, max(1, self.repeat - 1), warmup=False)
-        self.add(f"traversal, {n} frames", self.chunk, rate, peak)
+        self.add(f"traversal, {n} frames", self.chunk, rate, peak, self.workers_note())
 
     def reference(self):
         """The original computation: grouped modulated convs, float32, NCHW, one batch per request."""

@@ -146,3 +146,32 @@ def test_default_chunk_is_bounded_and_shrinks_with_frame_size():
 
 def test_physical_cores():
     assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+
+
+def test_frame_pool_keeps_order_and_stops_early():
+    import time
+
+    from agetool.engine import FramePool
+
+    before = torch.get_num_threads()
+    pool = FramePool(2)
+    assert torch.get_num_threads() == before  # the workers' single thread does not leak out
+    out = list(pool.imap(lambda i: (time.sleep(0.01 * (i % 3)), i)[1], range(12), ahead=4))
+    assert out == list(range(12))
+    started = []
+    it = pool.imap(lambda i: started.append(i) or time.sleep(0.02) or i, range(100), ahead=3)
+    assert next(it) == 0
+    it.close()
+    time.sleep(0.1)
+    assert len(started) <= 6
+
+
+def test_engine_stream_equals_direct_decode(generator, load_npz):
+    z = load_npz("gen_case1_noisycond_64.npz")
+    engine = AgingEngine(generator, CPU, chunk=3)
+    feats = engine.encode(torch.from_numpy(z["x"]))
+    w = engine.latents(torch.from_numpy(z["cond"]))
+    chunks = list(engine.decode_stream(feats[0], w))
+    assert [len(c) for c in chunks] == [3, 3]
+    direct = PreparedDecoder(generator.decoder, CPU)(feats, w)
+    assert max_err(torch.cat(chunks), direct) <= 1e-5
