@@ -50,7 +50,7 @@ def align(
     inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the crops: <stem>_face<i>.png.", file_okay=False)],
     size: Annotated[int, typer.Option("--size", help="Side of the aligned crops in pixels.", min=16, max=4096)] = 256,
-    landmarks_json: Annotated[Optional[Path], typer.Option("--landmarks-json", help="68 [x, y] landmark pairs (JSON) of one face: skips detection. One input only.", dir_okay=False)] = None,
+    landmarks_json: Annotated[Optional[Path], typer.Option("--landmarks-json", help="JSON list of the 68 (x, y) landmark pairs of one face (iBUG order): skips detection. One input only.", dir_okay=False)] = None,
     landmarks: Landmarks = "auto", faces: Faces = "all", min_face: MinFace = 0, offline: Offline = False,
     device: Device = "auto",
 ) -> int:
@@ -105,8 +105,9 @@ def parse(
 ) -> int:
     """Face-parsing labels (19 CelebAMask-HQ classes) of the largest face, or of an aligned crop.
 
-    Without --aligned the largest face is detected and aligned at 256 px first; the label map has
-    the crop's size.
+    Without --aligned the largest face is first detected and aligned at 256 px.
+
+    The label map has the crop's size; its values are class ids (0 = background, 1 = skin ... 18 = cloth).
 
     Examples:
 
