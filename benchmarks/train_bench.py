@@ -13,6 +13,7 @@ dtype, batch, images/s, peak MB.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -164,13 +165,17 @@ def main() -> int:
         data = synthetic_data(Path(tmp), args.size)
         for amp in args.amp:
             for b in args.batch_size:
+                oom = False
                 try:
                     rows.append(bench(data, args.size, b, amp, args.device, args.steps, args.warmup, args.ngf,
                                       args.grad_checkpoint))
                 except torch.cuda.OutOfMemoryError:
-                    rows.append({"stage": "train step", "device": args.device, "dtype": amp, "batch": f"{b} pairs",
-                                 "images_per_s": float("nan"), "peak_mb": float("nan"), "finite": False,
-                                 "size": args.size, "sec_per_step": float("nan")})
+                    oom = True
+                if oom:  # outside the except block, so the failed step's tensors can be freed
+                    rows.append({"stage": "train step (out of memory)", "device": args.device, "dtype": amp,
+                                 "batch": f"{b} pairs", "images_per_s": float("nan"), "peak_mb": float("nan"),
+                                 "finite": True, "size": args.size, "sec_per_step": float("nan")})
+                    gc.collect()
                     torch.cuda.empty_cache()
                 r = rows[-1]
                 print(f"  done: {r['dtype']} batch {b}: {r['images_per_s']:.3g} img/s", flush=True)

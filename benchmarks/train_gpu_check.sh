@@ -6,7 +6,8 @@
 # 1. the eight reference loss values computed on the GPU (TF32 off), needs ../shared/reference;
 # 2. a tiny real run through the CLI: fp32, then --resume, then bf16, then export -> loadable generator;
 #    with two or more GPUs also torchrun --nproc_per_node 2 (NCCL);
-# 3. images/s of full training steps at 256 px, batch 6 / 12 / 24 pairs, fp32 and bf16 autocast.
+# 3. images/s of full training steps at 256 px, batch 6 / 12 / 24 pairs, fp32 and bf16 autocast, with and
+#    without activation checkpointing (a configuration that does not fit is reported as out of memory).
 set -euo pipefail
 OUT=${OUT:-train-gpu}
 mkdir -p "$OUT"
@@ -41,3 +42,6 @@ fi
 echo "== 3. throughput at 256 px"
 python benchmarks/train_bench.py --device cuda --size 256 --batch-size 6 12 24 --amp none bf16 --steps 5 --warmup 2 \
   --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.txt"
+echo "== 3b. the same with --grad-checkpoint (less memory: the larger batches fit)"
+python benchmarks/train_bench.py --device cuda --size 256 --batch-size 6 12 24 --amp none bf16 --steps 5 --warmup 2 \
+  --grad-checkpoint --json "$OUT/throughput_ckpt.json" 2>&1 | tee "$OUT/throughput_ckpt.txt"
