@@ -6,9 +6,9 @@
 
 Stages: detect (face boxes), landmarks (68 points), align (256 px crop), parse (DeepLabV3 at 513),
 generate (identity encoder + six decodes). Parser and generator use the seeded full-size weights,
-which cost exactly what the released ones do. Each time is the median of the repeats after one
-warm-up run. With --fan-random the S3FD and FAN networks get random weights in a temporary
-TORCH_HOME: the timing is real, the boxes are not, so FAN then runs on dlib's box.
+which cost exactly what the released ones do. Each time is the median (and the fastest) of the
+repeats after one warm-up run. With --fan-random the S3FD and FAN networks get random weights in
+a temporary TORCH_HOME: the timing is real, the boxes are not, so FAN then runs on dlib's box.
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
+def median_time(fn, repeats: int) -> tuple[float, float]:
+    """(median, fastest) seconds of ``repeats`` runs after a warm-up run."""
+    fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 def random_fan_files(folder: Path) -> None:
@@ -49,7 +50,10 @@ def random_fan_files(folder: Path) -> None:
     torch.save(s3fd().state_dict(), folder / names["s3fd"])
 
 
-def backend_rows(photo: np.ndarray, device, repeats: int, fan_random: bool) -> list[tuple[str, str, float | None]]:
+Row = tuple[str, str, "tuple[float, float] | None"]
+
+
+def backend_rows(photo: np.ndarray, device, repeats: int, fan_random: bool) -> list[Row]:
     from agetool.face import detect
 
     rows = []
@@ -73,7 +77,7 @@ def backend_rows(photo: np.ndarray, device, repeats: int, fan_random: bool) -> l
     return rows
 
 
-def model_rows(photo: np.ndarray, device, repeats: int) -> list[tuple[str, str, float | None]]:
+def model_rows(photo: np.ndarray, device, repeats: int) -> list[Row]:
     from agetool.engine import AgingEngine
     from agetool.face.align import align_face
     from agetool.face.detect import LandmarkDetector
@@ -115,9 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = backend_rows(photo, device, args.repeats, args.fan_random) + model_rows(photo, device, args.repeats)
     print(f"{args.photo.name} {photo.shape[1]}x{photo.shape[0]}, {device}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats}")
-    print(f"{'backend':8} {'stage':18} {'seconds':>8}")
+    print(f"{'backend':8} {'stage':18} {'median s':>9} {'fastest s':>9}")
     for backend, stage, secs in rows:
-        print(f"{backend:8} {stage:18} {'n/a (weights absent)' if secs is None else f'{secs:8.3f}'}")
+        print(f"{backend:8} {stage:18} " + ("n/a (weights absent)" if secs is None else f"{secs[0]:9.3f} {secs[1]:9.3f}"))
 
 
 if __name__ == "__main__":
