@@ -220,7 +220,7 @@ class Pipeline:
                             f"{self.opts.min_face} px")
             found = kept
         if not found:
-            other = "fan" if self.detector.name.startswith("dlib") else "dlib"
+            other = "fan" if detector.name.startswith("dlib") else "dlib"
             raise NoFaceError(f"no face found in {path}",
                               hint=f"try a larger, frontal photo, --landmarks {other}, or --aligned for a crop")
         if self.opts.faces == "largest":
