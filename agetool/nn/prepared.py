@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from agetool.nn.layers import DEMOD_EPS, PN_EPS, ModulatedConv2d
+from agetool.nn.layers import DEMOD_EPS, PN_EPS, ModulatedConv2d, pixel_norm
 
 CHANNELS_LAST = torch.channels_last
 
@@ -98,7 +98,9 @@ class _PreparedModConv:
     """One ModulatedConv2d with its latent-independent work done."""
 
     def __init__(self, m: ModulatedConv2d, device: torch.device, dtype: torch.dtype, per_sample: bool):
-        self.module = m
+        affine = m.mlp_class_std[0].linear  # the style's EqualLinear
+        self.style_weight = (affine.weight_orig.detach() * affine.scale).float().to(device)
+        self.style_bias = affine.bias.detach().float().to(device)
         self.upsample = m.upsample
         self.out_ch, self.in_ch = m.out_ch, m.in_ch
         weight = (m.weight.detach() * m.scale).float().to(device)
@@ -114,7 +116,7 @@ class _PreparedModConv:
 
     def modulation(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """w [B, latent] -> style s [B, I] and demodulation factor [B, O] (float32)."""
-        s = self.module.style(w.float())
+        s = 1.0 + pixel_norm(F.linear(w.float(), self.style_weight, self.style_bias))
         return s, torch.rsqrt(s.pow(2) @ self.wsq.t() + DEMOD_EPS)
 
     def sample_weight(self, s: torch.Tensor, demod: torch.Tensor) -> torch.Tensor:
