@@ -138,3 +138,27 @@ def test_batch_nondeploy_and_cycle(generator, load_npz, grouped):
             close(generator.infer(out, torch.from_numpy(z["cond_cyc"])), z["out_cyc"])
     finally:
         generator.set_grouped_modconv(False)
+
+
+def test_cli_tiles_match_reference(reference_dir, load_npz, tmp_path, capsys):
+    """`agetool age --aligned --no-mask --noise 0 --weights released.pth --tiles` equals the reference."""
+    from PIL import Image
+
+    from agetool.images import to_uint8
+    from tests.helpers import cli
+
+    z = load_npz("gen_case3_deploy_256.npz")
+    weights = tmp_path / "latest_net_g_running.pth"
+    torch.save(seeded_state_dict(Generator(), 1, "generator"), weights)
+    tiles = tmp_path / "tiles"
+    code, _, err = cli(["age", reference_dir / "align_case0_out256.png", "--aligned", "--no-mask", "--noise", "0",
+                        "--weights", weights, "--tiles", tiles, "--out", tmp_path / "g.png", "--device", "cpu"],
+                       capsys)
+    assert code == 0, err
+    want = to_uint8(torch.from_numpy(z["out_deploy"]))
+    from agetool.ages import AGE_CLASSES
+
+    for k, label in enumerate(AGE_CLASSES):
+        got = np.asarray(Image.open(tiles / "align_case0_out256" / f"face0_{label}.png")).astype(int)
+        diff = np.abs(got - want[k])
+        assert diff.max() <= 3 and (diff <= 1).mean() >= 0.999, label
