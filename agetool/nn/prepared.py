@@ -24,6 +24,8 @@ Two algebraic rewrites (exact in real arithmetic, equal to float32 rounding in p
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -44,6 +46,23 @@ def subpixel_kernels(weight: torch.Tensor) -> torch.Tensor:
     return k.reshape(4, *weight.shape[:2], 2, 2).to(weight.dtype)
 
 
+_WORKSPACE = threading.local()
+
+
+def _empty(shape: tuple, like: torch.Tensor, reuse: bool) -> torch.Tensor:
+    """A channels-last buffer; with ``reuse``, this thread's buffer of that shape from an earlier
+    frame (the per-sample schedule frees each one before it asks for the next of its shape)."""
+    if not reuse:
+        return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=CHANNELS_LAST)
+    cache = getattr(_WORKSPACE, "buffers", None)
+    if cache is None:
+        cache = _WORKSPACE.buffers = {}
+    key = (shape, like.dtype, like.device)
+    if key not in cache:
+        cache[key] = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=CHANNELS_LAST)
+    return cache[key]
+
+
 def _pad_edges(buf: torch.Tensor, reflect: bool) -> torch.Tensor:
     """Fill the 1-pixel frame of ``buf`` from its interior: reflect or replicate padding."""
     k = 2 if reflect else 1
@@ -54,14 +73,14 @@ def _pad_edges(buf: torch.Tensor, reflect: bool) -> torch.Tensor:
     return buf
 
 
-def _padded(x: torch.Tensor, scales: tuple, reflect: bool) -> torch.Tensor:
+def _padded(x: torch.Tensor, scales: tuple, reflect: bool, reuse: bool = False) -> torch.Tensor:
     """x times each of ``scales`` (broadcast), written into a new channels-last buffer padded by 1."""
     if torch.compiler.is_compiling():  # the compiler fuses the functional form into one kernel
         for s in scales:
             x = x if s is None else x * s
         return F.pad(x, (1, 1, 1, 1), mode="reflect" if reflect else "replicate")
     b, c, h, w = x.shape
-    buf = torch.empty((b, c, h + 2, w + 2), dtype=x.dtype, device=x.device, memory_format=CHANNELS_LAST)
+    buf = _empty((b, c, h + 2, w + 2), x, reuse)
     inner = buf[:, :, 1:-1, 1:-1]
     scales = [s for s in scales if s is not None]
     if scales:
@@ -79,14 +98,13 @@ def _norm_scale(y: torch.Tensor) -> torch.Tensor:
     return ss.square_().div_(y.shape[1]).add_(PN_EPS / 2).rsqrt_().to(y.dtype)
 
 
-def _interleave(z: torch.Tensor, out_ch: int, h: int, w: int) -> torch.Tensor:
+def _interleave(z: torch.Tensor, out_ch: int, h: int, w: int, reuse: bool = False) -> torch.Tensor:
     """Phase outputs [B, 4·O, h+1, w+1] -> the upsampled map [B, O, 2h, 2w]."""
     if torch.compiler.is_compiling():
         rows = [torch.stack([z[:, (2 * a + b) * out_ch:(2 * a + b + 1) * out_ch, a:a + h, b:b + w]
                              for b in range(2)], dim=-1) for a in range(2)]  # [B, O, h, w, 2] per a
         return torch.stack(rows, dim=-3).reshape(z.shape[0], out_ch, 2 * h, 2 * w)
-    y = torch.empty((z.shape[0], out_ch, 2 * h, 2 * w), dtype=z.dtype, device=z.device,
-                    memory_format=CHANNELS_LAST)
+    y = _empty((z.shape[0], out_ch, 2 * h, 2 * w), z, reuse)
     for a in range(2):
         for b in range(2):
             p = 2 * a + b
@@ -126,11 +144,11 @@ class _PreparedModConv:
             mod = mod.repeat(4, 1)
         return (self.weight * mod[:, :, None, None]).to(self.dtype)
 
-    def finish(self, z: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Conv output (bias and demodulation applied) -> block activation input, before LReLU."""
-        if not self.upsample:
-            return z
-        y = _interleave(z, self.out_ch, h, w)
+    def interleave(self, z: torch.Tensor, h: int, w: int, reuse: bool = False) -> torch.Tensor:
+        """Sub-pixel conv output [B, 4·O, h+1, w+1] -> the map at twice the size [B, O, 2h, 2w]."""
+        return _interleave(z, self.out_ch, h, w, reuse)
+
+    def blurred(self, y: torch.Tensor) -> torch.Tensor:
         return F.conv2d(y, self.blur, padding=1, groups=self.out_ch)
 
 
@@ -176,9 +194,16 @@ class PreparedDecoder:
         scale = None
         for conv, (s, demod) in zip(self.convs, mods):
             h, w = x.shape[-2:]
-            buf = _padded(x, (scale,), reflect=not conv.upsample)
-            y = conv.finish(F.conv2d(buf, conv.sample_weight(s, demod), conv.bias), h, w)
-            x = F.leaky_relu_(y, 0.2)
+            # padded inputs and upsampled maps are this thread's buffers, reused frame after frame;
+            # each map is dropped as soon as it is used: one frame's peak is about two maps
+            buf = _padded(x, (scale,), reflect=not conv.upsample, reuse=True)
+            del x
+            x = F.conv2d(buf, conv.sample_weight(s, demod), conv.bias)
+            del buf
+            if conv.upsample:
+                x = conv.interleave(x, h, w, reuse=True)
+                x = conv.blurred(x)
+            x = F.leaky_relu_(x, 0.2)
             scale = _norm_scale(x)
         return self._to_image(x, scale)
 
@@ -189,9 +214,14 @@ class PreparedDecoder:
             buf = _padded(x, (scale, s.to(self.dtype)[:, :, None, None]), reflect=not conv.upsample)
             if conv.upsample:
                 demod = demod.repeat(1, 4)
-            z = torch.addcmul(conv.bias[None, :, None, None], F.conv2d(buf, conv.weight),
+            del x
+            x = torch.addcmul(conv.bias[None, :, None, None], F.conv2d(buf, conv.weight),
                               demod.to(self.dtype)[:, :, None, None])
-            x = F.leaky_relu_(conv.finish(z, h, w), 0.2)
+            del buf
+            if conv.upsample:
+                x = conv.interleave(x, h, w)
+                x = conv.blurred(x)
+            x = F.leaky_relu_(x, 0.2)
             scale = _norm_scale(x)
         return self._to_image(x, scale)
 
