@@ -67,7 +67,8 @@ class Report:
                  f"parity {'passed' if self.ok else 'FAILED'}.", "",
                  "| check | value | limit | ok |", "|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {'yes' if d else '**no**'} |" for a, b, c, d in self.parity]
-        lines += ["", "Decode throughput, 256 px frames (decoder only; features and latents already on the GPU):",
+        lines += ["", "Decode throughput, 256 px frames (decoder only; features and latents already on the GPU; "
+                  "float32 rows without TF32):",
                   "", "| decoder | dtype | batch | frames/s | peak MB | note |", "|---|---|---|---|---|---|"]
         lines += ["| " + " | ".join(r) + " |" for r in self.speed]
         if self.notes:
@@ -215,7 +216,7 @@ def throughput(rep: Report, g, device, batches, deadline: float, compile_: bool)
             except Exception as e:  # out of memory, a compiler failure: record it and go on
                 rep.rate(label, name, b, None, None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
                 free_cache(device)
-        del dec, fn
+        dec = fn = None
         free_cache(device)
 
     # what `agetool video` sees: the engine's own chunking and the copy of every frame to the CPU
