@@ -2,9 +2,39 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
+_ARG = re.compile("\x1f([^\x1f\x1e]+)(?:\x1e([^\x1d]*)\x1d([^\x1f]*))?\x1f")
+_NO_VALUE = object()
+
+
+def arg(name: str, value: object = _NO_VALUE) -> str:
+    """A reference to the argument ``name`` (with the ``value`` given) inside an error message.
+
+    ``str(error)`` shows it the Python way (``device='cuda'``); the command line renders the same
+    reference as its flag (``--device cuda``), so one message serves both.
+    """
+    if value is _NO_VALUE:
+        return f"\x1f{name}\x1f"
+    return f"\x1f{name}\x1e{value!r}\x1d{value}\x1f"
+
+
+def python_style(name: str, python: str | None, plain: str | None) -> str:
+    return name if python is None else f"{name}={python}"
+
+
+def render(text: str, style: Callable[[str, str | None, str | None], str] = python_style) -> str:
+    """``text`` with each ``arg()`` reference written by ``style(name, repr_of_value, str_of_value)``."""
+    return _ARG.sub(lambda m: style(m.group(1), m.group(2), m.group(3)), text)
+
 
 class AgetoolError(Exception):
-    """Base class: a failure the user can act on. ``exit_code`` is what the CLI exits with."""
+    """Base class: a failure the user can act on. ``exit_code`` is what the CLI exits with.
+
+    Messages name the Python argument at fault (``noise=-1.0: must be >= 0``); the command line
+    renders the same message with its flag names (``--noise -1.0: must be >= 0``).
+    """
 
     exit_code = 1
 
@@ -13,8 +43,13 @@ class AgetoolError(Exception):
         self.message = message
         self.hint = hint
 
-    def __str__(self) -> str:  # one line: message, then what to do
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+    def render(self, style: Callable[[str, str | None, str | None], str] = python_style) -> str:
+        """One line: the message, then what to do, with argument references written by ``style``."""
+        text = f"{self.message} ({self.hint})" if self.hint else self.message
+        return render(text, style)
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class UsageError(AgetoolError):

@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     args = ap.parse_args(argv)
 
-    from agetool.cli.console import pick_device, pick_dtype
+    from agetool.device import pick_device, pick_dtype
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)

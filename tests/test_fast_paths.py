@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agetool.cli.console import cpu_has_native_bf16, pick_dtype
+import agetool.device as device_mod
+from agetool.device import cpu_has_native_bf16, pick_dtype
 from agetool.engine import AgingEngine, physical_cores
 from agetool.nn.generator import Generator
 from agetool.nn.prepared import PreparedDecoder, subpixel_kernels
@@ -130,10 +131,10 @@ def test_bfloat16_schedules_close_to_float32(generator, load_npz, per_sample):
 
 
 def test_auto_dtype_follows_native_bf16(monkeypatch):
-    import agetool.cli.console as console
+
 
     for native, want in ((True, torch.bfloat16), (False, torch.float32)):
-        monkeypatch.setattr(console, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda native=native: native)
         assert pick_dtype("auto", CPU) == want
     assert pick_dtype("float32", CPU) == torch.float32
 

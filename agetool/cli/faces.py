@@ -9,6 +9,7 @@ import typer
 
 from agetool.cli import app
 from agetool.cli import console
+from agetool.cli import message as cli_message
 from agetool.cli.generate import Device, Faces, Landmarks, MinFace, Offline, ParserWeights
 
 
@@ -87,7 +88,7 @@ def align(
         except AgetoolError as e:
             if len(paths) == 1 or e.exit_code != 1:
                 raise
-            console.error(str(e))
+            console.error(cli_message(e))
             failed += 1
     if len(paths) > 1:
         console.info(f"done: {len(paths) - failed} aligned, {failed} failed")

@@ -10,6 +10,7 @@ import typer
 
 from agetool.cli import app
 from agetool.cli import console
+from agetool.cli import message as cli_message
 
 # ---------------------------------------------------------------- shared options
 Model = Annotated[str, typer.Option("--model", help="Generator: auto (chosen per face by a gender classifier), male or female.")]
@@ -137,8 +138,8 @@ def age(
             except AgetoolError as e:
                 if not several or e.exit_code != 1:
                     raise
-                console.error(str(e))
-                failed.append((path, str(e)))
+                console.error(cli_message(e))
+                failed.append((path, cli_message(e)))
             bar.advance(task)
     if profile:
         _print_profile(pipeline)
