@@ -99,29 +99,10 @@ def _is_click_error(e: Exception) -> bool:
     return callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int)
 
 
-#: arguments whose flag is not ``--<name>``: (flag when true, flag when false)
-_BOOL_FLAGS = {"mask": ("--mask", "--no-mask"), "labels": ("--labels", "--no-labels")}
-
-
-def flag_style(name: str, python: str | None, plain: str | None) -> str:
-    """How an argument named in a library error reads on the command line: its flag and value."""
-    if plain in ("True", "False") and name in _BOOL_FLAGS:
-        return _BOOL_FLAGS[name][plain == "False"]
-    flag = "--" + name.replace("_", "-")
-    if plain is None or plain == "True":
-        return flag
-    return f"{flag} {plain}"
-
-
-def message(e) -> str:
-    """An agetool error as one command-line line (flags instead of Python argument names)."""
-    return e.render(flag_style)
-
-
 def _agetool_error(e, debug: bool) -> int:
     if debug:
         _console.traceback()
-    _console.error(message(e))
+    _console.error(_console.message(e))
     return e.exit_code
 
 

@@ -9,7 +9,6 @@ import typer
 
 from agetool.cli import app
 from agetool.cli import console
-from agetool.cli import message as cli_message
 from agetool.cli.generate import Device, Faces, Landmarks, MinFace, Offline, ParserWeights
 
 
@@ -88,7 +87,7 @@ def align(
         except AgetoolError as e:
             if len(paths) == 1 or e.exit_code != 1:
                 raise
-            console.error(cli_message(e))
+            console.error(console.message(e))
             failed += 1
     if len(paths) > 1:
         console.info(f"done: {len(paths) - failed} aligned, {failed} failed")

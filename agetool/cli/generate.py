@@ -10,7 +10,6 @@ import typer
 
 from agetool.cli import app
 from agetool.cli import console
-from agetool.cli import message as cli_message
 
 # ---------------------------------------------------------------- shared options
 Model = Annotated[str, typer.Option("--model", help="Generator: auto (chosen per face by a gender classifier), male or female.")]
@@ -138,8 +137,8 @@ def age(
             except AgetoolError as e:
                 if not several or e.exit_code != 1:
                     raise
-                console.error(cli_message(e))
-                failed.append((path, cli_message(e)))
+                console.error(console.message(e))
+                failed.append((path, console.message(e)))
             bar.advance(task)
     if profile:
         _print_profile(pipeline)

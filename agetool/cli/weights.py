@@ -11,7 +11,6 @@ import typer
 
 from agetool.cli import app
 from agetool.cli import console
-from agetool.cli import message as cli_message
 
 weights_app = typer.Typer(
     help=("Model files: list, download, verify, locate and import them.\n\n"
@@ -107,7 +106,7 @@ def download(
             except AgetoolError as e:
                 if len(targets) == 1:
                     raise
-                console.error(cli_message(e))
+                console.error(console.message(e))
                 failed.append(name)
                 continue
             console.out.print(f"{name}: {path}", markup=False, highlight=False)
