@@ -37,16 +37,9 @@ def face_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
 
 def input_normalization(path: str | os.PathLike) -> tuple[float, float]:
     """(mean, std) for the model at ``path``, by insightface's rule on the graph's first nodes."""
-    import onnx
+    from agetool.face.onnxrt import graph_normalizes
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    has_sub = has_mul = False
-    for i, node in enumerate(graph.node[:8]):
-        has_sub |= node.name.startswith(("Sub", "_minus"))
-        has_mul |= node.name.startswith(("Mul", "_mul"))
-        if i < 3 and node.name == "bn_data":
-            has_sub = has_mul = True
-    return (0.0, 1.0) if (has_sub and has_mul) else (127.5, 128.0)
+    return (0.0, 1.0) if graph_normalizes(path) else (127.5, 128.0)
 
 
 class GenderClassifier:
@@ -56,30 +49,33 @@ class GenderClassifier:
         self.input_name = inp.name
         self.input_size = int(inp.shape[2]) if isinstance(inp.shape[2], int) else 96
         self.mean, self.std = mean, std
+        self.path = None  # the model file, when loaded from one
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, offline: bool = False,
              report: Callable[[str], None] | None = None, progress=None) -> "GenderClassifier":
         """From ``path``, or the registry's ``genderage``; ``ModelChoiceError`` when it can't be had."""
         try:
-            if path is None:
-                from agetool import weights
-
-                path = weights.fetch("genderage", offline=offline, progress=progress, report=report)
-            import onnxruntime
-
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            mean, std = input_normalization(path)
+            return cls.open(path, offline=offline, report=report, progress=progress)
         except AgetoolError as e:
             raise ModelChoiceError(f"can't choose the male or female model automatically: {e.message}",
                                    hint=_HINT) from None
-        except ImportError as e:
-            raise ModelChoiceError(f"can't choose the male or female model automatically ({e.name} is missing)",
-                                   hint=_HINT) from None
-        except Exception as e:  # noqa: BLE001 - onnxruntime / onnx raise their own types for bad files
-            first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-            raise ModelChoiceError(f"the gender classifier {path} could not be loaded ({first})", hint=_HINT) from None
-        return cls(session, mean, std)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None = None, *, device=None, offline: bool = False,
+             report: Callable[[str], None] | None = None, progress=None,
+             argument: str = "classifier_weights") -> "GenderClassifier":
+        """From ``path``, or the registry's ``genderage``, on ``device``'s onnxruntime provider; the
+        errors name ``argument`` (the file is missing or no model) or come from the registry."""
+        from agetool.face import onnxrt
+
+        path = onnxrt.resolve("genderage", path, argument=argument, offline=offline, report=report,
+                              progress=progress)
+        session = onnxrt.session(path, argument=argument, device=device)
+        mean, std = input_normalization(path)
+        classifier = cls(session, mean, std)
+        classifier.path = path
+        return classifier
 
     def prepare(self, image: np.ndarray, box) -> np.ndarray:
         """The network input [1, 3, S, S] float32 for the face in ``box`` of RGB ``image``."""
@@ -97,17 +93,26 @@ class GenderClassifier:
     def scores(self, blob: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input_name: blob})[0][0], dtype=np.float64)
 
+    def estimate(self, image: np.ndarray, box) -> tuple[float, str, float]:
+        """(age in years, 'male' | 'female', probability of that gender) for the face in ``box``."""
+        out = self.scores(self.prepare(image, box))
+        logits = out[:2]
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        k = int(np.argmax(logits))
+        return float(out[2]) * 100.0, GENDERS[k], float(p[k])
+
     def predict(self, photo_image: np.ndarray, face) -> tuple[str, float]:
         """('male' | 'female', probability of that answer) for ``face`` (a FaceCrop) of the photo."""
         detection = getattr(face, "detection", None)
         if detection is not None:
             image, box = photo_image, face_box(detection.landmarks)
         else:
-            image = face.aligned
-            n = image.shape[0]
-            box = tuple(v * n for v in ALIGNED_BOX)
-        logits = self.scores(self.prepare(image, box))[:2]
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        k = int(np.argmax(logits))
-        return GENDERS[k], float(p[k])
+            image, box = face.aligned, aligned_box(face.aligned.shape[0])
+        _, gender, p = self.estimate(image, box)
+        return gender, p
+
+
+def aligned_box(side: int) -> tuple[float, float, float, float]:
+    """The face box in an aligned crop of ``side`` pixels, where no landmarks are known."""
+    return tuple(v * side for v in ALIGNED_BOX)

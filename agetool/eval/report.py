@@ -1,0 +1,183 @@
+"""The evaluation report: per-face records, the summary per target, ``report.json`` and ``report.md``.
+
+A face record (one per photo, face and generator)::
+
+    {"photo": "a.jpg", "face": 0, "generator": "lats-auto", "model": "male",
+     "input": {"estimated_age": 31.2, "identity": 1.0},
+     "outputs": [{"target": "0-2", "target_age": 1.0, "estimated_age": 4.1, "identity": 0.61}, ...]}
+
+The summary has one row per generator and target, in the order the targets were asked for:
+``n``, ``estimated_age_mean``, ``age_error_mean`` (mean absolute difference to ``target_age``),
+``identity_mean`` and ``identity_min``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+REPORT_VERSION = 1
+
+
+def face_record(photo: str, face: int, generator: str, model: str, targets: list[tuple[str, float]],
+                measures) -> dict:
+    """One face's record from its ``targets`` [(target, target_age)] and ``measures`` (FaceMeasures)."""
+    if len(targets) != len(measures.ages):
+        raise ValueError("one measurement per target")
+    return {
+        "photo": photo, "face": int(face), "generator": generator, "model": model,
+        "input": {"estimated_age": float(measures.input_age), "identity": float(measures.input_identity)},
+        "outputs": [{"target": str(t), "target_age": float(a), "estimated_age": float(e), "identity": float(s)}
+                    for (t, a), e, s in zip(targets, measures.ages, measures.identities)],
+    }
+
+
+def summarize(faces: list[dict]) -> list[dict]:
+    """One row per (generator, target), in first-seen order."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for face in faces:
+        for out in face["outputs"]:
+            groups.setdefault((face["generator"], out["target"]), []).append(out)
+    rows = []
+    for (generator, target), outs in groups.items():
+        est = np.array([o["estimated_age"] for o in outs])
+        tgt = np.array([o["target_age"] for o in outs])
+        ids = np.array([o["identity"] for o in outs])
+        rows.append({
+            "generator": generator, "target": target, "target_age": float(tgt[0]), "n": len(outs),
+            "estimated_age_mean": float(est.mean()), "age_error_mean": float(np.abs(est - tgt).mean()),
+            "identity_mean": float(ids.mean()), "identity_min": float(ids.min()),
+        })
+    return rows
+
+
+def summarize_inputs(faces: list[dict]) -> dict:
+    """The input faces (each photo and face once): their estimated ages and self-identity."""
+    seen: dict[tuple[str, int], dict] = {}
+    for face in faces:
+        seen.setdefault((face["photo"], face["face"]), face["input"])
+    ages = np.array([i["estimated_age"] for i in seen.values()]) if seen else np.zeros(0)
+    ids = np.array([i["identity"] for i in seen.values()]) if seen else np.zeros(0)
+    if not seen:
+        return {"n": 0, "estimated_age_mean": None, "identity_mean": None, "identity_min": None}
+    return {"n": len(seen), "estimated_age_mean": float(ages.mean()), "identity_mean": float(ids.mean()),
+            "identity_min": float(ids.min())}
+
+
+def build(faces: list[dict], *, models: dict, settings: dict, failed: list[dict] | None = None,
+          calibration: dict | None = None) -> dict:
+    """The whole report (what ``report.json`` holds and ``agetool.evaluate`` returns)."""
+    from agetool import __version__
+
+    report = {
+        "version": REPORT_VERSION, "agetool": __version__, "models": models, "settings": settings,
+        "summary": summarize(faces), "inputs": summarize_inputs(faces), "faces": faces,
+        "failed": list(failed or []),
+    }
+    if calibration is not None:
+        report["calibration"] = calibration
+    return report
+
+
+def generators(report: dict) -> list[str]:
+    return list(dict.fromkeys(row["generator"] for row in report["summary"]))
+
+
+def _fmt(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The summary as text: a header and one row per generator and target (shared by md and the CLI)."""
+    several = len(generators(report)) > 1
+    header = (["generator"] if several else []) + ["target", "target age", "n", "estimated age",
+                                                   "age error", "identity mean", "identity min"]
+    rows = []
+    for r in report["summary"]:
+        rows.append(([r["generator"]] if several else []) + [
+            r["target"], _fmt(r["target_age"], 1), str(r["n"]), _fmt(r["estimated_age_mean"], 1),
+            _fmt(r["age_error_mean"], 1), _fmt(r["identity_mean"], 3), _fmt(r["identity_min"], 3)])
+    inp = report["inputs"]
+    if inp["n"]:
+        rows.append(([""] if several else []) + [
+            "input", "-", str(inp["n"]), _fmt(inp["estimated_age_mean"], 1), "-",
+            _fmt(inp["identity_mean"], 3), _fmt(inp["identity_min"], 3)])
+    return header, rows
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(report: dict, plot: str | None = "report.png") -> str:
+    """``report.md``: the summary table, the models and versions used, the settings."""
+    header, rows = table_rows(report)
+    lines = ["# agetool evaluation", ""]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" if i < (len(header) - 6) else "---:" for i in range(len(header))) + "|")
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    lines += ["", "Estimated age: the age model's estimate of each output; age error: mean absolute difference "
+              "to the target age; identity: cosine similarity of the identity embeddings of the input and "
+              "the output (1 = same embedding).", ""]
+    if plot:
+        lines += [f"![estimated age and identity per target]({plot})", ""]
+    lines += ["## Models", "", "| role | name | file | sha256 | revision |", "|---|---|---|---|---|"]
+    for role, info in report["models"].items():
+        for entry in (info if isinstance(info, list) else [info]):
+            sha = entry.get("sha256") or ""
+            lines.append("| " + " | ".join(_md_cell(c) for c in (
+                role, entry.get("name", ""), entry.get("file", ""), sha[:16], (entry.get("revision") or "")[:12])) + " |")
+    lines += ["", f"agetool {report['agetool']}; settings: "
+              + ", ".join(f"{k} = {_md_cell(json.dumps(v))}" for k, v in report["settings"].items()), ""]
+    if report.get("failed"):
+        lines += ["## Failed", ""] + [f"- {_md_cell(f['photo'])}: {_md_cell(f['error'])}" for f in report["failed"]] + [""]
+    cal = report.get("calibration")
+    if cal:
+        lines += ["## Calibrated anchors", "", "| class | default | calibrated |", "|---|---:|---:|"]
+        for label, age in cal["anchors"].items():
+            lines.append(f"| {label} | {cal['default_anchors'][label]:.1f} | {age:.1f} |")
+        lines += ["", f"Mean absolute difference between the estimated age of traversal frames and the "
+                  f"requested age: {cal['error_before']:.1f} years with the default anchors, "
+                  f"{cal['error_after']:.1f} with the calibrated ones.", ""]
+    return "\n".join(lines)
+
+
+@contextmanager
+def replacing(path: Path):
+    """Yield a temporary sibling of ``path`` to write; it replaces ``path`` when the block succeeds."""
+    from agetool.errors import OutputError
+    from agetool.images import atomic_path, ensure_parent
+
+    path = Path(path)
+    ensure_parent(path)
+    tmp = atomic_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"can't write {path}: {e.strerror or e}", hint="check free space and permissions") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> Path:
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write(report: dict, out: Path) -> list[Path]:
+    """``out/report.json``, ``out/report.md``, ``out/report.png`` (and ``anchors.json`` when calibrated)."""
+    from agetool.eval.plot import plot
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_text(out / "report.json", json.dumps(report, indent=1) + "\n"),
+               write_text(out / "report.md", markdown(report)), plot(report, out / "report.png")]
+    if report.get("calibration"):
+        written.append(write_text(out / "anchors.json", json.dumps(report["calibration"]["anchors"], indent=1) + "\n"))
+    return written
