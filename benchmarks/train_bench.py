@@ -62,7 +62,7 @@ def bench(data: Path, size: int, batch: int, amp: str, device: str, steps: int, 
           grad_checkpoint: bool = False) -> dict:
     import torch
 
-    from agetool.nn.seeded import seeded_state_dict
+    from agetool.testing import seeded_state_dict
     from agetool.train.loop import TrainConfig, Trainer
 
     with tempfile.TemporaryDirectory() as out:
@@ -102,7 +102,7 @@ def check(device: str) -> bool:
 
     from agetool.nn.discriminator import Discriminator
     from agetool.nn.generator import Generator
-    from agetool.nn.seeded import seeded_state_dict
+    from agetool.testing import seeded_state_dict
     from agetool.train.losses import Codes, objectives
 
     ref = Path(os.environ.get("AGETOOL_REFERENCE", ROOT.parent / "shared" / "reference"))

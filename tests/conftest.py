@@ -1,40 +1,26 @@
-"""Shared fixtures. Reference data lives in ../shared/reference beside the checkout; tests that need it
-skip cleanly where it is absent."""
+"""Shared fixtures. Reference data: the full set in ../shared/reference (or $AGETOOL_REFERENCE) when present,
+else the subset in tests/fixtures; see tests/reference.py for the lookup and the no-silent-skip rule."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = Path(os.environ.get("AGETOOL_REFERENCE", ROOT.parent / "shared" / "reference"))
-
-
-def _need_reference() -> Path:
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference fixtures not found at {REFERENCE}")
-    return REFERENCE
+from tests import reference
+from tests.reference import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
 
 
 @pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    return _need_reference()
+def reference_dir() -> reference.ReferenceFiles:
+    """``reference_dir / name``: a reference file's path; the test skips when no place has the file."""
+    return reference.ReferenceFiles()
 
 
 @pytest.fixture(scope="session")
-def load_npz(reference_dir):
-    cache: dict[str, dict] = {}
-
-    def load(name: str) -> dict:
-        if name not in cache:
-            with np.load(reference_dir / name) as z:
-                cache[name] = {k: z[k] for k in z.files}
-        return cache[name]
-
-    return load
+def load_npz():
+    """``load_npz(name)``: the arrays of a reference ``.npz``; the test skips when no place has the file."""
+    return reference.load_npz
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -55,7 +41,7 @@ def _isolated_env(tmp_path_factory):
 def seeded_parser_state():
     """The reference's seeded face-parser weights (seed 3): a full-size DeepLabV3 state dict."""
     from agetool.nn.parser import DeepLabV3
-    from agetool.nn.seeded import seeded_state_dict
+    from agetool.testing import seeded_state_dict
 
     return seeded_state_dict(DeepLabV3(), 3, "parser")
 

@@ -11,7 +11,7 @@ def tiny_generator_file(path: Path, seed: int = 1, ngf: int = 8) -> Path:
     """An agetool safetensors generator with ngf=8 (fast on CPU), deterministically seeded."""
     from agetool.nn.checkpoint import save_generator
     from agetool.nn.generator import Generator, GeneratorConfig
-    from agetool.nn.seeded import seed_module
+    from agetool.testing import seed_module
 
     g = seed_module(Generator(GeneratorConfig(ngf=ngf)), seed, "generator")
     return save_generator(path, g)

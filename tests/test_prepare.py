@@ -187,22 +187,13 @@ def test_dataset_prepare_cli(ffhq, tmp_path, capsys):
                 "--out", str(out)]) == 1
 
 
-def _astronaut(reference_dir_or_none) -> np.ndarray:
-    from agetool.images import read_image
-
-    if reference_dir_or_none is not None:
-        return read_image(reference_dir_or_none / "align_case0_input.png")
-    skdata = pytest.importorskip("skimage.data")
-    return skdata.astronaut()
-
-
 def test_from_photos_aligns_and_parses(tmp_path, monkeypatch, capsys):
     """Real dlib landmarks and alignment on a real face photo; the 100M-parameter parser is replaced by a
     stub that labels a left band as background (its own tests cover it)."""
     pytest.importorskip("dlib")
     from agetool.face import parse as parse_mod
-    from agetool.images import write_image
-    from tests.conftest import REFERENCE
+    from agetool.images import read_image, write_image
+    from tests import reference
 
     class StubParser:
         def parse(self, crop):
@@ -211,7 +202,7 @@ def test_from_photos_aligns_and_parses(tmp_path, monkeypatch, capsys):
             return labels
 
     monkeypatch.setattr(parse_mod.FaceParser, "load", classmethod(lambda cls, *a, **k: StubParser()))
-    photo = _astronaut(REFERENCE if REFERENCE.is_dir() else None)
+    photo = read_image(reference.path("align_case0_input.png"))
     write_image(tmp_path / "astronaut.png", photo)
     write_image(tmp_path / "wall.png", np.full((200, 200, 3), 128, np.uint8))
     listing = _write_csv(tmp_path / "photos.csv", ["path", "age", "gender"],
@@ -224,16 +215,13 @@ def test_from_photos_aligns_and_parses(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "kept 1 of 3" in err and "no face found" in err and "image file not found" in err
     written = out / "females" / "train40-49" / "00002_astronaut.png"
-    from agetool.images import read_image
-
     crop = read_image(written)
     assert crop.shape == (256, 256, 3)
     labels = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
         out / "females" / "train40-49" / "parsings" / "00002_astronaut.png"))
     assert labels.shape == (256, 256) and set(np.unique(labels)) == {0, 1}
-    if REFERENCE.is_dir():  # the crop is the reference's alignment of the same photo
-        want = read_image(REFERENCE / "align_case0_out256.png").astype(int)
-        assert np.abs(crop.astype(int) - want).max() <= 3
+    want = read_image(reference.path("align_case0_out256.png")).astype(int)  # the reference's alignment
+    assert np.abs(crop.astype(int) - want).max() <= 3
 
 
 def test_group_names_match_training_classes():

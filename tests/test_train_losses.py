@@ -10,7 +10,7 @@ import torch
 
 from agetool.nn.discriminator import Discriminator
 from agetool.nn.generator import Generator
-from agetool.nn.seeded import seeded_state_dict
+from agetool.testing import seeded_state_dict
 from agetool.train.losses import Codes, make_codes, objectives
 
 NAMES = {  # reference name -> ours

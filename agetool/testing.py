@@ -1,4 +1,7 @@
-"""Deterministic seeded weights, for tests and benchmarks (no downloads).
+"""Test and benchmark support, not used by the tool itself: deterministic seeded weights (no downloads).
+
+The fill reproduces the weights the reference fixtures were computed with, so parity tests and
+benchmarks run the full-size networks without the released checkpoints.
 
 The fill walks the state dict in order; parameter ``p`` (0-based among parameters only) draws
 ``torch.rand`` from a CPU generator seeded with ``seed * 100000 + p`` and maps it to a
