@@ -70,7 +70,7 @@ class Measurer:
             box, five = self._geometry(image.shape[0], crop.shape[0], landmarks)
             boxes.append(box)
             points.append(five)
-        ages = [self.age_model.estimate(image, box)[0] for image, box in zip(images, boxes)]
+        ages = [self.age_model.estimate_at(image, box)[2] for image, box in zip(images, boxes)]
         emb = self.identity_model.embed(images, points)
         from agetool.face.identity import cosine
 

@@ -35,6 +35,11 @@ def face_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
     return float(x0), float(brow - (chin - brow) / 3.0), float(x1), float(chin)
 
 
+def aligned_box(side: int) -> tuple[float, float, float, float]:
+    """The face box in an aligned crop of ``side`` pixels, where no landmarks are known."""
+    return tuple(v * side for v in ALIGNED_BOX)
+
+
 def input_normalization(path: str | os.PathLike) -> tuple[float, float]:
     """(mean, std) for the model at ``path``, by insightface's rule on the graph's first nodes."""
     from agetool.face.onnxrt import graph_normalizes
@@ -90,17 +95,17 @@ class GenderClassifier:
         blob = (crop.astype(np.float32) - np.float32(self.mean)) * np.float32(1.0 / self.std)
         return np.ascontiguousarray(blob.transpose(2, 0, 1)[None])
 
-    def scores(self, blob: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input_name: blob})[0][0], dtype=np.float64)
-
-    def estimate(self, image: np.ndarray, box) -> tuple[float, str, float]:
-        """(age in years, 'male' | 'female', probability of that gender) for the face in ``box``."""
+    def estimate_at(self, image: np.ndarray, box) -> tuple[str, float, float]:
+        """(gender, probability of that gender, age in years) for the face in ``box`` of RGB ``image``."""
         out = self.scores(self.prepare(image, box))
         logits = out[:2]
         p = np.exp(logits - logits.max())
         p /= p.sum()
         k = int(np.argmax(logits))
-        return float(out[2]) * 100.0, GENDERS[k], float(p[k])
+        return GENDERS[k], float(p[k]), float(max(0.0, out[2] * 100.0))
+
+    def scores(self, blob: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: blob})[0][0], dtype=np.float64)
 
     def predict(self, photo_image: np.ndarray, face) -> tuple[str, float]:
         """('male' | 'female', probability of that answer) for ``face`` (a FaceCrop) of the photo."""
@@ -108,11 +113,11 @@ class GenderClassifier:
         if detection is not None:
             image, box = photo_image, face_box(detection.landmarks)
         else:
-            image, box = face.aligned, aligned_box(face.aligned.shape[0])
-        _, gender, p = self.estimate(image, box)
-        return gender, p
-
-
-def aligned_box(side: int) -> tuple[float, float, float, float]:
-    """The face box in an aligned crop of ``side`` pixels, where no landmarks are known."""
-    return tuple(v * side for v in ALIGNED_BOX)
+            image = face.aligned
+            n = image.shape[0]
+            box = tuple(v * n for v in ALIGNED_BOX)
+        logits = self.scores(self.prepare(image, box))[:2]
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        k = int(np.argmax(logits))
+        return GENDERS[k], float(p[k])
