@@ -86,6 +86,12 @@ class WeightsError(AgetoolError):
     """Registry, download or verification failure."""
 
 
+class UnknownWeightsError(WeightsError, UsageError):
+    """A weights name that the registry does not list (a usage error: exit 2)."""
+
+    exit_code = 2
+
+
 class ChecksumError(WeightsError):
     """A downloaded or cached file whose size or hash is not the registered one."""
 

@@ -6,13 +6,14 @@ Images are numpy uint8 arrays [H, W, 3] RGB. Network tensors are float32 [B, 3, 
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from agetool.errors import InputError, OutputError
+from agetool.errors import InputError, OutputError, UsageError, arg
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -27,7 +28,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     if not path.exists():
         raise InputError(f"{path}: no such file", hint="check the path")
     if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image")
+        raise UsageError(f"{path}: is a folder; one photo is expected here")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file")
     old_limit = Image.MAX_IMAGE_PIXELS
@@ -86,6 +87,20 @@ def resize(image: np.ndarray, size: int | tuple[int, int], method: str = "lanczo
     return np.asarray(Image.fromarray(image).resize(wh, resample))
 
 
+def fit_aligned(image: np.ndarray, size: int, name: str = "input", report=None) -> np.ndarray:
+    """An input given as an aligned crop, at ``size`` x ``size``; ``report("warning: ...")`` says so
+    when it had to be resized (stretched, if it was not square)."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    if report is not None:
+        how = "stretched" if h != w else "resized"
+        shape = "not square" if h != w else f"not {size}x{size}"
+        report(f"warning: {name}: {w}x{h} pixels is {shape}; {how} to {size}x{size} as an aligned face crop "
+               f"({arg('aligned')} expects crops aligned like FFHQ; without it the face is found and aligned)")
+    return resize(image, size)
+
+
 def to_tensor(image: np.ndarray):
     """uint8 [H, W, 3] (or [B, H, W, 3]) -> float32 [B, 3, H, W] in [-1, 1], as (u8/255 - 0.5)/0.5."""
     import torch
@@ -104,11 +119,59 @@ def to_uint8(x) -> np.ndarray:
     return u.permute(0, 2, 3, 1).contiguous().numpy()
 
 
+#: temporary siblings made by ``atomic_path``: ``.<name>.<pid>-<random>.part<suffix>``
+_PART = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.part(\.[^.]*)?$")
+_swept: set[str] = set()
+
+
 def atomic_path(target: Path) -> Path:
-    """A temporary sibling of ``target`` (same folder, same suffix) to write and then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".part{target.suffix}", dir=target.parent)
-    os.close(fd)
-    return Path(tmp)
+    """A new, empty temporary sibling of ``target`` (same folder, same suffix) to write and then
+    rename over it. It has the permissions of any new file (0666 less the umask, as ``open``
+    gives), not ``mkstemp``'s 0600. Leftovers of runs that were killed are removed first."""
+    target = Path(target)
+    _sweep(target.parent)
+    for _ in range(100):
+        tmp = target.with_name(f".{target.stem}.{os.getpid()}-{secrets.token_hex(4)}.part{target.suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise OutputError(f"{target.parent}: can't create a temporary file")  # pragma: no cover
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or no way to tell: leave its file alone
+    return True
+
+
+def _sweep(folder: Path) -> None:
+    """Remove the temporary files that killed runs left in ``folder`` (once per folder and run):
+    those whose process no longer exists."""
+    key = os.path.abspath(folder)
+    if key in _swept:
+        return
+    _swept.add(key)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        m = _PART.match(entry.name)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 def ensure_parent(path: Path) -> None:
@@ -116,9 +179,13 @@ def ensure_parent(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"can't create folder {path.parent}: {e.strerror or e}",
-                          hint="choose another --out") from None
+                          hint="choose another output path") from None
     if not os.access(path.parent, os.W_OK):
-        raise OutputError(f"{path.parent}: folder is not writable", hint="choose another --out")
+        raise OutputError(f"{path.parent}: folder is not writable", hint="choose another output path")
+
+
+WRITE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
+                 ".tif": "TIFF", ".tiff": "TIFF"}
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
@@ -126,12 +193,11 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     from PIL import Image
 
     path = Path(path)
-    ensure_parent(path)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
-           ".tif": "TIFF", ".tiff": "TIFF"}.get(path.suffix.lower())
+    fmt = WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise OutputError(f"{path}: unsupported image suffix {path.suffix or '(none)'}",
                           hint="use .png, .jpg or .webp")
+    ensure_parent(path)
     tmp = None
     try:
         tmp = atomic_path(path)
@@ -158,8 +224,42 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+#: what the built-in font lacks, written with characters it has
+_ASCII = {"\u2192": "->", "\u2190": "<-", "\u2194": "<->", "\u2013": "-", "\u2014": "-", "\u2212": "-",
+          "\u2026": "...", "\u2265": ">=", "\u2264": "<=", "\u00d7": "x", "\u00b1": "+/-", "\u2248": "~",
+          "\u00a0": " ", "\u2009": " ", "\u202f": " "}
+
+
+def has_glyph(font, char: str) -> bool:
+    """Whether ``font`` draws ``char`` itself, not its missing-glyph box."""
+    if char.isspace():
+        return True
+    missing = font.getmask("\uffff")  # a noncharacter: no font maps it
+    mask = font.getmask(char)
+    return mask.size != missing.size or bytes(mask) != bytes(missing)
+
+
+def caption_text(text: str, font=None) -> str:
+    """``text`` as drawn by ``caption``: characters the font lacks spelled in ones it has (an arrow
+    as ``->``, accents dropped), anything else as ``?`` — never a missing-glyph box."""
+    import unicodedata
+
+    font = font if font is not None else _font(20)
+    out = []
+    for ch in text:
+        if ch.isascii() or has_glyph(font, ch):
+            out.append(ch)
+            continue
+        alt = _ASCII.get(ch)
+        if alt is None:
+            base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+            alt = base if base and all(c.isascii() or has_glyph(font, c) for c in base) else "?"
+        out.append(alt)
+    return "".join(out)
+
+
 def caption(tile: np.ndarray, text: str) -> np.ndarray:
-    """Draw ``text`` on a dark band at the bottom of a tile."""
+    """Draw ``text`` on a dark band at the bottom of a tile (see ``caption_text`` for what is drawn)."""
     from PIL import Image, ImageDraw
 
     im = Image.fromarray(tile).convert("RGBA")
@@ -170,6 +270,7 @@ def caption(tile: np.ndarray, text: str) -> np.ndarray:
     draw = ImageDraw.Draw(overlay)
     draw.rectangle([0, h - band, im.size[0], h], fill=(0, 0, 0, 150))
     font = _font(size)
+    text = caption_text(text, font)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     x = (im.size[0] - (right - left)) // 2
     y = h - band + (band - (bottom - top)) // 2 - top

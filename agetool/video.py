@@ -7,8 +7,34 @@ from pathlib import Path
 
 import numpy as np
 
-from agetool.errors import OutputError
+from agetool import validate
+from agetool.errors import OutputError, UsageError, arg
 from agetool.images import atomic_path, ensure_parent
+
+#: limits of a video run: beyond them a run is a mistake (hours of frames), refused up front
+MAX_FPS = 240.0
+MAX_STEPS = 10_000
+MAX_HOLD = 600.0  # seconds
+MAX_FRAMES = 200_000  # about 1 h 50 min at 30 fps
+
+
+def frame_total(steps: int, fps: float, hold: float = 0.0, transitions: int = 5) -> int:
+    """Frames in the MP4 of a traversal with ``steps`` frames per transition and ``hold`` seconds
+    on its first and last frame. Refuses (``UsageError``) values that are not finite, out of range,
+    or that add up to more than ``MAX_FRAMES`` frames, stating the estimate."""
+    steps = validate.integer("steps", steps, 1, MAX_STEPS)
+    fps = validate.finite("fps", fps, 0.0, MAX_FPS, low_open=True)
+    hold = validate.finite("hold", hold, 0.0, MAX_HOLD)
+    total = steps * transitions + 1 + 2 * int(round(hold * fps))
+    if total > MAX_FRAMES:
+        minutes = total / fps / 60
+        raise UsageError(f"{arg('steps', steps)}, {arg('fps', fps)} and {arg('hold', hold)} make {total:,} frames "
+                         f"({minutes:,.0f} min of video); the limit is {MAX_FRAMES:,} frames")
+    return total
+
+
+class _Abort(BaseException):
+    """Thrown into the ffmpeg writer to stop it without finishing the file."""
 
 
 class VideoWriter:
@@ -21,11 +47,9 @@ class VideoWriter:
     def __init__(self, path: str | os.PathLike, fps: float = 30.0, crf: int = 18):
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
-            raise OutputError(f"{self.path}: video output must end in .mp4")
-        if not (0 <= crf <= 51):
-            raise OutputError(f"--crf {crf}: expected 0 (lossless) to 51")
-        if fps <= 0:
-            raise OutputError(f"--fps {fps}: must be positive")
+            raise UsageError(f"{self.path}: video output must end in .mp4")
+        crf = validate.integer("crf", crf, 0, 51)
+        fps = validate.finite("fps", fps, 0.0, MAX_FPS, low_open=True)
         ensure_parent(self.path)
         self.fps, self.crf = fps, crf
         self._tmp: Path | None = None
@@ -77,13 +101,15 @@ class VideoWriter:
         return self.path
 
     def abort(self) -> None:
-        """Stop ffmpeg and remove the partial file."""
+        """Kill ffmpeg (no waiting for it to finish the file) and remove the partial file."""
         if self._gen is not None:
-            try:
-                self._gen.close()
-            except Exception:  # noqa: BLE001 - ffmpeg already failed; cleanup only
+            gen, self._gen = self._gen, None
+            try:  # an exception that is no Exception makes imageio-ffmpeg kill the process at once
+                gen.throw(_Abort())
+            except _Abort:
                 pass
-            self._gen = None
+            except BaseException:  # noqa: BLE001 - ffmpeg already failed; cleanup only
+                pass
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None

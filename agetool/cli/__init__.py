@@ -60,43 +60,140 @@ def _register() -> None:
 _register()
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (never raises SystemExit)."""
-    from agetool.errors import AgetoolError
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, so that it stops as it does on Ctrl-C."""
 
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+#: the stop signal received during this run (the parser hides the exception that carried it)
+_received: int | None = None
+
+
+def _raise_terminated(signum, frame) -> None:
+    global _received
+    _received = signum
+    raise Terminated(signum)
+
+
+#: signals that stop a run the way Ctrl-C does: temporary files removed, child processes ended
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _install_signal_handlers() -> dict:
+    """Route the stop signals to exceptions; returns the previous handlers (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for name in STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:  # SIGHUP does not exist on Windows
+            continue
+        old[signum] = signal.getsignal(signum)
+        handler = signal.default_int_handler if name == "SIGINT" else _raise_terminated
+        signal.signal(signum, handler)
+    return old
+
+
+def _restore_signal_handlers(old: dict) -> None:
+    import signal
+
+    for signum, handler in old.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+_COMMAND = None
+
+
+def command():
+    """The click command tree of ``app``, built once, with help pages tidied (see ``agetool.cli.helptext``)."""
+    global _COMMAND
+    if _COMMAND is None:
+        from agetool.cli.helptext import tidy
+
+        _COMMAND = tidy(typer.main.get_command(app))
+    return _COMMAND
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (never raises SystemExit).
+
+    Exit codes: 0 success, 1 failure, 2 usage error, 128 + N when stopped by signal N
+    (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     _console.DEBUG = debug
+    global _received
+    _received = None
+    old = _install_signal_handlers()
     try:
-        rv = app(args=args, prog_name="agetool", standalone_mode=False)
+        return _run(args, debug)
+    finally:
+        _restore_signal_handlers(old)
+
+
+def _run(args: list[str], debug: bool) -> int:
+    from agetool.errors import AgetoolError
+
+    try:
+        try:
+            rv = command().main(args=args, prog_name="agetool", standalone_mode=False)
+        except KeyboardInterrupt as e:
+            return _interrupted(e)
         if rv == 130:  # the parser turns Ctrl-C inside a command into a return value of 130
-            return _interrupted()
+            return _interrupted(None)
         return rv if isinstance(rv, int) else 0
-    except typer.Exit as e:  # the parser turns Ctrl-C into exit code 130
-        if isinstance(e.__context__, KeyboardInterrupt) or e.exit_code == 130:
-            return _interrupted()
+    except KeyboardInterrupt as e:  # a second signal while handling the first
+        return _interrupted(e)
+    except (typer.Exit, typer.Abort) as e:  # the parser turns Ctrl-C into Exit(130) or Abort
+        stop = _stop_cause(e)
+        if stop is not None or isinstance(e, typer.Abort) or getattr(e, "exit_code", 0) == 130:
+            return _interrupted(stop)
         return e.exit_code
-    except typer.Abort:
-        return _interrupted()
     except AgetoolError as e:
         return _agetool_error(e, debug)
-    except KeyboardInterrupt:
-        return _interrupted()
     except Exception as e:  # noqa: BLE001
         if _is_click_error(e):  # usage errors from the argument parser (exit 2)
-            e.show()
-            return e.exit_code
+            return _click_error(e)
         return _unexpected(e, debug)
 
 
-def _interrupted() -> int:
-    _console.error("interrupted; finished outputs were kept, partial ones removed")
-    return 130
+def _stop_cause(e: BaseException) -> KeyboardInterrupt | None:
+    for inner in (e.__cause__, e.__context__):
+        if isinstance(inner, KeyboardInterrupt):
+            return inner
+    return None
+
+
+def _interrupted(e: KeyboardInterrupt | None) -> int:
+    import signal
+
+    signum = getattr(e, "signum", None) or _received or signal.SIGINT
+    name = signal.Signals(signum).name
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {name}"
+    _console.error(f"{how}; finished outputs were kept, partial ones removed")
+    return 128 + int(signum)
 
 
 def _is_click_error(e: Exception) -> bool:
     return callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int)
+
+
+def _click_error(e) -> int:
+    """A parser error printed as every other error: one ``error: ...`` line, click's own text (the
+    help page when a command was given no arguments at all)."""
+    if type(e).__name__ == "NoArgsIsHelpError":
+        e.show()
+        return e.exit_code
+    _console.error(e.format_message())
+    return e.exit_code
 
 
 def _agetool_error(e, debug: bool) -> int:
@@ -106,14 +203,29 @@ def _agetool_error(e, debug: bool) -> int:
     return e.exit_code
 
 
-def _unexpected(e: Exception, debug: bool) -> int:
+#: what a CPU or GPU allocation failure says, whichever library raised it
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "defaultcpuallocator",
+             "failed to allocate")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
     if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
-        if debug:
-            _console.traceback()
-        _console.error("out of memory; try a smaller --batch (or --device cpu)")
-        return 1
+        return True
+    if isinstance(e, RuntimeError):
+        first = str(e).lower()[:400]
+        return any(t in first for t in _OOM_TEXT)
+    return False
+
+
+OUT_OF_MEMORY = "out of memory; try a smaller --batch, a smaller photo, or another --device"
+
+
+def _unexpected(e: Exception, debug: bool) -> int:
     if debug:
         _console.traceback()
+    if is_out_of_memory(e):
+        _console.error(OUT_OF_MEMORY)
+        return 1
     first = str(e).splitlines()[0] if str(e) else ""
     _console.error(f"internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)")
     return 1

@@ -1,4 +1,9 @@
-"""Terminal output helpers: one stderr console, progress bars."""
+"""Terminal output helpers: one stderr console, progress bars.
+
+Nothing printed here is read as rich markup unless it is our own styling: file names, paths,
+license strings and messages may contain ``[`` and ``]`` (``missing[/b].png``) and must print as
+they are. Both consoles have markup off, so tables and plain prints are literal too.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 
 DEBUG = False
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 #: arguments whose flag is not ``--<name>``: (flag when true, flag when false)
@@ -31,12 +37,17 @@ def message(e) -> str:
     return e.render(flag_style)
 
 
+def one_line(text: object) -> str:
+    """``text`` on a single line: line breaks and runs of blanks become one space."""
+    return " ".join(str(text).split())
+
+
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(one_line(message))}", markup=True, highlight=False)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(one_line(message))}", markup=True, highlight=False)
 
 
 def info(message: str) -> None:
@@ -47,15 +58,22 @@ def traceback() -> None:
     err.print_exception(show_locals=False)
 
 
+def text_column(field: str = "{task.description}"):
+    """A progress column that shows its text literally (descriptions hold file names)."""
+    from rich.progress import TextColumn
+
+    return TextColumn(field, markup=False)
+
+
 @contextmanager
 def progress(transient: bool = True):
     """A rich progress bar on stderr; disabled when stderr is not a terminal."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
-    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    bar = Progress(SpinnerColumn(), text_column(), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=transient,
-                   disable=not sys.stderr.isatty())
+                   disable=not err.is_terminal)
     with bar:
         yield bar
 

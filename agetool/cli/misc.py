@@ -39,7 +39,14 @@ def _devices() -> list[str]:
 
 @app.command("info")
 def info() -> None:
-    """Versions, devices, and cached model files with their licenses."""
+    """Versions, devices, and cached model files with their licenses.
+
+    Examples:
+
+      agetool info
+
+      AGETOOL_CACHE=/data/agetool agetool info
+    """
     from rich.table import Table
 
     from agetool import __version__, weights

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
-from agetool.errors import WeightsError
+from agetool.errors import UnknownWeightsError, WeightsError
 
 REGISTRY_ENV = "AGETOOL_REGISTRY"
 # A checkout keeps the registry at the repository root; a wheel carries a copy as package data.
@@ -211,5 +211,5 @@ def get(name: str) -> Artifact:
     check_name(name)
     models = load_registry()
     if name not in models:
-        raise WeightsError(f"unknown weights {name!r}", hint=f"known: {', '.join(sorted(models))}")
+        raise UnknownWeightsError(f"unknown weights {name!r}", hint=f"known: {', '.join(sorted(models))}")
     return models[name]

@@ -1,0 +1,99 @@
+"""Checks of numbers given by users: finite, in range, and of sizes a machine can hold.
+
+Each check returns the value in its canonical form (``-0.0`` becomes ``0.0``) or raises
+``UsageError`` naming the argument (``agetool.errors.arg``), so the command line shows the flag.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+
+from agetool.errors import ResourceError, UsageError, arg
+
+#: the seeds a torch.Generator accepts
+SEED_MIN, SEED_MAX = -(2 ** 63), 2 ** 64 - 1
+
+
+def _range_text(low, high, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None and not low_open and not high_open:
+        return f"must be between {low:g} and {high:g}"
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    return "must be " + " and ".join(parts)
+
+
+def finite(name: str, value, low: float | None = None, high: float | None = None, *,
+           low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite float within [low, high] (bounds excluded with ``low_open`` /
+    ``high_open``); ``-0.0`` is returned as ``0.0``."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"{arg(name, value)}: not a number") from None
+    if not math.isfinite(x):
+        raise UsageError(f"{arg(name, value)}: must be a finite number")
+    x += 0.0  # -0.0 -> 0.0
+    if ((low is not None and (x < low or (low_open and x == low)))
+            or (high is not None and (x > high or (high_open and x == high)))):
+        raise UsageError(f"{arg(name, value)}: {_range_text(low, high, low_open, high_open)}")
+    return x
+
+
+def integer(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int within [low, high] (a float only when it is a whole number)."""
+    bad = UsageError(f"{arg(name, value)}: not a whole number")
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, float):
+        if not value.is_integer():  # also nan and inf
+            raise bad
+        n = int(value)
+    else:
+        try:
+            n = operator.index(value)
+        except TypeError:
+            try:
+                n = int(str(value).strip())
+            except ValueError:
+                raise bad from None
+    if (low is not None and n < low) or (high is not None and n > high):
+        raise UsageError(f"{arg(name, value)}: {_range_text(low, high, False, False)}")
+    return n
+
+
+def seed(value, name: str = "seed") -> int:
+    """A random seed: a whole number that fits 64 bits (what ``torch.Generator.manual_seed`` takes)."""
+    n = integer(name, value)
+    if not SEED_MIN <= n <= SEED_MAX:
+        raise UsageError(f"{arg(name, value)}: a seed must fit in 64 bits ({SEED_MIN} to {SEED_MAX})")
+    return n
+
+
+def memory_bytes() -> int | None:
+    """Physical memory of this machine in bytes (None where it can't be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"  # pragma: no cover
+
+
+def fits_memory(what: str, needed: int, available: int | None = None, hint: str | None = None) -> None:
+    """Refuse up front (``ResourceError``) a piece of work estimated to need more than the machine's
+    memory (``available``, default: physical memory); ``what`` says what it is, with its arguments."""
+    available = memory_bytes() if available is None else available
+    if available is not None and needed > available:
+        raise ResourceError(f"{what} would need about {human_bytes(needed)} of memory; this machine has "
+                            f"{human_bytes(available)}", hint=hint)

@@ -1,0 +1,254 @@
+"""Stopping, leftovers, file permissions, numbers and memory: the command line under abuse.
+
+Signals are real: the command runs in a subprocess and receives them with ``os.kill``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.helpers import cli, face_like, tiny_generator_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return tiny_generator_file(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.fixture()
+def crop(tmp_path) -> Path:
+    p = tmp_path / "crop.png"
+    Image.fromarray(face_like()).save(p)
+    return p
+
+
+def common(weights):
+    return ["--aligned", "--no-mask", "--weights", weights, "--device", "cpu"]
+
+
+def _spawn(args: list, cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "agetool", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0):
+    t0 = time.monotonic()
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.returncode} {proc.stderr.read()}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out waiting for progress")
+        time.sleep(0.05)
+
+
+def _partials(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if ".part" in p.name]
+
+
+def _children(pid: int, name: str) -> list[int]:
+    """Processes whose parent is ``pid`` and whose command line mentions ``name`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and name in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+
+
+# ---------------------------------------------------------------- stop signals
+@needs_proc
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_stop_signal_during_video(tmp_path, crop, weights, signame):
+    signum = getattr(signal, signame)
+    out = tmp_path / "v.mp4"
+    proc = _spawn(["video", crop, "--out", out, "--steps", "2000", "--batch", "2", *common(weights)], tmp_path)
+    _wait_for(lambda: _partials(tmp_path), proc)  # the encoder has started
+    ffmpeg = _wait_for(lambda: _children(proc.pid, "ffmpeg"), proc)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    assert f"stopped by {signame}" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+    assert not _partials(tmp_path)
+    assert all(_gone(pid) for pid in ffmpeg), "ffmpeg was left running"
+
+
+def test_sigterm_during_folder_run_keeps_finished_grids(tmp_path, weights):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(40):
+        Image.fromarray(face_like(seed=i)).save(src / f"p{i:02d}.png")
+    proc = _spawn(["age", src, "--out", out, *common(weights)], tmp_path)
+    _wait_for(lambda: out.is_dir() and len(list(out.glob("*_ages.png"))) >= 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert not _partials(tmp_path)
+    kept = list(out.glob("*_ages.png"))
+    assert 2 <= len(kept) < 40
+    for p in kept:
+        assert Image.open(p).size == (7 * 256, 256)
+
+
+@needs_proc
+def test_leftovers_of_a_killed_video_are_removed_by_the_next_run(tmp_path, crop, weights):
+    out = tmp_path / "v.mp4"
+    proc = _spawn(["video", crop, "--out", out, "--steps", "2000", "--batch", "2", *common(weights)], tmp_path)
+    _wait_for(lambda: _partials(tmp_path), proc)
+    ffmpeg = _wait_for(lambda: _children(proc.pid, "ffmpeg"), proc)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.communicate(timeout=60)
+    assert all(_gone(pid, 30) for pid in ffmpeg)  # ffmpeg ends once its input closes
+    left = _partials(tmp_path)
+    assert left, "a killed run leaves its temporary file"
+    code, _, _ = cli(["video", crop, "--out", out, "--steps", "1", *common(weights)])
+    assert code == 0 and out.is_file()
+    assert not _partials(tmp_path)
+
+
+def test_temporary_files_of_running_processes_are_kept(tmp_path, crop, weights):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".g.{dead_pid}-0123abcd.part.png"
+    live = out / f".g.{os.getppid()}-89abcdef.part.png"  # the process that runs the tests' runner
+    other = out / ".notes.txt"
+    for p in (stale, live, other):
+        p.write_bytes(b"x")
+    code, _, _ = cli(["age", crop, "--out", out / "g.png", *common(weights)])
+    assert code == 0
+    assert not stale.exists()
+    assert live.exists() and other.exists()
+
+
+# ---------------------------------------------------------------- permissions
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_outputs_have_the_permissions_of_new_files(tmp_path, crop, weights, umask):
+    old = os.umask(umask)
+    try:
+        grid, tiles, video, frames = tmp_path / "g.png", tmp_path / "tiles", tmp_path / "v.mp4", tmp_path / "f"
+        assert cli(["age", crop, "--out", grid, "--tiles", tiles, *common(weights)])[0] == 0
+        assert cli(["video", crop, "--out", video, "--steps", "1", "--frames", frames, *common(weights)])[0] == 0
+    finally:
+        os.umask(old)
+    files = [grid, video, *tiles.rglob("*.png"), *frames.glob("*.png")]
+    assert len(files) > 4
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
+
+
+# ---------------------------------------------------------------- numbers
+@pytest.mark.parametrize("args, flag", [
+    (["--fps", "inf"], "--fps"), (["--fps", "nan"], "--fps"), (["--fps", "1e9"], "--fps"),
+])
+def test_video_numbers_out_of_range_are_usage_errors(tmp_path, crop, weights, capsys, args, flag):
+    out = tmp_path / "v.mp4"
+    code, _, err = cli(["video", crop, "--out", out, *args, *common(weights)], capsys)
+    assert code == 2, err
+    line = err.strip()
+    assert line.startswith("error: ") and flag in line and "\n" not in line
+    assert not out.exists() and not _partials(tmp_path)
+
+
+def test_frame_total_states_the_estimate():
+    from agetool.errors import UsageError
+    from agetool.video import MAX_FRAMES, frame_total
+
+    assert frame_total(20, 30.0, 1.0) == 5 * 20 + 1 + 60
+    with pytest.raises(UsageError, match=r"make 338,001 frames \(.* min of video\); the limit is") as e:
+        frame_total(10_000, 240.0, 600.0)  # each value allowed, the sum not
+    assert MAX_FRAMES < 338_001
+    assert "steps=10000" in str(e.value)
+    for steps, fps, hold in [(0, 30, 0), (20, float("inf"), 0), (20, 30, float("inf")), (20, 30, float("nan")),
+                             (20, 0.0, 0), (20, 30, -1), (2.5, 30, 0)]:
+        with pytest.raises(UsageError):
+            frame_total(steps, fps, hold)
+
+
+def test_validate_helpers():
+    from agetool import validate
+    from agetool.errors import ResourceError, UsageError
+
+    assert str(validate.finite("noise", -0.0, 0)) == "0.0"
+    assert validate.finite("noise", "0.5", 0, 1) == 0.5
+    for bad in ("nan", "inf", "-inf", float("nan"), "x", None):
+        with pytest.raises(UsageError, match="noise="):
+            validate.finite("noise", bad, 0)
+    with pytest.raises(UsageError, match="must be > 0"):
+        validate.finite("fps", 0, 0, low_open=True)
+    assert validate.seed(2 ** 64 - 1) == 2 ** 64 - 1 and validate.seed(-(2 ** 63)) == -(2 ** 63)
+    for bad in (2 ** 64, -(2 ** 63) - 1, 1.5, True, "12a"):
+        with pytest.raises(UsageError, match="seed="):
+            validate.seed(bad)
+    with pytest.raises(ResourceError, match=r"would need about 2.0 GB of memory; this machine has 1.0 GB"):
+        validate.fits_memory("a batch of 64 frames", 2 * 10 ** 9, available=10 ** 9)
+    validate.fits_memory("a small batch", 10, available=10 ** 9)
+
+
+# ---------------------------------------------------------------- out of memory
+@pytest.mark.parametrize("exc", [
+    MemoryError(),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                 "you tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)"),
+    RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore details"),
+])
+def test_allocation_failures_are_one_out_of_memory_line(tmp_path, crop, weights, capsys, monkeypatch, exc):
+    import agetool.images
+
+    def fail(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(agetool.images, "grid", fail)
+    code, _, err = cli(["age", crop, "--out", tmp_path / "g.png", *common(weights)], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == ["error: out of memory; try a smaller --batch, a smaller photo, or "
+                                        "another --device"]
+
+
+def test_video_is_refused_before_any_work(tmp_path, crop, weights, capsys):
+    """Bad numbers are found before the generator is loaded (a missing weights file is not reported)."""
+    code, _, err = cli(["video", crop, "--fps", "inf", "--out", tmp_path / "v.mp4", "--aligned",
+                        "--weights", tmp_path / "nothing.safetensors"], capsys)
+    assert code == 2 and "--fps" in err and "nothing.safetensors" not in err
