@@ -56,3 +56,56 @@ def seeded_state_dict(module: nn.Module, seed: int, network: Network) -> dict[st
 def seed_module(module: nn.Module, seed: int, network: Network) -> nn.Module:
     module.load_state_dict(seeded_state_dict(module, seed, network), strict=True)
     return module
+
+
+# ---------------------------------------------------------------- stand-in ONNX models
+
+def onnx_linear_model(path, side: int, weight: np.ndarray, bias: np.ndarray,
+                      first_nodes: tuple[str, str] = ("ReduceMean_0", "MatMul_1"), input_name: str = "data",
+                      output_name: str = "fc1"):
+    """A stand-in ONNX model [1, 3, side, side] -> [1, D]: ``channel_means(input) @ weight + bias``.
+
+    ``weight`` [3, D], ``bias`` [D]. Naming the first nodes Sub / Mul marks a graph that normalizes
+    its input itself (insightface's rule)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.asarray(weight, np.float32)
+    bias = np.asarray(bias, np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", [input_name], ["pooled"], axes=[2, 3], keepdims=0, name=first_nodes[0]),
+        helper.make_node("MatMul", ["pooled", "w"], ["mm"], name=first_nodes[1]),
+        helper.make_node("Add", ["mm", "b"], [output_name], name="Add_2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "stand-in",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [1, weight.shape[1]])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def genderage_standin(path, age: float = 30.0, male: bool = True):
+    """insightface's genderage shapes ([1, 3, 96, 96] -> [1, 3]) answering a constant age and gender."""
+    import numpy as np
+
+    return onnx_linear_model(path, 96, np.zeros((3, 3)), [0.0, 1.0, age / 100] if male else [1.0, 0.0, age / 100])
+
+
+def arcface_standin(path, constant: bool = True):
+    """ArcFace shapes ([1, 3, 112, 112] -> [1, 512]): a constant embedding, or (mean R, mean G, mean B,
+    1, 0, ...) of the normalized input, so the identity of uniform colours is known."""
+    import numpy as np
+
+    weight = np.zeros((3, 512))
+    bias = np.zeros(512)
+    bias[3] = 1.0
+    if constant:
+        bias[:3] = (0.3, -0.2, 0.5)
+    else:
+        weight[0, 0] = weight[1, 1] = weight[2, 2] = 1.0
+    return onnx_linear_model(path, 112, weight, bias, input_name="input.1", output_name="683")

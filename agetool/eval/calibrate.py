@@ -59,7 +59,7 @@ def calibration(positions, estimated, labels: list[str], default_anchors: list[f
     e = np.asarray(estimated, dtype=np.float64)
     return {
         "anchors": {label: float(a) for label, a in zip(labels, anchors)},
-        "default_anchors": dict(zip(labels, map(float, default_anchors))),
+        "anchors_before": dict(zip(labels, map(float, default_anchors))),
         "error_before": float(np.abs(ages_at(positions, default_anchors) - e).mean()),
         "error_after": float(np.abs(ages_at(positions, anchors) - e).mean()),
         "frames": len(e),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -43,9 +44,8 @@ class Measurer:
         from agetool.errors import UsageError, arg
         from agetool.face.gender import GenderClassifier
         from agetool.face.identity import IdentityEmbedder
-        from agetool.face.onnxrt import describe
 
-        if identity_model is None and identity not in IDENTITY_MODELS:
+        if identity not in IDENTITY_MODELS:
             raise UsageError(f"{arg('identity', identity)}: expected {' or '.join(IDENTITY_MODELS)}")
         ages = GenderClassifier.open(age_model, device=device, offline=offline, report=report, progress=progress,
                                      argument="age_model")
@@ -53,8 +53,8 @@ class Measurer:
                                       progress=progress, argument="identity_model")
         measurer = cls(ages, ident)
         measurer.models = {
-            "age": describe(None if age_model is not None else AGE_MODEL, ages.path),
-            "identity": describe(None if identity_model is not None else identity, ident.path),
+            "age": file_info(None if age_model is not None else AGE_MODEL, ages.path),
+            "identity": file_info(None if identity_model is not None else identity, ident.path),
         }
         return measurer
 
@@ -77,6 +77,14 @@ class Measurer:
         sims = cosine(emb[0], emb)
         return FaceMeasures(ages[0], float(sims[0]), ages[1:], [float(s) for s in sims[1:]])
 
+    def ages(self, crop: np.ndarray, outputs: Sequence[np.ndarray], landmarks: np.ndarray | None = None) -> list[float]:
+        """The estimated age of each of ``outputs`` (tiles of the face in ``crop``), without identities."""
+        out = []
+        for image in outputs:
+            box, _ = self._geometry(image.shape[0], crop.shape[0], landmarks)
+            out.append(self.age_model.estimate_at(np.asarray(image), box)[2])
+        return out
+
     @staticmethod
     def _geometry(side: int, crop_side: int, landmarks):
         from agetool.face.gender import aligned_box, face_box
@@ -86,3 +94,25 @@ class Measurer:
             return aligned_box(side), aligned_five_points(side)
         lm = (np.asarray(landmarks, dtype=np.float64).reshape(68, 2) + 0.5) * (side / crop_side) - 0.5
         return face_box(lm), five_points(lm)
+
+
+def file_info(name: str | None, path: Path | None) -> dict:
+    """What a report says about a model: registry name (or "local"), file name, sha256, Hub revision."""
+    info = {"name": name or "local", "file": path.name if path is not None else None, "sha256": None,
+            "revision": None}
+    if name is not None:
+        try:
+            from agetool import weights
+
+            status = weights.status(name)
+            info["sha256"], info["revision"] = status.record.get("sha256"), status.record.get("revision")
+            info["license"] = status.artifact.license
+            if path is None and status.path is not None:
+                info["file"] = status.path.name
+        except Exception:  # noqa: BLE001 - the description is informative only
+            pass
+    if info["sha256"] is None and path is not None:
+        from agetool.weights.store import hash_file
+
+        info["sha256"] = hash_file(Path(path)).sha256
+    return info

@@ -137,11 +137,11 @@ def markdown(report: dict, plot: str | None = "report.png") -> str:
         lines += ["## Failed", ""] + [f"- {_md_cell(f['photo'])}: {_md_cell(f['error'])}" for f in report["failed"]] + [""]
     cal = report.get("calibration")
     if cal:
-        lines += ["## Calibrated anchors", "", "| class | default | calibrated |", "|---|---:|---:|"]
+        lines += ["## Calibrated anchors", "", "| class | before | calibrated |", "|---|---:|---:|"]
         for label, age in cal["anchors"].items():
-            lines.append(f"| {label} | {cal['default_anchors'][label]:.1f} | {age:.1f} |")
+            lines.append(f"| {label} | {cal['anchors_before'][label]:.1f} | {age:.1f} |")
         lines += ["", f"Mean absolute difference between the estimated age of traversal frames and the "
-                  f"requested age: {cal['error_before']:.1f} years with the default anchors, "
+                  f"requested age: {cal['error_before']:.1f} years with the anchors used, "
                   f"{cal['error_after']:.1f} with the calibrated ones.", ""]
     return "\n".join(lines)
 

@@ -80,22 +80,3 @@ def fixed_batch(session) -> int | None:
     """The batch size the first input demands, or None when it takes any."""
     first = session.get_inputs()[0].shape[0]
     return first if isinstance(first, int) and first > 0 else None
-
-
-def describe(name: str | None, path: Path) -> dict:
-    """What a report says about a model file: registry name, file name, sha256 and the Hub revision."""
-    info = {"name": name or "local", "file": path.name, "sha256": None, "revision": None}
-    if name is not None:
-        try:
-            from agetool import weights
-
-            record = weights.status(name).record
-            info["sha256"], info["revision"] = record.get("sha256"), record.get("revision")
-            info["license"] = weights.get(name).license
-        except Exception:  # noqa: BLE001 - the description is informative only
-            pass
-    if info["sha256"] is None:
-        from agetool.weights.store import hash_file
-
-        info["sha256"] = hash_file(path).sha256
-    return info

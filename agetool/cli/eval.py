@@ -1,0 +1,115 @@
+"""`agetool eval`: how old do the outputs look, and are they still the same person?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from agetool.cli import app, console
+from agetool.cli.options import OPTION
+
+EVAL_PANEL = "Evaluation options"
+
+
+@app.command("eval", no_args_is_help=True)
+def eval_command(
+    photos: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.json, report.md and report.png.",
+                                      file_okay=False)],
+    ages: Annotated[Optional[str], typer.Option(
+        "--ages", help="Targets: comma-separated years and/or class labels (default: the six classes).",
+        metavar="LIST", rich_help_panel=EVAL_PANEL)] = None,
+    identity: Annotated[str, typer.Option(
+        "--identity", help="Identity embedder from the registry: auraface (Apache-2.0) or arcface-w600k "
+        "(insightface, non-commercial).", metavar="NAME", rich_help_panel=EVAL_PANEL)] = "auraface",
+    identity_model: Annotated[Optional[Path], typer.Option(
+        "--identity-model", help="A local ArcFace-type ONNX file instead of --identity.", dir_okay=False,
+        metavar="FILE", rich_help_panel=EVAL_PANEL)] = None,
+    compare: Annotated[Optional[tuple[Path, Path]], typer.Option(
+        "--compare", help="Two generator checkpoints measured side by side in one report.", metavar="A B",
+        rich_help_panel=EVAL_PANEL)] = None,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate", help="Also fit the class anchor ages that make the estimated age follow the requested "
+        "age; writes anchors.json for --age-anchors.", rich_help_panel=EVAL_PANEL)] = False,
+    calibrate_steps: Annotated[int, typer.Option(
+        "--calibrate-steps", help="Traversal frames per class transition for --calibrate.", metavar="N",
+        rich_help_panel=EVAL_PANEL)] = 10,
+    skip_existing: Annotated[bool, typer.Option(
+        "--skip-existing", help="Reuse the results kept in --out of photos already measured (a restarted "
+        "run continues).", rich_help_panel=EVAL_PANEL)] = False,
+    model: OPTION["model"] = "auto", weights: OPTION["weights"] = None,
+    parser_weights: OPTION["parser_weights"] = None, age_model: OPTION["age_model"] = None,
+    landmarks: OPTION["landmarks"] = "auto", offline: OPTION["offline"] = False, device: OPTION["device"] = "auto",
+    dtype: OPTION["dtype"] = "float32", age_anchors: OPTION["age_anchors"] = None,
+    aligned: OPTION["aligned"] = False, no_mask: OPTION["no_mask"] = False, faces: OPTION["faces"] = "all",
+    min_face: OPTION["min_face"] = 0, seed: OPTION["seed"] = 0, noise: OPTION["noise"] = 0.2,
+) -> int:
+    """Measure the outputs: how old they look, and whether they are still the same person.
+
+    Every face is rendered at each target; each output gets its estimated age (the genderage classifier) and its identity similarity to the input (cosine similarity of ArcFace-type embeddings).
+
+    Writes OUT/report.json (every face and target, and the summary), OUT/report.md (the summary table with the models used) and OUT/report.png (estimated against target age, identity per target), and prints the summary. Folder runs split across processes under torchrun.
+
+    Examples:
+
+      agetool eval photos/ --out eval/
+
+      agetool eval photos/ --out eval/ --compare runs/a/generator.safetensors runs/b/generator.safetensors
+
+      agetool eval photos/ --out eval/ --calibrate && agetool age me.jpg --ages 5,20,45 --age-anchors eval/anchors.json
+
+      torchrun --nproc_per_node 4 -m agetool eval photos/ --out eval/ --skip-existing
+    """
+    from agetool.cli.options import report
+    from agetool.cli.weights import progress_factory
+    from agetool.device import env_dist
+    from agetool.eval.run import evaluate
+
+    dist = env_dist()
+    with console.progress() as bar:
+        result = evaluate(
+            photos, model=model, weights=weights, compare=list(compare) if compare else None,
+            parser_weights=parser_weights, landmarks=landmarks, device=device, dtype=dtype, offline=offline,
+            age_anchors=age_anchors, ages=ages, age_model=age_model, identity_model=identity_model,
+            identity=identity, aligned=aligned, mask=not no_mask, seed=seed, noise=noise, faces=faces,
+            min_face=min_face, calibrate=calibrate, calibrate_steps=calibrate_steps, out=out,
+            skip_existing=skip_existing, dist=dist, report=report if dist.main else None,
+            progress=progress_factory(bar))
+    if not dist.main:
+        return 0
+    print_summary(result)
+    for failure in result["failed"]:
+        console.error(f"{failure['photo']}: {failure['error']}")
+    names = ["report.json", "report.md", "report.png"] + (["anchors.json"] if "calibration" in result else [])
+    console.info(f"wrote {', '.join(str(out / n) for n in names)}")
+    if result["failed"]:
+        console.info(f"done: {len(result['failed'])} photo(s) failed")
+        return 1
+    return 0
+
+
+def print_summary(result: dict) -> None:
+    """The summary as a table on stdout (every cell plain text, never markup)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from agetool.eval.report import table_rows
+
+    header, rows = table_rows(result)
+    text_columns = len(header) - 6  # generator and target; the rest are numbers
+    table = Table(title="evaluation", show_edge=False)
+    for i, name in enumerate(header):
+        if i < text_columns:  # names stay whole; the number columns wrap their headers
+            table.add_column(name, no_wrap=True, min_width=max(len(r[i]) for r in [header, *rows]))
+        else:
+            table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    console.out.print(table)
+    cal = result.get("calibration")
+    if cal:
+        anchors = ", ".join(f"{k}: {v:g}" for k, v in cal["anchors"].items())
+        console.out.print(Text(f"calibrated anchors: {anchors} (mean age error {cal['error_before']:.1f} -> "
+                               f"{cal['error_after']:.1f} years)"))
