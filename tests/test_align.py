@@ -126,3 +126,36 @@ def test_align_command_rejects_bad_landmarks(tmp_path, reference_dir, capsys):
                         "--landmarks-json", bad], capsys)
     assert code == 1
     assert "68" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_fast_warp_stays_within_two_levels(reference_dir, case):
+    """The warp sampled at 4x the output size instead of 4096: no pixel moves by more than 2 levels."""
+    ref = np.asarray(Image.open(reference_dir / f"align_case{case}_out256.png").convert("RGB")).astype(np.int16)
+    diff = np.abs(_aligned(reference_dir, case, 256).image.astype(np.int16) - ref)
+    assert diff.max() <= 2
+    assert (diff <= 1).mean() >= 0.999
+
+
+@pytest.mark.parametrize("sigma", [0.3, 2.0, 7.5])
+def test_padding_blur_is_scipys_gaussian(sigma):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    from agetool.face.align import _gaussian_blur
+
+    img = np.random.default_rng(0).random((61, 83, 3), dtype=np.float32) * 255
+    want = ndimage.gaussian_filter(img, [sigma, sigma, 0])
+    np.testing.assert_allclose(_gaussian_blur(img, sigma), want, atol=1e-3)
+
+
+def test_shrink_of_the_region_equals_shrink_then_crop():
+    """The shrink branch resamples only the crop's box: the pixels of shrinking the whole photo."""
+    rng = np.random.default_rng(1)
+    photo = Image.fromarray(rng.integers(0, 256, (701, 1003, 3), dtype=np.uint8))
+    shrink = 3
+    rsize = (int(np.rint(1003 / shrink)), int(np.rint(701 / shrink)))
+    scale = (1003 / rsize[0], 701 / rsize[1])
+    crop = (40, 17, 250, 233)
+    whole = np.asarray(photo.resize(rsize, Image.LANCZOS).crop(crop)).astype(np.int16)
+    box = (crop[0] * scale[0], crop[1] * scale[1], crop[2] * scale[0], crop[3] * scale[1])
+    region = np.asarray(photo.resize((crop[2] - crop[0], crop[3] - crop[1]), Image.LANCZOS, box=box))
+    assert np.abs(region.astype(np.int16) - whole).max() <= 1
