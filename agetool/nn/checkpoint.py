@@ -29,7 +29,9 @@ CONFIG_KEY = "agetool_config"
 def _torch_load(data: bytes | Path, what: str) -> dict:
     src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
     try:
-        obj = torch.load(src, map_location="cpu", weights_only=True)
+        obj = _load_mapped(src) if isinstance(src, str) else None
+        if obj is None:
+            obj = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler refuses anything but tensors and plain containers
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{what}: not a readable weights file ({first[:160]})",
@@ -37,6 +39,14 @@ def _torch_load(data: bytes | Path, what: str) -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what}: expected a state dict, found {type(obj).__name__}")
     return obj
+
+
+def _load_mapped(path: str):
+    """A file's tensors memory-mapped (pages read on first use, not copied), or None where the file
+    is in the legacy, non-zip format that cannot be mapped."""
+    if not zipfile.is_zipfile(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def read_zip_member(path: Path, member_suffix: str) -> bytes:
