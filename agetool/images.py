@@ -307,6 +307,62 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return found
 
 
+def unique_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """A distinct name per input for its outputs: the file's stem, and ``<stem>_2``, ``<stem>_3`` ...
+    for later inputs with the same stem (``a.jpg`` and ``a.png``), never equal to another input's
+    own stem (``a_2.png`` keeps ``a_2``). Compared without case, for case-insensitive disks."""
+    stems = [Path(p).stem for p in paths]
+    taken = {s.casefold() for s in stems}
+    used: set[str] = set()
+    out = []
+    for stem in stems:
+        name, k = stem, 1
+        while name.casefold() in used or (k > 1 and name.casefold() in taken):
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name.casefold())
+        out.append(name)
+    return out
+
+
+def output_image(name: str, path: str | os.PathLike) -> Path:
+    """An output image path checked before any work: a suffix ``write_image`` knows (``UsageError``
+    naming the argument ``name`` otherwise)."""
+    path = Path(path)
+    if path.suffix.lower() not in WRITE_FORMATS:
+        known = ", ".join(sorted({".png", ".jpg", ".webp", ".bmp", ".tif"}))
+        raise UsageError(f"{arg(name, path)}: unknown image suffix {path.suffix or '(none)'}",
+                         hint=f"use one of {known}")
+    if path.is_dir():
+        raise UsageError(f"{arg(name, path)}: is a folder; a file name is expected")
+    return path
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (also through links, or letter case where the disk ignores it)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
+
+def distinct_outputs(outputs: dict[str, str | os.PathLike | None], inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Refuse (``UsageError``) two outputs that are one file, or an output that is an input:
+    ``outputs`` maps argument names to paths (None: not written)."""
+    given = [(name, Path(p)) for name, p in outputs.items() if p is not None]
+    for i, (name, path) in enumerate(given):
+        for other, other_path in given[:i]:
+            if same_file(path, other_path):
+                raise UsageError(f"{arg(other, other_path)} and {arg(name, path)} are the same file")
+        for source in inputs:
+            if same_file(path, source):
+                raise UsageError(f"{arg(name, path)}: is an input; it would be overwritten",
+                                 hint="choose another output path")
+
+
 def even_size(image: np.ndarray) -> np.ndarray:
     """Crop one row / column if needed so that both sides are even (yuv420p)."""
     h, w = image.shape[:2]

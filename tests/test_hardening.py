@@ -16,9 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import cli, face_like, tiny_generator_file
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, cli, face_like, partials, spawn, tiny_generator_file, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -35,30 +33,6 @@ def crop(tmp_path) -> Path:
 
 def common(weights):
     return ["--aligned", "--no-mask", "--weights", weights, "--device", "cpu"]
-
-
-def _spawn(args: list, cwd: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "agetool", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0):
-    t0 = time.monotonic()
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if proc.poll() is not None:
-            raise AssertionError(f"process ended early: {proc.returncode} {proc.stderr.read()}")
-        if time.monotonic() - t0 > timeout:
-            proc.kill()
-            raise AssertionError("timed out waiting for progress")
-        time.sleep(0.05)
-
-
-def _partials(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if ".part" in p.name]
 
 
 def _children(pid: int, name: str) -> list[int]:
@@ -98,16 +72,16 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="ne
 def test_stop_signal_during_video(tmp_path, crop, weights, signame):
     signum = getattr(signal, signame)
     out = tmp_path / "v.mp4"
-    proc = _spawn(["video", crop, "--out", out, "--steps", "2000", "--batch", "2", *common(weights)], tmp_path)
-    _wait_for(lambda: _partials(tmp_path), proc)  # the encoder has started
-    ffmpeg = _wait_for(lambda: _children(proc.pid, "ffmpeg"), proc)
+    proc = spawn(["video", crop, "--out", out, "--steps", "2000", "--batch", "2", *common(weights)], tmp_path)
+    wait_for(lambda: partials(tmp_path), proc)  # the encoder has started
+    ffmpeg = wait_for(lambda: _children(proc.pid, "ffmpeg"), proc)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, err
     assert f"stopped by {signame}" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
     assert not out.exists()
-    assert not _partials(tmp_path)
+    assert not partials(tmp_path)
     assert all(_gone(pid) for pid in ffmpeg), "ffmpeg was left running"
 
 
@@ -116,13 +90,13 @@ def test_sigterm_during_folder_run_keeps_finished_grids(tmp_path, weights):
     src.mkdir()
     for i in range(40):
         Image.fromarray(face_like(seed=i)).save(src / f"p{i:02d}.png")
-    proc = _spawn(["age", src, "--out", out, *common(weights)], tmp_path)
-    _wait_for(lambda: out.is_dir() and len(list(out.glob("*_ages.png"))) >= 2, proc)
+    proc = spawn(["age", src, "--out", out, *common(weights)], tmp_path)
+    wait_for(lambda: out.is_dir() and len(list(out.glob("*_ages.png"))) >= 2, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "stopped by SIGTERM" in err and "Traceback" not in err
-    assert not _partials(tmp_path)
+    assert not partials(tmp_path)
     kept = list(out.glob("*_ages.png"))
     assert 2 <= len(kept) < 40
     for p in kept:
@@ -132,17 +106,17 @@ def test_sigterm_during_folder_run_keeps_finished_grids(tmp_path, weights):
 @needs_proc
 def test_leftovers_of_a_killed_video_are_removed_by_the_next_run(tmp_path, crop, weights):
     out = tmp_path / "v.mp4"
-    proc = _spawn(["video", crop, "--out", out, "--steps", "2000", "--batch", "2", *common(weights)], tmp_path)
-    _wait_for(lambda: _partials(tmp_path), proc)
-    ffmpeg = _wait_for(lambda: _children(proc.pid, "ffmpeg"), proc)
+    proc = spawn(["video", crop, "--out", out, "--steps", "2000", "--batch", "2", *common(weights)], tmp_path)
+    wait_for(lambda: partials(tmp_path), proc)
+    ffmpeg = wait_for(lambda: _children(proc.pid, "ffmpeg"), proc)
     proc.kill()  # SIGKILL: no chance to clean up
     proc.communicate(timeout=60)
     assert all(_gone(pid, 30) for pid in ffmpeg)  # ffmpeg ends once its input closes
-    left = _partials(tmp_path)
+    left = partials(tmp_path)
     assert left, "a killed run leaves its temporary file"
     code, _, _ = cli(["video", crop, "--out", out, "--steps", "1", *common(weights)])
     assert code == 0 and out.is_file()
-    assert not _partials(tmp_path)
+    assert not partials(tmp_path)
 
 
 def test_temporary_files_of_running_processes_are_kept(tmp_path, crop, weights):
@@ -189,7 +163,7 @@ def test_video_numbers_out_of_range_are_usage_errors(tmp_path, crop, weights, ca
     assert code == 2, err
     line = err.strip()
     assert line.startswith("error: ") and flag in line and "\n" not in line
-    assert not out.exists() and not _partials(tmp_path)
+    assert not out.exists() and not partials(tmp_path)
 
 
 def test_frame_total_states_the_estimate():
@@ -252,3 +226,45 @@ def test_video_is_refused_before_any_work(tmp_path, crop, weights, capsys):
     code, _, err = cli(["video", crop, "--fps", "inf", "--out", tmp_path / "v.mp4", "--aligned",
                         "--weights", tmp_path / "nothing.safetensors"], capsys)
     assert code == 2 and "--fps" in err and "nothing.safetensors" not in err
+
+
+# ---------------------------------------------------------------- no silent overwrites
+def test_unique_stems():
+    from agetool.images import unique_stems
+
+    assert unique_stems(["a.jpg", "a.png", "a_2.png"]) == ["a", "a_3", "a_2"]
+    assert unique_stems(["x/a.png", "y/A.png", "b.png"]) == ["a", "A_2", "b"]
+    names = unique_stems([f"{d}/{s}.png" for d in "xyz" for s in ("p", "p_2", "p_3")])
+    assert len({n.casefold() for n in names}) == 9
+
+
+def test_align_gives_inputs_with_one_stem_their_own_crops(tmp_path, capsys):
+    photo = Image.open(ROOT / "examples" / "astronaut.png").convert("RGB")
+    inputs = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.jpg", tmp_path / "b" / "x_2.png"]
+    for p in inputs:
+        p.parent.mkdir(exist_ok=True)
+        photo.save(p)
+    out = tmp_path / "crops"
+    code, _, err = cli(["align", *inputs, "--out", out, "--landmarks", "dlib"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["x_2_face0.png", "x_3_face0.png", "x_face0.png"]
+    assert "done: 3 aligned, 0 failed" in err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--out", "{crop}"], "--out {crop}: is an input"),
+    (["--out", "{tmp}/l.png", "--overlay", "{tmp}/l.png"], "--out {tmp}/l.png and --overlay {tmp}/l.png are the same file"),
+    (["--out", "{tmp}/l.png", "--overlay", "{tmp}/sub/../l.png"], "are the same file"),
+    (["--out", "{tmp}/labels.txt"], "--out {tmp}/labels.txt: unknown image suffix .txt"),
+    (["--out", "{tmp}/labels"], "unknown image suffix (none)"),
+    (["--out", "{tmp}/l.png", "--overlay", "{tmp}/o.gif"], "--overlay {tmp}/o.gif: unknown image suffix .gif"),
+])
+def test_parse_outputs_are_checked_before_any_work(tmp_path, crop, capsys, extra, needle):
+    (tmp_path / "sub").mkdir()
+    before = crop.read_bytes()
+    args = [a.format(crop=crop, tmp=tmp_path) for a in extra]
+    code, _, err = cli(["parse", crop, "--aligned", *args, "--parser-weights", tmp_path / "none.pth",
+                        "--device", "cpu"], capsys)
+    assert code == 2, err
+    assert needle.format(crop=crop, tmp=tmp_path) in err and "none.pth" not in err
+    assert crop.read_bytes() == before

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
 import signal
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -17,9 +13,7 @@ from PIL import Image
 
 from agetool.errors import CheckpointError
 from agetool.nn.checkpoint import load_generator, read_state_dict
-from tests.helpers import cli, face_like, tiny_generator_file
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import cli, face_like, partials, spawn, tiny_generator_file, wait_for
 
 
 class _Payload:
@@ -73,27 +67,6 @@ def test_zip_without_the_member(tmp_path):
         read_state_dict(archive)
 
 
-def _spawn(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "agetool", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    t0 = time.monotonic()
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(f"process ended early: {proc.returncode} {proc.stderr.read()}")
-        if time.monotonic() - t0 > timeout:
-            proc.kill()
-            raise AssertionError("timed out waiting for progress")
-        time.sleep(0.05)
-
-
-def _partials(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if ".part" in p.name]
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     return tiny_generator_file(tmp_path_factory.mktemp("w") / "tiny.safetensors")
@@ -103,15 +76,15 @@ def test_sigint_during_video_leaves_no_partial_file(tmp_path, weights):
     crop = tmp_path / "crop.png"
     Image.fromarray(face_like()).save(crop)
     frames, out = tmp_path / "frames", tmp_path / "v.mp4"
-    proc = _spawn(["video", crop, "--out", out, "--frames", frames, "--steps", "400", "--batch", "2",
+    proc = spawn(["video", crop, "--out", out, "--frames", frames, "--steps", "400", "--batch", "2",
                    "--aligned", "--no-mask", "--weights", weights, "--device", "cpu"], tmp_path)
-    _wait_for(lambda: frames.is_dir() and len(list(frames.glob("frame_*.png"))) >= 3, proc)
+    wait_for(lambda: frames.is_dir() and len(list(frames.glob("frame_*.png"))) >= 3, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not out.exists()
-    assert not _partials(tmp_path)
+    assert not partials(tmp_path)
     for png in frames.glob("frame_*.png"):
         assert Image.open(png).size == (256, 256)  # every kept frame is complete
 
@@ -122,17 +95,17 @@ def test_sigint_during_folder_run_then_resume(tmp_path, weights):
     for i in range(40):
         Image.fromarray(face_like(seed=i)).save(src / f"p{i:02d}.png")
     args = ["age", src, "--out", out, "--aligned", "--no-mask", "--weights", weights, "--device", "cpu"]
-    proc = _spawn(args, tmp_path)
-    _wait_for(lambda: out.is_dir() and len(list(out.glob("*_ages.png"))) >= 2, proc)
+    proc = spawn(args, tmp_path)
+    wait_for(lambda: out.is_dir() and len(list(out.glob("*_ages.png"))) >= 2, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert not _partials(tmp_path)
+    assert not partials(tmp_path)
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*_ages.png")}
     assert 2 <= len(kept) < 40
     for name in kept:
         assert Image.open(out / name).size == (7 * 256, 256)
-    proc = _spawn([*args, "--skip-existing"], tmp_path)
+    proc = spawn([*args, "--skip-existing"], tmp_path)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert len(list(out.glob("*_ages.png"))) == 40

@@ -48,7 +48,7 @@ def _pipeline(options, device: str):
 @app.command(no_args_is_help=True)
 def align(
     inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the crops: <stem>_face<i>.png.", file_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the crops: <stem>_face<i>.png (<stem>_2 ... for a stem seen before).", file_okay=False)],
     size: Annotated[int, typer.Option("--size", help="Side of the aligned crops in pixels.", min=16, max=4096)] = 256,
     landmarks_json: Annotated[Optional[Path], typer.Option("--landmarks-json", help="JSON list of the 68 (x, y) landmark pairs of one face (iBUG order): skips detection. One input only.", dir_okay=False)] = None,
     landmarks: Landmarks = "auto", faces: Faces = "all", min_face: MinFace = 0, offline: Offline = False,
@@ -64,7 +64,7 @@ def align(
     """
     from agetool.errors import AgetoolError, UsageError
     from agetool.face.align import align_face
-    from agetool.images import find_images, read_image, write_image
+    from agetool.images import find_images, read_image, unique_stems, write_image
     from agetool.pipeline import Options
 
     paths = find_images(inputs)
@@ -77,11 +77,11 @@ def align(
     options.validate()
     pipeline = _pipeline(options, device) if given is None else None
     failed = 0
-    for path in paths:
+    for path, stem in zip(paths, unique_stems(paths)):
         try:
             image = read_image(path)
             points = [given] if given is not None else [f.landmarks for f in pipeline.find_faces(image, path)]
-            written = [write_image(out / f"{path.stem}_face{i}.png", align_face(image, lm, size=size).image)
+            written = [write_image(out / f"{stem}_face{i}.png", align_face(image, lm, size=size).image)
                        for i, lm in enumerate(points)]
             console.info(f"{path} -> {', '.join(str(w) for w in written)}")
         except AgetoolError as e:
@@ -116,8 +116,12 @@ def parse(
       agetool parse me.jpg --out labels.png
     """
     from agetool.face.parse import overlay as draw_overlay
-    from agetool.images import read_image, write_image
+    from agetool.images import distinct_outputs, output_image, read_image, write_image
     from agetool.pipeline import Options
+
+    out = output_image("out", out)
+    overlay = output_image("overlay", overlay) if overlay is not None else None
+    distinct_outputs({"out": out, "overlay": overlay}, [input])
 
     options = Options(landmarks=landmarks, faces="largest", offline=offline, parser_weights=parser_weights,
                       aligned=aligned)
