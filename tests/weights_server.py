@@ -1,5 +1,7 @@
 """A local HTTP server for download tests: plain files with Range support, and Hub-style
-``/<repo>/resolve/<revision>/<file>`` URLs answering HEAD with ``X-Repo-Commit`` and ``ETag``."""
+``/<repo>/resolve/<revision>/<file>`` URLs answering HEAD with ``X-Repo-Commit`` and ``ETag``.
+Misbehaviours on demand: dropped connections, forced statuses, trickled bodies, redirect loops,
+bodies without Content-Length. ``refused_url()`` gives a 127.0.0.1 URL where nothing listens."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import re
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,6 +23,9 @@ class State:
         self.files: dict[str, bytes] = {}  # URL path -> bytes (plain and Hub-style alike)
         self.drop_after: dict[str, int] = {}  # URL path -> bytes sent before the connection drops (once)
         self.status: dict[str, int] = {}  # URL path -> forced HTTP status
+        self.trickle: dict[str, tuple[int, float]] = {}  # URL path -> (bytes, seconds) per write
+        self.redirect: dict[str, str] = {}  # URL path -> Location (a loop when it points back)
+        self.no_length: set[str] = set()  # URL paths answered without Content-Length (body ends at close)
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.lock = threading.Lock()
 
@@ -49,7 +55,16 @@ class Handler(BaseHTTPRequestHandler):
             data = st.files.get(path)
             forced = st.status.get(path)
             drop = st.drop_after.pop(path, None) if body else None
+            trickle = st.trickle.get(path)
+            location = st.redirect.get(path)
+            no_length = path in st.no_length
         hub = HUB_PATH.fullmatch(path)
+        if location is not None:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if forced is not None or data is None:
             self.send_response(forced or 404)
             if hub:
@@ -72,7 +87,10 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(len(data) - start))
+        if no_length:
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(data) - start))
         if hub:
             self.send_header("X-Repo-Commit", COMMIT)
             self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
@@ -84,6 +102,16 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
+            return
+        if trickle is not None:
+            step, pause = trickle
+            try:
+                for i in range(start, len(data), step):
+                    self.wfile.write(data[i:i + step])
+                    self.wfile.flush()
+                    time.sleep(pause)
+            except OSError:  # the client gave up
+                pass
             return
         self.wfile.write(data[start:])
 
@@ -103,6 +131,14 @@ class Server:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def refused_url(path: str = "/x.bin") -> str:
+    """A URL on 127.0.0.1 whose port has no listener: connecting is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
 
 
 def _toml_value(value) -> str:

@@ -60,15 +60,17 @@ def info() -> None:
     out.print("devices: " + ", ".join(_devices()), markup=False)
     out.print(f"registry: {weights.registry_path()}", markup=False)
     out.print(f"cache: {weights.cache_dir()}", markup=False)
-    cached = [st for st in weights.statuses() if st.path is not None]
+    cached = [st for st in weights.statuses() if st.path is not None or st.bundled is not None]
     if not cached:
         out.print("cached model files: none (they are fetched on first use)", markup=False)
         return
+    from agetool.cli.weights import _cells
+
     table = Table(title="cached model files", show_edge=False, title_justify="left")
-    for column in ("name", "size", "license", "path"):
+    for column in ("name", "size", "license", "cached", "path"):
         table.add_column(column, overflow="fold")
     for st in cached:
         art = st.artifact
-        table.add_row(art.name, human_size(st.record.get("size") or art.size),
-                      f"{art.license} {art.license_url}".strip(), str(st.path))
+        table.add_row(*_cells(art.name, human_size(st.record.get("size") or art.size),
+                              f"{art.license} {art.license_url}".strip(), st.where, st.path or st.bundled))
     out.print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,18 +16,57 @@ from agetool.cli import console
 weights_app = typer.Typer(
     help=("Model files: list, download, verify, locate and import them.\n\n"
           "The registry is weights.toml (AGETOOL_REGISTRY replaces it); files are cached under "
-          "AGETOOL_CACHE (default ~/.cache/agetool) and the Hugging Face cache."),
+          "AGETOOL_CACHE (default ~/.cache/agetool) and the Hugging Face cache.\n\n"
+          "Examples:\n\n"
+          "  agetool weights list\n\n"
+          "  agetool weights download lats-male deeplab-parser\n\n"
+          "  agetool weights import ~/Downloads/latest_net_g_running.pth --as lats-male\n\n"
+          "  agetool weights import ~/Downloads/lats-weights/"),
     no_args_is_help=True,
 )
 app.add_typer(weights_app, name="weights")
+
+#: Signals that stop a command the way Ctrl-C does (temporary files removed), exit 128 + number.
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised in the main thread when a stop signal arrives."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGHUP unwind like Ctrl-C (every ``finally`` runs, temporary files go); the
+    command then exits 128 + the signal number after one line."""
+    def handler(signum, frame):
+        raise Stopped(signum)
+
+    old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    stopped = None
+    try:
+        yield
+    except Stopped as e:
+        stopped = e.signum
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if stopped is not None:  # outside the except block, so the exit isn't mistaken for Ctrl-C
+        console.error(f"stopped by {signal.Signals(stopped).name}; temporary files removed "
+                      "(a partial download is resumed next time)")
+        raise typer.Exit(128 + stopped)
 
 
 def progress_factory(bar):
     """A ``progress(description, total_bytes) -> advance`` callable (the protocol of
     ``agetool.weights``) that adds one task per transfer to a rich ``Progress``."""
+    from rich.markup import escape
 
     def progress(description: str, total: int | None):
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(escape(description), total=total)
 
         def advance(n: int) -> None:
             bar.advance(task, n)
@@ -54,37 +94,44 @@ def report(message: str) -> None:
 
 
 def human_size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"  # pragma: no cover
+    from agetool.weights import human_size as size
+
+    return size(n)
+
+
+def _table(*columns: str, **kwargs):
+    from rich.table import Table
+
+    table = Table(show_edge=False, **kwargs)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _cells(*values) -> list:
+    """Table cells as plain text: names, licenses and paths are never read as markup."""
+    from rich.text import Text
+
+    return [v if isinstance(v, Text) else Text(str(v)) for v in values]
 
 
 @weights_app.command("list")
 def list_() -> None:
-    """Show every registered model file, its license and whether it is cached."""
-    from rich.table import Table
+    """Show every registered model file, its license and whether it is cached.
+
+    Example: agetool weights list
+    """
+    from rich.text import Text
 
     from agetool import weights
 
-    table = Table(show_edge=False, caption=f"registry: {weights.registry_path()}  cache: {weights.cache_dir()}")
-    for column in ("name", "kind", "size", "license", "cached", "path"):
-        table.add_column(column, overflow="fold")
+    caption = Text(f"registry: {weights.registry_path()}  cache: {weights.cache_dir()}")
+    table = _table("name", "kind", "size", "license", "cached", "path", caption=caption)
     for st in weights.statuses():
         art = st.artifact
-        if st.path is not None:
-            cached = "yes" if st.verified else "yes (not yet verified)"
-        elif st.partial:
-            cached = f"partial ({human_size(st.partial)})"
-        else:
-            cached = "no"
         size = art.size or st.record.get("size")
         license_ = art.license + (" [non-commercial]" if art.non_commercial and "commercial" not in art.license else "")
-        table.add_row(art.name, art.kind, human_size(size), license_, cached, str(st.path or ""))
+        table.add_row(*_cells(art.name, art.kind, human_size(size), license_, st.where, st.path or st.bundled or ""))
     console.out.print(table)
 
 
@@ -93,14 +140,21 @@ def download(
     names: Annotated[Optional[list[str]], typer.Argument(help="Names from `agetool weights list` (default: all).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Download every registered file.")] = False,
 ) -> None:
-    """Download and verify model files (resuming interrupted downloads)."""
+    """Download and verify model files (resuming interrupted downloads).
+
+    Example: agetool weights download lats-male deeplab-parser
+    """
     from agetool import weights
     from agetool.errors import AgetoolError
 
     targets = list(weights.load_registry()) if all_ or not names else list(dict.fromkeys(names))
     failed = []
-    with byte_progress() as progress:
+    with stop_on_signals(), byte_progress() as progress:
         for name in targets:
+            st = weights.status(name)
+            if st.path is None and st.bundled is not None:
+                console.out.print(f"{name}: {st.bundled} ({st.where})", markup=False, highlight=False)
+                continue
             try:
                 path = weights.fetch(name, progress=progress, report=report)
             except AgetoolError as e:
@@ -119,23 +173,29 @@ def download(
 def verify(
     names: Annotated[Optional[list[str]], typer.Argument(help="Names to check (default: all cached).")] = None,
 ) -> None:
-    """Re-hash cached files against the registry; damaged files are deleted. Exit 1 if any was bad."""
-    from rich.table import Table
+    """Re-hash cached files against the registry; damaged files are deleted. Exit 1 if any was bad.
+
+    Example: agetool weights verify
+    """
+    from rich.text import Text
 
     from agetool import weights
 
-    with byte_progress() as progress:
+    with stop_on_signals(), byte_progress() as progress:
         checks = weights.verify(names or None, progress=progress, report=report)
     checks = [c for c in checks if c.ok is not None or names]
     if not checks:
         console.info("nothing is cached yet")
         return
-    table = Table(show_edge=False)
-    for column in ("name", "status", "path"):
-        table.add_column(column, overflow="fold")
+    table = _table("name", "status", "path")
     for c in checks:
-        state = "[green]ok[/]" if c.ok else ("not cached" if c.ok is None else f"[red]bad:[/] {c.detail}")
-        table.add_row(c.name, state, str(c.path or ""))
+        if c.ok:
+            state = Text("ok", style="green")
+        elif c.ok is None:
+            state = Text("not cached")
+        else:
+            state = Text.assemble(("bad: ", "red"), c.detail)
+        table.add_row(*_cells(c.name, state, c.path or ""))
     console.out.print(table)
     bad = [c.name for c in checks if c.ok is False]
     if bad:
@@ -145,23 +205,49 @@ def verify(
 
 @weights_app.command("path")
 def path(name: Annotated[str, typer.Argument(help="A name from `agetool weights list`.")]) -> None:
-    """Print the local path of a cached model file."""
+    """Print the local path of a cached model file.
+
+    Example: agetool weights path lats-male
+    """
     from agetool import weights
     from agetool.errors import WeightsError
 
-    if weights.status(name).path is None:
+    st = weights.status(name)
+    if st.path is None and st.bundled is not None:
+        console.out.print(str(st.bundled), markup=False, highlight=False)
+        return
+    if st.path is None:
         raise WeightsError(f"{name} is not cached", hint=f"run `agetool weights download {name}`")
     console.out.print(str(weights.fetch(name, offline=True, report=report)), markup=False, highlight=False)
 
 
 @weights_app.command("import")
 def import_(
-    file: Annotated[Path, typer.Argument(help="The file fetched by hand.", exists=True, dir_okay=False)],
-    name: Annotated[str, typer.Option("--as", help="The registry name it stands for.")],
+    file: Annotated[Path, typer.Argument(help="A file you have (released zip, latest_net_g_running.pth, "
+                                              "deeplab_model.pth, an agetool .safetensors, ...) or a folder of them.",
+                                         exists=True)],
+    name: Annotated[Optional[str], typer.Option("--as", help="The registry name it stands for "
+                                                              "(default: recognised by size, name or folder).")] = None,
 ) -> None:
-    """Verify a file fetched by hand and place it in the cache."""
-    from agetool import weights
+    """Verify files you already have and place them in the cache, so later runs (and --offline) use them.
 
-    with byte_progress() as progress:
+    Examples:
+
+      agetool weights import latest_net_g_running.pth --as lats-male
+
+      agetool weights import males_model.zip --as lats-male
+
+      agetool weights import ~/Downloads/lats-weights/
+    """
+    from agetool import weights
+    from agetool.errors import UsageError
+
+    with stop_on_signals(), byte_progress() as progress:
+        if file.is_dir():
+            if name is not None:
+                raise UsageError("--as names one file; a folder's files are recognised by size, name or folder")
+            for item in weights.import_folder(file, progress=progress, report=report):
+                console.out.print(f"{item.name}: {item.path}", markup=False, highlight=False)
+            return
         dest = weights.import_file(file, name, progress=progress, report=report)
-    console.out.print(f"{name}: {dest}", markup=False, highlight=False)
+    console.out.print(f"{name or dest.parent.name}: {dest}", markup=False, highlight=False)

@@ -3,9 +3,13 @@
 Accepted generator files:
 - the released flat state dict (``latest_net_g_running.pth``; tensors may be CUDA-tagged),
   read with ``torch.load(map_location="cpu", weights_only=True)``;
-- the released zip (``males_model.zip`` / ``females_model.zip``), the member read in memory;
+- the released zip (``males_model.zip`` / ``females_model.zip``), the member read in memory
+  (never more than its declared size, and never more than ``MAX_MEMBER_BYTES``);
 - agetool's format: safetensors with the network config as JSON in the header metadata
   (and optionally a ``<file>.json`` sidecar).
+
+Conversion of released generators to agetool's format, and the generator configuration read from
+weight shapes (:func:`generator_config_from_state_dict`), live here too.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from torch import nn
 from agetool.errors import CheckpointError
 
 GENERATOR_MEMBER = "latest_net_g_running.pth"
+#: The largest zip member ever read: a few times the largest known checkpoint (464 MB).
+MAX_MEMBER_BYTES = 2 << 30
+#: The first convolution of the identity encoder: its output channels are the generator's ``ngf``.
+NGF_KEY = "id_encoder.encoder.1.conv.weight_orig"
 FORMAT_KEY = "agetool_format"
 CONFIG_KEY = "agetool_config"
 
@@ -49,18 +57,47 @@ def _load_mapped(path: str):
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
-def read_zip_member(path: Path, member_suffix: str) -> bytes:
-    """Bytes of the first zip member whose name ends with ``member_suffix`` (never extracted to disk)."""
+def read_zip_member(path: Path, member_suffix: str, *, limit: int | None = None) -> bytes:
+    """Bytes of the first zip member whose name ends with ``member_suffix`` (never extracted to disk).
+
+    The member is read in chunks up to its declared size, itself at most ``limit`` (default
+    ``MAX_MEMBER_BYTES``): a member that declares or inflates to more is refused without being
+    read whole."""
+    limit = min(limit or MAX_MEMBER_BYTES, MAX_MEMBER_BYTES)
     try:
         with zipfile.ZipFile(path) as zf:
-            names = [n for n in zf.namelist() if n.replace("\\", "/").split("/")[-1] == member_suffix
-                     or n.endswith("/" + member_suffix)]
-            if not names:
+            infos = [i for i in zf.infolist() if member_matches(i.filename, member_suffix)]
+            if not infos:
                 raise CheckpointError(f"{path}: the zip has no {member_suffix}",
                                       hint="is this the released males_model.zip / females_model.zip?")
-            return zf.read(sorted(names, key=len)[0])
-    except zipfile.BadZipFile:
-        raise CheckpointError(f"{path}: damaged zip file", hint="download it again") from None
+            info = sorted(infos, key=lambda i: len(i.filename))[0]
+            if info.file_size > limit:
+                raise CheckpointError(f"{path}: {info.filename} declares {info.file_size} bytes, more than the "
+                                      f"{limit} a checkpoint may have", hint="is this the released zip?")
+            out = bytearray()
+            with zf.open(info) as f:
+                while chunk := f.read(min(1 << 20, info.file_size + 1 - len(out))):
+                    out += chunk
+                    if len(out) > info.file_size:
+                        raise CheckpointError(f"{path}: {info.filename} inflates past its declared "
+                                              f"{info.file_size} bytes", hint="download it again")
+            return bytes(out)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as e:
+        raise CheckpointError(f"{path}: damaged zip file ({type(e).__name__})", hint="download it again") from None
+
+
+def member_matches(name: str, member_suffix: str) -> bool:
+    name = name.replace("\\", "/")
+    return name.split("/")[-1] == member_suffix or name.endswith("/" + member_suffix)
+
+
+def is_released_zip(path: Path, member_suffix: str = GENERATOR_MEMBER) -> bool:
+    """True for a zip archive holding ``member_suffix`` (a torch ``.pth`` is a zip too, without it)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(member_matches(n, member_suffix) for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
 
 
 def read_state_dict(path: str | os.PathLike, member: str = GENERATOR_MEMBER) -> tuple[dict[str, torch.Tensor], dict]:
@@ -71,7 +108,7 @@ def read_state_dict(path: str | os.PathLike, member: str = GENERATOR_MEMBER) -> 
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return _read_safetensors(path)
-    if zipfile.is_zipfile(path) and suffix == ".zip":
+    if suffix == ".zip" and zipfile.is_zipfile(path):
         sd = _torch_load(read_zip_member(path, member), f"{path}:{member}")
         return _tensors_only(sd, path), {}
     sd = _torch_load(path, str(path))
@@ -99,12 +136,28 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(e)[:120]})") from None
     config = {}
     if CONFIG_KEY in meta:
-        config = json.loads(meta[CONFIG_KEY])
+        config = _json(meta[CONFIG_KEY], f"{path} (its {CONFIG_KEY} metadata)")
     else:
         sidecar = path.with_suffix(path.suffix + ".json")
         if sidecar.is_file():
-            config = json.loads(sidecar.read_text())
+            try:
+                text = sidecar.read_text("utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{sidecar}: unreadable ({type(e).__name__})") from None
+            config = _json(text, str(sidecar))
     return sd, {"format": meta.get(FORMAT_KEY), "config": config}
+
+
+def _json(text: str, what: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise CheckpointError(f"{what}: not valid JSON ({str(e).splitlines()[0][:80]})",
+                              hint="remove or repair it") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{what}: expected a JSON object, found {type(value).__name__}",
+                              hint="remove or repair it")
+    return value
 
 
 def strip_prefix(sd: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
@@ -134,16 +187,72 @@ def load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str) -> nn.M
     return module
 
 
+def infer_ngf(sd: dict) -> int | None:
+    """The generator's channel width read from its weights (None when the key is absent)."""
+    w = sd.get(NGF_KEY)
+    return int(w.shape[0]) if w is not None and getattr(w, "ndim", 0) >= 1 else None
+
+
+def generator_config_from_state_dict(sd: dict, base: dict | None = None):
+    """A ``GeneratorConfig`` from ``base`` (a config table, e.g. the registry's or a file's), with
+    ``ngf`` read from the weights where ``base`` does not give it."""
+    from agetool.nn.generator import GeneratorConfig
+
+    cfg = dict((base or {}).get("generator", base or {}))
+    ngf = infer_ngf(sd)
+    if ngf is not None and "ngf" not in cfg:
+        cfg["ngf"] = ngf
+    try:
+        config = GeneratorConfig.from_dict(cfg)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"generator config {cfg}: {e}") from None
+    bad = [f"{k}={v!r}" for k, v in config.to_dict().items()
+           if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= _CONFIG_MAX.get(k, 4096)]
+    if bad:
+        raise CheckpointError(f"generator config: {', '.join(bad)} out of range",
+                              hint=f"each value is a positive integer, ngf at most {_CONFIG_MAX['ngf']}")
+    return config
+
+
+_CONFIG_MAX = {"ngf": 512, "n_downsample": 6, "n_residual": 64, "mlp_layers": 64, "n_style_blocks": 16}
+
+
+def read_generator(path: str | os.PathLike, *, member: str = GENERATOR_MEMBER, base: dict | None = None,
+                   what: str | None = None):
+    """A strictly loaded Generator (CPU, eval mode) from a released zip, its ``.pth`` member or an
+    agetool safetensors file; ``base`` is the config to start from (the file's own wins)."""
+    from agetool.nn.generator import Generator
+
+    sd, meta = read_state_dict(path, member)
+    sd = strip_prefix(sd)
+    cfg = generator_config_from_state_dict(sd, meta.get("config") or base)
+    return load_into(Generator(cfg), sd, what or str(path)).eval()
+
+
 def load_generator(path: str | os.PathLike, device: torch.device | str = "cpu"):
     """A ready, eval-mode Generator from any accepted file."""
-    from agetool.nn.generator import Generator, GeneratorConfig
+    return read_generator(path).to(device)
 
-    sd, meta = read_state_dict(path)
-    sd = strip_prefix(sd)
-    cfg = GeneratorConfig.from_dict(meta.get("config", {}).get("generator", meta.get("config", {})))
-    g = Generator(cfg)
-    load_into(g, sd, str(path))
-    return g.eval().to(device)
+
+def convert_generator(src: str | os.PathLike, out: str | os.PathLike, *, member: str = GENERATOR_MEMBER,
+                      base: dict | None = None, what: str | None = None) -> dict:
+    """Write a released generator (zip or ``.pth``) as agetool's safetensors (and a ``.json`` sidecar);
+    returns the config written."""
+    generator = read_generator(src, member=member, base=base, what=what)
+    config = {"generator": generator.cfg.to_dict()}
+    out = Path(out)
+    save_safetensors(out, generator.state_dict(), "generator", config)
+    _write_atomic(out.with_name(out.name + ".json"), json.dumps(config, indent=2).encode("utf-8"))
+    return config
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_safetensors(path: str | os.PathLike, sd: dict[str, torch.Tensor], fmt: str, config: dict) -> Path:

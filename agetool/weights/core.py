@@ -1,16 +1,15 @@
-"""Fetching, verifying, importing and converting registered artifacts (see ``agetool.weights``)."""
+"""Fetching and verifying registered artifacts (see ``agetool.weights``)."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agetool.errors import ChecksumError, DownloadError, OfflineError, WeightsError
+from agetool.errors import ChecksumError, DownloadError, OfflineError, WeightsError, arg
 from agetool.weights import store, transfer
-from agetool.weights.registry import Artifact, check_name, get, load_registry
+from agetool.weights.registry import ARGUMENT_FOR_KIND, Artifact, get, load_registry
 from agetool.weights.store import Digest, read_record, write_record
 from agetool.weights.transfer import SourceFailed, progress_bar
 
@@ -27,6 +26,27 @@ def _say(report):
     return report if report is not None else (lambda message: None)
 
 
+def human_size(n: int | None) -> str:
+    """``213.2 MB`` (decimal units), ``?`` when unknown."""
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def ways_out(art: Artifact) -> str:
+    """How to do without a download: import a copy, or pass the file directly; then stay offline."""
+    text = f"have the file? `{art.import_command}`"
+    argument = ARGUMENT_FOR_KIND.get(art.kind)
+    if argument:
+        text += f", or pass it as {arg(argument, 'FILE')}"
+    return text + f"; {arg('offline', True)} never uses the network"
+
+
 def _hash(art: Artifact, path: Path, progress, what: str = "verifying") -> Digest:
     size = path.stat().st_size
     with progress_bar(progress, f"{what} {art.name}", size) as advance:
@@ -34,23 +54,26 @@ def _hash(art: Artifact, path: Path, progress, what: str = "verifying") -> Diges
 
 
 def _remember(art: Artifact, path: Path, digest: Digest, record: dict, say, *,
-              source: str | None = None, revision: str | None = None) -> dict:
-    """Record ``path`` as the verified copy of ``art`` (pinning its sha256 when the registry has none)."""
-    first_use = not art.has_checksum
+              source: str | None = None, revision: str | None = None, form: str | None = None,
+              best_effort: bool = False) -> dict:
+    """Record ``path`` as the verified copy of ``art`` (pinning its sha256 when the registry has none,
+    or when the file is a form the registry publishes no checksum for)."""
+    form = form or record.get("form") or store.RELEASED
+    first_use = not art.has_checksum and form == store.RELEASED
     if first_use and record.get("pinned") != "first-use":
         say(f"{art.name}: no published checksum; recorded sha256 {digest.sha256} of this copy "
             f"(trust on first use) and every later copy must match it")
     new = {
-        "name": art.name, "path": str(path), "size": digest.size, "sha256": digest.sha256,
+        "name": art.name, "path": str(path), "size": digest.size, "sha256": digest.sha256, "form": form,
         "md5": digest.md5 or (record.get("md5") if record.get("sha256") == digest.sha256 else None),
-        "pinned": "first-use" if first_use else "registry",
+        "pinned": "first-use" if first_use else ("registry" if form == store.RELEASED else "loaded"),
         "source": source or record.get("source"), "revision": revision or record.get("revision"),
         "stamp": store.stamp(path), "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     for key in ("converted", "placed"):  # still valid while the bytes are the same
         if key in record and record.get("sha256") == digest.sha256:
             new[key] = record[key]
-    write_record(art.name, new)
+    write_record(art.name, new, best_effort=best_effort)
     return new
 
 
@@ -58,6 +81,8 @@ def _candidates(art: Artifact, record: dict) -> list[Path]:
     seen, out = set(), []
     paths = [Path(record["path"])] if record.get("path") else []
     paths.append(store.file_path(art))
+    if record.get("form") in store.LOCAL_FORMS:
+        paths = paths[:1]  # only the recorded file is that form; the others would be checked as released
     hub_sources = [s for s in art.sources if s.is_hub]
     if hub_sources:
         paths.extend(p for p in map(transfer.hub_cached, hub_sources) if p is not None)
@@ -83,7 +108,7 @@ def _cached(art: Artifact, progress, say) -> Path | None:
             say(f"{art.name}: deleted {path}: {why}")
             continue
         same = record.get("path") == str(path)
-        _remember(art, path, digest, record, say, source=None if same else "cache")
+        _remember(art, path, digest, record, say, source=None if same else "cache", best_effort=True)
         return path
     return None
 
@@ -96,24 +121,27 @@ def fetch(name: str, *, offline: bool = False, progress=None, report=None) -> Pa
     if found is not None:
         return found
     if is_offline(offline):
-        why = "--offline" if offline else "HF_HUB_OFFLINE=1"
+        why = arg("offline", True) if offline else "HF_HUB_OFFLINE=1"
         raise OfflineError(f"{name} is not in the cache and network access is off ({why})",
-                           hint=f"run `agetool weights download {name}` while online, or place a copy "
-                                f"with `{art.import_command}`")
-    with store.locked(art):
+                           hint=f"run `agetool weights download {name}` while online; {ways_out(art)}")
+    with store.locked(art), store.writing():
+        store.clean_stale(art)
         found = _cached(art, progress, say)  # another process may have finished meanwhile
         return found if found is not None else _download(art, progress, say)
 
 
 def _download(art: Artifact, progress, say) -> Path:
     if not art.sources:
-        raise DownloadError(f"{art.name} has no download source", hint=f"place it by hand: {art.import_command}")
+        raise DownloadError(f"{art.name} has no download source", hint=ways_out(art))
     failures: list[str] = []
     mismatches = 0
     for i, src in enumerate(art.sources):
         record = read_record(art.name)
         for fresh in (False, True):
             resumed = not src.is_hub and store.part_path(art).is_file() and not fresh
+            size = f" {human_size(art.size)}" if art.size else ""
+            have = f", resuming at {human_size(store.part_path(art).stat().st_size)}" if resumed else ""
+            say(f"{art.name}: downloading{size} from {src.describe()}{have}")
             try:
                 if src.is_hub:
                     path, revision = transfer.download_hub(art, src, progress=progress)
@@ -137,18 +165,19 @@ def _download(art: Artifact, progress, say) -> Path:
                 final = store.file_path(art)
                 os.replace(path, final)
                 path = final
-            _remember(art, path, digest, record, say, source=src.describe(), revision=revision)
+            _remember(art, path, digest, record, say, source=src.describe(), revision=revision,
+                      form=store.RELEASED)
             if art.non_commercial:
                 say(art.license_line)
             return path
         if i + 1 < len(art.sources):
             say(f"{art.name}: {failures[-1]}; trying the next source")
     error = ChecksumError if mismatches == len(failures) else DownloadError
-    raise error(f"could not download {art.name}: " + "; ".join(failures),
-                hint=f"fetch it by hand and run `{art.import_command}`")
+    raise error(f"{art.name} is not cached and could not be downloaded: " + "; ".join(failures),
+                hint=ways_out(art))
 
 
-# --- status, verify, import ----------------------------------------------------------------------
+# --- status, verify ----------------------------------------------------------------------
 
 @dataclass
 class Status:
@@ -158,6 +187,36 @@ class Status:
     partial: int  # bytes of an interrupted download
     converted: Path | None  # agetool's safetensors, for generators
     record: dict
+    bundled: Path | None = None  # the copy an installed package ships (used instead of the cache)
+
+    @property
+    def where(self) -> str:
+        """One word or phrase for tables: cached, bundled with a package, partial, or not."""
+        if self.path is not None:
+            return "yes" if self.verified else "yes (not yet verified)"
+        if self.bundled is not None:
+            return f"bundled ({self.artifact.bundled[0].replace('_', '-')} package)"
+        if self.partial:
+            return f"partial ({human_size(self.partial)})"
+        return "no"
+
+
+def bundled_path(art: Artifact) -> Path | None:
+    """The file that the installed package named in the registry's ``bundled`` ships (not imported)."""
+    import importlib.util
+
+    if art.bundled is None:
+        return None
+    package, inside = art.bundled
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / inside
+        if path.is_file():
+            return path
+    return None
 
 
 def status(name: str) -> Status:
@@ -169,7 +228,8 @@ def status(name: str) -> Status:
     conv = store.converted_path(art)
     part = store.part_path(art)
     return Status(art, path, path is not None and store.record_matches(art, record, path),
-                  part.stat().st_size if part.is_file() else 0, conv if conv.is_file() else None, record)
+                  part.stat().st_size if part.is_file() else 0, conv if conv.is_file() else None, record,
+                  bundled_path(art))
 
 
 def statuses() -> list[Status]:
@@ -203,7 +263,7 @@ def verify(names: list[str] | None = None, *, progress=None, report=None) -> lis
                 say(f"{name}: deleted {path}: {why}")
                 checks.append(Check(name, path, False, f"{why}; deleted"))
             else:
-                record = _remember(art, path, digest, record, say)
+                record = _remember(art, path, digest, record, say, best_effort=True)
                 checks.append(Check(name, path, True, "ok"))
         checks.extend(_verify_converted(art, progress, say))
     return checks
@@ -218,48 +278,21 @@ def _verify_converted(art: Artifact, progress, say) -> list[Check]:
     digest = _hash(art, path, progress)
     if digest.sha256 == conv.get("sha256"):
         record["converted"]["stamp"] = store.stamp(path)
-        write_record(art.name, record)
+        write_record(art.name, record, best_effort=True)
         return [Check(f"{art.name} (converted)", path, True, "ok")]
     store.remove(path)
     record.pop("converted", None)
-    write_record(art.name, record)
+    write_record(art.name, record, best_effort=True)
     say(f"{art.name}: deleted the damaged converted file {path}; it is rebuilt on next use")
     return [Check(f"{art.name} (converted)", path, False, "sha256 differs from the recorded one; deleted")]
-
-
-def import_file(src: str | os.PathLike, name: str, *, progress=None, report=None) -> Path:
-    """Verify a file fetched by hand and place it in the cache as artifact ``name``."""
-    art = get(check_name(name))
-    say = _say(report)
-    src = Path(src).expanduser()
-    if not src.is_file():
-        raise WeightsError(f"{src}: no such file")
-    dest = store.file_path(art)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    with store.locked(art):
-        record = read_record(name)
-        try:
-            with progress_bar(progress, f"importing {name}", src.stat().st_size) as advance:
-                digest = store.hash_file(src, md5=bool(art.md5), advance=advance, copy_to=tmp)
-            why = store.mismatch(art, digest, record)
-            if why:
-                raise ChecksumError(f"{src} is not {name}: {why}", hint="nothing was placed in the cache")
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _remember(art, dest, digest, record, say, source=f"import {src}")
-    if art.non_commercial:
-        say(art.license_line)
-    return dest
 
 
 # --- first-use helpers for the pipeline -----------------------------------------------------------
 
 def generator_path(name: str, *, offline: bool = False, progress=None, report=None) -> Path:
-    """agetool's safetensors for a released generator, converted once from the zip's member."""
-    from agetool.nn.checkpoint import GENERATOR_MEMBER, load_into, read_state_dict, save_safetensors, strip_prefix
-    from agetool.nn.generator import Generator
+    """agetool's safetensors for a released generator, converted once from the zip's member (or
+    from the imported member); an imported agetool safetensors file is used as it is."""
+    from agetool.nn.checkpoint import GENERATOR_MEMBER, convert_generator
 
     art = get(name)
     if art.kind != "generator":
@@ -268,16 +301,13 @@ def generator_path(name: str, *, offline: bool = False, progress=None, report=No
     if _converted_current(art, out):
         return out
     src = fetch(name, offline=offline, progress=progress, report=report)
-    with store.locked(art):
+    if read_record(name).get("form") == store.SAFETENSORS:
+        return src
+    with store.locked(art), store.writing():
         if _converted_current(art, out):
             return out
-        sd, _ = read_state_dict(src, art.member or GENERATOR_MEMBER)
-        sd = strip_prefix(sd)
-        cfg = _generator_config(art, sd)
-        generator = load_into(Generator(cfg), sd, f"{name} ({src.name})")
-        config = {"generator": cfg.to_dict()}
-        save_safetensors(out, generator.state_dict(), "generator", config)
-        store.write_atomic(out.with_name(out.name + ".json"), json.dumps(config, indent=2).encode("utf-8"))
+        convert_generator(src, out, member=art.member or GENERATOR_MEMBER, base=art.config,
+                          what=f"{name} ({src.name})")
         record = read_record(name)
         record["converted"] = {"path": str(out), "sha256": store.hash_file(out).sha256,
                                "from_sha256": record.get("sha256"), "stamp": store.stamp(out)}
@@ -290,17 +320,6 @@ def _converted_current(art: Artifact, out: Path) -> bool:
     conv = record.get("converted") or {}
     return (conv.get("path") == str(out) and conv.get("stamp") == store.stamp(out)
             and conv.get("from_sha256") == record.get("sha256") and store.record_agrees(art, record))
-
-
-def _generator_config(art: Artifact, sd: dict):
-    """The registry's ``config`` table, with the channel width read from the weights themselves."""
-    from agetool.nn.generator import GeneratorConfig
-
-    cfg = dict(art.config.get("generator", art.config))
-    first = sd.get("id_encoder.encoder.1.conv.weight_orig")
-    if first is not None and "ngf" not in cfg:
-        cfg["ngf"] = int(first.shape[0])
-    return GeneratorConfig.from_dict(cfg)
 
 
 def _face_alignment_names() -> dict[str, str]:

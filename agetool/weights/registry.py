@@ -25,6 +25,21 @@ FILENAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 HUB_REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 HEX_DIGITS = {"md5": 32, "sha256": 64}
 RESERVED_SUFFIXES = (".part", ".json", ".lock", ".tmp")
+#: The most bytes a file of each kind may have when the registry gives no size: downloads and
+#: imports of unsized entries stop there, and zip members are never read past MAX_MEMBER_BYTES
+#: (a few times the largest known checkpoint, the 464 MB face parser).
+KIND_MAX_BYTES = {"generator": 1 << 30, "parser": 1 << 30, "landmarks": 512 << 20, "detector": 512 << 20,
+                  "classifier": 512 << 20, "recognition": 1 << 30}
+DEFAULT_MAX_BYTES = 2 << 30
+MAX_MEMBER_BYTES = 2 << 30
+#: The Python argument that takes a file of this kind instead of the registry's (the command line
+#: shows it as its flag).
+ARGUMENT_FOR_KIND = {"generator": "weights", "parser": "parser_weights"}
+
+
+def max_bytes(kind: str) -> int:
+    """The size cap for an artifact of ``kind`` whose registry entry gives no size."""
+    return KIND_MAX_BYTES.get(kind, DEFAULT_MAX_BYTES)
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,7 @@ class Artifact:
     member: str | None = None
     sources: tuple[Source, ...] = ()
     config: dict = field(default_factory=dict)
+    bundled: tuple[str, str] | None = None  # (Python package, path inside it) of a copy that ships installed
 
     @property
     def has_checksum(self) -> bool:
@@ -171,11 +187,20 @@ def _artifact(name: str, entry: object, where: str) -> Artifact:
     config = entry.get("config", {})
     if not isinstance(config, dict):
         raise WeightsError(f"{ctx}: config must be a table")
+    bundled = entry.get("bundled")
+    if bundled is not None:
+        package, inside = (bundled.get("package"), bundled.get("path")) if isinstance(bundled, dict) else (None, None)
+        parts = PurePosixPath(inside).parts if isinstance(inside, str) else ()
+        if not isinstance(package, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", package) or not parts \
+                or inside.startswith("/") or ".." in parts:
+            raise WeightsError(f"{ctx}: bundled must be {{ package = \"module\", path = \"relative/file\" }}")
+        bundled = (package, inside)
     return Artifact(
         name=name, kind=kind, description=str(entry.get("description", "")),
         license=str(entry.get("license", "unknown")), license_url=str(entry.get("license_url", "")),
         non_commercial=bool(entry.get("non_commercial", False)), filename=filename, size=size,
         md5=sums.get("md5"), sha256=sums.get("sha256"), member=member, sources=sources, config=config,
+        bundled=bundled,
     )
 
 

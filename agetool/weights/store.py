@@ -3,20 +3,30 @@
 Layout under ``AGETOOL_CACHE`` (default ``$XDG_CACHE_HOME/agetool``, else ``~/.cache/agetool``)::
 
     files/<name>/<filename>         URL downloads and imported files
+    files/<name>/<member>           an imported unzipped member of a released zip (checked by loading)
+    files/<name>/<name>.safetensors an imported agetool safetensors file (checked by loading)
     files/<name>/<filename>.part    an interrupted download, resumed with an HTTP Range request
     converted/<name>.safetensors    released checkpoints converted to agetool's format (+ .json)
     records/<name>.json             what was verified: path, size, hashes, source, file stamp
 
 Hub downloads stay in the Hugging Face cache (``HF_HOME``); their record points there. A record
-whose stamp (size, mtime, inode) still matches the file lets later runs skip re-hashing.
+whose stamp (size, mtime, inode) still matches the file lets later runs skip re-hashing. A record's
+``form`` says which of those a file is: ``released`` (the registry's artifact, checked against its
+published size and checksums), ``member`` or ``safetensors`` (checked by loading it into its
+network on import; later copies must match the sha256 recorded then).
+
+Temporary files (``.<name>.<pid>.tmp``) of processes that no longer run are removed by the next
+run; a ``.part`` file is resumed by the next download of the same artifact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +35,14 @@ from agetool.weights.registry import Artifact, check_name
 
 CACHE_ENV = "AGETOOL_CACHE"
 CHUNK = 1 << 20
+RELEASED, MEMBER, SAFETENSORS = "released", "member", "safetensors"
+LOCAL_FORMS = (MEMBER, SAFETENSORS)  # forms without a published checksum: pinned when imported
+_TMP = re.compile(r"\..+\.(\d+)\.tmp(\.\w+)?")
+
+
+def temp_path(dest: Path) -> Path:
+    """A temporary name beside ``dest`` for this process, keeping its suffix (readers go by it)."""
+    return dest.with_name(f".{dest.name}.{os.getpid()}.tmp{dest.suffix}")
 
 
 def cache_dir() -> Path:
@@ -70,22 +88,98 @@ def stamp(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
+_RECORD_TYPES = {"path": str, "sha256": str, "md5": str, "size": int, "stamp": list, "pinned": str,
+                 "form": str, "source": str, "revision": str, "converted": dict, "placed": dict}
+
+
 def read_record(name: str) -> dict:
+    """What was verified for ``name``; a missing, unreadable or malformed record reads as none
+    (the file it described is then hashed again)."""
     try:
         data = json.loads(record_path(name).read_text("utf-8"))
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    for key, kind in _RECORD_TYPES.items():
+        if data.get(key) is not None and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
+            return {}
+    for key in ("converted", "placed"):
+        sub = data.get(key)
+        if sub is not None and not all(isinstance(sub.get(k), (str, type(None))) for k in ("path", "sha256", "from_sha256")):
+            data.pop(key)
+    return data
 
 
-def write_record(name: str, record: dict) -> None:
+def write_record(name: str, record: dict, *, best_effort: bool = False) -> None:
+    """Save ``record``; with ``best_effort`` a cache that can't be written (read-only) is left as is."""
     path = record_path(name)
-    write_atomic(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    try:
+        write_atomic(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    except (OSError, WeightsError):
+        if not best_effort:
+            raise
+
+
+def cache_error(e: OSError) -> WeightsError:
+    """One line for a cache that can't be written: a file in its place, read-only, full."""
+    root = cache_dir()
+    if root.exists() and not root.is_dir() or any(p.is_file() for p in root.parents if p != Path(p.anchor)):
+        return WeightsError(f"the weights cache {root} is not a folder",
+                            hint=f"set {CACHE_ENV} to a folder")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return WeightsError(f"the weights cache {root} is not writable ({e.strerror})",
+                            hint=f"set {CACHE_ENV} to a writable folder")
+    if e.errno == errno.ENOSPC:
+        return WeightsError(f"no space left for the weights cache {root}",
+                            hint=f"free some space or set {CACHE_ENV} to another disk")
+    return WeightsError(f"can't write to the weights cache {root}: {e.strerror or type(e).__name__}"
+                        + (f" ({e.filename})" if e.filename else ""))
+
+
+@contextlib.contextmanager
+def writing():
+    """Turn OS errors raised while writing the cache into one-line ``WeightsError``."""
+    try:
+        yield
+    except OSError as e:
+        raise cache_error(e) from None
+
+
+def clean_stale(art: Artifact) -> None:
+    """Remove temporary files of ``art`` left by processes that no longer run, and partial
+    downloads that the registry's current file name no longer resumes."""
+    folder = file_path(art).parent
+    candidates = list(folder.glob(".*.tmp*")) + list(folder.glob("*.part"))
+    conv = converted_path(art)
+    candidates += list(conv.parent.glob(f".{conv.name}*.part")) + list(conv.parent.glob(f".{conv.name}*.tmp*"))
+    candidates += list(record_path(art.name).parent.glob(f".{art.name}.json.*.tmp*"))
+    keep = part_path(art)
+    for path in candidates:
+        if path == keep:
+            continue
+        m = _TMP.fullmatch(path.name)
+        if m and _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
 
 
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -121,7 +215,10 @@ def hash_file(path: Path, *, md5: bool = False, advance=None, copy_to: Path | No
 
 def expected(art: Artifact, record: dict) -> dict:
     """What a good copy must match: the registry's size and checksums, or, where the registry
-    publishes no checksum, the sha256 recorded on first use."""
+    publishes no checksum (or the file is an imported member or safetensors form), the sha256
+    recorded on first use."""
+    if record.get("form") in LOCAL_FORMS:
+        return {"size": record.get("size"), "md5": None, "sha256": record.get("sha256")}
     want = {"size": art.size, "md5": art.md5, "sha256": art.sha256}
     if not art.has_checksum and record.get("pinned") == "first-use":
         want["sha256"] = record.get("sha256")
@@ -143,6 +240,8 @@ def mismatch(art: Artifact, digest: Digest, record: dict) -> str | None:
 
 def record_agrees(art: Artifact, record: dict) -> bool:
     """True when what ``record`` verified is what the registry now asks for."""
+    if record.get("form") in LOCAL_FORMS:
+        return bool(record.get("sha256"))
     if not record.get("sha256") or (art.size is not None and record.get("size") != art.size):
         return False
     return all(getattr(art, algo) in (None, record.get(algo)) for algo in ("md5", "sha256"))
@@ -186,13 +285,17 @@ def remove(path: Path) -> None:
 def locked(art: Artifact):
     """An exclusive lock per artifact, so two processes never write the same partial file."""
     lock = file_path(art).with_name(".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory locks
         yield
         return
-    with open(lock, "a+b") as f:
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a+b")
+    except OSError as e:
+        raise cache_error(e) from None
+    with f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         except OSError as e:  # pragma: no cover - file systems without locks
