@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,40 +24,6 @@ weights_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(weights_app, name="weights")
-
-#: Signals that stop a command the way Ctrl-C does (temporary files removed), exit 128 + number.
-STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
-
-
-class Stopped(KeyboardInterrupt):
-    """Raised in the main thread when a stop signal arrives."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-@contextmanager
-def stop_on_signals():
-    """SIGTERM and SIGHUP unwind like Ctrl-C (every ``finally`` runs, temporary files go); the
-    command then exits 128 + the signal number after one line."""
-    def handler(signum, frame):
-        raise Stopped(signum)
-
-    old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-    stopped = None
-    try:
-        yield
-    except Stopped as e:
-        stopped = e.signum
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    if stopped is not None:  # outside the except block, so the exit isn't mistaken for Ctrl-C
-        console.error(f"stopped by {signal.Signals(stopped).name}; temporary files removed "
-                      "(a partial download is resumed next time)")
-        raise typer.Exit(128 + stopped)
-
 
 def progress_factory(bar):
     """A ``progress(description, total_bytes) -> advance`` callable (the protocol of
@@ -149,7 +114,7 @@ def download(
 
     targets = list(weights.load_registry()) if all_ or not names else list(dict.fromkeys(names))
     failed = []
-    with stop_on_signals(), byte_progress() as progress:
+    with byte_progress() as progress:
         for name in targets:
             st = weights.status(name)
             if st.path is None and st.bundled is not None:
@@ -181,7 +146,7 @@ def verify(
 
     from agetool import weights
 
-    with stop_on_signals(), byte_progress() as progress:
+    with byte_progress() as progress:
         checks = weights.verify(names or None, progress=progress, report=report)
     checks = [c for c in checks if c.ok is not None or names]
     if not checks:
@@ -242,7 +207,7 @@ def import_(
     from agetool import weights
     from agetool.errors import UsageError
 
-    with stop_on_signals(), byte_progress() as progress:
+    with byte_progress() as progress:
         if file.is_dir():
             if name is not None:
                 raise UsageError("--as names one file; a folder's files are recognised by size, name or folder")
