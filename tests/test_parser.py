@@ -117,3 +117,40 @@ def test_parser_load_offline_without_weights_is_a_clear_error():
     with pytest.raises(AgetoolError) as e:
         FaceParser.load(None, offline=True)
     assert e.value.exit_code == 1 and "deeplab-parser" in str(e.value)
+
+
+def test_prepared_weights_are_cached_and_give_the_same_logits(seeded_parser_file, tmp_path, monkeypatch):
+    """The standardized weights are kept after the first load, read back while the file is unchanged,
+    give the same logits to the bit, and are rebuilt when the file changes or the cache is damaged."""
+    import os
+    import shutil
+
+    from agetool.face.parse import load_parser_network, prepared_path
+
+    monkeypatch.setenv("AGETOOL_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "deeplab_model.pth"
+    shutil.copyfile(seeded_parser_file, source)
+    x = torch.randn(1, 3, 65, 65, generator=torch.Generator().manual_seed(0))
+
+    def logits(**kw):
+        with torch.inference_mode():
+            return load_parser_network(source, **kw)(x)
+
+    fresh = logits(prepared=False)
+    assert not prepared_path(source).exists()
+    assert torch.equal(logits(), fresh)  # builds the cache file
+    cached = prepared_path(source)
+    assert cached.is_file()
+    stamp = cached.stat().st_mtime_ns
+    assert torch.equal(logits(), fresh)  # reads it
+    assert cached.stat().st_mtime_ns == stamp
+    net = load_parser_network(source)
+    with pytest.raises(RuntimeError):
+        net.freeze(False)  # standardized weights can't be unstandardized
+
+    os.utime(source, ns=(stamp + 10**9, stamp + 10**9))  # the source changed: prepared again
+    assert torch.equal(logits(), fresh)
+    assert cached.stat().st_mtime_ns != stamp
+    cached.write_bytes(b"not safetensors")  # damaged: prepared again, same numbers
+    assert torch.equal(logits(), fresh)
+    assert cached.stat().st_size > 1000

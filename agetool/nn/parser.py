@@ -44,9 +44,14 @@ class WSConv2d(nn.Conv2d):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._frozen: torch.Tensor | None = None
+        self._prestandardized = False  # ``weight`` holds the standardized weight (a prepared network)
 
     def freeze(self, on: bool = True) -> None:
         """Cache the standardized weight (inference: the weight no longer changes)."""
+        if self._prestandardized:
+            if not on:
+                raise RuntimeError("this conv was loaded with standardized weights: inference only")
+            return
         self._frozen = standardize(self.weight.detach()) if on else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,6 +150,27 @@ class DeepLabV3(nn.Module):
         for m in self.modules():
             if isinstance(m, WSConv2d):
                 m.freeze(on)
+        return self
+
+    def prepared_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict with each standardized conv's weight in its standardized form (the network
+        must be frozen): ``load_prepared`` reads it back with no standardization to compute."""
+        sd = self.state_dict()
+        for name, m in self.named_modules():
+            if isinstance(m, WSConv2d):
+                if m._frozen is None:
+                    raise RuntimeError("freeze() the network before taking its prepared state dict")
+                sd[f"{name}.weight"] = m._frozen
+        return sd
+
+    def load_prepared(self, state_dict: dict[str, torch.Tensor]) -> "DeepLabV3":
+        """Load a ``prepared_state_dict`` (tensors taken as they are, memory-mapped ones included):
+        a frozen, inference-only network, the same numbers as loading the raw weights and freezing."""
+        self.load_state_dict(state_dict, strict=True, assign=True)
+        for m in self.modules():
+            if isinstance(m, WSConv2d):
+                m._frozen = m.weight.detach()
+                m._prestandardized = True
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, H, W] normalized -> [B, classes, H, W]
