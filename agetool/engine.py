@@ -181,3 +181,47 @@ def use_physical_cores() -> None:
     n = physical_cores()
     if torch.get_num_threads() > n:
         torch.set_num_threads(n)
+
+
+#: decoder activations alive at once per frame, in 64-channel maps of the output size (measured peak
+#: of the batched schedule at the upsampling blocks, with margin)
+FRAME_MAPS = 5
+#: per-sample modulated weights of one frame on the CPU (float32, all twelve convs)
+CPU_FRAME_WEIGHTS = 24 * 2**20
+
+
+def default_chunk(device, dtype=None, size: int = 256) -> int:
+    """Frames decoded at once, from the frame size, the dtype and the memory available.
+
+    GPUs decode a chunk as one batch: up to half the free memory, at most 128 frames. CPUs run the
+    frames of a chunk one by one (the chunk only bounds buffered outputs), so a few suffice; an
+    eighth of the available memory bounds it on small machines.
+    """
+    import torch
+
+    itemsize = torch.empty((), dtype=dtype or torch.float32).element_size()
+    per_frame = FRAME_MAPS * 64 * (size + 2) ** 2 * itemsize
+    kind = getattr(device, "type", str(device))
+    if kind == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(max(1, min(128, free // 2 // per_frame)))
+    per_frame += CPU_FRAME_WEIGHTS + 3 * size * size * 4
+    cap = 16 if kind == "mps" else 8
+    return int(max(1, min(cap, available_memory() // 8 // per_frame)))
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to new allocations (MemAvailable on Linux; 4 GiB where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 4 * 2**30

@@ -116,3 +116,7 @@ class Interrupted(AgetoolError):
     """The user pressed Ctrl-C; outputs written so far are kept, partial ones removed."""
 
     exit_code = 130
+
+
+class EstimateError(AgetoolError):
+    """Something needs a face's estimated age or gender and no estimate is available."""

@@ -38,7 +38,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(f"{path}: {w}x{h} pixels is over the limit of {max_pixels:,}",
-                                 hint="raise --max-pixels if the image is genuine")
+                                 hint=f"raise {arg('max_pixels')} if the image is genuine")
             if w < 8 or h < 8:
                 raise InputError(f"{path}: {w}x{h} pixels is too small to hold a face")
             im.seek(0)
@@ -50,6 +50,61 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise InputError(f"{path}: can't decode image ({_short(e)})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def load_image(image, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> tuple[np.ndarray, str]:
+    """A path, a PIL image (any mode) or an RGB uint8 array [H, W, 3] -> (RGB uint8 [H, W, 3], name).
+
+    Paths and PIL images get their EXIF orientation applied; grayscale [H, W] and RGBA [H, W, 4]
+    arrays are converted. Anything else is a ``UsageError`` naming the argument ``what``.
+    """
+    from agetool.errors import UsageError, arg
+
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image, max_pixels=max_pixels), str(image)
+    if isinstance(image, np.ndarray):
+        a = image
+        if a.dtype != np.uint8:
+            raise UsageError(f"{arg(what)}: expected a uint8 array, got {a.dtype}",
+                             hint="convert with np.clip(x, 0, 255).astype(np.uint8)")
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=2)
+        elif a.ndim == 3 and a.shape[2] == 4:
+            a = to_rgb_array(_pil().fromarray(a, "RGBA"))
+        elif not (a.ndim == 3 and a.shape[2] == 3):
+            raise UsageError(f"{arg(what)}: expected an RGB array [H, W, 3], got shape {tuple(a.shape)}")
+        _check_size(a.shape[1], a.shape[0], max_pixels, what)
+        return np.ascontiguousarray(a), "image"
+    pil = _pil()
+    if isinstance(image, pil.Image):
+        from PIL import ImageOps
+
+        _check_size(image.size[0], image.size[1], max_pixels, what)
+        return to_rgb_array(ImageOps.exif_transpose(image)), Path(getattr(image, "filename", "") or "image").name
+    raise UsageError(f"{arg(what)}: expected a file path, a numpy array or a PIL image, got {type(image).__name__}")
+
+
+def _pil():
+    from PIL import Image
+
+    return Image
+
+
+def _check_size(w: int, h: int, max_pixels: int, what: str) -> None:
+    from agetool.errors import arg
+
+    if w * h > max_pixels:
+        raise InputError(f"{arg(what)}: {w}x{h} pixels is over the limit of {max_pixels:,}",
+                         hint=f"raise {arg('max_pixels')} if the image is genuine")
+    if w < 8 or h < 8:
+        raise InputError(f"{arg(what)}: {w}x{h} pixels is too small to hold a face")
+
+
+def fit(image: np.ndarray, long_side: int) -> np.ndarray:
+    """Shrink ``image`` so that its long side is at most ``long_side`` (never enlarges)."""
+    h, w = image.shape[:2]
+    scale = min(1.0, long_side / max(h, w))
+    return resize(image, (max(2, round(w * scale)), max(2, round(h * scale))))
 
 
 def _short(e: Exception) -> str:

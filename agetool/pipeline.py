@@ -1,332 +1,444 @@
-"""Photo -> faces -> aligned crops -> masked -> generator -> tiles / frames.
+"""``AgingPipeline``: photo -> faces -> aligned, masked crops -> generator -> ages, frames, video.
 
-One ``Pipeline`` per run: models (landmarks, parser, classifier, generators) load on first use and
-are reused across every face and file of the run. Stages pass plain dataclasses.
+Example::
+
+    import agetool
+
+    pipe = agetool.AgingPipeline.from_pretrained(model="female")
+    result = pipe("examples/astronaut.png", ages=[5, 20.5, "30-39"])
+    result.grid().save("grid.png")
+    for face in result.faces:
+        print(face.index, face.model, face.labels, face.images.shape)   # [3, 256, 256, 3] uint8
+
+Models load on first use and are reused by every later call. Calls from several threads are safe:
+they take turns (one lock per pipeline), so one pipeline serves one request at a time.
 """
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from agetool.ages import AGE_CLASSES, DEFAULT_NOISE
-from agetool.errors import CheckpointError, ModelChoiceError, NoFaceError, UsageError
-from agetool.images import DEFAULT_MAX_PIXELS, read_image, resize, to_tensor, to_uint8
+from agetool import validate
+from agetool.ages import (AGE_CLASSES, DEFAULT_ANCHORS, DEFAULT_NOISE, DEFAULT_STEPS, OLDEST_MODELLED, AgeTarget,
+                          check_anchors, class_targets, parse_ages, target_latents, traversal_ages, year_frame_count,
+                          year_schedule, year_weights, blend)
+from agetool.errors import EstimateError, UsageError, arg
+from agetool.images import DEFAULT_MAX_PIXELS, load_image, to_tensor, to_uint8
+from agetool.results import (AgedFace, AgeEstimate, AgingResult, EncodedFace, EncodedPhoto, FaceEstimate)
+from agetool.stages import FACES, LANDMARKS, MODELS, Models, Timer, prepare_faces
+from agetool.video import MAX_FPS, MAX_FRAMES, MAX_HOLD, MAX_STEPS
 
-GEN_SIZE = 256
-Report = Callable[[str], None]
-
-
-@dataclass
-class Options:
-    """Everything a user chooses for ``age`` and ``video`` (device and dtype come from the CLI)."""
-
-    model: str = "auto"  # auto | male | female
-    weights: Path | None = None  # a generator checkpoint; overrides --model
-    parser_weights: Path | None = None
-    landmarks: str = "auto"  # auto | fan | dlib
-    offline: bool = False
-    seed: int = 0
-    noise: float = DEFAULT_NOISE
-    aligned: bool = False
-    mask: bool = True
-    paste_back: bool = False
-    faces: str = "all"  # all | largest
-    min_face: int = 0
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    batch: int | None = None  # frames decoded at once; None = chosen from memory
-
-    def validate(self) -> None:
-        if self.model not in ("auto", "male", "female"):
-            raise UsageError(f"--model {self.model}: expected auto, male or female")
-        if self.landmarks not in ("auto", "fan", "dlib"):
-            raise UsageError(f"--landmarks {self.landmarks}: expected auto, fan or dlib")
-        if self.faces not in ("all", "largest"):
-            raise UsageError(f"--faces {self.faces}: expected all or largest")
-        if self.noise < 0:
-            raise UsageError("--noise must be >= 0")
-        if self.paste_back and self.aligned:
-            raise UsageError("--paste-back needs the original photo; drop --aligned")
-        if self.batch is not None and self.batch < 1:
-            raise UsageError("--batch must be >= 1")
+Image = "str | os.PathLike | np.ndarray | PIL.Image.Image"
+DEFAULT_MAX_SIZE = 1080
 
 
-@dataclass
-class FaceCrop:
-    index: int
-    aligned: np.ndarray  # [S, S, 3] uint8: the aligned crop, the grid's "input" tile
-    network_input: np.ndarray  # [256, 256, 3] uint8: what the generator sees (masked unless --no-mask)
-    labels: np.ndarray | None = None  # [S, S] uint8 face-parsing classes, when parsed
-    detection: object | None = None  # agetool.face.detect.DetectedFace, in photo pixels
-    alignment: object | None = None  # agetool.face.align.AlignedFace, for paste-back
+class AgingPipeline:
+    """Age progression for photos, from Python. Build one with ``from_pretrained``."""
 
+    def __init__(self, models: Models, *, model: str = "auto", age_anchors: dict[str, float] | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.models = models
+        self.model = validate.choice("model", model, (*MODELS, "custom"))  # custom: models.weights
+        self.age_anchors = dict(DEFAULT_ANCHORS if age_anchors is None else age_anchors)
+        self.anchor_ages = check_anchors(self.age_anchors)
+        self.max_pixels = validate.integer("max_pixels", max_pixels, low=64)
+        self._lock = threading.RLock()
+        self._warned: set = set()  # warnings given once per pipeline
 
-@dataclass
-class Photo:
-    path: Path
-    image: np.ndarray  # [H, W, 3] uint8, EXIF orientation applied
-    faces: list[FaceCrop] = field(default_factory=list)
+    @classmethod
+    def from_pretrained(cls, model: str = "auto", weights: str | os.PathLike | None = None,
+                        parser_weights: str | os.PathLike | None = None, landmarks: str = "auto",
+                        device: str = "auto", dtype: str = "float32", offline: bool = False, *,
+                        classifier_weights: str | os.PathLike | None = None,
+                        age_anchors: dict[str, float] | str | os.PathLike | None = None,
+                        batch: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                        report: Callable[[str], None] | None = None, progress=None) -> "AgingPipeline":
+        """A pipeline with the released models (downloaded once, verified, cached) or your files.
 
+        Args:
+            model: ``"auto"`` (the male or female generator, chosen per face by a gender classifier),
+                ``"male"`` or ``"female"``.
+            weights: a generator checkpoint (released ``latest_net_g_running.pth``, the released zip,
+                or an agetool ``.safetensors``); overrides ``model``.
+            parser_weights: a face-parser checkpoint (default: the registry's ``deeplab-parser``).
+            landmarks: ``"auto"``, ``"fan"`` or ``"dlib"``.
+            device: ``"auto"`` (CUDA, then Metal, then the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
+            dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` (GPU) or ``"auto"``.
+            offline: never use the network; fail if a model is not cached.
+            classifier_weights: the gender / age classifier (``genderage.onnx``; default: the registry's).
+            age_anchors: the age in years of each class (a mapping or a JSON file) for ages in years.
+            batch: frames decoded at once (default: chosen from the device's memory).
+            report: receives one-line notices (model choices, licenses, warnings prefixed ``warning: ``).
+            progress: ``progress(description, total) -> advance(n)`` for downloads and long work.
+        """
+        from agetool.device import pick_device, pick_dtype
 
-@dataclass
-class AgedFace:
-    face: FaceCrop
-    model: str  # which generator rendered it
-    classes: np.ndarray  # [6, 256, 256, 3] uint8, youngest first
+        validate.choice("model", model, MODELS)
+        validate.choice("landmarks", landmarks, LANDMARKS)
+        if batch is not None:
+            validate.integer("batch", batch, low=1, high=4096)
+        dev = pick_device(device)
+        dt = pick_dtype(dtype, dev)
+        if isinstance(age_anchors, (str, os.PathLike)):
+            from agetool.ages import load_anchors
 
+            age_anchors = load_anchors(age_anchors)
+        for name, path in (("weights", weights), ("parser_weights", parser_weights),
+                           ("classifier_weights", classifier_weights)):
+            if path is not None and not Path(path).is_file():
+                from agetool.errors import CheckpointError
 
-class Pipeline:
-    def __init__(self, options: Options, device=None, dtype=None, report: Report | None = None,
-                 progress=None):
-        import torch
+                raise CheckpointError(f"{arg(name, str(path))}: no such file", hint="check the path")
+        models = Models(weights=None if weights is None else Path(weights),
+                        parser_weights=None if parser_weights is None else Path(parser_weights),
+                        classifier_weights=None if classifier_weights is None else Path(classifier_weights),
+                        landmarks=landmarks, offline=offline, device=dev, dtype=dt, batch=batch,
+                        report=report or (lambda message: None), progress=progress, timer=Timer(dev))
+        return cls(models, model="custom" if weights is not None else model, age_anchors=age_anchors,
+                   max_pixels=max_pixels)
 
-        options.validate()
-        self.opts = options
-        self.device = device or torch.device("cpu")
-        self.dtype = dtype or torch.float32
-        self.report = report or (lambda message: None)
-        self.progress = progress
-        self.timings: dict[str, float] = defaultdict(float)
-        self._detector = None
-        self._parser = None
-        self._classifier = None
-        self._engines: dict[str, object] = {}
-        self._anchors: dict[str, object] = {}
-
-    # ------------------------------------------------------------------ timing
-    @contextmanager
-    def timed(self, stage: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.device.type == "cuda":
-                import torch
-
-                torch.cuda.synchronize(self.device)
-            self.timings[stage] += time.perf_counter() - t0
-
-    # ------------------------------------------------------------------ models
+    # ------------------------------------------------------------------ properties
     @property
-    def detector(self):
-        if self._detector is None:
-            from agetool.face.detect import LandmarkDetector
-
-            with self.timed("load landmarks"):
-                self._detector = LandmarkDetector.create(self.opts.landmarks, device=self.device,
-                                                         offline=self.opts.offline, report=self.report,
-                                                         progress=self.progress)
-            self.report(f"landmarks: {self._detector.name}")
-        return self._detector
+    def device(self):
+        return self.models.device
 
     @property
-    def parser(self):
-        if self._parser is None:
-            from agetool.face.parse import FaceParser
+    def dtype(self):
+        return self.models.dtype
 
-            with self.timed("load parser"):
-                self._parser = FaceParser.load(self.opts.parser_weights, device=self.device,
-                                               offline=self.opts.offline, report=self.report,
-                                               progress=self.progress)
-        return self._parser
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds spent per stage so far (each stage counted once)."""
+        return dict(self.models.timer.seconds)
 
-    def engine(self, model: str):
-        """The AgingEngine for ``model`` ('male', 'female' or 'custom'), loaded once."""
-        if model not in self._engines:
-            from agetool.engine import AgingEngine
-            from agetool.nn.checkpoint import load_generator
+    def _report(self, message: str) -> None:
+        self.models.report(message)
 
-            with self.timed("load generator"):
-                if model == "custom":
-                    path = self.opts.weights
-                else:
-                    path = self._registry_generator(model)
-                generator = load_generator(path, device=self.device)
-                self._engines[model] = AgingEngine(generator, self.device, self.dtype,
-                                                   chunk=self.opts.batch or default_chunk(self.device, self.dtype))
-        return self._engines[model]
+    # ------------------------------------------------------------------ encode
+    def encode(self, image: Image | EncodedPhoto, *, aligned: bool = False, mask: bool = True,
+               faces: str = "all", min_face: int = 0, estimate: bool | str = "auto",
+               paste_back: bool = False) -> EncodedPhoto:
+        """Find, align, mask and encode every face of ``image`` once; ``render`` then costs one decode per age.
 
-    def _registry_generator(self, model: str) -> Path:
-        try:
-            from agetool import weights
-        except ImportError:
-            raise CheckpointError("no generator weights given", hint="pass --weights latest_net_g_running.pth") from None
-        return weights.generator_path(f"lats-{model}", offline=self.opts.offline, progress=self.progress,
-                                      report=self.report)
+        ``estimate``: ``"auto"`` estimates each face's age and gender where the classifier is at
+        hand without a download (always with ``model="auto"``), ``True`` requires it, ``False`` skips it.
+        """
+        if isinstance(image, EncodedPhoto):
+            return image
+        validate.choice("faces", faces, FACES)
+        validate.integer("min_face", min_face, low=0)
+        if paste_back and aligned:
+            raise UsageError(f"{arg('paste_back')} needs the original photo", hint=f"drop {arg('aligned')}")
+        with self._lock:
+            timer = self.models.timer
+            with timer("read"):
+                array, name = load_image(image, self.max_pixels)
+            crops = prepare_faces(self.models, array, aligned=aligned, mask=mask, parse=mask or paste_back,
+                                  faces=faces, min_face=min_face, name=name)
+            encoded = []
+            for crop in crops:
+                est = self._estimate_face(array, crop, estimate)
+                model = self._choose_model(name, crop, est)
+                engine = self.models.engine(model)
+                with timer("encode"):
+                    feats = engine.encode(to_tensor(crop.network_input))[0]
+                encoded.append(EncodedFace(crop.index, crop.aligned, crop.box, crop.landmarks, crop.crop_landmarks,
+                                           model, est, features=feats, crop=crop))
+            return EncodedPhoto(array, name, encoded)
 
-    def anchors(self, model: str):
-        """The six class latents [6, 256] of ``model`` with this run's seed and noise."""
-        if model not in self._anchors:
-            self._anchors[model] = self.engine(model).anchor_latents(self.opts.noise, self.opts.seed)
-        return self._anchors[model]
+    def _estimate_face(self, image: np.ndarray, crop, estimate) -> AgeEstimate | None:
+        if estimate is False:
+            return None
+        need = estimate is True or (self.model == "auto")
+        classifier = self.models.classifier if need else self.models.classifier_if_available()
+        if classifier is None:
+            return None
+        with self.models.timer("classify"):
+            gender, p, age = classifier.estimate(image, crop)
+        return AgeEstimate(age, gender, p)
 
-    def choose_model(self, photo: Photo, face: FaceCrop) -> str:
-        """'custom' with --weights, the user's --model, or the classifier's choice for this face."""
-        if self.opts.weights is not None:
-            return "custom"
-        if self.opts.model != "auto":
-            return self.opts.model
-        if self._classifier is None:
-            try:
-                from agetool.face.gender import GenderClassifier
+    def _choose_model(self, name: str, crop, est: AgeEstimate | None) -> str:
+        if self.model != "auto":
+            if est is not None:
+                self._report(f"{name} face {crop.index}: ~{est.age:.0f} years, {est.gender} "
+                             f"(p = {est.gender_probability:.2f})")
+            return self.model
+        self._report(f"{name} face {crop.index}: ~{est.age:.0f} years, {est.gender} "
+                     f"(p = {est.gender_probability:.2f}): {est.gender} model")
+        return est.gender
 
-                with self.timed("load classifier"):
-                    self._classifier = GenderClassifier.load(offline=self.opts.offline, report=self.report,
-                                                             progress=self.progress)
-            except ImportError:
-                raise ModelChoiceError("can't choose the male or female model automatically",
-                                       hint="pass --model male or --model female") from None
-        with self.timed("classify"):
-            gender, p = self._classifier.predict(photo.image, face)
-        self.report(f"{photo.path.name} face {face.index}: {gender} model (auto, p = {p:.2f})")
-        return gender
+    # ------------------------------------------------------------------ render
+    def targets(self, ages) -> list[AgeTarget]:
+        """``ages`` as targets (``None`` -> the six classes); warns once for ages over 69."""
+        targets = parse_ages(ages) or class_targets()
+        old = [t.entry for t in targets if t.kind == "years" and t.value > OLDEST_MODELLED]
+        if old and tuple(old) not in self._warned:
+            self._warned.add(tuple(old))
+            self._report(f"warning: ages over {OLDEST_MODELLED:g} ({', '.join(old)}) render the oldest class "
+                         f"({AGE_CLASSES[-1]}): the model knows no older faces")
+        return targets
 
-    # ------------------------------------------------------------------ stages
-    def prepare(self, path: Path) -> Photo:
-        """Read a photo and turn it into aligned, masked face crops (largest face first)."""
-        with self.timed("read"):
-            image = read_image(path, max_pixels=self.opts.max_pixels)
-        photo = Photo(Path(path), image)
-        if self.opts.aligned:
-            crop = resize(image, GEN_SIZE) if image.shape[:2] != (GEN_SIZE, GEN_SIZE) else image
-            photo.faces = [self._finish_face(0, crop, None, None)]
-            return photo
-        from agetool.face.align import align_face
+    def render(self, face: EncodedFace, ages=None, *, seed: int = 0, noise: float = DEFAULT_NOISE,
+               targets: list[AgeTarget] | None = None) -> np.ndarray:
+        """One encoded face at ``ages`` -> [N, 256, 256, 3] uint8 (default: the six classes)."""
+        seed = validate.seed(seed)
+        noise = validate.finite("noise", noise, low=0, high=10)
+        targets = targets if targets is not None else self.targets(ages)
+        with self._lock:
+            w6 = self.models.anchors(face.model, noise, seed)
+            est = face.estimate.age if face.estimate is not None else None
+            w = target_latents(w6, targets, self.anchor_ages, est)
+            with self.models.timer("decode"):
+                out = self.models.engine(face.model).decode(face.features, w)
+            return to_uint8(out)
 
-        found = self.find_faces(image, photo.path)
-        for i, det in enumerate(found):
-            with self.timed("align"):
-                aligned = align_face(image, det.landmarks, size=GEN_SIZE)
-            photo.faces.append(self._finish_face(i, aligned.image, det, aligned))
-        return photo
+    def target_years(self, targets: Sequence[AgeTarget], face: EncodedFace) -> list[float]:
+        est = face.estimate.age if face.estimate is not None else None
+        return [t.years(self.anchor_ages, est) for t in targets]
 
-    def find_faces(self, image: np.ndarray, path: Path) -> list:
-        """Detected faces of ``image`` (largest first), after --min-face and --faces; NoFaceError if none."""
-        detector = self.detector
-        before = dict(detector.timings)
-        found = detector.detect(image)
-        for stage, secs in detector.timings.items():  # "detect" and "landmarks"
-            self.timings[stage] += secs - before.get(stage, 0.0)
-        if self.opts.min_face > 0:
-            kept = [f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= self.opts.min_face]
-            if len(kept) < len(found):
-                self.report(f"warning: {path.name}: skipped {len(found) - len(kept)} face(s) smaller than "
-                            f"{self.opts.min_face} px")
-            found = kept
-        if not found:
-            other = "fan" if detector.name.startswith("dlib") else "dlib"
-            raise NoFaceError(f"no face found in {path}",
-                              hint=f"try a larger, frontal photo, --landmarks {other}, or --aligned for a crop")
-        if self.opts.faces == "largest":
-            found = found[:1]
-        return found
-
-    def _finish_face(self, index: int, crop: np.ndarray, detection, alignment) -> FaceCrop:
-        face = FaceCrop(index, crop, crop, detection=detection, alignment=alignment)
-        if self.opts.mask or self.opts.paste_back:
-            with self.timed("parse"):
-                face.labels = self.parser.parse(crop)
-        if self.opts.mask:
-            from agetool.face.mask import mask_background
-
-            face.network_input = mask_background(crop, face.labels)
-        return face
-
-    def age(self, photo: Photo) -> list[AgedFace]:
-        """Render each face of ``photo`` at the six age classes."""
-        results = []
-        for face in photo.faces:
-            model = self.choose_model(photo, face)
-            engine = self.engine(model)
-            with self.timed("encode"):
-                feats = engine.encode(to_tensor(face.network_input))
-            w = self.anchors(model)
-            with self.timed("decode"):
-                out = engine.decode(feats[0], w)
-            results.append(AgedFace(face, model, to_uint8(out)))
-        return results
-
-    def paste(self, photo: Photo, face: FaceCrop, generated: np.ndarray, canvas: np.ndarray | None = None) -> np.ndarray:
-        """The photo (or ``canvas``) with ``generated`` [256, 256, 3] blended back over ``face``."""
+    def paste_back(self, encoded: EncodedPhoto, tiles: Sequence[np.ndarray | None]) -> np.ndarray:
+        """The photo with ``tiles[i]`` ([256, 256, 3], or None to keep it) blended over face i."""
         from agetool.face.paste import paste_back
 
-        with self.timed("paste"):
-            return paste_back(photo.image if canvas is None else canvas, generated, face.alignment, face.labels)
+        if len(tiles) != len(encoded.faces):
+            raise UsageError(f"{arg('tiles')}: expected one tile per face ({len(encoded.faces)}), got {len(tiles)}")
+        canvas = encoded.image
+        with self.models.timer("paste"):
+            for face, tile in zip(encoded.faces, tiles):
+                if tile is not None:
+                    if face.crop is None or face.crop.alignment is None:
+                        raise UsageError(f"{arg('paste_back')} needs the original photo, not an aligned crop")
+                    canvas = paste_back(canvas, tile, face.crop.alignment, face.crop.labels)
+        return canvas
 
-    def frames(self, photo: Photo, steps: int) -> Iterator[list[np.ndarray]]:
-        """Continuous aging, youngest to oldest: yields, per frame, one [256, 256, 3] uint8 tile per face.
+    def __call__(self, image: Image, ages=None, aligned: bool = False, mask: bool = True, seed: int = 0,
+                 noise: float = DEFAULT_NOISE, paste_back: bool = False, faces: str = "all",
+                 min_face: int = 0) -> AgingResult:
+        """Render every face of ``image`` at ``ages`` (default: the six classes, youngest first).
 
-        Decoding runs in chunks (``--batch``), so memory does not depend on the number of frames.
+        ``image``: a path, an RGB uint8 array [H, W, 3] or a PIL image. ``ages``: years (``20.5``),
+        class labels (``"30-39"``) and relative ages (``"+20"``, from the face's estimated age), as
+        a list or a comma-separated string. Returns an ``AgingResult`` (``result.grid()`` is the
+        image ``agetool age`` writes).
         """
-        streams = []
-        for face in photo.faces:
-            model = self.choose_model(photo, face)
-            engine = self.engine(model)
-            with self.timed("encode"):
-                feats = engine.encode(to_tensor(face.network_input))[0]
-            lat = engine.traversal(self.anchors(model), steps)
-            streams.append(_tiles(engine.decode_stream(feats, lat), self))
-        yield from zip(*streams)
+        targets = self.targets(ages)
+        seed = validate.seed(seed)
+        noise = validate.finite("noise", noise, low=0, high=10)
+        if any(t.kind == "relative" for t in targets):
+            estimate: bool | str = True
+        else:
+            estimate = "auto"
+        with self._lock:
+            enc = self.encode(image, aligned=aligned, mask=mask, faces=faces, min_face=min_face,
+                              estimate=estimate, paste_back=paste_back)
+            labels = [t.entry for t in targets]
+            aged = []
+            for face in enc.faces:
+                if face.estimate is None and any(t.kind == "relative" for t in targets):
+                    raise EstimateError(f"{arg('ages')}: relative ages need an age estimate of each face")
+                images = self.render(face, seed=seed, noise=noise, targets=targets)
+                aged.append(AgedFace(face.index, images, list(labels), self.target_years(targets, face), face.box,
+                                     face.landmarks, face.crop_landmarks, face.model, face.aligned, face.estimate))
+            pasted = None
+            if paste_back:
+                for i, a in enumerate(aged):
+                    a.pasted = [self.paste_back(enc, [t if j == i else None for j in range(len(aged))])
+                                for t in a.images]
+                pasted = [self.paste_back(enc, [a.images[k] for a in aged]) for k in range(len(targets))]
+            return AgingResult(enc.image, enc.name, aged, labels, pasted)
 
+    # ------------------------------------------------------------------ video
+    def frame_ages(self, steps: int = DEFAULT_STEPS, *, from_age: float | None = None,
+                   to_age: float | None = None, frames: int | None = None) -> list[float]:
+        """The age in years of each video frame: the class traversal (``steps`` frames per class
+        transition, 5 x steps + 1 frames) or, with ``from_age`` / ``to_age``, ages uniformly
+        spaced in years (``frames`` of them, default at the traversal's density)."""
+        steps = validate.integer("steps", steps, low=1, high=MAX_STEPS)
+        if from_age is None and to_age is None and frames is None:
+            return traversal_ages(steps, self.anchor_ages)
+        start = self.anchor_ages[0] if from_age is None else validate.finite("from_age", from_age, low=0, high=150)
+        stop = self.anchor_ages[-1] if to_age is None else validate.finite("to_age", to_age, low=0, high=150)
+        if frames is None:
+            frames = year_frame_count(start, stop, steps, self.anchor_ages)
+        frames = validate.integer("frames", frames, low=2, high=MAX_FRAMES)
+        if max(start, stop) > OLDEST_MODELLED:
+            self._report(f"warning: ages over {OLDEST_MODELLED:g} render the oldest class ({AGE_CLASSES[-1]}): "
+                         "the model knows no older faces")
+        return year_schedule(start, stop, frames)
 
-def _tiles(chunks, pipeline: Pipeline) -> Iterator[np.ndarray]:
-    while True:
-        with pipeline.timed("decode"):
-            chunk = next(chunks, None)
-        if chunk is None:
-            return
-        yield from to_uint8(chunk)
+    def _frame_latents(self, w6, steps: int, years: list[float] | None):
+        import torch
 
+        from agetool.ages import transition_alphas, traversal_latents
 
-#: decoder activations alive at once per frame, in 64-channel maps of the output size (measured peak
-#: of the batched schedule at the upsampling blocks, with margin)
-FRAME_MAPS = 5
-#: per-sample modulated weights of one frame on the CPU (float32, all twelve convs)
-CPU_FRAME_WEIGHTS = 24 * 2**20
+        if years is None:
+            return traversal_latents(w6, transition_alphas(steps).to(w6.device))
+        lower, alpha = year_weights(years, self.anchor_ages)
+        return blend(w6, lower, alpha.to(torch.float32))
 
+    def frames(self, image: Image | EncodedPhoto, steps: int = DEFAULT_STEPS, *, from_age: float | None = None,
+               to_age: float | None = None, frames: int | None = None, aligned: bool = False, mask: bool = True,
+               seed: int = 0, noise: float = DEFAULT_NOISE, paste_back: bool = False, faces: str = "all",
+               min_face: int = 0, max_size: int | None = DEFAULT_MAX_SIZE) -> Iterator[np.ndarray]:
+        """Continuous aging, youngest to oldest, one RGB uint8 frame at a time (never all in memory).
 
-def default_chunk(device, dtype=None, size: int = GEN_SIZE) -> int:
-    """Frames decoded at once, from the frame size, the dtype and the memory available.
+        A frame is the faces side by side ([256, 256 x faces, 3]) or, with ``paste_back``, the whole
+        photo with every face aged, its long side capped at ``max_size`` (None: no cap) and both
+        sides even. Without ``from_age`` / ``to_age`` the frames follow the class traversal exactly
+        (frame j of transition i blends w_i and w_(i+1) with weight 1 - j / steps).
+        """
+        seed = validate.seed(seed)
+        noise = validate.finite("noise", noise, low=0, high=10)
+        steps = validate.integer("steps", steps, low=1, high=MAX_STEPS)
+        if max_size is not None:
+            max_size = validate.integer("max_size", max_size, low=16, high=16384)
+        years = None
+        if from_age is not None or to_age is not None or frames is not None:
+            years = self.frame_ages(steps, from_age=from_age, to_age=to_age, frames=frames)
+        return self._frames(image, steps, years, aligned, mask, seed, noise, paste_back, faces, min_face, max_size)
 
-    GPUs decode a chunk as one batch: up to half the free memory, at most 128 frames. CPUs run the
-    frames of a chunk one by one (the chunk only bounds buffered outputs), so a few suffice; an
-    eighth of the available memory bounds it on small machines.
-    """
-    import torch
+    def _frames(self, image, steps, years, aligned, mask, seed, noise, paste_back, faces, min_face, max_size):
+        from agetool.images import even_size, fit
 
-    itemsize = torch.empty((), dtype=dtype or torch.float32).element_size()
-    per_frame = FRAME_MAPS * 64 * (size + 2) ** 2 * itemsize
-    kind = getattr(device, "type", str(device))
-    if kind == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(max(1, min(128, free // 2 // per_frame)))
-    per_frame += CPU_FRAME_WEIGHTS + 3 * size * size * 4
-    cap = 16 if kind == "mps" else 8
-    return int(max(1, min(cap, available_memory() // 8 // per_frame)))
+        with self._lock:
+            enc = self.encode(image, aligned=aligned, mask=mask, faces=faces, min_face=min_face,
+                              paste_back=paste_back)
+            streams = []
+            for face in enc.faces:
+                w = self._frame_latents(self.models.anchors(face.model, noise, seed), steps, years)
+                streams.append(self._tiles(face, w))
+            capped = False
+            for tiles in zip(*streams):
+                if paste_back:
+                    frame = self.paste_back(enc, list(tiles))
+                    if max_size is not None and max(frame.shape[:2]) > max_size:
+                        if not capped:
+                            h, w = frame.shape[:2]
+                            self._report(f"{enc.name}: frames scaled from {w}x{h} to a long side of {max_size} px "
+                                         f"(raise {arg('max_size')} for more)")
+                            capped = True
+                        frame = fit(frame, max_size)
+                else:
+                    frame = np.concatenate(tiles, axis=1) if len(tiles) > 1 else tiles[0]
+                yield even_size(frame)
 
+    def _tiles(self, face: EncodedFace, w) -> Iterator[np.ndarray]:
+        chunks = self.models.engine(face.model).decode_stream(face.features, w)
+        while True:
+            with self.models.timer("decode"):
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            yield from to_uint8(chunk)
 
-def available_memory() -> int:
-    """Bytes of RAM available to new allocations (MemAvailable on Linux; 4 GiB where unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import os
+    def video(self, image: Image | EncodedPhoto, out: str | os.PathLike, fps: float = 30.0,
+              steps: int = DEFAULT_STEPS, *, from_age: float | None = None, to_age: float | None = None,
+              seconds: float | None = None, hold: float = 0.0, crf: int = 18, caption: bool = False,
+              frames_dir: str | os.PathLike | None = None, **frame_options) -> Path:
+        """Write the aging video to ``out`` (H.264 yuv420p MP4; temporary name, then rename).
 
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return 4 * 2**30
+        ``seconds`` sets the length (frames = seconds x fps, ages spaced in years); ``hold`` pauses
+        on the first and last frame; ``caption`` writes the age in years on each frame;
+        ``frames_dir`` also writes every frame as ``frame_00000.png`` ... Other keyword arguments
+        are those of ``frames``. Returns the path written.
+        """
+        from agetool.ages import age_caption
+        from agetool.images import caption as draw_caption, write_image
+        from agetool.video import VideoWriter
 
+        fps = validate.finite("fps", fps, low=0, high=MAX_FPS, low_open=True)
+        hold = validate.finite("hold", hold, low=0, high=MAX_HOLD)
+        count = None
+        if seconds is not None:
+            seconds = validate.finite("seconds", seconds, low=0, high=3600, low_open=True)
+            count = max(2, round(seconds * fps))
+        ages = self.frame_ages(steps, from_age=from_age, to_age=to_age, frames=count)
+        hold_n = int(round(hold * fps))
+        if len(ages) + 2 * hold_n > MAX_FRAMES:
+            raise UsageError(f"{len(ages) + 2 * hold_n:,} frames ({(len(ages) + 2 * hold_n) / fps / 60:,.0f} min of "
+                             f"video) is over the limit of {MAX_FRAMES:,}",
+                             hint=f"lower {arg('steps')}, {arg('seconds')} or {arg('hold')}")
+        frames_dir = None if frames_dir is None else Path(frames_dir)
+        advance = self._progress(f"rendering {len(ages)} frames", len(ages))
+        in_years = from_age is not None or to_age is not None or count is not None
+        with VideoWriter(out, fps=fps, crf=crf) as writer:
+            frames = self.frames(image, steps, from_age=from_age, to_age=to_age, frames=count,
+                                 **frame_options) if in_years else self.frames(image, steps, **frame_options)
+            shown = None
+            for i, (frame, age) in enumerate(zip(frames, ages)):
+                if frames_dir is not None:
+                    write_image(frames_dir / f"frame_{i:05d}.png", frame)
+                shown = draw_caption(frame, age_caption(age)) if caption else frame
+                for _ in range(1 + (hold_n if i == 0 else 0)):
+                    writer.write(shown)
+                advance(1)
+            for _ in range(hold_n):
+                writer.write(shown)
+        return writer.path
 
-def class_labels() -> list[str]:
-    return ["input", *AGE_CLASSES]
+    def _progress(self, description: str, total: int):
+        if self.models.progress is None:
+            return lambda n: None
+        return self.models.progress(description, total)
+
+    # ------------------------------------------------------------------ face stages on their own
+    def faces(self, image: Image, *, aligned: bool = False, mask: bool = True, parse: bool | None = None,
+              faces: str = "all", min_face: int = 0) -> list:
+        """The faces of ``image`` as the generator would see them (``agetool.stages.FaceCrop``:
+        aligned 256 px crop, masked input, parsing labels, detection and alignment), left to right."""
+        validate.choice("faces", faces, FACES)
+        validate.integer("min_face", min_face, low=0)
+        with self._lock:
+            with self.models.timer("read"):
+                array, name = load_image(image, self.max_pixels)
+            return prepare_faces(self.models, array, aligned=aligned, mask=mask, parse=parse, faces=faces,
+                                 min_face=min_face, name=name)
+
+    def align(self, image: Image, *, size: int = 256, landmarks=None, faces: str = "all",
+              min_face: int = 0) -> list:
+        """Aligned crops (``agetool.face.align.AlignedFace``, ``size`` px) of each face, left to right;
+        ``landmarks`` ([68, 2] photo pixels, one face) skips detection."""
+        from agetool.face.align import align_face
+        from agetool.stages import find_faces
+
+        validate.choice("faces", faces, FACES)
+        size = validate.integer("size", size, low=16, high=4096)
+        with self._lock:
+            array, name = load_image(image, self.max_pixels)
+            if landmarks is not None:
+                points = [np.asarray(landmarks, dtype=np.float64)]
+            else:
+                points = [f.landmarks for f in find_faces(self.models, array, faces=faces, min_face=min_face,
+                                                          name=name)]
+            with self.models.timer("align"):
+                return [align_face(array, lm, size=size) for lm in points]
+
+    def parse(self, crop: np.ndarray) -> np.ndarray:
+        """Face-parsing labels [S, S] uint8 (19 CelebAMask-HQ classes) of an aligned crop [S, S, 3]."""
+        with self._lock:
+            parser = self.models.parser
+            with self.models.timer("parse"):
+                return parser.parse(crop)
+
+    # ------------------------------------------------------------------ estimate
+    def estimate(self, image: Image, *, aligned: bool = False, faces: str = "all",
+                 min_face: int = 0) -> list[FaceEstimate]:
+        """Each face's estimated age (years) and gender, with the probability of that gender."""
+        validate.choice("faces", faces, FACES)
+        with self._lock:
+            with self.models.timer("read"):
+                array, name = load_image(image, self.max_pixels)
+            crops = prepare_faces(self.models, array, aligned=aligned, mask=False, faces=faces,
+                                  min_face=min_face, name=name)
+            classifier = self.models.classifier
+            out = []
+            for crop in crops:
+                with self.models.timer("classify"):
+                    gender, p, age = classifier.estimate(array, crop)
+                out.append(FaceEstimate(crop.index, crop.box, age, gender, p))
+            return out

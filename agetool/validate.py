@@ -97,3 +97,10 @@ def fits_memory(what: str, needed: int, available: int | None = None, hint: str 
     if available is not None and needed > available:
         raise ResourceError(f"{what} would need about {human_bytes(needed)} of memory; this machine has "
                             f"{human_bytes(available)}", hint=hint)
+
+
+def choice(name: str, value, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else a ``UsageError`` naming the argument."""
+    if value not in allowed:
+        raise UsageError(f"{arg(name, value)}: expected {', '.join(allowed)}")
+    return value

@@ -170,7 +170,7 @@ class Bench:
         from agetool.engine import AgingEngine
         from agetool.nn.generator import Generator
         from agetool.testing import seeded_state_dict
-        from agetool.pipeline import default_chunk
+        from agetool.engine import default_chunk
 
         self.device, self.dtype, self.quick, self.repeat = device, dtype, quick, repeat
         self.workdir = workdir
@@ -262,7 +262,7 @@ class Bench:
 
     def reference(self):
         """The original computation: grouped modulated convs, float32, NCHW, one batch per request."""
-        from agetool.pipeline import available_memory
+        from agetool.engine import available_memory
 
         g = self.generator.to(self.device)
         g.set_grouped_modconv(True)

@@ -222,7 +222,7 @@ def throughput(rep: Report, g, device, batches, deadline: float, compile_: bool)
     # what `agetool video` sees: the engine's own chunking and the copy of every frame to the CPU
     if deadline - time.perf_counter() > 15:
         try:
-            from agetool.pipeline import default_chunk
+            from agetool.engine import default_chunk
 
             eng = AgingEngine(g, device, torch.bfloat16, chunk=default_chunk(device, torch.bfloat16))
             lat = eng.traversal(anchors, 80)  # 401 frames

@@ -100,7 +100,7 @@ def test_video_frames_and_mp4(tmp_path, crop, weights, capsys):
     from agetool.video import read_video_frames
 
     out, frames = tmp_path / "v.mp4", tmp_path / "frames"
-    code, _, err = cli(["video", crop, "--out", out, "--steps", "3", "--frames", frames, "--batch", "4",
+    code, _, err = cli(["video", crop, "--out", out, "--steps", "3", "--frames", frames, "--batch-size", "4",
                         *common(weights)], capsys)
     assert code == 0, err
     pngs = sorted(frames.glob("frame_*.png"))

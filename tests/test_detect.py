@@ -102,7 +102,7 @@ def test_auto_is_fan_when_its_files_are_present(tmp_path, monkeypatch):
 def test_fan_offline_without_files_is_a_clear_error():
     with pytest.raises(OfflineError) as e:
         LandmarkDetector.create("fan", device="cpu", offline=True)
-    assert "2DFAN4" in str(e.value) and "--landmarks dlib" in str(e.value)
+    assert "2DFAN4" in str(e.value) and "landmarks='dlib'" in str(e.value)
 
 
 def test_no_face_exit_code_and_hint(tmp_path, capsys):

@@ -17,7 +17,7 @@ from agetool.engine import AgingEngine, physical_cores
 from agetool.nn.generator import Generator
 from agetool.nn.prepared import PreparedDecoder, subpixel_kernels
 from agetool.testing import seeded_state_dict
-from agetool.pipeline import default_chunk
+from agetool.engine import default_chunk
 
 ATOL = 1e-4
 MIN_PSNR = 40.0

@@ -12,7 +12,8 @@ from PIL import Image
 from agetool.errors import ModelChoiceError
 from agetool.face.detect import DetectedFace
 from agetool.face.gender import GenderClassifier, face_box, input_normalization
-from agetool.pipeline import FaceCrop, Options, Photo, Pipeline
+from agetool.pipeline import AgingPipeline
+from agetool.stages import FaceCrop
 from tests.helpers import cli
 
 onnx = pytest.importorskip("onnx")
@@ -104,19 +105,20 @@ def test_predict_on_an_aligned_crop(classifier):
 
 def test_pipeline_reports_the_choice(classifier, landmarks):
     messages: list[str] = []
-    pipeline = Pipeline(Options(), report=messages.append)
-    pipeline._classifier = classifier
-    photo = Photo(Path("me.jpg"), _two_tone((512, 512, 3), face_box(landmarks), (255, 0, 0), (0, 255, 0)))
-    face = FaceCrop(0, photo.image[:256, :256], photo.image[:256, :256],
-                    detection=DetectedFace(1.0, (0, 0, 1, 1), landmarks))
-    assert pipeline.choose_model(photo, face) == "female"
-    assert messages and "female model (auto, p = 0." in messages[-1]
+    pipeline = AgingPipeline.from_pretrained(device="cpu", report=messages.append)
+    image = _two_tone((512, 512, 3), face_box(landmarks), (255, 0, 0), (0, 255, 0))
+    face = FaceCrop(0, image[:256, :256], image[:256, :256], detection=DetectedFace(1.0, (0, 0, 1, 1), landmarks))
+    pipeline.models._loaded["classifier"] = classifier
+    est = pipeline._estimate_face(image, face, "auto")
+    assert est.gender == "female" and 0.5 < est.gender_probability <= 1 and est.age >= 0
+    assert pipeline._choose_model("me.jpg", face, est) == "female"
+    assert messages and messages[-1].startswith("me.jpg face 0: ~") and "female model" in messages[-1]
 
 
 def test_offline_without_the_classifier_asks_for_model(tmp_path, capsys):
     with pytest.raises(ModelChoiceError) as e:
         GenderClassifier.load(offline=True)
-    assert "--model male" in str(e.value)
+    assert "model='male'" in str(e.value)
     crop = tmp_path / "crop.png"
     Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(crop)
     code, _, err = cli(["age", crop, "--aligned", "--no-mask", "--offline", "--out", tmp_path / "g.png",

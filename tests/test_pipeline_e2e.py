@@ -12,7 +12,7 @@ from PIL import Image
 from agetool.ages import AGE_CLASSES
 from agetool.errors import NoFaceError
 from agetool.face import mask as mask_module
-from agetool.pipeline import Options, Pipeline
+from agetool.pipeline import AgingPipeline
 from tests.helpers import cli, tiny_generator_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,10 +112,14 @@ def test_every_face_gets_a_row(tmp_path, capsys, tiny_generator):
     assert code == 0, err
     assert Image.open(grid).size == (7 * 256, 2 * 256)
     assert (tiles / "two" / "face1_50-69.png").is_file()
-    largest = Pipeline(Options(landmarks="dlib", faces="largest", min_face=10)).find_faces(canvas, two)
+    pipe = AgingPipeline.from_pretrained(landmarks="dlib", offline=True, device="cpu")
+    both = pipe.align(canvas)
+    assert len(both) == 2  # numbered left to right
+    assert both[0].quad[:, 0].mean() < both[1].quad[:, 0].mean()
+    largest = pipe.faces(canvas, faces="largest", min_face=10, mask=False)
     assert len(largest) == 1 and largest[0].box[0] > 200
-    with pytest.raises(NoFaceError):
-        Pipeline(Options(landmarks="dlib", min_face=400)).find_faces(canvas, two)
+    with pytest.raises(NoFaceError, match="no face at least 400 px"):
+        pipe.faces(canvas, min_face=400, mask=False)
 
 
 def test_no_face_in_a_photo(tmp_path, capsys, tiny_generator):

@@ -76,7 +76,7 @@ def test_sigint_during_video_leaves_no_partial_file(tmp_path, weights):
     crop = tmp_path / "crop.png"
     Image.fromarray(face_like()).save(crop)
     frames, out = tmp_path / "frames", tmp_path / "v.mp4"
-    proc = spawn(["video", crop, "--out", out, "--frames", frames, "--steps", "400", "--batch", "2",
+    proc = spawn(["video", crop, "--out", out, "--frames", frames, "--steps", "400", "--batch-size", "2",
                    "--aligned", "--no-mask", "--weights", weights, "--device", "cpu"], tmp_path)
     wait_for(lambda: frames.is_dir() and len(list(frames.glob("frame_*.png"))) >= 3, proc)
     proc.send_signal(signal.SIGINT)

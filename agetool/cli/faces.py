@@ -9,7 +9,7 @@ import typer
 
 from agetool.cli import app
 from agetool.cli import console
-from agetool.cli.generate import Device, Faces, Landmarks, MinFace, Offline, ParserWeights
+from agetool.cli.options import OPTION, report
 
 
 def _read_landmarks(path: Path):
@@ -38,11 +38,10 @@ def _read_landmarks(path: Path):
     return points
 
 
-def _pipeline(options, device: str):
-    from agetool.cli.generate import _report
-    from agetool.pipeline import Pipeline
+def _pipeline(**kwargs):
+    from agetool.pipeline import AgingPipeline
 
-    return Pipeline(options, device=console.pick_device(device), report=_report)
+    return AgingPipeline.from_pretrained(report=report, **kwargs)
 
 
 @app.command(no_args_is_help=True)
@@ -51,8 +50,8 @@ def align(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the crops: <stem>_face<i>.png (<stem>_2 ... for a stem seen before).", file_okay=False)],
     size: Annotated[int, typer.Option("--size", help="Side of the aligned crops in pixels.", min=16, max=4096)] = 256,
     landmarks_json: Annotated[Optional[Path], typer.Option("--landmarks-json", help="JSON list of the 68 (x, y) landmark pairs of one face (iBUG order): skips detection. One input only.", dir_okay=False)] = None,
-    landmarks: Landmarks = "auto", faces: Faces = "all", min_face: MinFace = 0, offline: Offline = False,
-    device: Device = "auto",
+    landmarks: OPTION["landmarks"] = "auto", faces: OPTION["faces"] = "all", min_face: OPTION["min_face"] = 0,
+    offline: OPTION["offline"] = False, device: OPTION["device"] = "auto",
 ) -> int:
     """Detect every face and write its FFHQ-aging aligned crop.
 
@@ -63,9 +62,7 @@ def align(
       agetool align me.jpg --out crops/ --size 1024 --landmarks-json me_landmarks.json
     """
     from agetool.errors import AgetoolError, UsageError
-    from agetool.face.align import align_face
-    from agetool.images import find_images, read_image, unique_stems, write_image
-    from agetool.pipeline import Options
+    from agetool.images import find_images, unique_stems, write_image
 
     paths = find_images(inputs)
     if not paths:
@@ -73,16 +70,12 @@ def align(
     if landmarks_json is not None and len(paths) > 1:
         raise UsageError("--landmarks-json describes one face of one photo: give a single INPUT")
     given = _read_landmarks(landmarks_json) if landmarks_json is not None else None
-    options = Options(landmarks=landmarks, faces=faces, min_face=min_face, offline=offline)
-    options.validate()
-    pipeline = _pipeline(options, device) if given is None else None
+    pipeline = _pipeline(landmarks=landmarks, offline=offline, device=device)
     failed = 0
     for path, stem in zip(paths, unique_stems(paths)):
         try:
-            image = read_image(path)
-            points = [given] if given is not None else [f.landmarks for f in pipeline.find_faces(image, path)]
-            written = [write_image(out / f"{stem}_face{i}.png", align_face(image, lm, size=size).image)
-                       for i, lm in enumerate(points)]
+            crops = pipeline.align(path, size=size, landmarks=given, faces=faces, min_face=min_face)
+            written = [write_image(out / f"{stem}_face{i}.png", c.image) for i, c in enumerate(crops)]
             console.info(f"{path} -> {', '.join(str(w) for w in written)}")
         except AgetoolError as e:
             if len(paths) == 1 or e.exit_code != 1:
@@ -100,8 +93,8 @@ def parse(
     out: Annotated[Path, typer.Option("--out", "-o", help="Label map PNG: one uint8 class id per pixel (0 = background).", dir_okay=False)],
     aligned: Annotated[bool, typer.Option("--aligned", help="Input is already an aligned crop: parse it as it is.")] = False,
     overlay: Annotated[Optional[Path], typer.Option("--overlay", help="Also write the crop with the classes coloured in.", dir_okay=False)] = None,
-    parser_weights: ParserWeights = None, landmarks: Landmarks = "auto", offline: Offline = False,
-    device: Device = "auto",
+    parser_weights: OPTION["parser_weights"] = None, landmarks: OPTION["landmarks"] = "auto",
+    offline: OPTION["offline"] = False, device: OPTION["device"] = "auto",
 ) -> int:
     """Face-parsing labels (19 CelebAMask-HQ classes) of the largest face, or of an aligned crop.
 
@@ -117,23 +110,14 @@ def parse(
     """
     from agetool.face.parse import overlay as draw_overlay
     from agetool.images import distinct_outputs, output_image, read_image, write_image
-    from agetool.pipeline import Options
 
     out = output_image("out", out)
     overlay = output_image("overlay", overlay) if overlay is not None else None
     distinct_outputs({"out": out, "overlay": overlay}, [input])
 
-    options = Options(landmarks=landmarks, faces="largest", offline=offline, parser_weights=parser_weights,
-                      aligned=aligned)
-    pipeline = _pipeline(options, device)
-    crop = read_image(input)
-    if not aligned:
-        from agetool.face.align import align_face
-        from agetool.pipeline import GEN_SIZE
-
-        face = pipeline.find_faces(crop, input)[0]
-        crop = align_face(crop, face.landmarks, size=GEN_SIZE).image
-    labels = pipeline.parser.parse(crop)
+    pipeline = _pipeline(landmarks=landmarks, offline=offline, parser_weights=parser_weights, device=device)
+    crop = read_image(input) if aligned else pipeline.align(input, faces="largest")[0].image
+    labels = pipeline.parse(crop)
     write_image(out, labels)
     if overlay is not None:
         write_image(overlay, draw_overlay(crop, labels))

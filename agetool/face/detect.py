@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agetool.errors import CheckpointError, OfflineError, UsageError
+from agetool.errors import CheckpointError, OfflineError, UsageError, arg
 
 DLIB_PREDICTOR = "shape_predictor_68_face_landmarks.dat"
 DLIB_UPSAMPLE = 1
@@ -68,7 +68,7 @@ class LandmarkDetector:
             return DlibDetector(offline=offline, report=report, progress=progress)
         if backend == "fan":
             return FanDetector(device=device, offline=offline, report=report, progress=progress)
-        raise UsageError(f"--landmarks {backend}: expected auto, fan or dlib")
+        raise UsageError(f"{arg('landmarks', backend)}: expected auto, fan or dlib")
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         raise NotImplementedError
@@ -190,12 +190,12 @@ class FanDetector(LandmarkDetector):
         except (RuntimeError, OSError, KeyError) as e:
             raise CheckpointError(f"face-alignment could not load its networks from {folder} "
                                   f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})",
-                                  hint="agetool weights download fan-2d s3fd, or use --landmarks dlib") from None
+                                  hint=f"agetool weights download fan-2d s3fd, or use {arg('landmarks', 'dlib')}") from None
 
     @staticmethod
     def _place_files(*, offline: bool, report, progress) -> None:
         missing = ", ".join(f for f in fan_file_names().values() if not (fan_checkpoint_dir() / f).is_file())
-        hint = "run `agetool weights download fan-2d s3fd` once online, or use --landmarks dlib"
+        hint = f"run `agetool weights download fan-2d s3fd` once online, or use {arg('landmarks', 'dlib')}"
         if offline:
             raise OfflineError(f"the fan landmark backend needs {missing} in {fan_checkpoint_dir()}", hint=hint)
         try:

@@ -18,13 +18,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from agetool.errors import AgetoolError, ModelChoiceError
+from agetool.errors import AgetoolError, ModelChoiceError, arg
 
 GENDERS = ("female", "male")
 BOX_SCALE = 1.5
 #: Face box in an aligned crop, as fractions of its side (x0, y0, x1, y1).
 ALIGNED_BOX = (0.235, 0.22, 0.77, 0.91)
-_HINT = "pass --model male or --model female"
+_HINT = f"pass {arg('model', 'male')} or {arg('model', 'female')}"
 
 
 def face_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
@@ -107,8 +107,12 @@ class GenderClassifier:
     def scores(self, blob: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input_name: blob})[0][0], dtype=np.float64)
 
-    def predict(self, photo_image: np.ndarray, face) -> tuple[str, float]:
-        """('male' | 'female', probability of that answer) for ``face`` (a FaceCrop) of the photo."""
+    def estimate(self, photo_image: np.ndarray, face) -> tuple[str, float, float]:
+        """(gender, probability of that gender, age in years) for ``face`` (a FaceCrop) of the photo.
+
+        The photo and the face's landmarks are used where known; an aligned crop without landmarks
+        uses the face's place in the crop.
+        """
         detection = getattr(face, "detection", None)
         if detection is not None:
             image, box = photo_image, face_box(detection.landmarks)
@@ -116,8 +120,31 @@ class GenderClassifier:
             image = face.aligned
             n = image.shape[0]
             box = tuple(v * n for v in ALIGNED_BOX)
-        logits = self.scores(self.prepare(image, box))[:2]
+        out = self.scores(self.prepare(image, box))
+        logits = out[:2]
         p = np.exp(logits - logits.max())
         p /= p.sum()
         k = int(np.argmax(logits))
-        return GENDERS[k], float(p[k])
+        return GENDERS[k], float(p[k]), float(max(0.0, out[2] * 100.0))
+
+    def predict(self, photo_image: np.ndarray, face) -> tuple[str, float]:
+        """('male' | 'female', probability of that answer) for ``face`` (a FaceCrop) of the photo."""
+        gender, p, _ = self.estimate(photo_image, face)
+        return gender, p
+
+
+def classifier_available(path: str | os.PathLike | None = None) -> bool:
+    """True when the classifier can be loaded without a download: ``path`` exists, or the
+    registry's ``genderage`` is cached, and onnxruntime is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return False
+    if path is not None:
+        return os.path.isfile(path)
+    from agetool import weights
+
+    try:
+        return weights.status("genderage").path is not None
+    except AgetoolError:
+        return False

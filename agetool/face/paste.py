@@ -49,7 +49,7 @@ def paste_back(photo: np.ndarray, generated: np.ndarray, alignment, labels: np.n
     import cv2
 
     if alignment is None:
-        raise ValueError("paste-back needs the alignment of the face (not available for --aligned inputs)")
+        raise ValueError("paste-back needs the alignment of the face (not available for aligned inputs)")
     h, w = photo.shape[:2]
     g = generated.shape[0]
     # photo-space region covered by the crop

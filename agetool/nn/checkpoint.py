@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from agetool.errors import CheckpointError
+from agetool.errors import CheckpointError, arg
 
 GENERATOR_MEMBER = "latest_net_g_running.pth"
 #: The largest zip member ever read: a few times the largest known checkpoint (464 MB).
@@ -104,7 +104,7 @@ def read_state_dict(path: str | os.PathLike, member: str = GENERATOR_MEMBER) -> 
     """Load tensors and metadata from a .pth, a zip (``member`` inside) or a .safetensors file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found", hint="check --weights")
+        raise CheckpointError(f"{path}: weights file not found", hint=f"check {arg('weights')}")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return _read_safetensors(path)

@@ -1,0 +1,144 @@
+"""Options shared by several commands, declared once.
+
+``@pipeline_options`` adds the model options (``--model``, ``--weights`` ...) to a command and hands
+the command a ready ``build(bar)`` that makes the ``AgingPipeline``; ``@face_options`` adds the
+per-photo options (``--aligned``, ``--seed`` ...) and hands them over as the keyword arguments of
+``AgingPipeline.__call__`` / ``frames``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from agetool.cli import console
+
+MODEL_PANEL = "Model options"
+FACE_PANEL = "Face options"
+
+
+def _opt(name: str, annotation, default, flag: str, help: str, panel: str, **extra):
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[
+        annotation, typer.Option(flag, help=help, rich_help_panel=panel, show_default=default not in (None, False),
+                                 **extra)])
+
+
+PIPELINE = [
+    _opt("model", str, "auto", "--model", "Generator: auto (chosen per face by a gender classifier), male or female.",
+         MODEL_PANEL, metavar="auto|male|female"),
+    _opt("weights", Optional[Path], None, "--weights", "Generator checkpoint: the released latest_net_g_running.pth, "
+         "males_model.zip / females_model.zip, or an agetool .safetensors. Overrides --model.", MODEL_PANEL,
+         dir_okay=False, metavar="FILE"),
+    _opt("parser_weights", Optional[Path], None, "--parser-weights", "Face-parser checkpoint (released "
+         "deeplab_model.pth or agetool .safetensors).", MODEL_PANEL, dir_okay=False, metavar="FILE"),
+    _opt("age_model", Optional[Path], None, "--age-model", "Gender / age classifier (genderage.onnx) for --model "
+         "auto and age estimates; default: the registry's.", MODEL_PANEL, dir_okay=False, metavar="FILE"),
+    _opt("landmarks", str, "auto", "--landmarks", "Landmark backend: auto (fan if its weights are present, else "
+         "dlib), fan or dlib.", MODEL_PANEL, metavar="auto|fan|dlib"),
+    _opt("offline", bool, False, "--offline", "Never use the network; fail if a model file is not cached.",
+         MODEL_PANEL),
+    _opt("device", str, "auto", "--device", "auto, cpu, cuda, cuda:N or mps.", MODEL_PANEL, metavar="DEVICE"),
+    _opt("dtype", str, "float32", "--dtype", "Generator precision: float32 (matches the original to 1e-4), "
+         "bfloat16 (about 2x faster where the hardware has native bfloat16; ~56 dB PSNR against float32), "
+         "float16 (GPU only), or auto (bfloat16 on CUDA and on CPUs with AVX512-BF16 or AMX, else float32).",
+         MODEL_PANEL, metavar="DTYPE"),
+    _opt("age_anchors", Optional[Path], None, "--age-anchors", "JSON file mapping each class label to its age in "
+         "years (default: the middle of each class).", MODEL_PANEL, dir_okay=False, metavar="FILE"),
+    _opt("batch_size", Optional[int], None, "--batch-size", "Frames decoded at once (default: chosen from the "
+         "device's memory).", MODEL_PANEL, metavar="N"),
+    _opt("max_pixels", int, 40_000_000, "--max-pixels", "Refuse images with more pixels than this.", MODEL_PANEL,
+         metavar="N"),
+]
+
+FACES = [
+    _opt("aligned", bool, False, "--aligned", "Input is already an aligned face crop: no detection or alignment.",
+         FACE_PANEL),
+    _opt("no_mask", bool, False, "--no-mask", "Don't paint the background gray before the generator.", FACE_PANEL),
+    _opt("paste_back", bool, False, "--paste-back", "Show the whole photo with the aged faces blended back in.",
+         FACE_PANEL),
+    _opt("faces", str, "all", "--faces", "all faces, or only the largest.", FACE_PANEL, metavar="all|largest"),
+    _opt("min_face", int, 0, "--min-face", "Skip faces smaller than this many pixels (with a warning).", FACE_PANEL,
+         metavar="PX"),
+    _opt("seed", int, 0, "--seed", "Seed of the class-code noise: the same seed gives the same output.", FACE_PANEL,
+         metavar="N"),
+    _opt("noise", float, 0.2, "--noise", "Sigma of the class-code noise (0 = clean codes).", FACE_PANEL,
+         metavar="SIGMA"),
+]
+
+
+#: each shared option's annotation, for commands that take only some of them
+OPTION = {p.name: p.annotation for p in (*PIPELINE, *FACES)}
+
+
+def report(message: str) -> None:
+    """Library notices to the terminal: ``warning: ...`` as a warning, the rest as information."""
+    if message.startswith("warning: "):
+        console.warn(message[len("warning: "):])
+    else:
+        console.info(message)
+
+
+def _with_params(fn, params: list[inspect.Parameter], name: str, convert):
+    """``fn`` with ``params`` added to its signature (for Typer); on a call, their values are taken
+    out of the keyword arguments and passed as the single argument ``name = convert(values)``."""
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)  # a set __signature__ is not evaluated for Typer
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values() if p.name != name]
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        chosen = {p.name: kwargs.pop(p.name) for p in params if p.name in kwargs}
+        return fn(*args, **{name: convert(chosen)}, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*own, *params])
+    return wrapper
+
+
+def _builder(chosen: dict):
+    def build(bar=None):
+        from agetool.cli.weights import progress_factory
+        from agetool.pipeline import AgingPipeline
+
+        return AgingPipeline.from_pretrained(
+            model=chosen["model"], weights=chosen["weights"], parser_weights=chosen["parser_weights"],
+            landmarks=chosen["landmarks"], device=chosen["device"], dtype=chosen["dtype"],
+            offline=chosen["offline"], classifier_weights=chosen["age_model"], age_anchors=chosen["age_anchors"],
+            batch=chosen["batch_size"], max_pixels=chosen["max_pixels"], report=report,
+            progress=None if bar is None else progress_factory(bar))
+
+    return build
+
+
+def _face_kwargs(chosen: dict) -> dict:
+    return {"aligned": chosen["aligned"], "mask": not chosen["no_mask"], "paste_back": chosen["paste_back"],
+            "faces": chosen["faces"], "min_face": chosen["min_face"], "seed": chosen["seed"], "noise": chosen["noise"]}
+
+
+def pipeline_options(fn):
+    """Adds the model options; the command gets ``build``: ``build(bar=None) -> AgingPipeline``."""
+    return _with_params(fn, PIPELINE, "build", _builder)
+
+
+def face_options(fn):
+    """Adds the face options; the command gets ``face_kwargs`` for ``AgingPipeline.__call__`` / ``frames``."""
+    return _with_params(fn, FACES, "face_kwargs", _face_kwargs)
+
+
+def print_profile(pipeline) -> None:
+    """The time spent in each stage (each counted once) and the total, as a table on stderr."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="stage times", show_edge=False)
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    timings = pipeline.timings
+    for stage, secs in timings.items():
+        table.add_row(Text(stage), f"{secs:.3f}")
+    table.add_row("total", f"{sum(timings.values()):.3f}", style="bold")
+    console.err.print(table)
