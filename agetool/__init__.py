@@ -26,6 +26,7 @@ _EXPORTS = {
     "AGE_CLASSES": "agetool.ages",
     "DEFAULT_ANCHORS": "agetool.ages",
     "parse_ages": "agetool.ages",
+    "evaluate": "agetool.eval.run",
     "errors": "agetool.errors",
     "AgetoolError": "agetool.errors",
 }

@@ -72,7 +72,7 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="ne
 def test_stop_signal_during_video(tmp_path, crop, weights, signame):
     signum = getattr(signal, signame)
     out = tmp_path / "v.mp4"
-    proc = spawn(["video", crop, "--out", out, "--steps", "2000", "--batch", "2", *common(weights)], tmp_path)
+    proc = spawn(["video", crop, "--out", out, "--steps", "2000", "--batch-size", "2", *common(weights)], tmp_path)
     wait_for(lambda: partials(tmp_path), proc)  # the encoder has started
     ffmpeg = wait_for(lambda: _children(proc.pid, "ffmpeg"), proc)
     proc.send_signal(signum)
@@ -106,7 +106,7 @@ def test_sigterm_during_folder_run_keeps_finished_grids(tmp_path, weights):
 @needs_proc
 def test_leftovers_of_a_killed_video_are_removed_by_the_next_run(tmp_path, crop, weights):
     out = tmp_path / "v.mp4"
-    proc = spawn(["video", crop, "--out", out, "--steps", "2000", "--batch", "2", *common(weights)], tmp_path)
+    proc = spawn(["video", crop, "--out", out, "--steps", "2000", "--batch-size", "2", *common(weights)], tmp_path)
     wait_for(lambda: partials(tmp_path), proc)
     ffmpeg = wait_for(lambda: _children(proc.pid, "ffmpeg"), proc)
     proc.kill()  # SIGKILL: no chance to clean up

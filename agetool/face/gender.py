@@ -120,12 +120,7 @@ class GenderClassifier:
             image = face.aligned
             n = image.shape[0]
             box = tuple(v * n for v in ALIGNED_BOX)
-        out = self.scores(self.prepare(image, box))
-        logits = out[:2]
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        k = int(np.argmax(logits))
-        return GENDERS[k], float(p[k]), float(max(0.0, out[2] * 100.0))
+        return self.estimate_at(image, box)
 
     def predict(self, photo_image: np.ndarray, face) -> tuple[str, float]:
         """('male' | 'female', probability of that answer) for ``face`` (a FaceCrop) of the photo."""
