@@ -31,10 +31,23 @@ from agetool.errors import EstimateError, UsageError, arg
 from agetool.images import DEFAULT_MAX_PIXELS, load_image, to_tensor, to_uint8
 from agetool.results import (AgedFace, AgeEstimate, AgingResult, EncodedFace, EncodedPhoto, FaceEstimate)
 from agetool.stages import FACES, LANDMARKS, MODELS, Models, Timer, prepare_faces
-from agetool.video import MAX_FPS, MAX_FRAMES, MAX_HOLD, MAX_STEPS
+from agetool.video import MAX_FPS, MAX_FRAMES, MAX_STEPS
 
 Image = "str | os.PathLike | np.ndarray | PIL.Image.Image"
 DEFAULT_MAX_SIZE = 1080
+
+
+def check_video_numbers(*, fps: float, steps: int, hold: float = 0.0, from_age: float | None = None,
+                        to_age: float | None = None, seconds: float | None = None) -> int:
+    """Validate a video's numbers before any work; returns the frames of the class traversal."""
+    from agetool.video import frame_total
+
+    for name, value in (("from_age", from_age), ("to_age", to_age)):
+        if value is not None:
+            validate.finite(name, value, low=0, high=150)
+    if seconds is not None:
+        validate.finite("seconds", seconds, low=0, high=MAX_FRAMES / MAX_FPS, low_open=True)
+    return frame_total(steps, fps, hold)
 
 
 class AgingPipeline:
@@ -351,12 +364,9 @@ class AgingPipeline:
         from agetool.images import caption as draw_caption, write_image
         from agetool.video import VideoWriter
 
-        fps = validate.finite("fps", fps, low=0, high=MAX_FPS, low_open=True)
-        hold = validate.finite("hold", hold, low=0, high=MAX_HOLD)
-        count = None
-        if seconds is not None:
-            seconds = validate.finite("seconds", seconds, low=0, high=3600, low_open=True)
-            count = max(2, round(seconds * fps))
+        check_video_numbers(fps=fps, steps=steps, hold=hold, from_age=from_age, to_age=to_age, seconds=seconds)
+        fps, hold = float(fps) + 0.0, float(hold) + 0.0
+        count = None if seconds is None else max(2, round(seconds * fps))
         ages = self.frame_ages(steps, from_age=from_age, to_age=to_age, frames=count)
         hold_n = int(round(hold * fps))
         if len(ages) + 2 * hold_n > MAX_FRAMES:

@@ -162,11 +162,12 @@ def test_help_pages_have_examples(capsys, name):
 
 # ---------------------------------------------------------------- captions
 def test_every_caption_character_has_a_glyph():
-    from agetool.ages import AGE_CLASSES, frame_age_label
+    from agetool.ages import AGE_CLASSES, DEFAULT_ANCHORS, age_caption, traversal_ages
     from agetool.images import _font, caption_text, has_glyph
 
-    labels = {*AGE_CLASSES, "input", *(frame_age_label(i, 3) for i in range(16))}
-    assert any(not label.isascii() for label in labels)  # the arrow between two classes
+    labels = {*AGE_CLASSES, "input", "input, ~34", "+20 (~54)", "30-39 \u2192 50-69",
+              *(age_caption(a) for a in traversal_ages(3, tuple(DEFAULT_ANCHORS.values())))}
+    assert any(not label.isascii() for label in labels)  # an arrow
     for size in (10, 18, 36):
         font = _font(size)
         for label in labels:

@@ -23,8 +23,7 @@ def _sigint_as_keyboard_interrupt() -> None:
 @pipeline_options
 @face_options
 def age(
-    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False,
-                                                 metavar="INPUT...")],
+    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False)],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="PATH", help="Grid image (one input) or folder (several). Default: <stem>_ages.png here.")] = None,
     ages: Annotated[Optional[str], typer.Option("--ages", metavar="LIST", help="Ages to render instead of the six classes: years, class labels and relative ages, comma-separated (5,20.5,30-39,+20).")] = None,
     tiles: Annotated[Optional[Path], typer.Option("--tiles", metavar="DIR", help="Also write every tile as DIR/<stem>/face<i>_<label>.png.", file_okay=False)] = None,
@@ -46,10 +45,12 @@ def age(
 
       agetool age photos/ --out grids/ --tiles tiles/
     """
+    from agetool.ages import parse_ages
     from agetool.errors import AgetoolError, UsageError, arg
     from agetool.images import find_images, write_image
 
     _sigint_as_keyboard_interrupt()
+    parse_ages(ages)  # a malformed --ages fails before any work
     paths = find_images(inputs)
     if not paths:
         raise UsageError("no images found in the given folders")
@@ -124,8 +125,7 @@ def _targets(paths: list[Path], out: Path | None, several: bool, suffix: str) ->
 @pipeline_options
 @face_options
 def video(
-    input: Annotated[Path, typer.Argument(help="A photo (or an aligned crop with --aligned).", show_default=False,
-                                          metavar="INPUT")],
+    input: Annotated[Path, typer.Argument(help="A photo (or an aligned crop with --aligned).", show_default=False)],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FILE.mp4", help="MP4 file. Default: <stem>_aging.mp4 here.")] = None,
     fps: Annotated[float, typer.Option("--fps", metavar="N", help="Frames per second.")] = 30.0,
     steps: Annotated[int, typer.Option("--steps", metavar="N", help="Frames per transition between age classes: 5 x N + 1 frames (with --from/--to: the same density in years).")] = 20,
@@ -154,13 +154,15 @@ def video(
       agetool video crop.png --aligned --steps 5 --frames frames/
     """
     from agetool.errors import UsageError, arg
+    from agetool.pipeline import check_video_numbers
 
     _sigint_as_keyboard_interrupt()
     if input.is_dir():
-        raise UsageError(f"{arg('input', str(input))} is a folder: video takes one photo")
+        raise UsageError(f"{input}: is a folder; one photo is expected here")
     target = out if out is not None else Path(input.stem + "_aging.mp4")
     if target.suffix.lower() != ".mp4":
         raise UsageError(f"{arg('out', str(target))}: the video must end in .mp4")
+    check_video_numbers(fps=fps, steps=steps, hold=hold, from_age=from_age, to_age=to_age, seconds=seconds)
     with console.progress() as bar:
         pipe = build(bar)
         written = pipe.video(input, target, fps=fps, steps=steps, from_age=from_age, to_age=to_age, seconds=seconds,
@@ -179,8 +181,7 @@ def video(
 @app.command(no_args_is_help=True)
 @pipeline_options
 def estimate(
-    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False,
-                                                 metavar="INPUT...")],
+    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False)],
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per face on stdout.")] = False,
     aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are aligned face crops.")] = False,
     faces: Annotated[str, typer.Option("--faces", metavar="all|largest", help="all faces, or only the largest.")] = "all",
