@@ -1,5 +1,6 @@
 """Shared fixtures. Reference data: the full set in ../shared/reference (or $AGETOOL_REFERENCE) when present,
-else the subset in tests/fixtures; see tests/reference.py for the lookup and the no-silent-skip rule."""
+else the subset in tests/fixtures; see tests/reference.py for the lookup and the no-silent-skip rule, and
+tests/memory.py for the session's peak memory and its budget."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests import reference
+from tests.memory import pytest_runtest_protocol, pytest_sessionfinish, pytest_terminal_summary  # noqa: F401
 from tests.reference import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
 
 
