@@ -9,7 +9,7 @@ from agetool.cli import app
 from agetool.cli import console
 
 PACKAGES = ("torch", "numpy", "safetensors", "huggingface-hub", "face-alignment", "dlib-bin", "dlib",
-            "onnxruntime", "opencv-python-headless", "imageio-ffmpeg", "pillow", "typer", "rich")
+            "onnxruntime", "opencv-python", "imageio-ffmpeg", "pillow", "typer", "rich")
 
 
 def _version(dist: str) -> str | None:

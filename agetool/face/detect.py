@@ -198,11 +198,8 @@ class FanDetector(LandmarkDetector):
         hint = f"run `agetool weights download fan-2d s3fd` once online, or use {arg('landmarks', 'dlib')}"
         if offline:
             raise OfflineError(f"the fan landmark backend needs {missing} in {fan_checkpoint_dir()}", hint=hint)
-        try:
-            from agetool import weights
-        except ImportError:
-            raise OfflineError(f"the fan landmark backend needs {missing} in {fan_checkpoint_dir()}",
-                               hint=hint) from None
+        from agetool import weights
+
         weights.place_face_alignment_files(offline=offline, progress=progress, report=report)
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
