@@ -132,6 +132,11 @@ class AgingPipeline:
     def _report(self, message: str) -> None:
         self.models.report(message)
 
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            self.models.report(message)
+
     # ------------------------------------------------------------------ encode
     def encode(self, image: Image | EncodedPhoto, *, aligned: bool = False, mask: bool = True,
                faces: str = "all", min_face: int = 0, estimate: bool | str = "auto",
@@ -167,8 +172,17 @@ class AgingPipeline:
     def _estimate_face(self, image: np.ndarray, crop, estimate) -> AgeEstimate | None:
         if estimate is False:
             return None
-        need = estimate is True or (self.model == "auto")
-        classifier = self.models.classifier if need else self.models.classifier_if_available()
+        if self.model == "auto":
+            classifier = self.models.classifier  # ModelChoiceError says how to choose by hand
+        elif estimate is True:
+            classifier = self.models.classifier_if_available()
+            if classifier is None:
+                raise EstimateError(f"{arg('ages')}: a relative age needs each face's estimated age, and the age "
+                                    "classifier (genderage) is not at hand",
+                                    hint=f"give ages in years, pass {arg('age_model')} FILE, or run "
+                                         "`agetool weights download genderage`")
+        else:
+            classifier = self.models.classifier_if_available()
         if classifier is None:
             return None
         with self.models.timer("classify"):
@@ -190,9 +204,8 @@ class AgingPipeline:
         """``ages`` as targets (``None`` -> the six classes); warns once for ages over 69."""
         targets = parse_ages(ages) or class_targets()
         old = [t.entry for t in targets if t.kind == "years" and t.value > OLDEST_MODELLED]
-        if old and tuple(old) not in self._warned:
-            self._warned.add(tuple(old))
-            self._report(f"warning: ages over {OLDEST_MODELLED:g} ({', '.join(old)}) render the oldest class "
+        if old:
+            self._warn_once(f"warning: ages over {OLDEST_MODELLED:g} ({', '.join(old)}) render the oldest class "
                          f"({AGE_CLASSES[-1]}): the model knows no older faces")
         return targets
 
@@ -280,8 +293,8 @@ class AgingPipeline:
             frames = year_frame_count(start, stop, steps, self.anchor_ages)
         frames = validate.integer("frames", frames, low=2, high=MAX_FRAMES)
         if max(start, stop) > OLDEST_MODELLED:
-            self._report(f"warning: ages over {OLDEST_MODELLED:g} render the oldest class ({AGE_CLASSES[-1]}): "
-                         "the model knows no older faces")
+            self._warn_once(f"warning: ages over {OLDEST_MODELLED:g} render the oldest class ({AGE_CLASSES[-1]}): "
+                            "the model knows no older faces")
         return year_schedule(start, stop, frames)
 
     def _frame_latents(self, w6, steps: int, years: list[float] | None):

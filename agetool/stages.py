@@ -151,6 +151,8 @@ class Models:
                 return self._loaded["classifier"]
             if self._loaded.get("classifier-missing"):
                 return None
+            if self.classifier_weights is not None:  # a file given by name: its errors are the user's to see
+                return self.classifier
             from agetool.errors import AgetoolError
             from agetool.face.gender import classifier_available
 
