@@ -1,0 +1,228 @@
+"""The Python API: inputs, results, equality with the commands, threads, errors, the README example."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import agetool
+from agetool.errors import CheckpointError, UsageError
+from tests.helpers import ROOT, cli, face_like, tiny_generator_file
+
+EXAMPLE = ROOT / "examples" / "astronaut.png"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return tiny_generator_file(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def pipe(weights):
+    return agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu")
+
+
+def test_public_names():
+    for name in ("AgingPipeline", "AgingResult", "AgedFace", "EncodedFace", "AgeEstimate", "errors", "evaluate"):
+        assert hasattr(agetool, name), name
+    assert "AgingPipeline" in dir(agetool)
+    assert "Example" in __import__("agetool.pipeline").pipeline.__doc__ and "Args:" in agetool.AgingPipeline.from_pretrained.__doc__
+
+
+@pytest.mark.parametrize("kind", ["path", "str", "array", "pil", "pil-rgba", "gray"])
+def test_every_image_form_gives_the_same_result(pipe, tmp_path, kind):
+    img = face_like(seed=2)
+    path = tmp_path / "crop.png"
+    Image.fromarray(img).save(path)
+    given = {"path": path, "str": str(path), "array": img, "pil": Image.fromarray(img),
+             "pil-rgba": Image.fromarray(img).convert("RGBA"), "gray": None}[kind]
+    if kind == "gray":
+        gray = img[..., 0]
+        given, img = gray, np.repeat(gray[..., None], 3, axis=2)
+    result = pipe(given, aligned=True, mask=False)
+    expected = pipe(img, aligned=True, mask=False)
+    assert isinstance(result, agetool.AgingResult)
+    face = result.faces[0]
+    assert face.images.shape == (6, 256, 256, 3) and face.images.dtype == np.uint8
+    assert face.labels == list(agetool.AGE_CLASSES) and face.model == "custom"
+    assert face.box is None and face.landmarks is None and face.pasted is None
+    assert np.array_equal(face.aligned, img)
+    assert np.array_equal(face.images, expected.faces[0].images)
+
+
+def test_exif_orientation_is_applied(pipe, tmp_path):
+    img = face_like(seed=5)
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(np.rot90(img, 1).copy()).save(path, exif=exif, quality=100)
+    result = pipe(path, aligned=True, mask=False)
+    assert np.abs(result.faces[0].aligned.astype(int) - img).mean() < 3
+
+
+@pytest.mark.parametrize("bad, needle", [
+    (np.zeros((64, 64, 3), np.float32), "uint8"), (np.zeros((64, 64, 2), np.uint8), "shape"),
+    (123, "int"), (np.zeros((4, 4, 3), np.uint8), "too small")])
+def test_bad_images_name_the_argument(pipe, bad, needle):
+    with pytest.raises(agetool.errors.AgetoolError) as e:
+        pipe(bad, aligned=True)
+    assert str(e.value).startswith("image") and needle in str(e.value)
+    assert "--" not in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"noise": -1.0}, "noise=-1.0"), ({"noise": float("nan")}, "noise=nan"), ({"seed": 2**64}, "seed="),
+    ({"faces": "some"}, "faces='some'"), ({"ages": "ten"}, "ages='ten'"), ({"paste_back": True}, "paste_back")])
+def test_call_errors_name_the_argument(pipe, kwargs, needle):
+    with pytest.raises(UsageError) as e:
+        pipe(face_like(), aligned=True, **kwargs)
+    assert needle in str(e.value) and "--" not in str(e.value)
+
+
+def test_from_pretrained_validates(weights, tmp_path):
+    with pytest.raises(UsageError, match="model='femal'"):
+        agetool.AgingPipeline.from_pretrained(model="femal")
+    with pytest.raises(UsageError, match="landmarks='x'"):
+        agetool.AgingPipeline.from_pretrained(landmarks="x")
+    with pytest.raises(UsageError, match="dtype='float64'"):
+        agetool.AgingPipeline.from_pretrained(weights=weights, dtype="float64", device="cpu")
+    with pytest.raises(CheckpointError, match="weights="):
+        agetool.AgingPipeline.from_pretrained(weights=tmp_path / "nothing.pth")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="device='cuda'"):
+            agetool.AgingPipeline.from_pretrained(device="cuda")
+
+
+def test_grid_is_what_the_command_writes(pipe, weights, tmp_path, capsys):
+    crop = tmp_path / "crop.png"
+    Image.fromarray(face_like(seed=7)).save(crop)
+    code, _, err = cli(["age", crop, "--out", tmp_path / "g.png", "--ages", "3,30-39", "--seed", "4", "--aligned",
+                        "--no-mask", "--weights", weights, "--device", "cpu"], capsys)
+    assert code == 0, err
+    result = pipe(crop, ages="3,30-39", seed=4, aligned=True, mask=False)
+    assert np.array_equal(np.asarray(result.grid()), np.asarray(Image.open(tmp_path / "g.png")))
+    assert result.grid(labels=False).size == (3 * 256, 256)
+
+
+def test_released_weights_api_tiles_equal_command_tiles(reference_dir, tmp_path, capsys):
+    """from agetool import AgingPipeline with the released-layout weights gives `agetool age --tiles`."""
+    from agetool.nn.generator import Generator
+    from agetool.testing import seeded_state_dict
+
+    crop = reference_dir / "align_case0_out256.png"
+    released = tmp_path / "latest_net_g_running.pth"
+    torch.save(seeded_state_dict(Generator(), 1, "generator"), released)
+    tiles = tmp_path / "tiles"
+    code, _, err = cli(["age", crop, "--aligned", "--no-mask", "--weights", released, "--tiles", tiles,
+                        "--out", tmp_path / "g.png", "--device", "cpu"], capsys)
+    assert code == 0, err
+    from agetool import AgingPipeline
+
+    result = AgingPipeline.from_pretrained(weights=released, device="cpu")(crop, aligned=True, mask=False)
+    for label, image in zip(result.faces[0].labels, result.faces[0].images):
+        assert np.array_equal(image, np.asarray(Image.open(tiles / crop.stem / f"face0_{label}.png"))), label
+
+
+def test_encode_once_render_any_age(pipe):
+    img = face_like(seed=8)
+    enc = pipe.encode(img, aligned=True, mask=False)
+    assert isinstance(enc, agetool.EncodedPhoto) and len(enc.faces) == 1
+    six = pipe.render(enc.faces[0])
+    one = pipe.render(enc.faces[0], ages=["30-39"])
+    assert six.shape == (6, 256, 256, 3) and np.array_equal(one[0], six[4])
+    assert np.array_equal(six, pipe(img, aligned=True, mask=False).faces[0].images)
+    assert not np.array_equal(pipe.render(enc.faces[0], ages=[40], seed=1), pipe.render(enc.faces[0], ages=[40]))
+
+
+def test_frames_are_lazy_and_follow_the_traversal(pipe):
+    img = face_like(seed=9)
+    frames = pipe.frames(img, steps=4, aligned=True, mask=False)
+    assert iter(frames) is frames  # a generator: nothing decoded until asked
+    first = next(frames)
+    rest = list(frames)
+    assert first.shape == (256, 256, 3) and len(rest) == 5 * 4
+    classes = pipe(img, aligned=True, mask=False).faces[0].images
+    assert np.array_equal(first, classes[0]) and np.array_equal(rest[-1], classes[5])
+    assert np.array_equal(rest[7], classes[2])  # frame 8 = class 2 anchor
+
+
+def test_video_writes_an_mp4(pipe, tmp_path):
+    from agetool.video import read_video_frames
+
+    out = pipe.video(face_like(), tmp_path / "v.mp4", fps=10, steps=2, aligned=True, mask=False,
+                     frames_dir=tmp_path / "frames")
+    assert out == tmp_path / "v.mp4" and read_video_frames(out) == (11, (256, 256))
+    assert len(list((tmp_path / "frames").glob("frame_*.png"))) == 11
+    assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
+
+
+def test_threads_take_turns_and_agree(pipe):
+    images = [face_like(seed=s) for s in range(4)]
+    expected = [pipe(img, aligned=True, mask=False, seed=s).faces[0].images for s, img in enumerate(images)]
+    got: dict[int, np.ndarray] = {}
+
+    def work(s: int) -> None:
+        got[s] = pipe(images[s], aligned=True, mask=False, seed=s).faces[0].images
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all(np.array_equal(got[s], expected[s]) for s in range(4))
+
+
+def test_paste_back_on_a_photo(seeded_parser_file, weights):
+    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, parser_weights=seeded_parser_file,
+                                                 landmarks="dlib", device="cpu", offline=True)
+    photo = np.asarray(Image.open(EXAMPLE).convert("RGB"))
+    result = pipe(EXAMPLE, ages=[5, 60], paste_back=True, mask=False)
+    face = result.faces[0]
+    assert face.box is not None and face.landmarks.shape == (68, 2) and face.crop_landmarks.shape == (68, 2)
+    assert len(result.pasted) == 2 and result.pasted[0].shape == photo.shape
+    assert len(face.pasted) == 2 and np.array_equal(face.pasted[1], result.pasted[1])  # one face: the same photo
+    changed = np.abs(result.pasted[0].astype(int) - photo).sum(axis=2) > 0
+    x0, y0, x1, y1 = face.box
+    assert changed.any() and not changed[:, : int(x0) // 2].any()  # far from the face nothing moves
+    assert result.grid().size[1] <= 512
+
+
+def _readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Python API"):]
+    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+
+
+def test_readme_example_runs_as_written(tmp_path, monkeypatch, seeded_parser_file):
+    """The README's example, with seeded weights imported into a fresh cache as the registry's models."""
+    from agetool import weights as registry
+    from agetool.nn.generator import Generator
+    from agetool.testing import seeded_state_dict
+    from agetool.video import read_video_frames
+
+    text = registry.registry_path().read_text()
+    start = text.index("[models.deeplab-parser]")
+    end = text.index("\n[", start + 1)
+    table = re.sub(r"\n(size|md5|sha256) = [^\n]*", "", text[start:end])  # trusted on first use
+    (tmp_path / "registry.toml").write_text(text[:start] + table + text[end:])
+    monkeypatch.setenv("AGETOOL_REGISTRY", str(tmp_path / "registry.toml"))
+    monkeypatch.setenv("AGETOOL_CACHE", str(tmp_path / "cache"))
+    generator = tmp_path / "latest_net_g_running.pth"
+    torch.save(seeded_state_dict(Generator(), 1, "generator"), generator)
+    registry.import_file(generator, "lats-female")
+    registry.import_file(seeded_parser_file, "deeplab-parser")
+
+    work = tmp_path / "work"
+    (work / "examples").mkdir(parents=True)
+    shutil.copy(EXAMPLE, work / "examples" / "astronaut.png")
+    monkeypatch.chdir(work)
+    exec(compile(_readme_example(), "README.md", "exec"), {})
+    assert Image.open(work / "astronaut_grid.png").size == (4 * 256, 256)
+    assert read_video_frames(work / "astronaut.mp4") == (26, (256, 256))
