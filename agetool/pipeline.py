@@ -89,13 +89,13 @@ class AgingPipeline:
             report: receives one-line notices (model choices, licenses, warnings prefixed ``warning: ``).
             progress: ``progress(description, total) -> advance(n)`` for downloads and long work.
         """
-        from agetool.device import pick_device, pick_dtype
+        from agetool.device import env_dist, pick_device, pick_dtype
 
         validate.choice("model", model, MODELS)
         validate.choice("landmarks", landmarks, LANDMARKS)
         if batch is not None:
             validate.integer("batch", batch, low=1, high=4096)
-        dev = pick_device(device)
+        dev = pick_device(device, dist=env_dist())  # under torchrun: this rank's GPU
         dt = pick_dtype(dtype, dev)
         if isinstance(age_anchors, (str, os.PathLike)):
             from agetool.ages import load_anchors

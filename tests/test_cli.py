@@ -235,3 +235,32 @@ def test_missing_output_folder_is_created(tmp_path, crop, weights, capsys):
     out = tmp_path / "new" / "deeper" / "g.png"
     assert cli(["age", crop, "--out", out, *common(weights)], capsys)[0] == 0
     assert out.is_file()
+
+
+def test_folder_run_shared_by_two_torchrun_ranks(tmp_path, weights):
+    """Each rank takes every other photo; together they write what one process writes; one summary."""
+    import os
+    import socket
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for s in range(3):
+        Image.fromarray(face_like(seed=s)).save(photos / f"p{s}.png")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli(["age", photos, "--out", one, *common(weights)])[0] == 0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "agetool", "age",
+                           str(photos), "--out", str(two), *map(str, common(weights))],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in one.iterdir())
+    assert names == sorted(p.name for p in two.iterdir()) == ["p0_ages.png", "p1_ages.png", "p2_ages.png"]
+    for name in names:  # one intra-op thread per rank: float sums in another order, same image to a level
+        diff = np.abs(np.asarray(Image.open(one / name)).astype(int) - np.asarray(Image.open(two / name)))
+        assert diff.max() <= 2 and diff.mean() < 0.05, name
+    assert (proc.stdout + proc.stderr).count("done: 3 written, 0 failed") == 1

@@ -59,12 +59,16 @@ def age(
         raise UsageError(f"{arg('out', str(out))}: with several inputs --out is a folder")
     targets = _targets(paths, out, several, "_ages.png")
 
+    from agetool.shards import env_dist, total
+
+    dist = env_dist()  # under torchrun each rank takes every world-th photo
+    mine = dist.shard(list(zip(paths, targets)))
     failed = done = 0
     with console.progress() as bar:
         pipe = build(bar)
         parsed = pipe.targets(ages)  # a malformed --ages fails before any work
-        task = bar.add_task("ageing", total=len(paths))
-        for path, target in zip(paths, targets):
+        task = bar.add_task("ageing", total=len(mine))
+        for path, target in mine:
             bar.update(task, description=f"ageing {path.name}")
             if skip_existing and target.exists():
                 bar.advance(task)
@@ -86,7 +90,8 @@ def age(
             bar.advance(task)
     if profile:
         print_profile(pipe)
-    if several:
+    done, failed = total([done, failed], dist)
+    if several and dist.main:
         console.info(f"done: {done} written, {failed} failed, {len(paths) - done - failed} skipped")
     return 1 if failed else 0
 
