@@ -374,9 +374,9 @@ def test_conversion_refuses_a_zip_without_the_member(env, server, monkeypatch):
 def test_face_alignment_files_are_placed_where_it_looks(env, server, monkeypatch):
     import torch
 
-    from agetool.weights.core import _face_alignment_names
+    from agetool.face.detect import fan_file_names
 
-    names = _face_alignment_names() or {"fan-2d": "2DFAN4.pth.tar", "s3fd": "s3fd.pth"}
+    names = fan_file_names()
     fan, sfd = payload(9000, seed=13), payload(7000, seed=14)
     server.state.files[f"/fa/{names['fan-2d']}"] = fan
     server.state.files[f"/fa/{names['s3fd']}"] = sfd

@@ -322,27 +322,14 @@ def _converted_current(art: Artifact, out: Path) -> bool:
             and conv.get("from_sha256") == record.get("sha256") and store.record_agrees(art, record))
 
 
-def _face_alignment_names() -> dict[str, str]:
-    """The file names the installed face-alignment looks for in ``$TORCH_HOME/hub/checkpoints``."""
-    from urllib.parse import urlparse
-
-    try:
-        from face_alignment import api
-        from face_alignment.detection.sfd import sfd_detector
-    except Exception:  # noqa: BLE001 - not installed or broken: fall back to the registry's names
-        return {}
-    urls = {"fan-2d": api.models_urls.get("2DFAN-4"), "s3fd": sfd_detector.models_urls.get("s3fd")}
-    return {k: os.path.basename(urlparse(u).path) for k, u in urls.items() if u}
-
-
 def place_face_alignment_files(*, offline: bool = False, progress=None, report=None) -> None:
     """Put fan-2d and s3fd where face-alignment looks (``torch.hub.get_dir()/checkpoints``), verified,
     so that it never downloads on its own."""
-    import torch
+    from agetool.face.detect import fan_checkpoint_dir, fan_file_names
 
     say = _say(report)
-    dest_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    expected = _face_alignment_names()
+    dest_dir = fan_checkpoint_dir()
+    expected = fan_file_names()
     for name in FACE_ALIGNMENT:
         art = get(name)
         target = expected.get(name, art.filename)
