@@ -226,3 +226,33 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch, seeded_parser_fil
     exec(compile(_readme_example(), "README.md", "exec"), {})
     assert Image.open(work / "astronaut_grid.png").size == (4 * 256, 256)
     assert read_video_frames(work / "astronaut.mp4") == (26, (256, 256))
+
+
+def test_each_stage_is_timed_once():
+    """A model loading inside another stage (the parser on first use inside "parse") is not counted twice."""
+    import time
+
+    from agetool.stages import Timer
+
+    timer = Timer()
+    with timer("parse"):
+        time.sleep(0.02)
+        with timer("load parser"):
+            time.sleep(0.1)
+        timer.add("landmarks", 0.05)
+    total = timer.seconds["parse"] + timer.seconds["load parser"] + timer.seconds["landmarks"]
+    assert 0.1 <= timer.seconds["load parser"] < 0.2
+    assert timer.seconds["parse"] < 0.08  # the nested 0.15 s are not in it
+    assert total < 0.3
+
+
+def test_profile_table_counts_the_parser_load_apart(tmp_path, seeded_parser_file, weights, capsys):
+    crop = tmp_path / "crop.png"
+    Image.fromarray(face_like()).save(crop)
+    code, _, err = cli(["age", crop, "--aligned", "--weights", weights, "--parser-weights", seeded_parser_file,
+                        "--device", "cpu", "--out", tmp_path / "g.png", "--profile"], capsys)
+    assert code == 0, err
+    rows = dict(re.findall(r"^\s*([a-z ]+?)\s+\S\s+(\d+\.\d+)\s*$", err, flags=re.M))
+    assert {"load parser", "parse", "load generator", "encode", "decode", "total"} <= set(rows)
+    stages = sum(float(v) for k, v in rows.items() if k != "total")
+    assert abs(stages - float(rows["total"])) < 0.01
