@@ -39,30 +39,35 @@ def _isolated_env(tmp_path_factory):
     mp.undo()
 
 
-@pytest.fixture(scope="session")
-def seeded_parser_state():
-    """The reference's seeded face-parser weights (seed 3): a full-size DeepLabV3 state dict."""
+def _seeded_parser_state():
     from agetool.nn.parser import DeepLabV3
     from agetool.testing import seeded_state_dict
 
     return seeded_state_dict(DeepLabV3(), 3, "parser")
 
 
+# The full-size parser's tensors (230 MB each copy) live per module, not for the whole session.
+@pytest.fixture(scope="module")
+def seeded_parser_state():
+    """The reference's seeded face-parser weights (seed 3): a full-size DeepLabV3 state dict."""
+    return _seeded_parser_state()
+
+
 @pytest.fixture(scope="session")
-def seeded_parser_file(tmp_path_factory, seeded_parser_state) -> Path:
+def seeded_parser_file(tmp_path_factory) -> Path:
     """Those weights in the released ``deeplab_model.pth`` layout (``state_dict``, ``module.`` keys)."""
     import torch
 
     path = tmp_path_factory.mktemp("parser") / "deeplab_model.pth"
-    sd = {f"module.{k}": v for k, v in seeded_parser_state.items()}
+    sd = {f"module.{k}": v for k, v in _seeded_parser_state().items()}
     sd["module.bn1.num_batches_tracked"] = torch.tensor(7)  # the reference loader drops keys with "tracked"
     torch.save({"state_dict": sd, "epoch": 12}, path)
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def seeded_parser(seeded_parser_file):
-    """A loaded FaceParser with the seeded weights (shared: a full-size forward takes seconds)."""
+    """A loaded FaceParser with the seeded weights (shared within a module: a full-size forward takes seconds)."""
     from agetool.face.parse import FaceParser
 
     return FaceParser.load(seeded_parser_file, device="cpu")
