@@ -71,3 +71,6 @@ def seeded_parser(seeded_parser_file):
     from agetool.face.parse import FaceParser
 
     return FaceParser.load(seeded_parser_file, device="cpu")
+
+
+from tests.serving import served, stand_in_generator  # noqa: E402,F401  (a running agetool serve, session-wide)

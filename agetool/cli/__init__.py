@@ -49,7 +49,7 @@ def _root(
 def _register() -> None:
     import importlib
 
-    for name in ("generate", "faces", "weights", "train", "misc", "eval"):
+    for name in ("generate", "faces", "weights", "train", "misc", "eval", "serve"):
         try:
             importlib.import_module(f"agetool.cli.{name}")
         except ModuleNotFoundError as e:  # a command module not present in this build

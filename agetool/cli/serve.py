@@ -1,0 +1,69 @@
+"""`agetool serve`: the local web app (extra ``agetool[ui]``)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
+from agetool.cli import app
+from agetool.cli import console
+from agetool.cli.generate import (Device, Dtype, Landmarks, MaxPixels, Model, Noise, Offline, ParserWeights, Seed,
+                                  Weights, _report)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on. 127.0.0.1 keeps the app on this computer; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=1, max=65535)] = 7860,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Refuse uploaded photos larger than this many megabytes.", min=0.01)] = 20.0,
+    model: Model = "auto", weights: Weights = None, parser_weights: ParserWeights = None,
+    landmarks: Landmarks = "auto", offline: Offline = False, device: Device = "auto", dtype: Dtype = "float32",
+    seed: Seed = 0, noise: Noise = 0.2, max_pixels: MaxPixels = 40_000_000,
+) -> int:
+    """Start the web app: drop a photo, move an age slider, render the grid and the aging video.
+
+    The models load once at start; every request reuses them, one at a time. Needs the ui extra:
+    pip install "agetool\\[ui]". Stop it with Ctrl-C.
+
+    Examples:
+
+      agetool serve
+
+      agetool serve --port 8080 --model female
+
+      agetool serve --weights males.safetensors --device cuda
+    """
+    from agetool.serve.server import require_gradio
+
+    require_gradio()
+    from agetool.cli.weights import progress_factory
+    from agetool.serve.server import Server
+    from agetool.serve.studio import Limits, load_pipeline
+
+    stop = threading.Event()
+    terminated: list[int] = []
+
+    def on_term(signum, frame):
+        terminated.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_term)
+    limits = Limits(max_pixels=max_pixels, max_bytes=int(max_upload_mb * 2**20))
+    with console.progress(transient=True) as bar:
+        bar.add_task("loading models", total=None)
+        pipe = load_pipeline(model=model, weights=weights, parser_weights=parser_weights, landmarks=landmarks,
+                             device=device, dtype=dtype, offline=offline, report=_report,
+                             progress=progress_factory(bar))
+        server = Server(pipe, host=host, port=port, limits=limits, model=model,
+                        fixed_model="custom" if weights is not None else None, seed=seed, noise=noise)
+    with server:
+        url = server.start()
+        console.info(f"agetool serve: {url}  (Ctrl-C to stop)")
+        while not stop.wait(0.5):
+            pass
+    console.info("server stopped")
+    return 128 + terminated[0] if terminated else 0

@@ -1,0 +1,200 @@
+"""The page: photo in, faces found, an age slider, the grid of six ages, the aging video.
+
+Built with Gradio Blocks on a ``Studio``. Two events are named for programs (``gradio_client``):
+``age`` (photo, ages text) -> grid PNG and ``video`` (photo) -> MP4; the page's own events are
+private. Every event that runs a network shares one queue slot: one model set, one job at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from pathlib import Path
+
+from agetool.ages import AGE_CLASSES
+from agetool.errors import AgetoolError
+from agetool.serve.studio import MAX_AGE, MIN_AGE, MODELS, Session, Studio, parse_ages
+
+log = logging.getLogger("agetool.serve")
+
+TEMP_PATH = re.compile(r"/[^\s'\")]*agetool-serve-[^\s'\")]*")
+MODEL_SLOT = "model"  # concurrency id shared by every event that runs a network
+START_AGE = 34.5
+
+CSS = """
+#status p { margin: 0; }
+footer { display: none !important; }
+"""
+
+INTRO = """## agetool: age progression
+Drop a photo (or pick the example below), then move the slider. The face is encoded once; each
+slider position only blends the age latents and decodes one image."""
+
+
+def short_message(e: Exception, path: str | None = None) -> str:
+    """A one-line message for the page, with the upload's temporary path shortened to its name."""
+    text = e.render() if isinstance(e, AgetoolError) else str(e)
+    if path:
+        text = text.replace(str(path), Path(path).name)
+        text = TEMP_PATH.sub(Path(path).name, text)  # also where a message cut the path short
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def guarded(fn):
+    """Run a handler; failures become one short message in the page (details only in the terminal)."""
+    import gradio as gr
+
+    @functools.wraps(fn)
+    def run(*args):
+        try:
+            return fn(*args)
+        except gr.Error:
+            raise
+        except AgetoolError as e:
+            path = args[0] if args and isinstance(args[0], str) else None
+            raise gr.Error(short_message(e, path), print_exception=False) from None
+        except MemoryError:
+            raise gr.Error("out of memory; try a smaller photo", print_exception=False) from None
+        except Exception as e:  # noqa: BLE001 - the page shows one line, the terminal the traceback
+            log.exception("request failed")
+            raise gr.Error(f"internal error: {type(e).__name__} (details in the server's terminal)",
+                           print_exception=False) from None
+
+    return run
+
+
+def tolerant(component):
+    """Let ``component`` pass an upload it can't open on as a path, so that reading it (with its
+    size and pixel limits) reports what is wrong in one line instead of Gradio's generic error."""
+    strict = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return strict(payload)
+        except Exception:  # noqa: BLE001 - reported by Studio.read
+            return getattr(payload, "path", None)
+
+    component.preprocess = preprocess
+    return component
+
+
+def build_app(studio: Studio, example: Path | None = None, title: str = "agetool"):
+    import gradio as gr
+
+    fixed = studio.fixed_model is not None
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    slot = {"concurrency_id": MODEL_SLOT, "concurrency_limit": 1}
+    private = {"api_visibility": "private"}
+
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(600, 3600)) as demo:
+        demo.agetool_theme, demo.agetool_css = theme, CSS  # passed to launch() by the server
+        session = gr.State(None, time_to_live=3600)
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column(scale=1):
+                photo = tolerant(gr.Image(label="Photo", type="filepath", image_mode=None,
+                                          sources=["upload", "clipboard"], height=360, elem_id="photo"))
+                if example is not None:
+                    gr.Examples([[str(example)]], inputs=[photo], label="Example")
+                with gr.Row():
+                    model = gr.Dropdown(list(MODELS), value=studio.model, label="Model", interactive=not fixed,
+                                        visible=not fixed, elem_id="model")
+                    mask = gr.Checkbox(True, label="Mask background", elem_id="mask")
+                faces = gr.Gallery(label="Faces found", columns=4, height=160, allow_preview=False, elem_id="faces")
+                face = gr.Dropdown(choices=[("face 0", 0)], value=0, label="Face", elem_id="face")
+                status = gr.Markdown("No photo yet.", elem_id="status")
+            with gr.Column(scale=1):
+                with gr.Tabs():
+                    with gr.Tab("Age slider", id="slider"):
+                        age = gr.Slider(MIN_AGE, MAX_AGE, value=START_AGE, step=0.5, label="Age (years)",
+                                        elem_id="age")
+                        paste_back = gr.Checkbox(False, label="Paste back into the whole photo",
+                                                 elem_id="paste-back")
+                        aged = gr.Image(label="At this age", type="numpy", format="png", interactive=False,
+                                        height=400, elem_id="aged")
+                    with gr.Tab("Six ages", id="grid"):
+                        ages = gr.Textbox("", label="Ages", elem_id="ages",
+                                          placeholder="years and/or classes, e.g. 5, 20.5, 45 (empty: "
+                                                      + ", ".join(AGE_CLASSES) + ")")
+                        grid_button = gr.Button("Render grid", variant="primary", elem_id="grid-button")
+                        grid_image = gr.Image(label="Grid", type="filepath", format="png", interactive=False,
+                                              elem_id="grid")
+                        with gr.Row():
+                            grid_file = gr.DownloadButton("Download grid", interactive=False, elem_id="grid-download")
+                            tiles_file = gr.DownloadButton("Download tiles (zip)", interactive=False,
+                                                           elem_id="tiles-download")
+                    with gr.Tab("Video", id="video"):
+                        video_button = gr.Button("Render video", variant="primary", elem_id="video-button")
+                        video = gr.Video(label="Aging video", interactive=False, autoplay=True, loop=True,
+                                         elem_id="video")
+                        video_file = gr.DownloadButton("Download video", interactive=False,
+                                                       elem_id="video-download")
+        with gr.Column(visible=False):  # the endpoints for programs
+            api_photo = tolerant(gr.Image(type="filepath", image_mode=None))
+            api_ages = gr.Textbox()
+            api_grid = gr.Image(type="filepath", format="png")
+            api_video = gr.File()
+            api_age_button, api_video_button = gr.Button(), gr.Button()
+
+        # ---------------------------------------------------------------- page events
+        @guarded
+        def on_photo(path, model_choice, masked, at, whole):
+            if path is None:
+                return None, [], gr.update(choices=[("face 0", 0)], value=0), "No photo yet.", None
+            s = studio.encode(path, model_choice, masked)
+            gallery = [(f.aligned, f"face {f.index}") for f in s.encoded.faces]
+            choices = [(f"face {f.index}", i) for i, f in enumerate(s.encoded.faces)]
+            n = len(choices)
+            text = f"{n} face{'s' if n != 1 else ''} found.  \n" + "  \n".join(studio.describe(s))
+            return s, gallery, gr.update(choices=choices, value=0), text, studio.at_age(s, 0, at, whole)
+
+        @guarded
+        def on_age(s: Session | None, index, at, whole):
+            if s is None:
+                return None
+            return studio.at_age(s, int(index or 0), at, whole)
+
+        @guarded
+        def on_grid(s: Session | None, text, whole):
+            if s is None:
+                raise gr.Error("drop a photo first", print_exception=False)
+            png, archive = studio.grid(s, parse_ages(text), whole)
+            return str(png), gr.update(value=str(png), interactive=True), gr.update(value=str(archive),
+                                                                                    interactive=True)
+
+        @guarded
+        def on_video(path, model_choice, masked, whole):
+            mp4 = studio.video(path, model_choice, masked, whole)
+            return str(mp4), gr.update(value=str(mp4), interactive=True)
+
+        encode_inputs = [photo, model, mask, age, paste_back]
+        encode_outputs = [session, faces, face, status, aged]
+        photo.change(on_photo, encode_inputs, encode_outputs, trigger_mode="always_last", **slot, **private)
+        for control in (model, mask):
+            control.input(on_photo, encode_inputs, encode_outputs, trigger_mode="always_last", **slot, **private)
+        slider_inputs = [session, face, age, paste_back]
+        age.change(on_age, slider_inputs, aged, trigger_mode="always_last", show_progress="hidden", **slot,
+                   **private)
+        for control in (face, paste_back):
+            control.input(on_age, slider_inputs, aged, trigger_mode="always_last", **slot, **private)
+        grid_button.click(on_grid, [session, ages, paste_back], [grid_image, grid_file, tiles_file], **slot,
+                          **private)
+        video_button.click(on_video, [photo, model, mask, paste_back], [video, video_file], **slot, **private)
+
+        # ---------------------------------------------------------------- endpoints for programs
+        @guarded
+        def age_endpoint(path, text):
+            """The grid for the photo: the input and one column per age ("5,45"; empty: the six classes)."""
+            png, _ = studio.grid(studio.encode(path, studio.model), parse_ages(text))
+            return str(png)
+
+        @guarded
+        def video_endpoint(path):
+            """The aging MP4 of the photo, youngest to oldest."""
+            return str(studio.video(path, studio.model))
+
+        api_age_button.click(age_endpoint, [api_photo, api_ages], api_grid, api_name="age", **slot)
+        api_video_button.click(video_endpoint, [api_photo], api_video, api_name="video", **slot)
+    return demo
