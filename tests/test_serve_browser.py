@@ -1,0 +1,127 @@
+"""The web app in a real browser: headless Chromium (Debian's) driven by Playwright.
+
+Screenshots of every step are saved under ``tests/artifacts/serve/`` (or ``$AGETOOL_ARTIFACTS``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.serving import EXAMPLE, ROOT
+
+pytest.importorskip("gradio", reason='the web app needs the ui extra: pip install "agetool[ui]"')
+playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+CHROMIUM = os.environ.get("AGETOOL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+ARTIFACTS = Path(os.environ.get("AGETOOL_ARTIFACTS", ROOT / "tests" / "artifacts" / "serve"))
+#: as root in a container, with no network: no sandbox, no GPU, no background connections
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def page(served, tmp_path_factory):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(served.url)
+        yield page
+        context.close()
+        browser.close()
+
+
+def shot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def image_of(page, selector: str, previous: str | None = None, width: int = 0) -> tuple[str, np.ndarray]:
+    """The (src, pixels) of the image inside ``selector``, waiting for a src other than ``previous``
+    (and for an image ``width`` pixels wide, where given)."""
+    img = page.locator(f"{selector} img").first
+    img.wait_for(state="visible")
+    page.wait_for_function(
+        "([sel, prev, width]) => { const i = document.querySelector(sel + ' img');"
+        " return i && i.complete && i.naturalWidth > 0 && i.src !== prev"
+        " && (!width || i.naturalWidth === width); }",
+        arg=[selector, previous or "", width])
+    src = img.get_attribute("src")
+    body = page.request.get(src).body() if not src.startswith("data:") else None
+    assert body is not None, "images come from the server, not inline data"
+    return src, np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+
+
+def test_slider_paste_back_grid_and_video(page):
+    """Upload the example, move the slider, switch on paste-back, render the grid and the video."""
+    page.locator("#photo input[type=file]").set_input_files(str(EXAMPLE))
+    page.wait_for_function("document.querySelector('#status').innerText.includes('1 face found')")
+    src0, young = image_of(page, "#aged")
+    assert young.shape == (256, 256, 3)
+    shot(page, "1_uploaded")
+
+    # drag the slider to the far left: a younger face, re-rendered from the cached identity features
+    slider = page.locator("#age input[type=range]")
+    box = slider.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 2, box["y"] + box["height"] / 2, steps=8)
+    page.mouse.up()
+    assert float(page.locator("#age input[type=number]").input_value()) < 5
+    src1, child = image_of(page, "#aged", previous=src0)
+    assert child.shape == (256, 256, 3) and not np.array_equal(child, young)
+    shot(page, "2_slider_moved")
+
+    # paste-back: the whole photo (512 x 512) with the face aged
+    page.locator("#paste-back input[type=checkbox]").check()
+    photo = np.asarray(Image.open(EXAMPLE).convert("RGB"))
+    _, whole = image_of(page, "#aged", previous=src1, width=photo.shape[1])
+    assert whole.shape == photo.shape
+    changed = np.abs(whole.astype(int) - photo).max(axis=2) > 0
+    assert 0.01 < changed.mean() < 0.6  # the face changed, the rest of the photo did not
+    shot(page, "3_paste_back")
+
+    # the six-class grid, with paste-back on: the whole photo at each age
+    page.get_by_role("tab", name="Six ages").click()
+    page.locator("#grid-button").click()
+    _, grid = image_of(page, "#grid")
+    assert grid.shape[1] == 7 * grid.shape[0]
+    shot(page, "4_grid")
+
+    # the aging video renders and plays
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-button").click()
+    video = page.locator("#video video").first
+    video.wait_for(state="attached")
+    page.wait_for_function("() => { const v = document.querySelector('#video video');"
+                           " return v && v.readyState >= 2 && v.duration > 1; }")
+    duration = page.evaluate("document.querySelector('#video video').duration")
+    assert 3 < duration < 4  # 101 frames at 30 fps
+    shot(page, "5_video")
+    assert len(list(ARTIFACTS.glob("*.png"))) >= 5
+    print(f"screenshots: {ARTIFACTS}")
+
+
+def test_errors_show_as_a_short_message(page, tmp_path):
+    page.get_by_role("tab", name="Age slider").click()
+    bad = tmp_path / "notes.png"
+    bad.write_text("not a picture")
+    page.locator("#photo button[aria-label='Remove Image']").first.click()
+    page.locator("#photo input[type=file]").set_input_files(str(bad))
+    toast = page.locator(".toast-body").filter(has_text="not a readable image").first
+    toast.wait_for(state="visible")
+    text = toast.inner_text()
+    assert "notes.png" in text and "Traceback" not in text and "agetool-serve-" not in text
+    shot(page, "6_error")
