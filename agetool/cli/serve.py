@@ -56,10 +56,10 @@ def serve(
     with console.progress(transient=True) as bar:
         bar.add_task("loading models", total=None)
         pipe = load_pipeline(model=model, weights=weights, parser_weights=parser_weights, landmarks=landmarks,
-                             device=device, dtype=dtype, offline=offline, report=_report,
+                             device=device, dtype=dtype, offline=offline, max_pixels=max_pixels, report=_report,
                              progress=progress_factory(bar))
-        server = Server(pipe, host=host, port=port, limits=limits, model=model,
-                        fixed_model="custom" if weights is not None else None, seed=seed, noise=noise)
+        server = Server(pipe, host=host, port=port, limits=limits,
+                        fixed_model=None if weights is None else weights.name, seed=seed, noise=noise)
     with server:
         url = server.start()
         console.info(f"agetool serve: {url}  (Ctrl-C to stop)")

@@ -99,10 +99,11 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                 if example is not None:
                     gr.Examples([[str(example)]], inputs=[photo], label="Example")
                 with gr.Row():
-                    model = gr.Dropdown(list(MODELS), value=studio.model, label="Model", interactive=not fixed,
+                    model = gr.Dropdown(list(MODELS), value=studio.model if studio.model in MODELS else "auto", label="Model", interactive=not fixed,
                                         visible=not fixed, elem_id="model")
                     mask = gr.Checkbox(True, label="Mask background", elem_id="mask")
-                faces = gr.Gallery(label="Faces found", columns=4, height=160, allow_preview=False, elem_id="faces")
+                faces = gr.Gallery(label="Faces found", columns=6, height=130, object_fit="contain", allow_preview=False,
+                                   elem_id="faces")
                 face = gr.Dropdown(choices=[("face 0", 0)], value=0, label="Face", elem_id="face")
                 status = gr.Markdown("No photo yet.", elem_id="status")
             with gr.Column(scale=1):
@@ -165,8 +166,10 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                                                                                     interactive=True)
 
         @guarded
-        def on_video(path, model_choice, masked, whole):
-            mp4 = studio.video(path, model_choice, masked, whole)
+        def on_video(s: Session | None, whole):
+            if s is None:
+                raise gr.Error("drop a photo first", print_exception=False)
+            mp4 = studio.video(s, whole)
             return str(mp4), gr.update(value=str(mp4), interactive=True)
 
         encode_inputs = [photo, model, mask, age, paste_back]
@@ -181,19 +184,20 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
             control.input(on_age, slider_inputs, aged, trigger_mode="always_last", **slot, **private)
         grid_button.click(on_grid, [session, ages, paste_back], [grid_image, grid_file, tiles_file], **slot,
                           **private)
-        video_button.click(on_video, [photo, model, mask, paste_back], [video, video_file], **slot, **private)
+        video_button.click(on_video, [session, paste_back], [video, video_file], **slot, **private)
 
         # ---------------------------------------------------------------- endpoints for programs
         @guarded
         def age_endpoint(path, text):
             """The grid for the photo: the input and one column per age ("5,45"; empty: the six classes)."""
-            png, _ = studio.grid(studio.encode(path, studio.model), parse_ages(text))
+            ages = parse_ages(text)  # before any model runs
+            png, _ = studio.grid(studio.encode(path), ages)
             return str(png)
 
         @guarded
         def video_endpoint(path):
             """The aging MP4 of the photo, youngest to oldest."""
-            return str(studio.video(path, studio.model))
+            return str(studio.video(studio.encode(path)))
 
         api_age_button.click(age_endpoint, [api_photo, api_ages], api_grid, api_name="age", **slot)
         api_video_button.click(video_endpoint, [api_photo], api_video, api_name="video", **slot)

@@ -34,17 +34,22 @@ class EncodedFace:
 @dataclass
 class EncodedPhoto:
     image: np.ndarray
+    name: str = "image"
     faces: list[EncodedFace] = field(default_factory=list)
 
 
 class CompatPipeline:
-    def __init__(self, pipeline):
-        self._pipeline = pipeline
+    def __init__(self, models, *, model: str = "auto", age_anchors=None, max_pixels: int | None = None):
+        self.models = models  # an agetool.pipeline.Pipeline: its loaded models are shared
+        self.model = model
+        self.age_anchors = age_anchors
+        self.max_pixels = max_pixels
+        self._pipeline = models
         self._lock = threading.RLock()
 
     @classmethod
     def from_pretrained(cls, model="auto", weights=None, parser_weights=None, landmarks="auto", device="auto",
-                        dtype="float32", offline=False, report=None, progress=None, **_):
+                        dtype="float32", offline=False, *, max_pixels=None, report=None, progress=None, **_):
         from agetool.device import pick_device, pick_dtype
         from agetool.pipeline import Options, Pipeline
 
@@ -52,20 +57,11 @@ class CompatPipeline:
         options = Options(model=model, weights=Path(weights) if weights else None,
                           parser_weights=Path(parser_weights) if parser_weights else None,
                           landmarks=landmarks, offline=offline)
-        return cls(Pipeline(options, device=dev, dtype=pick_dtype(dtype, dev), report=report, progress=progress))
+        pipeline = Pipeline(options, device=dev, dtype=pick_dtype(dtype, dev), report=report, progress=progress)
+        return cls(pipeline, model="custom" if weights else model, max_pixels=max_pixels)
 
-    def load(self, model: str | None = None) -> None:
-        """Load the landmark model, the parser and the generator(s) now rather than on first use."""
-        p = self._pipeline
-        p.detector, p.parser
-        if p.opts.weights is not None:
-            p.engine("custom")
-        else:
-            for m in ("male", "female") if (model or p.opts.model) == "auto" else (model or p.opts.model,):
-                p.engine(m)
-
-    def encode(self, image: np.ndarray, aligned: bool = False, mask: bool = True, faces: str = "all",
-               min_face: int = 0, model: str | None = None) -> EncodedPhoto:
+    def encode(self, image, *, aligned: bool = False, mask: bool = True, faces: str = "all",
+               min_face: int = 0, paste_back: bool = False, **_) -> EncodedPhoto:
         from agetool.face.align import align_face
         from agetool.images import resize, to_tensor
         from agetool.pipeline import GEN_SIZE, Photo
@@ -73,8 +69,10 @@ class CompatPipeline:
         with self._lock:
             p = self._pipeline
             saved = p.opts
-            p.opts = replace(saved, aligned=aligned, mask=mask, paste_back=not aligned, faces=faces,
-                             min_face=min_face, model=model or saved.model)
+            if isinstance(image, EncodedPhoto):
+                return image
+            p.opts = replace(saved, aligned=aligned, mask=mask, paste_back=paste_back, faces=faces,
+                             min_face=min_face, model=self.model if self.model != "custom" else saved.model)
             try:
                 photo = Photo(Path("photo"), image)
                 if aligned:
@@ -117,12 +115,12 @@ class CompatPipeline:
             canvas = paste_back(canvas, tile, face.crop.alignment, face.crop.labels)
         return canvas
 
-    def video(self, image: np.ndarray, out, fps: float = 30.0, steps: int = 20, paste_back: bool = False,
-              mask: bool = True, model: str | None = None, seed: int = 0, noise: float = DEFAULT_NOISE) -> Path:
+    def video(self, image, out, fps: float = 30.0, steps: int = 20, *, paste_back: bool = False,
+              mask: bool = True, seed: int = 0, noise: float = DEFAULT_NOISE) -> Path:
         from agetool.images import even_size
         from agetool.video import VideoWriter
 
-        encoded = self.encode(image, mask=mask, model=model)
+        encoded = self.encode(image, mask=mask, paste_back=paste_back)
         with self._lock:
             p = self._pipeline
             streams = []

@@ -43,7 +43,7 @@ class Server:
     """The app on ``host:port``. ``start()`` returns the URL; ``close()`` stops it and removes every
     file it wrote (uploads, grids, videos), all of which lie in one temporary folder."""
 
-    def __init__(self, pipeline, host: str = "127.0.0.1", port: int = 7860, limits=None, model: str = "auto",
+    def __init__(self, pipeline, host: str = "127.0.0.1", port: int = 7860, limits=None,
                  fixed_model: str | None = None, seed: int = 0, noise: float = 0.2, warm_up: bool = True):
         if not 1 <= port <= 65535:
             raise UsageError(f"{arg('port', port)}: expected 1 to 65535")
@@ -65,21 +65,13 @@ class Server:
         from agetool.serve.studio import Limits, Studio
 
         self.limits = limits or Limits()
-        self.studio = Studio(pipeline, self.folder / "tmp" / "results", self.limits, model=model, fixed_model=fixed_model,
+        self.studio = Studio(pipeline, self.folder / "tmp" / "results", self.limits, fixed_model=fixed_model,
                              seed=seed, noise=noise)
         self.example = example_photo(self.folder)
         if warm_up:
-            self.warm_up()
+            self.studio.warm_up(self.example)
         self.demo = build_app(self.studio, self.example)
         self.url: str | None = None
-
-    def warm_up(self) -> None:
-        """Load every model now (not on the first request): the pipeline's ``load()``, or one example run."""
-        load = getattr(self.studio.pipe, "load", None)
-        if callable(load):
-            load()
-        elif self.example is not None:
-            self.studio.encode(self.example, self.studio.model)
 
     def start(self) -> str:
         self.demo.queue(default_concurrency_limit=1, max_size=64)

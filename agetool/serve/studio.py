@@ -24,8 +24,10 @@ DEFAULT_MAX_BYTES = 20 * 2**20
 MODELS = ("auto", "male", "female")
 #: the slider's range in years (the anchors of the youngest and oldest class lie inside it)
 MIN_AGE, MAX_AGE = 0, 69
-#: long side of whole photos in grids and videos (pasted-back results)
-WHOLE_PHOTO_SIDE = 1024
+#: long side of photos as the app works on them (pasted-back results and videos)
+WHOLE_PHOTO_SIDE = 1280
+#: long side of the whole photos in a paste-back grid
+GRID_PHOTO_SIDE = 512
 #: seconds a request's results stay on disk (the page links to them meanwhile)
 KEEP_S = 3600
 
@@ -89,18 +91,20 @@ class Studio:
     """The model set shared by every request, plus the folder results are written to."""
 
     def __init__(self, pipeline, workdir: str | os.PathLike, limits: Limits | None = None,
-                 model: str = "auto", fixed_model: str | None = None, seed: int = 0, noise: float = 0.2):
+                 fixed_model: str | None = None, seed: int = 0, noise: float = 0.2):
         self.pipe = pipeline
+        self.model = pipeline.model  # the choice the server started with
         self.workdir = Path(workdir)
         self.limits = limits or Limits()
-        self.model = model  # the pipeline's own choice (``model=`` of from_pretrained)
-        self.fixed_model = fixed_model  # 'custom' with a --weights checkpoint: no model choice
+        self.fixed_model = fixed_model  # the name of the user's own checkpoint: no model choice
         self.seed, self.noise = seed, noise
         self._lock = threading.RLock()
+        self._pipes = {self.model: pipeline}
 
     # ------------------------------------------------------------------ inputs
     def read(self, path: str | os.PathLike | None) -> np.ndarray:
-        """The uploaded photo as RGB, refused if over the byte or pixel limit."""
+        """The uploaded photo as RGB, refused if over the byte or pixel limit, scaled to at most
+        ``WHOLE_PHOTO_SIDE`` on its long side (faces stay larger than the 256 px crops)."""
         if path is None:
             raise InputError("no photo given", hint="drop a photo or pick the example")
         path = Path(path)
@@ -108,34 +112,47 @@ class Studio:
         if size > self.limits.max_bytes:
             raise InputError(f"the photo is {size / 2**20:.1f} MB, over the limit of "
                              f"{self.limits.max_bytes / 2**20:.1f} MB")
-        return read_image(path, max_pixels=self.limits.max_pixels)
+        return fit(read_image(path, max_pixels=self.limits.max_pixels))
 
-    def _model_option(self, method, model: str) -> dict:
-        """``{"model": model}`` for a per-request choice where ``method`` takes one, else nothing."""
-        import inspect
-
+    def pipe_for(self, model: str):
+        """The pipeline rendering with ``model``: siblings of the server's, sharing its loaded models."""
         if self.fixed_model:
-            return {}
-        if "model" in inspect.signature(method).parameters:
-            return {"model": model}
-        if model != self.model:
-            raise UsageError(f"{arg('model', model)}: this server renders with the model chosen at start")
-        return {"model": model}
-
-    def encode(self, path, model: str = "auto", mask: bool = True) -> Session:
+            return self.pipe
         if model not in MODELS:
             raise UsageError(f"{arg('model', model)}: expected one of {', '.join(MODELS)}")
-        image = self.read(path)
+        if model not in self._pipes:
+            p = self.pipe
+            self._pipes[model] = type(p)(p.models, model=model, age_anchors=p.age_anchors, max_pixels=p.max_pixels)
+        return self._pipes[model]
+
+    def encode(self, path, model: str | None = None, mask: bool = True) -> Session:
+        return self.encode_image(self.read(path), model, mask, name=Path(path).stem)
+
+    def encode_image(self, image: np.ndarray, model: str | None = None, mask: bool = True,
+                     name: str = "photo") -> Session:
+        model = model or self.model
         with self._lock:
-            encoded = self.pipe.encode(image, mask=mask, **self._model_option(self.pipe.encode, model))
-        return Session(encoded, model, mask, name=Path(path).stem)
+            encoded = self.pipe_for(model).encode(image, mask=mask, paste_back=True)
+        return Session(encoded, model, mask, name=name)
+
+    def warm_up(self, example: Path | None) -> None:
+        """Load every model the server may need now, not on the first request."""
+        if example is not None:  # the server's own file: no upload limits
+            self.encode_image(fit(read_image(example)))
+        models = getattr(self.pipe, "models", None)
+        if not self.fixed_model and models is not None:
+            for model in ("male", "female") if self.model == "auto" else (self.model,):
+                models.engine(model)
 
     # ------------------------------------------------------------------ outputs
     def describe(self, session: Session) -> list[str]:
-        """One line per face: where it is, which model renders it and the estimated input age."""
+        """One line per face: which model renders it and the estimated input age."""
         lines = []
         for face in session.encoded.faces:
-            how = "auto" if session.model_choice == "auto" and not self.fixed_model else "chosen"
+            if self.fixed_model:
+                how = f"checkpoint {self.fixed_model}"
+            else:
+                how = "chosen automatically" if session.model_choice == "auto" else "chosen"
             text = f"face {face.index}: {face.model} model ({how})"
             estimate = getattr(face, "estimate", None)
             if estimate is not None:
@@ -143,63 +160,68 @@ class Studio:
             lines.append(text)
         return lines
 
+    def render(self, session: Session, face, ages: list) -> np.ndarray:
+        return self.pipe.render(face, ages=ages, seed=self.seed, noise=self.noise)
+
     def at_age(self, session: Session, face: int, age: float, paste_back: bool = False) -> np.ndarray:
         """The selected face at ``age`` years (a 256 px tile), or the whole photo with every face aged."""
         faces = session.encoded.faces
         if not 0 <= face < len(faces):
             raise UsageError(f"{arg('face', face)}: the photo has {len(faces)} face(s)")
-        age = float(age)
+        ages = [float(age)]
         with self._lock:
             if not paste_back:
-                return self.pipe.render(faces[face], ages=[age], seed=self.seed, noise=self.noise)[0]
-            tiles = [self.pipe.render(f, ages=[age], seed=self.seed, noise=self.noise)[0] for f in faces]
-            return fit(self.pipe.paste_back(session.encoded, tiles))
+                return self.render(session, faces[face], ages)[0]
+            tiles = [self.render(session, f, ages)[0] for f in faces]
+            return self.pipe.paste_back(session.encoded, tiles)
 
-    def rows(self, session: Session, ages: list | None, paste_back: bool = False) -> tuple[list, list[str]]:
-        """Grid rows (one per face: input, then one tile per age) and the column labels."""
+    def rows(self, session: Session, ages: list | None, paste_back: bool = False) -> list[list]:
+        """Captioned grid rows: per face [input, one tile per age]; with paste-back one row of whole photos."""
+        from agetool.images import caption
+
         entries = list(AGE_CLASSES) if ages is None else ages
-        labels = ["input", *(entry_label(e) for e in entries)]
+        labels = [entry_label(e) for e in entries]
         faces = session.encoded.faces
         with self._lock:
-            tiles = [self.pipe.render(f, ages=entries, seed=self.seed, noise=self.noise) for f in faces]
+            tiles = [self.render(session, f, entries) for f in faces]
             if paste_back:
-                whole = [fit(self.pipe.paste_back(session.encoded, [t[k] for t in tiles]))
-                         for k in range(len(entries))]
-                return [[fit(session.encoded.image), *whole]], labels
+                whole = [self.pipe.paste_back(session.encoded, [t[k] for t in tiles]) for k in range(len(entries))]
+                row = [fit(t, GRID_PHOTO_SIDE) for t in (session.encoded.image, *whole)]
+                return [[caption(t, h) for t, h in zip(row, ["input", *labels])]]
         rows = []
         for f, t in zip(faces, tiles):
-            first = f.aligned if f.aligned.shape[:2] == t.shape[1:3] else resize(f.aligned, t.shape[1])
-            rows.append([first, *t])
-        return rows, labels
+            estimate = getattr(f, "estimate", None)
+            head = "input" if estimate is None else f"input, ~{estimate.age:.0f}"
+            rows.append([caption(tile, h) for tile, h in zip([f.aligned, *t], [head, *labels])])
+        return rows
 
     def grid(self, session: Session, ages: list | None = None, paste_back: bool = False) -> tuple[Path, Path]:
         """(grid PNG, ZIP of every tile as face<i>_<label>.png), both in a fresh folder of the workdir."""
         from agetool.images import grid
 
-        rows, labels = self.rows(session, ages, paste_back)
+        entries = list(AGE_CLASSES) if ages is None else ages
+        rows = self.rows(session, ages, paste_back)
         folder = self.new_folder()
-        png = write_image(folder / f"{session.name}_ages.png", grid(rows, labels))
+        png = write_image(folder / f"{session.name}_ages.png", grid(rows))
         archive = folder / f"{session.name}_tiles.zip"
         tmp = folder / ".tiles.zip.part"
+        with self._lock:
+            faces = session.encoded.faces
+            tiles = {f"face{f.index}": [f.aligned, *self.render(session, f, entries)] for f in faces}
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            names = [f"face{f.index}" for f in session.encoded.faces] if not paste_back else ["photo"]
-            for name, row in zip(names, rows):
-                for label, tile in zip(labels, row):
+            for name, row in tiles.items():
+                for label, tile in zip(["input", *(entry_label(e) for e in entries)], row):
                     z.writestr(f"{name}_{label}.png", png_bytes(tile))
         os.replace(tmp, archive)
         return png, archive
 
-    def video(self, path, model: str = "auto", mask: bool = True, paste_back: bool = False,
-              fps: float = 30.0, steps: int = 20) -> Path:
-        image = self.read(path)
-        if paste_back and max(image.shape[:2]) > WHOLE_PHOTO_SIDE:
-            image = fit(image)
-        folder = self.new_folder()
-        out = folder / f"{Path(path).stem}_aging.mp4"
+    def video(self, session: Session, paste_back: bool = False, fps: float = 30.0, steps: int = 20) -> Path:
+        """The aging MP4 of an encoded photo: faces side by side, or the whole photo with paste-back."""
+        out = self.new_folder() / f"{session.name}_aging.mp4"
         with self._lock:
-            return Path(self.pipe.video(image, out, fps=fps, steps=steps, paste_back=paste_back, mask=mask,
-                                        seed=self.seed, noise=self.noise,
-                                        **self._model_option(self.pipe.video, model)))
+            pipe = self.pipe_for(session.model_choice)
+            return Path(pipe.video(session.encoded, out, fps=fps, steps=steps, paste_back=paste_back,
+                                   mask=session.mask, seed=self.seed, noise=self.noise))
 
     def new_folder(self) -> Path:
         """A fresh folder for one request's results; those of earlier requests go after ``KEEP_S``."""
@@ -215,7 +237,6 @@ class Studio:
             except OSError:
                 pass
         return Path(tempfile.mkdtemp(prefix="out-", dir=self.workdir))
-
 
 def fit(image: np.ndarray, side: int = WHOLE_PHOTO_SIDE) -> np.ndarray:
     """``image`` scaled down so that its long side is at most ``side``, with even sides."""
