@@ -10,18 +10,17 @@ import typer
 
 from agetool.cli import app
 from agetool.cli import console
-from agetool.cli.generate import (Device, Dtype, Landmarks, MaxPixels, Model, Noise, Offline, ParserWeights, Seed,
-                                  Weights, _report)
+from agetool.cli.options import OPTION, pipeline_options
 
 
 @app.command()
+@pipeline_options
 def serve(
+    build,
     host: Annotated[str, typer.Option("--host", help="Address to listen on. 127.0.0.1 keeps the app on this computer; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=1, max=65535)] = 7860,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Refuse uploaded photos larger than this many megabytes.", min=0.01)] = 20.0,
-    model: Model = "auto", weights: Weights = None, parser_weights: ParserWeights = None,
-    landmarks: Landmarks = "auto", offline: Offline = False, device: Device = "auto", dtype: Dtype = "float32",
-    seed: Seed = 0, noise: Noise = 0.2, max_pixels: MaxPixels = 40_000_000,
+    seed: OPTION["seed"] = 0, noise: OPTION["noise"] = 0.2,
 ) -> int:
     """Start the web app: drop a photo, move an age slider, render the grid and the aging video.
 
@@ -39,9 +38,8 @@ def serve(
     from agetool.serve.server import require_gradio
 
     require_gradio()
-    from agetool.cli.weights import progress_factory
     from agetool.serve.server import Server
-    from agetool.serve.studio import Limits, load_pipeline
+    from agetool.serve.studio import Limits
 
     stop = threading.Event()
     terminated: list[int] = []
@@ -52,12 +50,11 @@ def serve(
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, on_term)
-    limits = Limits(max_pixels=max_pixels, max_bytes=int(max_upload_mb * 2**20))
     with console.progress(transient=True) as bar:
         bar.add_task("loading models", total=None)
-        pipe = load_pipeline(model=model, weights=weights, parser_weights=parser_weights, landmarks=landmarks,
-                             device=device, dtype=dtype, offline=offline, max_pixels=max_pixels, report=_report,
-                             progress=progress_factory(bar))
+        pipe = build(bar)
+        limits = Limits(max_pixels=pipe.max_pixels, max_bytes=int(max_upload_mb * 2**20))
+        weights = pipe.models.weights
         server = Server(pipe, host=host, port=port, limits=limits,
                         fixed_model=None if weights is None else weights.name, seed=seed, noise=noise)
     with server:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from agetool.ages import AGE_CLASSES
-from agetool.errors import InputError, UsageError, arg
+from agetool.errors import InputError, NoFaceError, UsageError, arg
 from agetool.images import DEFAULT_MAX_PIXELS, read_image, resize, write_image
 
 DEFAULT_MAX_BYTES = 20 * 2**20
@@ -56,13 +56,10 @@ class Session:
 
 
 def load_pipeline(**options):
-    """``agetool.AgingPipeline.from_pretrained(**options)`` (its stand-in where the API is absent)."""
-    import agetool
+    """``agetool.AgingPipeline.from_pretrained(**options)``: the model set the server shares."""
+    from agetool.pipeline import AgingPipeline
 
-    cls = getattr(agetool, "AgingPipeline", None)
-    if cls is None:
-        from agetool.serve.compat import CompatPipeline as cls
-    return cls.from_pretrained(**options)
+    return AgingPipeline.from_pretrained(**options)
 
 
 def parse_ages(text: str | None) -> list | None:
@@ -137,8 +134,15 @@ class Studio:
 
     def warm_up(self, example: Path | None) -> None:
         """Load every model the server may need now, not on the first request."""
-        if example is not None:  # the server's own file: no upload limits
-            self.encode_image(fit(read_image(example)))
+        if example is not None:  # the server's own file, scaled to the pixel limit if need be
+            image = fit(read_image(example))
+            h, w = image.shape[:2]
+            if h * w > self.pipe.max_pixels:
+                image = fit(image, int(max(h, w) * (self.pipe.max_pixels / (h * w)) ** 0.5))
+            try:
+                self.encode_image(image)
+            except NoFaceError:  # too small to find the face: the face models are loaded all the same
+                pass
         models = getattr(self.pipe, "models", None)
         if not self.fixed_model and models is not None:
             for model in ("male", "female") if self.model == "auto" else (self.model,):
