@@ -142,20 +142,6 @@ def resize(image: np.ndarray, size: int | tuple[int, int], method: str = "lanczo
     return np.asarray(Image.fromarray(image).resize(wh, resample))
 
 
-def fit_aligned(image: np.ndarray, size: int, name: str = "input", report=None) -> np.ndarray:
-    """An input given as an aligned crop, at ``size`` x ``size``; ``report("warning: ...")`` says so
-    when it had to be resized (stretched, if it was not square)."""
-    h, w = image.shape[:2]
-    if (h, w) == (size, size):
-        return image
-    if report is not None:
-        how = "stretched" if h != w else "resized"
-        shape = "not square" if h != w else f"not {size}x{size}"
-        report(f"warning: {name}: {w}x{h} pixels is {shape}; {how} to {size}x{size} as an aligned face crop "
-               f"({arg('aligned')} expects crops aligned like FFHQ; without it the face is found and aligned)")
-    return resize(image, size)
-
-
 def to_tensor(image: np.ndarray):
     """uint8 [H, W, 3] (or [B, H, W, 3]) -> float32 [B, 3, H, W] in [-1, 1], as (u8/255 - 0.5)/0.5."""
     import torch
@@ -393,29 +379,34 @@ def output_image(name: str, path: str | os.PathLike) -> Path:
     return path
 
 
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two paths name one file (also through links, or letter case where the disk ignores it)."""
-    a, b = Path(a), Path(b)
+def _file_key(path: Path) -> tuple:
+    """What tells files apart: device and inode where the file exists (links, letter case on
+    case-insensitive disks), else the normalised absolute path."""
     try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
+        st = os.stat(path)
+        return ("inode", st.st_dev, st.st_ino)
     except OSError:
-        pass
-    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+        return ("path", os.path.normcase(os.path.abspath(path)))
 
 
-def distinct_outputs(outputs: dict[str, str | os.PathLike | None], inputs: Sequence[str | os.PathLike] = ()) -> None:
-    """Refuse (``UsageError``) two outputs that are one file, or an output that is an input:
-    ``outputs`` maps argument names to paths (None: not written)."""
-    given = [(name, Path(p)) for name, p in outputs.items() if p is not None]
-    for i, (name, path) in enumerate(given):
-        for other, other_path in given[:i]:
-            if same_file(path, other_path):
-                raise UsageError(f"{arg(other, other_path)} and {arg(name, path)} are the same file")
-        for source in inputs:
-            if same_file(path, source):
-                raise UsageError(f"{arg(name, path)}: is an input; it would be overwritten",
-                                 hint="choose another output path")
+def distinct_outputs(outputs, inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Refuse (``UsageError``) two outputs that are one file, or an output that is an input.
+    ``outputs`` maps argument names to paths (a dict, or ``(name, path)`` pairs; None: not written)."""
+    pairs = outputs.items() if isinstance(outputs, dict) else outputs
+    sources = {_file_key(Path(p)) for p in inputs}
+    seen: dict[tuple, tuple[str, Path]] = {}
+    for name, path in pairs:
+        if path is None:
+            continue
+        path = Path(path)
+        key = _file_key(path)
+        if key in sources:
+            raise UsageError(f"{arg(name, path)}: is an input; it would be overwritten",
+                             hint="choose another output path")
+        if key in seen:
+            other, other_path = seen[key]
+            raise UsageError(f"{arg(other, other_path)} and {arg(name, path)} are the same file")
+        seen[key] = (name, path)
 
 
 def even_size(image: np.ndarray) -> np.ndarray:

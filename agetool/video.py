@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,23 @@ def frame_total(steps: int, fps: float, hold: float = 0.0, transitions: int = 5)
     return total
 
 
+@contextmanager
+def _signals_deferred():
+    """Hold back SIGINT, SIGTERM and SIGHUP (delivered when the block ends) where the platform can."""
+    import signal
+
+    mask = getattr(signal, "pthread_sigmask", None)
+    stops = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+    if mask is None:
+        yield
+        return
+    old = mask(signal.SIG_BLOCK, stops)
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, old)
+
+
 class _Abort(BaseException):
     """Thrown into the ffmpeg writer to stop it without finishing the file."""
 
@@ -54,6 +72,7 @@ class VideoWriter:
         self.fps, self.crf = fps, crf
         self._tmp: Path | None = None
         self._gen = None
+        self._proc = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
 
@@ -62,15 +81,19 @@ class VideoWriter:
 
         if width % 2 or height % 2:
             raise OutputError(f"video frames must have even sides, got {width}x{height}")
-        self._tmp = atomic_path(self.path)
-        self._size = (width, height)
-        self._gen = imageio_ffmpeg.write_frames(
-            str(self._tmp), (width, height), fps=self.fps, codec="libx264", pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p", quality=None, macro_block_size=2,
-            output_params=["-crf", str(self.crf), "-preset", "medium", "-movflags", "+faststart"],
-            ffmpeg_log_level="error",
-        )
-        self._gen.send(None)
+        with _signals_deferred():  # a stop signal arriving now would leave ffmpeg running unseen
+            self._tmp = atomic_path(self.path)
+            self._size = (width, height)
+            self._gen = imageio_ffmpeg.write_frames(
+                str(self._tmp), (width, height), fps=self.fps, codec="libx264", pix_fmt_in="rgb24",
+                pix_fmt_out="yuv420p", quality=None, macro_block_size=2,
+                output_params=["-crf", str(self.crf), "-preset", "medium", "-movflags", "+faststart"],
+                ffmpeg_log_level="error",
+            )
+            self._gen.send(None)
+            # the ffmpeg process, so that abort() can end it before the partial file is removed
+            frame = getattr(self._gen, "gi_frame", None)
+            self._proc = frame.f_locals.get("p") if frame is not None else None
 
     def write(self, frame: np.ndarray) -> None:
         """Append one RGB uint8 frame [H, W, 3]."""
@@ -95,13 +118,21 @@ class VideoWriter:
         except (OSError, RuntimeError) as e:
             self.abort()
             raise OutputError(f"ffmpeg failed to finish {self.path}: {str(e).splitlines()[0][:160]}") from None
-        self._gen = None
+        self._gen = self._proc = None
         os.replace(self._tmp, self.path)
         self._tmp = None
         return self.path
 
     def abort(self) -> None:
         """Kill ffmpeg (no waiting for it to finish the file) and remove the partial file."""
+        proc, self._proc = self._proc, None
+        if proc is not None and hasattr(proc, "poll"):
+            if proc.poll() is None:  # ffmpeg is killed before it could finish (and rewrite) the file
+                proc.kill()
+            try:
+                proc.wait(timeout=10)
+            except Exception:  # noqa: BLE001 - best effort: the file is removed below anyway
+                pass
         if self._gen is not None:
             gen, self._gen = self._gen, None
             try:  # an exception that is no Exception makes imageio-ffmpeg kill the process at once

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -268,3 +269,61 @@ def test_parse_outputs_are_checked_before_any_work(tmp_path, crop, capsys, extra
     assert code == 2, err
     assert needle.format(crop=crop, tmp=tmp_path) in err and "none.pth" not in err
     assert crop.read_bytes() == before
+
+
+def test_folder_run_gives_every_input_its_own_grid_and_tiles(tmp_path, weights, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    names = ["a.jpg", "a.png", "a_2.png", "sub/a.png", "B.png", "sub/b.png"]
+    for i, name in enumerate(names):
+        Image.fromarray(face_like(seed=i)).save(src / name)
+    out, tiles = tmp_path / "out", tmp_path / "tiles"
+    code, _, err = cli(["age", src, "--out", out, "--tiles", tiles, *common(weights)], capsys)
+    assert code == 0, err
+    grids = sorted(out.iterdir())
+    assert len(grids) == len(names)
+    assert f"done: {len(names)} written, 0 failed, 0 skipped" in err
+    assert len({p.name.casefold() for p in grids}) == len(names)
+    assert len(list(tiles.iterdir())) == len(names)
+    # each grid shows its own input: the first tile of every grid differs
+    firsts = {np.asarray(Image.open(p))[:200, :256].tobytes() for p in grids}
+    assert len(firsts) == len(names)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["{crop}", "--out", "{crop}"], "--out {crop}: is an input"),
+    (["{crop}", "{other}", "--out", "{tmp}/g.png"], "with several inputs --out is a folder"),
+    (["{crop}", "--out", "{tmp}/g.txt"], "--out {tmp}/g.txt: unknown image suffix .txt"),
+    (["{crop}", "--out", "{tmp}/grid"], "--out {tmp}/grid: unknown image suffix (none)"),
+])
+def test_age_outputs_are_checked_before_any_work(tmp_path, crop, capsys, args, needle):
+    other = tmp_path / "other.png"
+    Image.fromarray(face_like(seed=3)).save(other)
+    before = crop.read_bytes()
+    fill = dict(crop=crop, other=other, tmp=tmp_path)
+    code, _, err = cli(["age", *[a.format(**fill) for a in args], "--aligned", "--no-mask",
+                        "--weights", tmp_path / "none.safetensors", "--device", "cpu"], capsys)
+    assert code == 2, err
+    assert needle.format(**fill) in err and "none.safetensors" not in err
+    assert crop.read_bytes() == before
+
+
+def test_out_ending_in_a_slash_is_a_folder(tmp_path, crop, weights, capsys):
+    code, _, err = cli(["age", crop, "--out", f"{tmp_path}/grids/", *common(weights)], capsys)
+    assert code == 0, err
+    assert (tmp_path / "grids" / "crop_ages.png").is_file()
+    code, _, err = cli(["video", crop, "--out", f"{tmp_path}/videos/", "--steps", "1", *common(weights)], capsys)
+    assert code == 0, err
+    assert (tmp_path / "videos" / "crop_aging.mp4").is_file()
+    (tmp_path / "existing").mkdir()
+    code, _, err = cli(["age", crop, "--out", tmp_path / "existing", *common(weights)], capsys)
+    assert code == 0, err
+    assert (tmp_path / "existing" / "crop_ages.png").is_file()
+
+
+def test_video_out_equal_to_input_is_refused(tmp_path, capsys):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not really a video")
+    code, _, err = cli(["video", clip, "--out", clip, "--aligned"], capsys)
+    assert code == 2 and "is an input" in err
+    assert clip.read_bytes() == b"not really a video"

@@ -194,14 +194,15 @@ def test_caption_text_replaces_what_the_font_lacks():
 
 
 # ---------------------------------------------------------------- aligned inputs of another size
-@pytest.mark.parametrize("shape, word", [((200, 300), "stretched"), ((512, 512), "resized")])
-def test_fit_aligned_warns_when_it_resizes(shape, word):
-    from agetool.images import fit_aligned
-
-    said = []
-    image = np.zeros((*shape, 3), np.uint8)
-    out = fit_aligned(image, 256, "me.jpg", report=said.append)
-    assert out.shape == (256, 256, 3)
-    assert len(said) == 1 and said[0].startswith("warning: me.jpg: ") and word in said[0]
-    said.clear()
-    assert fit_aligned(out, 256, "me.jpg", report=said.append) is out and not said
+@pytest.mark.parametrize("shape, needle", [((200, 300), "not square"), ((512, 512), "resizing it to 256x256")])
+def test_aligned_input_of_another_size_is_said_to_be_resized(tmp_path, weights, capsys, shape, needle):
+    src = tmp_path / "me.png"
+    Image.fromarray(np.asarray(Image.fromarray(face_like(512)).resize(shape[::-1]))).save(src)
+    code, _, err = cli(["age", src, "--out", tmp_path / "g.png", *common(weights)], capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "me.png" in warnings[0] and needle in warnings[0]
+    square = tmp_path / "ok.png"
+    Image.fromarray(face_like()).save(square)
+    code, _, err = cli(["age", square, "--out", tmp_path / "g2.png", *common(weights)], capsys)
+    assert code == 0 and "warning" not in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Annotated, Optional
@@ -24,7 +25,7 @@ def _sigint_as_keyboard_interrupt() -> None:
 @face_options
 def age(
     inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False)],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="PATH", help="Grid image (one input) or folder (several). Default: <stem>_ages.png here.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="PATH", help="Grid image (one input), or folder (several inputs, an existing folder, or a path ending in /) for <stem>_ages.png. Default: here.")] = None,
     ages: Annotated[Optional[str], typer.Option("--ages", metavar="LIST", help="Ages to render instead of the six classes: years, class labels and relative ages, comma-separated (5,20.5,30-39,+20).")] = None,
     tiles: Annotated[Optional[Path], typer.Option("--tiles", metavar="DIR", help="Also write every tile as DIR/<stem>/face<i>_<label>.png.", file_okay=False)] = None,
     no_labels: Annotated[bool, typer.Option("--no-labels", help="No age captions on the grid.")] = False,
@@ -46,8 +47,8 @@ def age(
       agetool age photos/ --out grids/ --tiles tiles/
     """
     from agetool.ages import parse_ages
-    from agetool.errors import AgetoolError, UsageError, arg
-    from agetool.images import find_images, write_image
+    from agetool.errors import AgetoolError, UsageError
+    from agetool.images import distinct_outputs, find_images, unique_stems, write_image
 
     _sigint_as_keyboard_interrupt()
     parse_ages(ages)  # a malformed --ages fails before any work
@@ -55,20 +56,20 @@ def age(
     if not paths:
         raise UsageError("no images found in the given folders")
     several = len(paths) > 1 or any(p.is_dir() for p in inputs)
-    if several and out is not None and out.suffix.lower() in IMAGE_SUFFIXES:
-        raise UsageError(f"{arg('out', str(out))}: with several inputs --out is a folder")
-    targets = _targets(paths, out, several, "_ages.png")
+    stems = unique_stems(paths)  # a.jpg + a.png + a_2.png: three grids and three tile folders
+    targets = _targets(stems, out, several, "_ages.png")
+    distinct_outputs([("out", t) for t in targets], paths)
 
     from agetool.shards import env_dist, total
 
     dist = env_dist()  # under torchrun each rank takes every world-th photo
-    mine = dist.shard(list(zip(paths, targets)))
+    mine = dist.shard(list(zip(paths, stems, targets)))
     failed = done = 0
     with console.progress() as bar:
         pipe = build(bar)
         parsed = pipe.targets(ages)  # a malformed --ages fails before any work
         task = bar.add_task("ageing", total=len(mine))
-        for path, target in mine:
+        for path, stem, target in mine:
             bar.update(task, description=f"ageing {path.name}")
             if skip_existing and target.exists():
                 bar.advance(task)
@@ -77,7 +78,7 @@ def age(
                 result = pipe(path, ages=parsed, **face_kwargs)
                 write_image(target, result.grid_array(labels=not no_labels))
                 if tiles is not None:
-                    _write_tiles(tiles / path.stem, result, face_kwargs["paste_back"])
+                    _write_tiles(tiles / stem, result, face_kwargs["paste_back"])
                 models = ", ".join(sorted({f.model for f in result.faces}))
                 n = len(result.faces)
                 console.info(f"{path} -> {target}  ({n} face{'s' if n != 1 else ''}, {models} model)")
@@ -108,21 +109,24 @@ def _write_tiles(folder: Path, result, paste_back: bool) -> None:
             write_image(folder / f"face{face.index}_{label}.png", tile)
 
 
-def _targets(paths: list[Path], out: Path | None, several: bool, suffix: str) -> list[Path]:
-    if not several:
-        return [out if out is not None else Path(paths[0].stem + suffix)]
-    folder = out if out is not None else Path(".")
-    seen: dict[str, int] = {}
-    targets = []
-    for p in paths:
-        name = p.stem + suffix
-        if name in seen:
-            seen[name] += 1
-            name = f"{p.stem}_{seen[name]}{suffix}"
-        else:
-            seen[name] = 1
-        targets.append(folder / name)
-    return targets
+def _is_folder(out: str) -> bool:
+    """``--out`` names a folder: it ends in a path separator or is an existing folder."""
+    return out.endswith(("/", os.sep)) or Path(out).is_dir()
+
+
+def _targets(stems: list[str], out: str | None, several: bool, suffix: str) -> list[Path]:
+    """The output file of each input, checked before any work: ``--out`` is a file with a known
+    suffix for one input, else a folder that gets ``<stem><suffix>`` per input."""
+    from agetool.errors import UsageError, arg
+    from agetool.images import output_image
+
+    if out is not None and not several and not _is_folder(out):
+        return [output_image("out", out)]
+    folder = Path(out) if out is not None else Path(".")
+    if out is not None and not _is_folder(out):
+        if folder.suffix.lower() in IMAGE_SUFFIXES or folder.exists():
+            raise UsageError(f"{arg('out', out)}: with several inputs --out is a folder")
+    return [folder / f"{stem}{suffix}" for stem in stems]
 
 
 # ---------------------------------------------------------------- video
@@ -131,7 +135,7 @@ def _targets(paths: list[Path], out: Path | None, several: bool, suffix: str) ->
 @face_options
 def video(
     input: Annotated[Path, typer.Argument(help="A photo (or an aligned crop with --aligned).", show_default=False)],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FILE.mp4", help="MP4 file. Default: <stem>_aging.mp4 here.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="FILE.mp4", help="MP4 file, or a folder (existing, or ending in /) for <stem>_aging.mp4. Default: here.")] = None,
     fps: Annotated[float, typer.Option("--fps", metavar="N", help="Frames per second.")] = 30.0,
     steps: Annotated[int, typer.Option("--steps", metavar="N", help="Frames per transition between age classes: 5 x N + 1 frames (with --from/--to: the same density in years).")] = 20,
     from_age: Annotated[Optional[float], typer.Option("--from", metavar="YEARS", help="First age in years (default: the youngest class, 1). With --from or --to, frames are spaced uniformly in years.")] = None,
@@ -159,14 +163,17 @@ def video(
       agetool video crop.png --aligned --steps 5 --frames frames/
     """
     from agetool.errors import UsageError, arg
+    from agetool.images import distinct_outputs
     from agetool.pipeline import check_video_numbers
 
     _sigint_as_keyboard_interrupt()
     if input.is_dir():
         raise UsageError(f"{input}: is a folder; one photo is expected here")
-    target = out if out is not None else Path(input.stem + "_aging.mp4")
+    name = input.stem + "_aging.mp4"
+    target = Path(name) if out is None else Path(out) / name if _is_folder(out) else Path(out)
     if target.suffix.lower() != ".mp4":
         raise UsageError(f"{arg('out', str(target))}: the video must end in .mp4")
+    distinct_outputs({"out": target}, [input])
     check_video_numbers(fps=fps, steps=steps, hold=hold, from_age=from_age, to_age=to_age, seconds=seconds)
     with console.progress() as bar:
         pipe = build(bar)
