@@ -252,13 +252,33 @@ def main(argv: list[str] | None = None) -> int:
         e = E2E(trees, [d for d in args.dtypes.split(",") if d], args.runs, Path(tmp), args.folder_runs)
         for w in what:
             e.measure(w)
+        grids = compare_grids(Path(tmp), list(trees))
     print(f"machine: {before} at the start; load average {machine().rsplit('load average ', 1)[1]} at the end")
     print(f"reproduce: python -m benchmarks.e2e {' '.join(argv if argv is not None else sys.argv[1:])}")
     for w, cmd in e.commands.items():
         print(f"  {w}: {cmd.replace(tmp, '$TMP')}")
+    if grids:
+        print(grids)
     print()
     print(tables(e))
     return 0
+
+
+def compare_grids(workdir: Path, names: list[str]) -> str | None:
+    """How far apart the two trees' `age` grids are (the last dtype run): max level difference and
+    the share of pixels within 2 levels."""
+    import numpy as np
+    from PIL import Image
+
+    paths = [workdir / f"out-{n}" / "grid.png" for n in names]
+    if len(paths) != 2 or not all(p.is_file() for p in paths):
+        return None
+    a, b = (np.asarray(Image.open(p).convert("RGB")).astype(np.int16) for p in paths)
+    if a.shape != b.shape:
+        return f"grids differ in shape: {a.shape} vs {b.shape}"
+    d = np.abs(a - b)
+    return (f"`age` grids, {names[0]} vs {names[1]}: max difference {d.max()} levels, "
+            f"{(d <= 2).mean() * 100:.2f}% of values within 2 levels, {(d == 0).mean() * 100:.2f}% equal")
 
 
 if __name__ == "__main__":

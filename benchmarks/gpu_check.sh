@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # GPU check, at most 5 minutes on one CUDA device, no network needed:
 #   parity with the reference fixtures (float32 within 1e-3; bfloat16 / float16 PSNR >= 40 dB),
+#   the whole `agetool age` command cold and warm and the single-frame (slider) latency,
 #   decode throughput at batch 32/64/128 in float32 and bfloat16, eager and torch.compile,
 #   peak memory. Writes its tables into benchmarks/RESULTS.md (and $OUT when set).
+# Dry run of the end-to-end part on a CPU: python -m benchmarks.gpu_check --device cpu --parts e2e --no-write
 # Fixtures: $AGETOOL_REFERENCE, else ../shared/reference beside the repository.
 # Usage: bash benchmarks/gpu_check.sh [--batches 32,64,128] [--no-compile] [--device cuda:1]
 set -uo pipefail
