@@ -154,6 +154,8 @@ class AgingPipeline:
             raise UsageError(f"{arg('paste_back')} needs the original photo", hint=f"drop {arg('aligned')}")
         with self._lock:
             timer = self.models.timer
+            # the parser and a known generator load while the photo is read and its faces found
+            self.models.preload(parser=mask or paste_back, model=None if self.model == "auto" else self.model)
             with timer("read"):
                 array, name = load_image(image, self.max_pixels)
             crops = prepare_faces(self.models, array, aligned=aligned, mask=mask, parse=mask or paste_back,

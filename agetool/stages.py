@@ -33,6 +33,15 @@ class Timer:
         self.seconds: dict[str, float] = defaultdict(float)
         self._local = threading.local()
 
+    @property
+    def background(self) -> bool:
+        """Whether this thread loads models in the background (its stages overlap the caller's)."""
+        return getattr(self._local, "background", False)
+
+    @background.setter
+    def background(self, on: bool) -> None:
+        self._local.background = on
+
     @contextmanager
     def __call__(self, stage: str):
         stack = self._local.__dict__.setdefault("stack", [])
@@ -47,7 +56,7 @@ class Timer:
                 torch.cuda.synchronize(self.device)
             total = time.perf_counter() - t0
             nested = stack.pop()
-            self.seconds[stage] += total - nested
+            self.seconds[stage + (" (background)" if self.background else "")] += total - nested
             if stack:
                 stack[-1] += total
 
@@ -103,13 +112,58 @@ class Models:
     def __post_init__(self):
         self._lock = threading.RLock()
         self._loaded: dict[str, object] = {}
+        self._loading: dict[str, threading.RLock] = {}  # one lock per model: models load side by side
+        self._background: dict[str, threading.Thread] = {}
 
     def _once(self, key: str, stage: str, load: Callable[[], object]):
         with self._lock:
+            if key in self._loaded:
+                return self._loaded[key]
+            lock = self._loading.setdefault(key, threading.RLock())
+        with lock:  # waits here while a background thread loads this model
             if key not in self._loaded:
                 with self.timer(stage):
-                    self._loaded[key] = load()
+                    value = load()
+                with self._lock:
+                    self._loaded[key] = value
             return self._loaded[key]
+
+    def preload(self, *, parser: bool = False, model: str | None = None) -> None:
+        """Start loading the parser and the generator of ``model`` in background threads, while the
+        caller reads the photo and finds its faces (they don't depend on each other). Their load
+        times then count under "load parser (background)" / "load generator (background)"; the
+        caller's wait, if any, under the stage that needed the model. A failed background load is
+        repeated, and its error raised, where the model is first needed."""
+        jobs = {}
+        if parser and (self.parser_weights is not None or self._at_hand("deeplab-parser")):
+            jobs["parser"] = lambda: self.parser
+        if model == "custom" and self.weights is not None or model in ("male", "female") and self._at_hand(f"lats-{model}"):
+            jobs[f"engine:{model}"] = lambda: self.engine(model)
+        for key, job in jobs.items():
+            with self._lock:
+                if key in self._loaded or key in self._background:
+                    continue
+                thread = threading.Thread(target=self._quietly, args=(job,), name=f"agetool-load-{key}", daemon=True)
+                self._background[key] = thread
+            thread.start()
+
+    @staticmethod
+    def _at_hand(name: str) -> bool:
+        """Whether registry file ``name`` is cached and verified: loading it in the background never
+        downloads (a download shows its progress where the model is needed)."""
+        try:
+            from agetool import weights
+
+            return bool(weights.status(name).verified)
+        except Exception:  # noqa: BLE001 - unknown name, unreadable record: load it when needed
+            return False
+
+    def _quietly(self, job: Callable[[], object]) -> None:
+        self.timer.background = True
+        try:
+            job()
+        except BaseException:  # noqa: BLE001 - repeated, and raised, where the model is needed
+            pass
 
     @property
     def detector(self):

@@ -129,12 +129,10 @@ def test_align_command_rejects_bad_landmarks(tmp_path, reference_dir, capsys):
 
 
 @pytest.mark.parametrize("case", [0, 1])
-def test_fast_warp_stays_within_two_levels(reference_dir, case):
-    """The warp sampled at 4x the output size instead of 4096: no pixel moves by more than 2 levels."""
-    ref = np.asarray(Image.open(reference_dir / f"align_case{case}_out256.png").convert("RGB")).astype(np.int16)
-    diff = np.abs(_aligned(reference_dir, case, 256).image.astype(np.int16) - ref)
-    assert diff.max() <= 2
-    assert (diff <= 1).mean() >= 0.999
+def test_crops_equal_the_reference_pixel_for_pixel(reference_dir, case):
+    """Same Pillow warp and arithmetic as the reference (case 1 pads, so blurs with OpenCV)."""
+    ref = np.asarray(Image.open(reference_dir / f"align_case{case}_out256.png").convert("RGB"))
+    assert (_aligned(reference_dir, case, 256).image == ref).all(axis=2).mean() >= 0.999
 
 
 @pytest.mark.parametrize("sigma", [0.3, 2.0, 7.5])
@@ -158,4 +156,5 @@ def test_shrink_of_the_region_equals_shrink_then_crop():
     whole = np.asarray(photo.resize(rsize, Image.LANCZOS).crop(crop)).astype(np.int16)
     box = (crop[0] * scale[0], crop[1] * scale[1], crop[2] * scale[0], crop[3] * scale[1])
     region = np.asarray(photo.resize((crop[2] - crop[0], crop[3] - crop[1]), Image.LANCZOS, box=box))
-    assert np.abs(region.astype(np.int16) - whole).max() <= 1
+    diff = np.abs(region.astype(np.int16) - whole)
+    assert diff.max() <= 1 and (diff == 0).mean() >= 0.99

@@ -9,19 +9,16 @@ From 68 landmarks (iBUG order) an oriented square is built around the eyes and t
 The photo is then shrunk (Lanczos) when the square is over twice the output size, cropped to the
 square plus a border, reflect-padded where the square leaves the photo (the padding blurred and
 blended towards the median colour), warped with a quad transform to ``transform_size`` and resized
-to ``size`` with Lanczos. The geometry (square, shrink, crop, padding) follows the reference's
-float32 / float64 arithmetic step by step; the pixels are computed faster than the reference does:
+to ``size`` with Lanczos. Float32 / float64 arithmetic follows the reference step by step, so on the
+same Pillow the crop is identical, with two shortcuts:
 
-- the shrink resamples only the cropped region (Pillow's ``box``: the same pixels as shrinking the
-  whole photo and then cropping);
-- the padding blur is OpenCV's separable Gaussian with SciPy's kernel radius and border rule;
-- the warp (bilinear, OpenCV) samples the square at ``WARP_OVERSAMPLING`` times the output size
-  (at most ``transform_size``) instead of always at ``transform_size`` before the Lanczos
-  reduction: the same bilinear surface, sampled less densely, which moves at most 2 of 255 levels
-  (nearly all pixels by 0 or 1) and costs a fraction of the 4096 x 4096 warp.
+- the shrink resamples only the cropped region (Pillow's ``box``): the pixels of shrinking the whole
+  photo and then cropping, to a level where the box's float offsets round differently;
+- the padding blur is OpenCV's separable Gaussian with SciPy's kernel radius and border rule (equal
+  to SciPy's to 1e-4 before rounding; SciPy's import alone cost 0.2 s).
 
-The warp is affine, so ``AlignedFace`` keeps the square in photo pixels and maps points both ways.
-Coordinates are pixel-index coordinates: the centre of pixel (i, j) is (i, j).
+The 4096 px warp stays Pillow's: OpenCV's fixed-point bilinear, or a coarser warp, moves most
+pixels by one level, and the masked network input must match the reference's pixel for pixel.
 """
 
 from __future__ import annotations
@@ -31,8 +28,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 TRANSFORM_SIZE = 4096
-#: the warp samples the square at this many times the output size (at most ``transform_size``)
-WARP_OVERSAMPLING = 4
 MOUTH_SCALE = 2.2  # FFHQ: 1.8
 EYE_SCALE = 2.0
 
@@ -195,9 +190,8 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 256, transf
         quad += pad[:2]
 
     # Warp the square (bilinear), then Lanczos to the output size.
-    inter = min(transform_size, WARP_OVERSAMPLING * size) if size < transform_size else transform_size
-    img = Image.fromarray(_warp_quad(arr, quad, inter))
-    if size != inter:
+    img = _warp_quad(arr, quad, transform_size)
+    if size != transform_size:
         img = img.resize((size, size), Image.LANCZOS)
 
     if shrink > 1:
@@ -208,17 +202,15 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 256, transf
     return AlignedFace(np.asarray(img, dtype=np.uint8), quad_photo, (photo_w, photo_h), branches)
 
 
-def _warp_quad(a: np.ndarray, quad: np.ndarray, out: int) -> np.ndarray:
-    """[out, out, 3] uint8: the square ``quad`` (pixel-index corners TL, BL, BR, TR) of ``a`` sampled
-    bilinearly at the centres of an out x out grid, as Pillow's QUAD transform does; outside is black."""
-    import cv2
+def _warp_quad(a: np.ndarray, quad: np.ndarray, out: int):
+    """The square ``quad`` (pixel-index corners TL, BL, BR, TR) of ``a`` [H, W, 3] uint8 sampled
+    bilinearly at the centres of an out x out grid: Pillow's QUAD transform, as the reference.
+    Returns the Pillow image (a 4096 px warp is not copied to numpy and back)."""
+    from PIL import Image
 
-    tl, bl, _, tr = np.asarray(quad, dtype=np.float64)
-    ax, ay = (tr - tl) / out, (bl - tl) / out
-    origin = tl + 0.5 * ax + 0.5 * ay  # the source point of output pixel (0, 0)
-    m = np.array([[ax[0], ay[0], origin[0]], [ax[1], ay[1], origin[1]]])
-    return cv2.warpAffine(np.ascontiguousarray(a), m, (out, out), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    img = Image.fromarray(np.ascontiguousarray(a))
+    return img.transform((out, out), Image.QUAD, (np.asarray(quad, dtype=np.float64) + 0.5).flatten(),
+                         Image.BILINEAR)
 
 
 def _gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
