@@ -96,6 +96,7 @@ def write_folder(folder: Path, photo: Path, count: int = FOLDER_PHOTOS) -> Path:
 def run(tree: Path, args: list[str], cwd: Path) -> tuple[float, float | None, str]:
     """Run ``python -m agetool ARGS`` against ``tree``: wall seconds, peak RSS MB, stderr."""
     env = dict(os.environ, PYTHONPATH=str(tree), PYTHONDONTWRITEBYTECODE="1", COLUMNS="100")
+    env.setdefault("AGETOOL_CACHE", str(cwd / "cache"))  # the parser's prepared weights: not the user's cache
     timer = Path("/usr/bin/time")
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         cmd = [sys.executable, "-m", "agetool", *args]
@@ -233,6 +234,7 @@ def tables(e: E2E) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", type=Path, default=None, help="an earlier agetool checkout to compare against")
+    ap.add_argument("--new", type=Path, default=ROOT, help="the checkout to measure (default: this one)")
     ap.add_argument("--what", default=",".join(WHAT), help=f"comma-separated subset of {','.join(WHAT)}")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--runs", type=int, default=3, help="timed runs of age and video per tree and dtype")
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.base / "agetool" / "__init__.py").is_file():
             ap.error(f"--base {args.base}: no agetool checkout there")
         trees["base"] = args.base.resolve()
-    trees["new"] = ROOT
+    trees["new"] = args.new.resolve()
     before = machine()
     with tempfile.TemporaryDirectory(prefix="agetool-e2e-") as tmp:
         e = E2E(trees, [d for d in args.dtypes.split(",") if d], args.runs, Path(tmp), args.folder_runs)
