@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,10 +12,6 @@ from agetool.cli import app, console
 from agetool.cli.options import face_options, pipeline_options, print_profile
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-
-
-def _sigint_as_keyboard_interrupt() -> None:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # ---------------------------------------------------------------- age
@@ -50,7 +45,6 @@ def age(
     from agetool.errors import AgetoolError, UsageError
     from agetool.images import distinct_outputs, find_images, unique_stems, write_image
 
-    _sigint_as_keyboard_interrupt()
     parse_ages(ages)  # a malformed --ages fails before any work
     paths = find_images(inputs)
     if not paths:
@@ -166,7 +160,6 @@ def video(
     from agetool.images import distinct_outputs
     from agetool.pipeline import check_video_numbers
 
-    _sigint_as_keyboard_interrupt()
     if input.is_dir():
         raise UsageError(f"{input}: is a folder; one photo is expected here")
     name = input.stem + "_aging.mp4"
