@@ -182,14 +182,15 @@ def atomic_path(target: Path) -> Path:
     raise OutputError(f"{target.parent}: can't create a temporary file")  # pragma: no cover
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be running (its temporary files are then left alone)."""
     if pid == os.getpid():
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
+    except (PermissionError, OverflowError, OSError):
         return True  # someone else's process, or no way to tell: leave its file alone
     return True
 
@@ -207,7 +208,7 @@ def _sweep(folder: Path) -> None:
         return
     for entry in entries:
         m = _PART.match(entry.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             try:
                 if entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)

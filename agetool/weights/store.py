@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agetool.errors import WeightsError
+from agetool.images import pid_alive
 from agetool.weights.registry import Artifact, check_name
 
 CACHE_ENV = "AGETOOL_CACHE"
@@ -159,22 +160,10 @@ def clean_stale(art: Artifact) -> None:
         if path == keep:
             continue
         m = _TMP.fullmatch(path.name)
-        if m and _alive(int(m.group(1))):
+        if m and pid_alive(int(m.group(1))):
             continue
         with contextlib.suppress(OSError):
             path.unlink()
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True
-    return True
 
 
 def write_atomic(path: Path, data: bytes) -> None:
