@@ -67,10 +67,13 @@ def seeded_parser_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def seeded_parser(seeded_parser_file):
-    """A loaded FaceParser with the seeded weights (shared within a module: a full-size forward takes seconds)."""
-    from agetool.face.parse import FaceParser
+    """A FaceParser with the seeded weights read from the released-layout file (not from the cache of
+    standardized weights that loading through the pipeline keeps); shared: a full-size forward takes seconds."""
+    import torch
 
-    return FaceParser.load(seeded_parser_file, device="cpu")
+    from agetool.face.parse import FaceParser, load_parser_network
+
+    return FaceParser(load_parser_network(seeded_parser_file, prepared=False), torch.device("cpu"))
 
 
 from tests.serving import served, stand_in_generator  # noqa: E402,F401  (a running agetool serve, session-wide)

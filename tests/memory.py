@@ -2,12 +2,12 @@
 
 The budget (6 GB, or ``$AGETOOL_TEST_MEMORY_GB``) keeps the suite runnable on a CI machine. It bounds
 the largest process: the pytest process itself, and each subprocess the tests start (``agetool``
-commands, training workers). The heaviest tests are named, so a heavy one is found without profiling.
+commands, training workers). The tests that raised the pytest process's high-water mark are named
+with the mark they reached, so a heavy test is found without profiling.
 
-Measured on Linux from ``/proc/self/status`` (``VmHWM``, reset before each test through
-``/proc/self/clear_refs``), so each test gets its own peak; elsewhere from ``getrusage``. The
-subprocesses' figure is ``getrusage(RUSAGE_CHILDREN)``: an upper bound, because Linux carries the
-parent's resident size at the time of the spawn into the child's high-water mark.
+Measured on Linux from ``/proc/self/status`` (``VmHWM``: this process image only), elsewhere from
+``getrusage``. The subprocesses' figure is ``getrusage(RUSAGE_CHILDREN)``: an upper bound, because
+Linux carries the parent's resident size at the time of the spawn into the child's high-water mark.
 The hooks are imported by ``tests/conftest.py``.
 """
 
@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 GB = 1e9
-_tests: list[tuple[float, str]] = []  # (peak resident bytes of the pytest process during the test, test id)
-_own_peak = 0.0
+_raised: list[tuple[float, str]] = []  # (the pytest process's new peak resident bytes, the test that raised it)
 
 
 def budget() -> float:
@@ -35,7 +34,7 @@ def _rusage_peak(who: int) -> float:
 
 
 def _high_water() -> float | None:
-    """This process's peak resident size since it started or since the last reset (Linux), in bytes."""
+    """This process image's peak resident size (Linux), in bytes."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -45,18 +44,10 @@ def _high_water() -> float | None:
     return None
 
 
-def _reset_high_water() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak to the current resident size
-    except OSError:
-        return False
-    return True
-
-
 def own_peak() -> float:
-    """Peak resident bytes of the pytest process over the whole session."""
-    now = _high_water()
-    return max(_own_peak, now) if now is not None else _rusage_peak(resource.RUSAGE_SELF)
+    """Peak resident bytes of the pytest process so far."""
+    peak = _high_water()
+    return peak if peak is not None else _rusage_peak(resource.RUSAGE_SELF)
 
 
 def children_peak() -> float:
@@ -66,28 +57,22 @@ def children_peak() -> float:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem):
-    global _own_peak
     before = own_peak()
-    _own_peak = before
-    reset = _reset_high_water()
     try:
         return (yield)
     finally:
-        after = own_peak() if not reset else _high_water()
-        _own_peak = max(_own_peak, after)
-        if reset:
-            _tests.append((after, item.nodeid))
-        elif after > before:  # without a reset, only a test that raised the session's peak is attributed
-            _tests.append((after, item.nodeid))
+        after = own_peak()
+        if after > before:
+            _raised.append((after, item.nodeid))
 
 
 def summary() -> list[str]:
     own, child = own_peak(), children_peak()
     lines = [f"peak memory: {max(own, child) / GB:.2f} GB (pytest process {own / GB:.2f} GB, "
              f"subprocesses at most {child / GB:.2f} GB); budget {budget() / GB:g} GB"]
-    top = sorted(_tests, reverse=True)[:5]
+    top = sorted(_raised, reverse=True)[:5]
     if top:
-        lines.append("heaviest tests: " + ", ".join(f"{nodeid} ({peak / GB:.2f} GB)" for peak, nodeid in top))
+        lines.append("peak raised by: " + ", ".join(f"{nodeid} (to {peak / GB:.2f} GB)" for peak, nodeid in top))
     return lines
 
 
