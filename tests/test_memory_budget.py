@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytest_plugins = ["pytester"]
 
@@ -20,6 +24,7 @@ def test_holds_memory():
 
 def test_peak_memory_is_printed_and_within_budget(pytester, monkeypatch):
     monkeypatch.setenv("AGETOOL_TEST_MEMORY_GB", "1000")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_inner=TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
@@ -34,6 +39,7 @@ def test_peak_memory_is_printed_and_within_budget(pytester, monkeypatch):
 
 def test_exceeding_the_budget_fails_the_run(pytester, monkeypatch):
     monkeypatch.setenv("AGETOOL_TEST_MEMORY_GB", "0.02")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_inner=TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
