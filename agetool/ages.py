@@ -26,13 +26,6 @@ DEFAULT_NOISE = 0.2
 DEFAULT_STEPS = 20
 
 
-def class_index(label: str) -> int:
-    try:
-        return AGE_CLASSES.index(label)
-    except ValueError:
-        raise ValueError(f"unknown age class {label!r}; expected one of {', '.join(AGE_CLASSES)}") from None
-
-
 def class_codes(classes: torch.Tensor | list[int], noise: float = DEFAULT_NOISE,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Class codes [N, 300]: sigma * N(0, 1) everywhere, +1 on entries [50k, 50k + 50) of class k."""
@@ -92,11 +85,6 @@ def traversal_latents(w: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
     frames = [blend(w, torch.full((alphas.numel(),), i), alphas) for i in range(w.shape[0] - 1)]
     frames.append(w[-1:])
     return torch.cat(frames)
-
-
-def frame_count(steps: int, anchors: int = N_CLASSES) -> int:
-    return steps * (anchors - 1) + 1
-
 
 
 # ---------------------------------------------------------------------------------- years

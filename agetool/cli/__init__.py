@@ -50,11 +50,7 @@ def _register() -> None:
     import importlib
 
     for name in ("generate", "faces", "weights", "train", "misc", "eval", "serve"):
-        try:
-            importlib.import_module(f"agetool.cli.{name}")
-        except ModuleNotFoundError as e:  # a command module not present in this build
-            if e.name != f"agetool.cli.{name}":
-                raise
+        importlib.import_module(f"agetool.cli.{name}")  # each module registers its commands on ``app``
 
 
 _register()
