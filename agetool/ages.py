@@ -27,19 +27,19 @@ DEFAULT_STEPS = 20
 
 
 def class_codes(classes: torch.Tensor | list[int], noise: float = DEFAULT_NOISE,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Class codes [N, 300]: sigma * N(0, 1) everywhere, +1 on entries [50k, 50k + 50) of class k."""
-    classes = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
-    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= N_CLASSES):
-        raise ValueError(f"class index out of range 0..{N_CLASSES - 1}")
-    n = classes.numel()
-    codes = torch.zeros(n, CODE_DIM)
+                generator: torch.Generator | None = None, *, n_classes: int = N_CLASSES,
+                code_per_class: int = CODE_PER_CLASS) -> torch.Tensor:
+    """Class codes [N, n_classes * code_per_class] (released: [N, 300]): sigma * N(0, 1) everywhere,
+    +1 on entries [50k, 50k + 50) of class k. Rows draw their noise in order, from ``generator``."""
+    classes = torch.as_tensor(classes, dtype=torch.long).reshape(-1).cpu()
+    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= n_classes):
+        raise ValueError(f"class index out of range 0..{n_classes - 1}")
+    n, dim = classes.numel(), n_classes * code_per_class
+    codes = torch.zeros(n, dim)
     if noise > 0:
-        codes = torch.randn(n, CODE_DIM, generator=generator) * noise
-    onehot = torch.zeros(n, CODE_DIM)
-    for row, k in enumerate(classes.tolist()):
-        onehot[row, k * CODE_PER_CLASS:(k + 1) * CODE_PER_CLASS] = 1.0
-    return codes + onehot
+        codes = torch.randn(n, dim, generator=generator) * noise
+    block = torch.arange(dim) // code_per_class  # the class of each entry
+    return codes + (block[None, :] == classes[:, None]).float()
 
 
 def all_class_codes(noise: float = DEFAULT_NOISE, seed: int = 0) -> torch.Tensor:

@@ -257,6 +257,36 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     return path
 
 
+def read_label_map(path: str | os.PathLike) -> np.ndarray:
+    """A face-parsing label map as uint8 [H, W] (gray, or the first channel of a color file)."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            a = np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{path}: can't read the label map ({_short(e)})") from None
+    return np.ascontiguousarray(a[..., 0] if a.ndim == 3 else a).astype(np.uint8)
+
+
+def write_label_map(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write a uint8 [H, W] label map as a gray PNG, atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    ensure_parent(path)
+    tmp = atomic_path(path)
+    try:
+        Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"can't write {path}: {e.strerror or e}", hint="check free space and permissions") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def _font(size: int):
     from PIL import ImageFont
 

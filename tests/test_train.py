@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from agetool.ages import AGE_CLASSES
-from agetool.train import loop
-from agetool.train.loop import TrainConfig, checkpoint_dirs, read_checkpoint, train
+from agetool.train import checkpoints
+from agetool.train.checkpoints import checkpoint_dirs, read_checkpoint
+from agetool.train.config import TrainConfig
+from agetool.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +98,7 @@ def test_resume_is_bit_exact(data64, tmp_path):
 
 
 def test_activation_checkpointing_gives_the_same_training(data64, tmp_path):
-    from agetool.train.loop import Trainer
+    from agetool.train.trainer import Trainer
 
     params = []
     for flag in (False, True):
@@ -113,18 +115,18 @@ def test_activation_checkpointing_gives_the_same_training(data64, tmp_path):
 def test_a_failed_checkpoint_write_keeps_the_previous_one(data64, tmp_path, monkeypatch):
     run = tmp_path / "run"
     train(tiny(data64, run, max_steps=2))
-    real_save = loop._optimizer_tensors
+    real_save = checkpoints.optimizer_tensors
     calls = {"n": 0}
 
     def crash(*a, **k):  # fail in the middle of writing the next checkpoint
         calls["n"] += 1
         raise OSError("disk full")
 
-    monkeypatch.setattr(loop, "_optimizer_tensors", crash)
+    monkeypatch.setattr(checkpoints, "optimizer_tensors", crash)
     with pytest.raises(OSError):
         train(tiny(data64, run, max_steps=4, resume=True, size=None, ngf=None, ndf=None))
     assert calls["n"] == 1
-    monkeypatch.setattr(loop, "_optimizer_tensors", real_save)
+    monkeypatch.setattr(checkpoints, "optimizer_tensors", real_save)
     assert [p.name for p in checkpoint_dirs(run)] == ["step_00000002"]
     assert not any(p.name.startswith(".step_") for p in (run / "checkpoints").iterdir())
     assert train(tiny(data64, run, max_steps=4, resume=True, size=None, ngf=None, ndf=None)) == 4
@@ -174,7 +176,7 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, dump: str
     torch.set_num_threads(1)
     from safetensors.torch import save_file
 
-    from agetool.train.loop import Trainer
+    from agetool.train.trainer import Trainer
 
     trainer = Trainer(tiny(Path(data), Path(out), max_steps=3, save_every=0))
     try:
@@ -258,7 +260,7 @@ def test_cli_refuses_to_overwrite_a_run_and_explains_missing_data(data64, tmp_pa
 def test_init_from_released_layout(data64, tmp_path):
     """--init-from a folder in the released layout (latest_net_G/D/g_running.pth), and one without D."""
     from agetool.nn.generator import Generator, GeneratorConfig
-    from agetool.train.loop import Trainer
+    from agetool.train.trainer import Trainer
 
     g = Generator(GeneratorConfig(ngf=8))
     released = tmp_path / "released"

@@ -78,7 +78,7 @@ class TrainDisplay:
             classes = ", ".join(f"{k}: {v}" for k, v in i.get("classes", {}).items())
             console.info(f"training {i.get('size')} px, ngf {i.get('ngf')}, ndf {i.get('ndf')}, "
                          f"batch {i.get('batch_size')} pairs x {i.get('world')} process(es) on {i.get('device')}"
-                         f"{', bf16' if i.get('amp') == 'bf16' else ''}; {i.get('steps_per_epoch')} steps per epoch; "
+                         f"{', bfloat16' if i.get('amp') == 'bfloat16' else ''}; {i.get('steps_per_epoch')} steps per epoch; "
                          f"images per class: {classes}")
             console.info(f"run folder: {i.get('run')}  (steps {ev.step} -> {ev.total_steps})")
             if self.progress is not None:
@@ -111,53 +111,66 @@ class TrainDisplay:
             console.info(text)
 
 
+def _default(name: str) -> str:
+    from agetool.train.config import DEFAULTS
+
+    return f"{DEFAULTS[name]}, or the resumed run's"
+
+
 @train_app.callback()
 def train(
     ctx: typer.Context,
-    data: Annotated[Optional[Path], typer.Option("--data", help="One gender's folder: DIR/train<class>/*.png with parsings/.", file_okay=False)] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="One gender's folder: DIR/train<class>/*.png with parsings/ (resuming: the run's).", file_okay=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder: checkpoints/, samples/, config.json, TensorBoard logs.", file_okay=False)] = None,
-    size: Annotated[Optional[int], typer.Option("--size", help="Training resolution: 256 (released), 128 or 64. The discriminator's depth follows it. Default 256, or the resumed run's.")] = None,
-    ngf: Annotated[Optional[int], typer.Option("--ngf", help="Generator width (64 released; 8-16 for quick experiments).", min=1)] = None,
-    ndf: Annotated[Optional[int], typer.Option("--ndf", help="Discriminator width (64 released; default: 64, or --ngf when that is smaller).", min=1)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per process and step (each pair = 2 images of different ages).", min=1)] = 6,
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs (one epoch = images / 2 pairs).", min=1)] = 400,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop at this total step count (counting resumed steps).", min=0)] = None,
-    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (and always at the end).", min=0)] = 1000,
-    sample_every: Annotated[int, typer.Option("--sample-every", help="Write RUN/samples/step_N.png every N steps (0 = only at the end).", min=0)] = 500,
-    log_every: Annotated[int, typer.Option("--log-every", help="Report losses every N steps.", min=1)] = 10,
-    keep: Annotated[int, typer.Option("--keep", help="Keep the newest N checkpoints (0 = all).", min=0)] = 3,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --out.")] = False,
+    size: Annotated[Optional[int], typer.Option("--size", help="Training resolution: 256 (released), 128 or 64. The discriminator's depth follows it.", show_default=_default("size"))] = None,
+    ngf: Annotated[Optional[int], typer.Option("--ngf", help="Generator width (64 released; 8-16 for quick experiments).", show_default=_default("ngf"))] = None,
+    ndf: Annotated[Optional[int], typer.Option("--ndf", help="Discriminator width (64 released).", show_default="64 or --ngf when that is smaller, or the resumed run's")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Pairs per process and step (each pair = 2 images of different ages).", show_default=_default("batch_size"))] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (one epoch = images / 2 pairs).", show_default=_default("epochs"))] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop at this total step count (counting resumed steps).", show_default="no limit, or the resumed run's")] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (and always at the end).", show_default=_default("save_every"))] = None,
+    sample_every: Annotated[Optional[int], typer.Option("--sample-every", help="Write RUN/samples/step_N.png every N steps (0 = only at the end).", show_default=_default("sample_every"))] = None,
+    log_every: Annotated[Optional[int], typer.Option("--log-every", help="Report losses every N steps.", show_default=_default("log_every"))] = None,
+    keep: Annotated[Optional[int], typer.Option("--keep", help="Keep the newest N checkpoints (0 = all).", show_default=_default("keep"))] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --out, with the run's settings.")] = False,
     init_from: Annotated[Optional[str], typer.Option("--init-from", help="Fine-tune from male, female (released models), a released zip or folder, a run, or a generator file.")] = None,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (the mapping MLP uses 0.01 x).")] = 1e-3,
-    noise: Annotated[float, typer.Option("--noise", help="Sigma of the class-code noise.")] = 0.2,
-    no_flip: Annotated[bool, typer.Option("--no-flip", help="No random horizontal flips.")] = False,
-    no_mask: Annotated[bool, typer.Option("--no-mask", help="Don't mask the background with the parsings (then none are needed).")] = False,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate (the mapping MLP uses 0.01 x).", show_default=_default("lr"))] = None,
+    noise: Annotated[Optional[float], typer.Option("--noise", help="Sigma of the class-code noise.", show_default=_default("noise"))] = None,
+    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Random horizontal flips.", show_default="flip, or the resumed run's")] = None,
+    mask: Annotated[Optional[bool], typer.Option("--mask/--no-mask", help="Mask the background with the parsings (--no-mask: none are needed).", show_default="mask, or the resumed run's")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N (torchrun: each process takes cuda:LOCAL_RANK).")] = "auto",
-    amp: Annotated[str, typer.Option("--amp", help="Mixed precision: none or bf16 (GPUs).")] = "none",
-    grad_checkpoint: Annotated[bool, typer.Option("--grad-checkpoint", help="Recompute generator activations in the backward pass: same results, much less memory, about a third more compute.")] = False,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of weights, pairs, flips and code noise (default 0, or the resumed run's).")] = None,
+    amp: Annotated[Optional[str], typer.Option("--amp", help="Mixed precision: none or bfloat16 (GPUs; bf16 is accepted too).", show_default=_default("amp"))] = None,
+    grad_checkpoint: Annotated[Optional[bool], typer.Option("--grad-checkpoint/--no-grad-checkpoint", help="Recompute generator activations in the backward pass: same results, much less memory, about a third more compute.", show_default="off, or the resumed run's")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of weights, pairs, flips and code noise.", show_default=_default("seed"))] = None,
     workers: Annotated[int, typer.Option("--workers", help="Data-loading processes per training process.", min=0)] = 2,
     tensorboard: Annotated[bool, typer.Option("--tensorboard/--no-tensorboard", help="Write TensorBoard logs to RUN/tb when tensorboard is installed.")] = True,
     offline: Annotated[bool, typer.Option("--offline", help="Never use the network (for --init-from male|female).")] = False,
 ) -> None:
-    """Train or fine-tune the LATS generator."""
+    """Train or fine-tune the LATS generator.
+
+    Examples:
+
+      agetool train --data ffhq-aging/males --out runs/males
+
+      agetool train --out runs/males --resume
+
+      agetool train --data my-photos/females --out runs/ft --init-from female --epochs 20
+    """
     if ctx.invoked_subcommand is not None:
         return
-    from agetool.errors import UsageError
-    from agetool.train.loop import TrainConfig, Trainer, tensorboard_available, TensorBoardLogger
+    from agetool.train.config import TrainConfig
+    from agetool.train.report import TensorBoardLogger, tensorboard_available
+    from agetool.train.trainer import Trainer
 
-    if data is None or out is None:
-        raise UsageError("agetool train needs --data DIR and --out RUN",
-                         hint="e.g. agetool train --data ffhq-aging/males --out runs/males")
-    if ndf is None and ngf is not None and ngf < 64:
-        ndf = ngf
-    cfg = TrainConfig(data=str(data), out=str(out), size=size, ngf=ngf, ndf=ndf, batch_size=batch_size,
-                      epochs=epochs, max_steps=max_steps, save_every=save_every, sample_every=sample_every,
-                      log_every=log_every, keep=keep, lr=lr, noise=noise, flip=not no_flip, mask=not no_mask,
-                      seed=seed, device=device, amp=amp.lower(), grad_checkpoint=grad_checkpoint, workers=workers, resume=resume,
-                      init_from=init_from, offline=offline)
-    with TrainDisplay(log_every) as display:
+    cfg = TrainConfig(data=str(data) if data is not None else None, out=str(out) if out is not None else "",
+                      size=size, ngf=ngf, ndf=ndf, batch_size=batch_size, epochs=epochs, max_steps=max_steps,
+                      save_every=save_every, sample_every=sample_every, log_every=log_every, keep=keep, lr=lr,
+                      noise=noise, flip=flip, mask=mask, seed=seed, device=device, amp=amp,
+                      grad_checkpoint=grad_checkpoint, workers=workers, resume=resume, init_from=init_from,
+                      offline=offline)
+    with TrainDisplay(log_every or 1) as display:
         trainer = Trainer(cfg, callback=display)
+        display.log_every = trainer.cfg.log_every
         callbacks = [display]
         tb = None
         try:
@@ -181,12 +194,12 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Generator file to write (.safetensors).", dir_okay=False)],
     which: Annotated[str, typer.Option("--which", help="ema (the EMA generator, used for inference) or g (the training generator).")] = "ema",
 ) -> None:
-    """Write a run's generator as a file for `agetool age --weights`."""
-    from agetool.errors import UsageError
-    from agetool.train.loop import export_generator, find_checkpoint
+    """Write a run's generator as a file for `agetool age --weights`.
 
-    if out.suffix.lower() != ".safetensors":
-        raise UsageError(f"--out {out}: the exported file must end in .safetensors")
+    Example: agetool train export runs/males --out males.safetensors
+    """
+    from agetool.train.checkpoints import export_generator, find_checkpoint
+
     ck = find_checkpoint(run)
     path = export_generator(ck, out, which=which)
     console.info(f"wrote {path} ({'EMA' if which == 'ema' else 'training'} generator of {ck})")
@@ -211,6 +224,11 @@ def _print_report(report, out: Path) -> None:
         for reason, n in report.dropped.most_common():
             dropped.add_row(REASONS.get(reason, reason), str(n), report.examples.get(reason, ""))
         console.err.print(dropped)
+    shown = 20
+    for problem in report.problems[:shown]:
+        console.warn(problem)
+    if len(report.problems) > shown:
+        console.warn(f"... and {len(report.problems) - shown} more malformed or contradictory rows")
     for note in report.notes:
         console.warn(note)
     console.info(f"output: {out}  (train on one gender folder, e.g. agetool train --data {out / 'males'} --out runs/males)")
@@ -255,13 +273,12 @@ def from_photos(
     offline: Annotated[bool, typer.Option("--offline", help="Never use the network; fail if a model file is not cached.")] = False,
 ) -> None:
     """Align and parse your own photos into the training layout (largest face of each photo)."""
-    from agetool.errors import UsageError
     from agetool.train.prepare import build_from_photos, read_photo_csv
 
-    if phase not in ("train", "test"):
-        raise UsageError(f"--phase {phase}: expected train or test")
+    from agetool.device import pick_device
+
     rows = read_photo_csv(csv_file)
-    dev = console.pick_device(device)
+    dev = pick_device(device)
     with console.progress() as bar:
         task = bar.add_task("aligning and parsing", total=len(rows))
         report = build_from_photos(rows, out, landmarks=landmarks, parser_weights=parser_weights, device=dev,

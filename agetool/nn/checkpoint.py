@@ -193,23 +193,23 @@ def infer_ngf(sd: dict) -> int | None:
     return int(w.shape[0]) if w is not None and getattr(w, "ndim", 0) >= 1 else None
 
 
-def generator_config_from_state_dict(sd: dict, base: dict | None = None):
+def generator_config_from_state_dict(sd: dict, base: dict | None = None, what: str = "generator config"):
     """A ``GeneratorConfig`` from ``base`` (a config table, e.g. the registry's or a file's), with
-    ``ngf`` read from the weights where ``base`` does not give it."""
+    ``ngf`` read from the weights where ``base`` does not give it; errors name ``what`` (the file)."""
     from agetool.nn.generator import GeneratorConfig
 
-    cfg = dict((base or {}).get("generator", base or {}))
-    ngf = infer_ngf(sd)
-    if ngf is not None and "ngf" not in cfg:
-        cfg["ngf"] = ngf
     try:
+        cfg = dict((base or {}).get("generator", base or {}))
+        ngf = infer_ngf(sd)
+        if ngf is not None and "ngf" not in cfg:
+            cfg["ngf"] = ngf
         config = GeneratorConfig.from_dict(cfg)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"generator config {cfg}: {e}") from None
+        raise CheckpointError(f"{what}: generator config {base}: {e}") from None
     bad = [f"{k}={v!r}" for k, v in config.to_dict().items()
            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= _CONFIG_MAX.get(k, 4096)]
     if bad:
-        raise CheckpointError(f"generator config: {', '.join(bad)} out of range",
+        raise CheckpointError(f"{what}: generator config {', '.join(bad)} out of range",
                               hint=f"each value is a positive integer, ngf at most {_CONFIG_MAX['ngf']}")
     return config
 
@@ -225,7 +225,7 @@ def read_generator(path: str | os.PathLike, *, member: str = GENERATOR_MEMBER, b
 
     sd, meta = read_state_dict(path, member)
     sd = strip_prefix(sd)
-    cfg = generator_config_from_state_dict(sd, meta.get("config") or base)
+    cfg = generator_config_from_state_dict(sd, meta.get("config") or base, str(path))
     return load_into(Generator(cfg), sd, what or str(path)).eval()
 
 

@@ -1,1 +1,3 @@
-"""Training: data, the LATS objective, the loop (single process or torchrun), dataset preparation."""
+"""Training: ``config`` (settings), ``data`` (pairs), ``losses`` (the objective), ``trainer`` (the
+step and the run, single process or torchrun), ``checkpoints`` (save, resume, starting points,
+export), ``report`` (events, samples, TensorBoard) and ``prepare`` (dataset folders)."""

@@ -70,51 +70,24 @@ def scan(root: str | os.PathLike, phase: str = "train", classes: Sequence[str] =
     return found
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: can't read image ({str(e)[:100]})") from None
-
-
-def read_labels(path: Path) -> np.ndarray:
-    """A face-parsing label map as uint8 [H, W] (gray, or the first channel of an RGB file)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            a = np.asarray(im)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: can't read labels ({str(e)[:100]})") from None
-    return np.ascontiguousarray(a[..., 0] if a.ndim == 3 else a).astype(np.uint8)
-
-
 def load_training_image(image: Path, parsing: Path | None, size: int, mask: bool = True) -> np.ndarray:
     """Read, mask (when ``mask`` and labels exist) and resize to ``size``: uint8 [size, size, 3]."""
-    from PIL import Image
-
+    from agetool.errors import InputError
     from agetool.face.mask import mask_background
+    from agetool.images import read_image, read_label_map, resize
 
-    rgb = read_rgb(image)
-    if mask and parsing is not None:
-        labels = read_labels(parsing)
-        if labels.shape != rgb.shape[:2]:
-            labels = np.asarray(Image.fromarray(labels).resize(rgb.shape[1::-1], Image.NEAREST))
-        rgb = mask_background(rgb, labels)
-    if rgb.shape[0] != size or rgb.shape[1] != size:
-        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.LANCZOS))
-    return rgb
-
-
-def to_chw(image: np.ndarray):
-    """uint8 [H, W, 3] -> float32 tensor [3, H, W] in [-1, 1], as (u8/255 - 0.5)/0.5."""
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-    return (t / 255.0 - 0.5) / 0.5
+    try:
+        rgb = read_image(image)
+        if mask and parsing is not None:
+            labels = read_label_map(parsing)
+            if labels.shape != rgb.shape[:2]:
+                labels = resize(labels, rgb.shape[1::-1], "nearest")
+            rgb = mask_background(rgb, labels)
+    except DatasetError:
+        raise
+    except InputError as e:
+        raise DatasetError(e.message, hint="remove or replace the file in the training folder") from None
+    return resize(rgb, size, "lanczos")
 
 
 def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -143,10 +116,10 @@ class PairDataset:
         return self.length
 
     def _image(self, folder: ClassFolder, k: int, flip: bool):
+        from agetool.images import to_tensor
+
         img = load_training_image(folder.images[k], folder.parsings[k], self.size, self.mask)
-        if flip:
-            img = img[:, ::-1]
-        return to_chw(img)
+        return to_tensor(img[:, ::-1] if flip else img)[0]
 
     def __getitem__(self, index: int) -> dict:
         rng = item_rng(self.seed, self.epoch, int(index))

@@ -69,18 +69,17 @@ class GeneratorPass:
 
 def make_codes(class_a: torch.Tensor, class_b: torch.Tensor, sigma: float, code_per_class: int,
                n_classes: int, generator: torch.Generator | None = None) -> Codes:
-    """Draw the step's noisy class codes, for each pair i in the order gen_A, gen_B, orig_A, orig_B.
+    """Draw the step's noisy class codes (``agetool.ages.class_codes``), for each pair i in the order
+    gen_A, gen_B, orig_A, orig_B. class_a, class_b: [N] long. Drawn on the CPU, so a seed gives the
+    same codes on every device."""
+    from agetool.ages import class_codes
 
-    class_a, class_b: [N] long. Each code is sigma * N(0, 1) with +1 on the class's block of
-    ``code_per_class`` entries. Drawn on the CPU, so a seed gives the same codes on every device.
-    """
     class_a = torch.as_tensor(class_a, dtype=torch.long).reshape(-1).cpu()
     class_b = torch.as_tensor(class_b, dtype=torch.long).reshape(-1).cpu()
-    n, dim = class_a.numel(), code_per_class * n_classes
-    noise = torch.randn(n, 4, dim, generator=generator) * sigma  # [N, 4, D]: gen_A, gen_B, orig_A, orig_B
-    classes = torch.stack([class_b, class_a, class_a, class_b], dim=1)  # [N, 4]
-    block = torch.arange(dim) // code_per_class  # [D] class of each entry
-    codes = noise + (block[None, None, :] == classes[:, :, None]).float()
+    n = class_a.numel()
+    order = torch.stack([class_b, class_a, class_a, class_b], dim=1).reshape(-1)  # [N * 4]
+    codes = class_codes(order, sigma, generator, n_classes=n_classes, code_per_class=code_per_class)
+    codes = codes.reshape(n, 4, -1)
     gen = torch.cat([codes[:, 0], codes[:, 1]])
     orig = torch.cat([codes[:, 2], codes[:, 3]])
     return Codes(gen=gen, cyc=torch.cat([gen[n:], gen[:n]]), orig=orig)
@@ -180,21 +179,6 @@ def discriminator_real_losses(real_logits: torch.Tensor, reals: torch.Tensor, cl
     return loss_real, r1_penalty(grad, weights.r1), grad
 
 
-def discriminator_losses(real_logits: torch.Tensor, fake_logits: torch.Tensor, reals: torch.Tensor,
-                         class_a: torch.Tensor, class_b: torch.Tensor,
-                         weights: LossWeights = LossWeights(), create_graph: bool = True,
-                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The discriminator objective from D(reals) (``reals`` requiring grad) and D(gen.detach()).
-
-    real_logits, fake_logits: [2N, K, h, w]. Returns (total, terms); terms also hold ``r1_grad``.
-    ``create_graph=False`` gives the values only (R1 then can't be back-propagated).
-    """
-    loss_real, loss_r1, grad = discriminator_real_losses(real_logits, reals, class_a, class_b, weights, create_graph)
-    loss_fake = discriminator_fake_loss(fake_logits, class_a, class_b)
-    total = loss_real + loss_fake + loss_r1
-    return total, {"D_real": loss_real, "D_fake": loss_fake, "D_r1": loss_r1, "D": total, "r1_grad": grad}
-
-
 def generator_losses(out: GeneratorPass, fake_logits: torch.Tensor, reals: torch.Tensor, codes: Codes,
                      class_a: torch.Tensor, class_b: torch.Tensor,
                      weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -207,22 +191,3 @@ def generator_losses(out: GeneratorPass, fake_logits: torch.Tensor, reals: torch
     total = loss_adv + loss_rec + loss_cyc + loss_id + loss_age
     return total, {"G_adv": loss_adv, "G_rec": loss_rec, "G_cyc": loss_cyc, "G_id": loss_id,
                    "G_age": loss_age, "G": total}
-
-
-def objectives(generator, discriminator, reals: torch.Tensor, codes: Codes, class_a: torch.Tensor,
-               class_b: torch.Tensor, weights: LossWeights = LossWeights()) -> dict[str, torch.Tensor]:
-    """Both objectives' values on one batch with the same codes and no optimizer step.
-
-    D(gen) is evaluated once and serves both objectives (its value is the same in both steps), so the
-    returned terms are for reading, not for back-propagation. Returns every term, the totals ``D`` and
-    ``G``, ``r1_grad``, the images ``gen``, ``rec``, ``cyc``, the age codes and D(reals).
-    """
-    out = generator_pass(generator, reals, codes)
-    reals_d = reals.detach().requires_grad_(True)
-    real_logits = discriminator(reals_d)
-    fake_logits = discriminator(out.gen)
-    _, d_terms = discriminator_losses(real_logits, fake_logits, reals_d, class_a, class_b, weights,
-                                      create_graph=False)
-    _, g_terms = generator_losses(out, fake_logits, reals, codes, class_a, class_b, weights)
-    return {**d_terms, **g_terms, "gen": out.gen, "rec": out.rec, "cyc": out.cyc,
-            "age_real": out.age_real, "age_fake": out.age_fake, "real_logits": real_logits}

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agetool.errors import AgetoolError, DatasetError
+from agetool.errors import AgetoolError, DatasetError, UsageError, arg
 
 AGE_GROUPS: tuple[str, ...] = ("0-2", "3-6", "7-9", "10-14", "15-19", "20-29", "30-39", "40-49", "50-69", "70-120")
 GENDER_FOLDERS = {"male": "males", "female": "females"}
@@ -39,6 +39,8 @@ REASONS = {
     "missing_parsing": "parsing file not found",
     "unreadable": "unreadable image",
     "no_face": "no face found",
+    "bad_row": "malformed row (listed above)",
+    "contradictory": "image listed twice with different labels",
 }
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -70,6 +72,7 @@ class PrepareReport:
     dropped: Counter = field(default_factory=Counter)   # reason key -> images
     notes: list[str] = field(default_factory=list)
     examples: dict[str, str] = field(default_factory=dict)  # reason key -> first affected item
+    problems: list[str] = field(default_factory=list)  # one line per malformed or contradictory row
 
     @property
     def n_kept(self) -> int:
@@ -84,51 +87,115 @@ class PrepareReport:
         self.examples.setdefault(reason, item)
 
 
-def _float(value: str, column: str, line: int) -> float:
+def _float(value: str, column: str) -> float:
     try:
-        return float(value)
+        x = float(value)
     except (TypeError, ValueError):
-        raise DatasetError(f"labels line {line}: {column} = {value!r} is not a number") from None
+        raise ValueError(f"{column} = {value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{column} = {value!r} is not a finite number")
+    return x
 
 
 def _open_csv(path: Path, required: Iterable[str]) -> tuple[csv.DictReader, object]:
+    """A reader of ``path`` whose text is UTF-8 (a BOM allowed); bytes that aren't come through as
+    surrogates, so the rows holding them can be reported (``_not_utf8``) instead of failing the file."""
     try:
-        f = open(path, newline="", encoding="utf-8-sig")
+        f = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
     except OSError as e:
         raise DatasetError(f"{path}: can't open ({e.strerror or e})") from None
     reader = csv.DictReader(f)
-    have = [c.strip() for c in (reader.fieldnames or [])]
+    try:
+        have = [c.strip() for c in (reader.fieldnames or [])]
+    except csv.Error as e:
+        f.close()
+        raise DatasetError(f"{path}: not a CSV file ({e})") from None
     reader.fieldnames = have
     missing = [c for c in required if c not in have]
     if missing:
         f.close()
-        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}",
-                           hint=f"found: {', '.join(have) or 'no header'}")
+        raise DatasetError(f"{path}: missing column(s) {', '.join(_printable(c) for c in missing)}",
+                           hint=f"found: {', '.join(_printable(c) for c in have) or 'no header'}")
     return reader, f
 
 
-def read_labels(path: str | os.PathLike) -> list[LabelRow]:
-    """Parse ffhq_aging_labels.csv (columns ``LABEL_COLUMNS``)."""
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _not_utf8(row: dict) -> bool:
+    return any(isinstance(v, str) and any("\udc80" <= ch <= "\udcff" for ch in v) for v in row.values())
+
+
+def _rows(reader: csv.DictReader, path: Path):
+    """(line, row) for each CSV row; a malformed CSV file is one DatasetError naming the line."""
+    try:
+        for r in reader:
+            yield reader.line_num, r
+    except csv.Error as e:
+        raise DatasetError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None
+
+
+def _label_row(r: dict) -> LabelRow:
+    try:
+        number = int(float(r["image_number"]))
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"image_number = {r['image_number']!r} is not a number") from None
+    if number < 0:
+        raise ValueError(f"image_number = {number} is negative")
+    return LabelRow(
+        image_number=number, age_group=(r["age_group"] or "").strip(),
+        age_confidence=_float(r["age_group_confidence"], "age_group_confidence"),
+        gender=(r["gender"] or "").strip().lower(),
+        gender_confidence=_float(r["gender_confidence"], "gender_confidence"),
+        head_pitch=_float(r["head_pitch"], "head_pitch"),
+        head_roll=_float(r["head_roll"], "head_roll"),
+        head_yaw=_float(r["head_yaw"], "head_yaw"),
+        left_eye_occluded=_float(r["left_eye_occluded"], "left_eye_occluded"),
+        right_eye_occluded=_float(r["right_eye_occluded"], "right_eye_occluded"),
+        glasses=(r["glasses"] or "").strip())
+
+
+def read_labels(path: str | os.PathLike, problems: list[str] | None = None) -> list[LabelRow]:
+    """Parse ffhq_aging_labels.csv (columns ``LABEL_COLUMNS``).
+
+    A row that isn't UTF-8 text, or holds a value that is not a finite number where one is expected,
+    raises a ``DatasetError`` naming its line. With a ``problems`` list, such a row is skipped and
+    "line N: fault" appended there instead, and the result is (line, row) pairs.
+    """
     path = Path(path)
     reader, f = _open_csv(path, LABEL_COLUMNS)
     rows = []
     with f:
-        for line, r in enumerate(reader, start=2):
+        for line, r in _rows(reader, path):
             try:
-                number = int(float(r["image_number"]))
-            except (TypeError, ValueError):
-                raise DatasetError(f"{path} line {line}: image_number = {r['image_number']!r} is not a number") from None
-            rows.append(LabelRow(
-                image_number=number, age_group=(r["age_group"] or "").strip(),
-                age_confidence=_float(r["age_group_confidence"], "age_group_confidence", line),
-                gender=(r["gender"] or "").strip().lower(),
-                gender_confidence=_float(r["gender_confidence"], "gender_confidence", line),
-                head_pitch=_float(r["head_pitch"], "head_pitch", line),
-                head_roll=_float(r["head_roll"], "head_roll", line),
-                head_yaw=_float(r["head_yaw"], "head_yaw", line),
-                left_eye_occluded=_float(r["left_eye_occluded"], "left_eye_occluded", line),
-                right_eye_occluded=_float(r["right_eye_occluded"], "right_eye_occluded", line),
-                glasses=(r["glasses"] or "").strip()))
+                if _not_utf8(r):
+                    raise ValueError("not UTF-8 text (save the file as UTF-8)")
+                if None in r or any(r.get(c) is None for c in LABEL_COLUMNS):
+                    raise ValueError("wrong number of fields")
+                rows.append((line, _label_row(r)))
+            except ValueError as e:
+                if problems is None:
+                    raise DatasetError(f"{path} line {line}: {e}") from None
+                problems.append(f"line {line}: {e}")
+    return [row for _, row in rows] if problems is None else rows
+def _without_contradictions(numbered: list[tuple[int, LabelRow]], report: PrepareReport) -> list[LabelRow]:
+    """The rows, each image once: repeats of the same labels are merged, and an image listed with
+    different labels is left out (each of its rows reported)."""
+    by_number: dict[int, list[tuple[int, LabelRow]]] = {}
+    for line, row in numbered:
+        by_number.setdefault(row.image_number, []).append((line, row))
+    rows = []
+    for number, entries in by_number.items():
+        if len({row for _, row in entries}) == 1:
+            rows.append(entries[0][1])
+            report.rows -= len(entries) - 1
+            continue
+        lines = ", ".join(str(line) for line, _ in entries)
+        for line, _ in entries:
+            problem = f"line {line}: image {number} is listed with different labels on lines {lines}"
+            report.problems.append(problem)
+            report.drop("contradictory", problem)
     return rows
 
 
@@ -204,11 +271,15 @@ def prepare_ffhq_aging(images: str | os.PathLike, labels: str | os.PathLike, out
     for p, what in ((images, "--images"), (Path(parsings) if parsings else images, "--parsings")):
         if not p.is_dir():
             raise DatasetError(f"{what} {p}: no such folder")
-    rows = read_labels(labels)
+    problems: list[str] = []
+    numbered = read_labels(labels, problems)
+    report = PrepareReport(rows=len(numbered) + len(problems), problems=problems)
+    for problem in problems:
+        report.drop("bad_row", problem)
+    rows = _without_contradictions(numbered, report)
     same = parsings is None or Path(parsings).resolve() == images.resolve()
     image_index = _index_pngs(images, parsings=False)
     parsing_index = _index_pngs(images, parsings=True) if same else _index_pngs(Path(parsings), parsings=None)
-    report = PrepareReport(rows=len(rows))
     for done, row in enumerate(rows, start=1):
         name = f"{row.image_number:05d}.png"
         reason = selection(row)
@@ -277,10 +348,12 @@ def read_photo_csv(path: str | os.PathLike) -> list[PhotoRow]:
                            hint="columns: path, age (years) or age_group (e.g. 30-39), gender")
     rows = []
     with f:
-        for line, r in enumerate(reader, start=2):
+        for line, r in _rows(reader, path):
             if not any((v or "").strip() for v in r.values() if isinstance(v, str)):
                 continue
             where = f"{path} line {line}"
+            if _not_utf8(r):
+                raise DatasetError(f"{where}: not UTF-8 text", hint="save the CSV as UTF-8")
             photo = Path((r.get("path") or "").strip()).expanduser()
             if not str(photo) or str(photo) == ".":
                 raise DatasetError(f"{where}: empty path")
@@ -314,8 +387,10 @@ def build_from_photos(rows: list[PhotoRow], out: str | os.PathLike, *, landmarks
     from agetool.face.align import align_face
     from agetool.face.detect import LandmarkDetector
     from agetool.face.parse import FaceParser
-    from agetool.images import read_image, write_image
+    from agetool.images import read_image, write_image, write_label_map
 
+    if phase not in ("train", "test"):
+        raise UsageError(f"{arg('phase', phase)}: expected train or test")
     out = Path(out)
     detector = LandmarkDetector.create(landmarks, device=device, offline=offline)
     parser = FaceParser.load(parser_weights, device=device, offline=offline)
@@ -338,20 +413,10 @@ def build_from_photos(rows: list[PhotoRow], out: str | os.PathLike, *, landmarks
                 folder = out / GENDER_FOLDERS[row.gender] / f"{phase}{row.group}"
                 name = f"{row.line:05d}_{row.path.stem}.png"
                 write_image(folder / name, aligned)
-                _write_labels(folder / "parsings" / name, labels)
+                write_label_map(folder / "parsings" / name, labels)
                 report.kept[(GENDER_FOLDERS[row.gender], phase, row.group)] += 1
         if progress is not None:
             progress(done, len(rows))
     if several:
         report.notes.append(f"{several} photo(s) show several faces: the largest was used")
     return report
-
-
-def _write_labels(path: Path, labels) -> None:
-    import numpy as np
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)
