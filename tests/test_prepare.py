@@ -228,3 +228,42 @@ def test_group_names_match_training_classes():
     from agetool.ages import AGE_CLASSES
 
     assert set(AGE_CLASSES) <= set(AGE_GROUPS)
+
+
+def test_dataset_prepare_reports_bad_rows_one_by_one(ffhq, tmp_path, capsys):
+    """A non-UTF-8 row, non-finite numbers and an image listed twice with different labels are each
+    reported with their line; the good rows are still prepared."""
+    from agetool.cli import run
+
+    images, parsings, labels = ffhq
+    text = labels.read_bytes()
+    extra = (b"7,30-39,0.9,male,0.9,1,0,2,5,5,Caf\xe9\n"           # line 10: not UTF-8
+             b"8,30-39,nan,male,0.9,1,0,2,5,5,None\n"              # line 11: not finite
+             b"9,30-39,0.9,male,0.9,1,0,inf,5,5,None\n"            # line 12: not finite
+             b"0,3-6,0.9,male,0.9,1,0,2,5,5,None\n"                # line 13: contradicts line 2
+             b"1,50-69,0.95,female,0.99,0,0,0,0,0,Normal\n")       # line 14: repeats line 3 exactly
+    labels.write_bytes(text + extra)
+    out = tmp_path / "out"
+    assert run(["dataset", "prepare", "--images", str(images), "--parsings", str(parsings), "--labels",
+                str(labels), "--out", str(out), "--train-split", "1000"]) == 0
+    err = capsys.readouterr().err
+    assert "line 10: not UTF-8" in err
+    assert "line 11: age_group_confidence = 'nan' is not a finite number" in err
+    assert "line 12: head_yaw = 'inf' is not a finite number" in err
+    assert "line 2: image 0 is listed with different labels on lines 2, 13" in err
+    assert "line 13: image 0" in err
+    assert "kept 2 of 12" in err  # image 0 is out, image 1 counted once
+    assert not (out / "males" / "train0-2" / "00000.png").exists()
+    assert (out / "females" / "train50-69" / "00001.png").is_file()
+    assert "internal error" not in err
+
+
+def test_photo_csv_that_is_not_utf8_names_the_line(tmp_path, capsys):
+    from agetool.cli import run
+
+    listing = tmp_path / "photos.csv"
+    listing.write_bytes(b"path,age,gender\na.png,30,male\nb\xff.png,40,female\n")
+    assert run(["dataset", "from-photos", "--csv", str(listing), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "line 3: not UTF-8 text" in err and "internal error" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1

@@ -159,8 +159,8 @@ class TrainConfig:
             for name in RUN_SETTINGS:
                 mine, theirs = getattr(cfg, name), getattr(saved, name)
                 if mine is not None and theirs is not None and mine != theirs:
-                    raise UsageError(f"{arg(name, _show(mine))} contradicts the run being resumed, "
-                                     f"which has {name} {_show(theirs)}",
+                    raise UsageError(f"{arg(name, mine)} contradicts the run being resumed, "
+                                     f"which has {arg(name, theirs)}",
                                      hint=f"leave {arg(name)} out to continue the run, or start a new run elsewhere")
             cfg = replace(cfg, **{name: getattr(saved, name) for name in RUN_SETTINGS + CARRIED
                                   if getattr(cfg, name) is None})
@@ -182,10 +182,6 @@ class TrainConfig:
 
         return LossWeights(cycle=self.cycle_weight, rec=self.rec_weight, identity=self.identity_weight,
                            age=self.age_weight, r1=self.r1_weight)
-
-
-def _show(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def network_configs(cfg: TrainConfig):
