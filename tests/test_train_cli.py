@@ -211,7 +211,7 @@ def _rewrite_metadata(path: Path, metadata: dict) -> None:
 
 
 @pytest.mark.parametrize("metadata,words", [
-    ({"agetool_format": "generator", "agetool_config": "{not json"}, ["malformed JSON"]),
+    ({"agetool_format": "generator", "agetool_config": "{not json"}, ["not valid JSON"]),
     ({"agetool_format": "generator", "agetool_config": "[1, 2]"}, ["expected a JSON object"]),
     ({"agetool_format": "generator", "agetool_config": '{"generator": {"ngf": 100000}}'}, ["ngf", "100000"]),
     ({"agetool_format": "generator", "agetool_config": '{"generator": {"n_residual": "x"}}'}, ["n_residual"]),
@@ -231,9 +231,10 @@ def test_malformed_weights_metadata_is_one_line(data, base_run, tmp_path, capsys
 
 
 @pytest.mark.parametrize("sidecar,words", [
-    ("[1, 2", ["g.safetensors.json", "malformed JSON"]),
-    ('{"generator": {"ngf": 100000}}', ["g.safetensors.json", "ngf", "100000"]),
-    ('{"generator": {"ngf": 16}}', ["ngf 16", "weights have 8"]),
+    ("[1, 2", ["g.safetensors.json", "not valid JSON"]),
+    ('{"generator": {"ngf": 100000}}', ["g.safetensors", "ngf=100000", "out of range"]),
+    ('{"generator": {"ngf": 16}}', ["g.safetensors", "does not fit"]),
+    ('{"generator": ["x"]}', ["g.safetensors", "generator config"]),
 ])
 def test_malformed_sidecar_is_one_line(base_run, tmp_path, capsys, sidecar, words):
     from agetool.errors import CheckpointError

@@ -272,17 +272,21 @@ def from_photos(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
     offline: Annotated[bool, typer.Option("--offline", help="Never use the network; fail if a model file is not cached.")] = False,
 ) -> None:
-    """Align and parse your own photos into the training layout (largest face of each photo)."""
-    from agetool.train.prepare import build_from_photos, read_photo_csv
+    """Align and parse your own photos into the training layout (largest face of each photo), with the
+    same face preparation as `agetool age`.
 
+    Example: agetool dataset from-photos --csv photos.csv --out my-data
+    """
     from agetool.device import pick_device
+    from agetool.train.prepare import build_from_photos, read_photo_csv
 
     rows = read_photo_csv(csv_file)
     dev = pick_device(device)
     with console.progress() as bar:
         task = bar.add_task("aligning and parsing", total=len(rows))
         report = build_from_photos(rows, out, landmarks=landmarks, parser_weights=parser_weights, device=dev,
-                                   offline=offline, phase=phase, progress=_progress_cb(bar, task))
+                                   offline=offline, phase=phase, progress=_progress_cb(bar, task),
+                                   report=console.info)
     _print_report(report, out)
     if report.n_kept == 0:
         raise typer.Exit(1)

@@ -380,43 +380,37 @@ def read_photo_csv(path: str | os.PathLike) -> list[PhotoRow]:
 
 def build_from_photos(rows: list[PhotoRow], out: str | os.PathLike, *, landmarks: str = "auto",
                       parser_weights: str | os.PathLike | None = None, device="cpu", offline: bool = False,
-                      phase: str = "train", size: int = 256, progress: Progress | None = None) -> PrepareReport:
-    """Align (largest face), parse and write every listed photo into the reference layout."""
-    import numpy as np
-
-    from agetool.face.align import align_face
-    from agetool.face.detect import LandmarkDetector
-    from agetool.face.parse import FaceParser
+                      phase: str = "train", progress: Progress | None = None,
+                      report: Callable[[str], None] | None = None) -> PrepareReport:
+    """Prepare the largest face of every listed photo as ``agetool age`` does (``agetool.stages``:
+    detect, align to 256 px, parse) and write the crop and its labels into the reference layout."""
+    from agetool.errors import NoFaceError
     from agetool.images import read_image, write_image, write_label_map
+    from agetool.stages import Models, prepare_faces
 
     if phase not in ("train", "test"):
         raise UsageError(f"{arg('phase', phase)}: expected train or test")
     out = Path(out)
-    detector = LandmarkDetector.create(landmarks, device=device, offline=offline)
-    parser = FaceParser.load(parser_weights, device=device, offline=offline)
-    report = PrepareReport(rows=len(rows))
-    several = 0
+    models = Models(parser_weights=Path(parser_weights) if parser_weights else None, landmarks=landmarks,
+                    offline=offline, device=device, report=report or (lambda message: None))
+    result = PrepareReport(rows=len(rows))
     for done, row in enumerate(rows, start=1):
         item = f"line {row.line}: {row.path}"
         try:
             image = read_image(row.path)
         except AgetoolError:
-            report.drop("unreadable" if row.path.exists() else "missing_image", item)
+            result.drop("unreadable" if row.path.exists() else "missing_image", item)
         else:
-            faces = detector.detect(image)
-            if not faces:
-                report.drop("no_face", item)
+            try:
+                (face,) = prepare_faces(models, image, mask=False, parse=True, faces="largest", name=str(row.path))
+            except NoFaceError:
+                result.drop("no_face", item)
             else:
-                several += len(faces) > 1
-                aligned = align_face(image, np.asarray(faces[0].landmarks, dtype=np.float32), size=size).image
-                labels = np.asarray(parser.parse(aligned), dtype=np.uint8)
                 folder = out / GENDER_FOLDERS[row.gender] / f"{phase}{row.group}"
                 name = f"{row.line:05d}_{row.path.stem}.png"
-                write_image(folder / name, aligned)
-                write_label_map(folder / "parsings" / name, labels)
-                report.kept[(GENDER_FOLDERS[row.gender], phase, row.group)] += 1
+                write_image(folder / name, face.aligned)
+                write_label_map(folder / "parsings" / name, face.labels)
+                result.kept[(GENDER_FOLDERS[row.gender], phase, row.group)] += 1
         if progress is not None:
             progress(done, len(rows))
-    if several:
-        report.notes.append(f"{several} photo(s) show several faces: the largest was used")
-    return report
+    return result
