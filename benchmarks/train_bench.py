@@ -63,7 +63,8 @@ def bench(data: Path, size: int, batch: int, amp: str, device: str, steps: int, 
     import torch
 
     from agetool.testing import seeded_state_dict
-    from agetool.train.loop import TrainConfig, Trainer
+    from agetool.train.config import TrainConfig
+    from agetool.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(data=str(data), out=out, size=size, ngf=ngf, ndf=64, batch_size=batch, workers=0,
@@ -91,19 +92,22 @@ def bench(data: Path, size: int, batch: int, amp: str, device: str, steps: int, 
         sec = float(np.median(times))
         stage = "train step" + (", G checkpointed" if grad_checkpoint else "")
         return {"stage": stage, "device": str(tr.device),
-                "dtype": "bf16 autocast" if amp == "bf16" else "float32", "batch": f"{batch} pairs",
+                "dtype": "bfloat16 autocast" if amp in ("bf16", "bfloat16") else "float32", "batch": f"{batch} pairs",
                 "size": size, "images_per_s": 2 * batch / sec, "sec_per_step": sec, "peak_mb": peak_mb(tr.device),
                 "finite": finite, "G": float(terms["G"]), "D": float(terms["D"])}
 
 
 def check(device: str) -> bool:
-    """The eight losses of the reference fixture, computed on ``device``."""
+    """The eight losses of the reference fixture, computed on ``device`` by the trainer's own update
+    (learning rate 0, so both halves see the reference's weights)."""
     import torch
 
-    from agetool.nn.discriminator import Discriminator
-    from agetool.nn.generator import Generator
+    from agetool.ages import AGE_CLASSES
+    from agetool.images import write_image
     from agetool.testing import seeded_state_dict
-    from agetool.train.losses import Codes, objectives
+    from agetool.train.config import TrainConfig
+    from agetool.train.losses import Codes, discriminator_real_losses
+    from agetool.train.trainer import Trainer
 
     ref = Path(os.environ.get("AGETOOL_REFERENCE", ROOT.parent / "shared" / "reference"))
     if not (ref / "train_losses_256.npz").is_file():
@@ -111,16 +115,21 @@ def check(device: str) -> bool:
         return True
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    dev = torch.device(device)
     z = np.load(ref / "train_losses_256.npz")
     want = json.loads((ref / "train_losses_256.json").read_text())["losses"]
-    g, d = Generator(), Discriminator()
-    g.load_state_dict(seeded_state_dict(g, 1, "generator"))
-    d.load_state_dict(seeded_state_dict(d, 2, "discriminator"))
-    g.to(dev), d.to(dev)
-    t = lambda k: torch.from_numpy(z[k]).to(dev)  # noqa: E731
-    out = objectives(g, d, t("reals"), Codes(t("gen_conditions"), t("cyc_conditions"), t("orig_conditions")),
-                     t("class_A"), t("class_B"))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        for i, (image, k) in enumerate(zip(z["reals_uint8"], np.concatenate([z["class_A"], z["class_B"]]))):
+            write_image(data / f"train{AGE_CLASSES[int(k)]}" / f"{i:05d}.png", image)
+        tr = Trainer(TrainConfig(data=str(data), out=str(Path(tmp) / "run"), size=256, ngf=64, ndf=64, batch_size=1,
+                                 lr=0.0, mask=False, flip=False, workers=0, device=device))
+        tr.g.load_state_dict(seeded_state_dict(tr.g, 1, "generator"))
+        tr.d.load_state_dict(seeded_state_dict(tr.d, 2, "discriminator"))
+        t = lambda k: torch.from_numpy(z[k]).to(tr.device)  # noqa: E731
+        codes = Codes(t("gen_conditions"), t("cyc_conditions"), t("orig_conditions"))
+        out = tr.update(t("reals"), t("class_A"), t("class_B"), codes, codes)
+        reals = t("reals").requires_grad_(True)
+        _, _, r1 = discriminator_real_losses(tr.d(reals), reals, t("class_A"), t("class_B"), create_graph=False)
     names = {"loss_D_real": "D_real", "loss_D_fake": "D_fake", "loss_D_reg": "D_r1", "loss_G_Adv": "G_adv",
              "loss_G_Cycle": "G_cyc", "loss_G_Rec": "G_rec", "loss_G_identity_reconst": "G_id",
              "loss_G_age_reconst": "G_age"}
@@ -131,8 +140,7 @@ def check(device: str) -> bool:
         ok &= rel < tol
         print(f"check {ours:7s} rel err {rel:.2e} {'ok' if rel < tol else 'FAIL'}")
     g_ref = z["r1_grad"]
-    r1 = out["r1_grad"].detach().cpu().numpy()
-    rel = float(np.linalg.norm(r1 - g_ref) / np.linalg.norm(g_ref))
+    rel = float(np.linalg.norm(r1.detach().cpu().numpy() - g_ref) / np.linalg.norm(g_ref))
     ok &= rel < 1e-2
     print(f"check r1_grad rel L2 {rel:.2e} {'ok' if rel < 1e-2 else 'FAIL'}")
     return ok
@@ -144,7 +152,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--ngf", type=int, default=64)
     ap.add_argument("--batch-size", type=int, nargs="+", default=[6])
-    ap.add_argument("--amp", nargs="+", default=["none"], choices=["none", "bf16"])
+    ap.add_argument("--amp", nargs="+", default=["none"], choices=["none", "bfloat16", "bf16"])
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--grad-checkpoint", action="store_true", help="recompute generator activations (less memory)")

@@ -140,7 +140,7 @@ def train(
     mask: Annotated[Optional[bool], typer.Option("--mask/--no-mask", help="Mask the background with the parsings (--no-mask: none are needed).", show_default="mask, or the resumed run's")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N (torchrun: each process takes cuda:LOCAL_RANK).")] = "auto",
     amp: Annotated[Optional[str], typer.Option("--amp", help="Mixed precision: none or bfloat16 (GPUs; bf16 is accepted too).", show_default=_default("amp"))] = None,
-    grad_checkpoint: Annotated[Optional[bool], typer.Option("--grad-checkpoint/--no-grad-checkpoint", help="Recompute generator activations in the backward pass: same results, much less memory, about a third more compute.", show_default="off, or the resumed run's")] = None,
+    grad_checkpoint: Annotated[Optional[bool], typer.Option("--grad-checkpoint/--no-grad-checkpoint", help="Recompute activations in the backward pass: same results, much less memory, about a third more compute.", show_default="off, or the resumed run's")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of weights, pairs, flips and code noise.", show_default=_default("seed"))] = None,
     workers: Annotated[int, typer.Option("--workers", help="Data-loading processes per training process.", min=0)] = 2,
     tensorboard: Annotated[bool, typer.Option("--tensorboard/--no-tensorboard", help="Write TensorBoard logs to RUN/tb when tensorboard is installed.")] = True,

@@ -92,11 +92,11 @@ def generator_pass(generator, reals: torch.Tensor, codes: Codes, checkpoint: boo
     a fraction of the memory, about a third more compute).
     """
     id_real = _encode(generator, reals, checkpoint)
-    age_real = generator.encode_age(reals)
+    age_real = _encode_age(generator, reals, checkpoint)
     rec = _decode(generator, id_real, generator.latent(codes.orig), checkpoint)
     gen = _decode(generator, id_real, generator.latent(codes.gen), checkpoint)
     id_fake = _encode(generator, gen, checkpoint)
-    age_fake = generator.encode_age(gen)
+    age_fake = _encode_age(generator, gen, checkpoint)
     cyc = _decode(generator, id_fake, generator.latent(codes.cyc), checkpoint)
     return GeneratorPass(rec, gen, cyc, id_real, age_real, id_fake, age_fake)
 
@@ -107,7 +107,22 @@ def _encode(generator, x: torch.Tensor, checkpoint: bool) -> torch.Tensor:
     from torch.utils.checkpoint import checkpoint_sequential
 
     layers = generator.id_encoder.encoder
-    return checkpoint_sequential(layers, len(layers), x, use_reentrant=False)
+    return checkpoint_sequential(layers, _segments(layers), x, use_reentrant=False)
+
+
+def _encode_age(generator, x: torch.Tensor, checkpoint: bool) -> torch.Tensor:
+    if not checkpoint:
+        return generator.encode_age(x)
+    from torch.utils.checkpoint import checkpoint_sequential
+
+    layers = generator.age_encoder.encoder
+    return checkpoint_sequential(layers, _segments(layers), x, use_reentrant=False).mean(dim=(2, 3))
+
+
+def _segments(layers) -> int:
+    """About sqrt(n) checkpointed segments for n layers: only the segments' inputs are kept, and one
+    segment's activations at a time are recomputed in the backward pass."""
+    return max(1, round(len(layers) ** 0.5))
 
 
 def _decode(generator, features: torch.Tensor, w: torch.Tensor, checkpoint: bool) -> torch.Tensor:
@@ -130,7 +145,8 @@ def discriminate(discriminator, x: torch.Tensor, checkpoint: bool = False) -> to
     from agetool.nn.discriminator import minibatch_stddev
 
     layers = discriminator.model
-    return discriminator.gan_head(minibatch_stddev(checkpoint_sequential(layers, len(layers), x, use_reentrant=False)))
+    x = checkpoint_sequential(layers, _segments(layers), x, use_reentrant=False)
+    return discriminator.gan_head(minibatch_stddev(x))
 
 
 def translate(generator, reals: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
