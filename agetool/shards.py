@@ -30,6 +30,10 @@ def _group(dist: Dist):
 
     if not td.is_initialized():
         td.init_process_group("gloo", rank=dist.rank, world_size=dist.world, timeout=BARRIER_TIMEOUT)
+        import atexit
+
+        # a group left to the interpreter's teardown can abort the process ("terminate called ...")
+        atexit.register(_close)
         return None
     if td.get_backend() == "gloo":
         return None
@@ -40,6 +44,13 @@ def _group(dist: Dist):
 
 
 _GLOO = None
+
+
+def _close() -> None:
+    import torch.distributed as td
+
+    if td.is_initialized():
+        td.destroy_process_group()
 
 
 def barrier(dist: Dist | None = None) -> None:
