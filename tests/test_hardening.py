@@ -218,7 +218,7 @@ def test_allocation_failures_are_one_out_of_memory_line(tmp_path, crop, weights,
     monkeypatch.setattr(agetool.images, "grid", fail)
     code, _, err = cli(["age", crop, "--out", tmp_path / "g.png", *common(weights)], capsys)
     assert code == 1
-    assert err.strip().splitlines() == ["error: out of memory; try a smaller --batch, a smaller photo, or "
+    assert err.strip().splitlines() == ["error: out of memory; try a smaller --batch-size, a smaller photo, or "
                                         "another --device"]
 
 

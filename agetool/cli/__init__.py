@@ -213,7 +213,7 @@ def is_out_of_memory(e: BaseException) -> bool:
     return False
 
 
-OUT_OF_MEMORY = "out of memory; try a smaller --batch, a smaller photo, or another --device"
+OUT_OF_MEMORY = "out of memory; try a smaller --batch-size, a smaller photo, or another --device"
 
 
 def _unexpected(e: Exception, debug: bool) -> int:
