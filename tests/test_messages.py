@@ -153,8 +153,7 @@ def test_help_pages_have_no_type_hints(capsys, name):
     assert not re.search(r"\{[a-z_]+\}", out), out
 
 
-@pytest.mark.parametrize("name", [name for name, _ in _all_commands()
-                                  if name.split(" ")[0] not in ("train", "dataset")])
+@pytest.mark.parametrize("name", [name for name, _ in _all_commands()])
 def test_help_pages_have_examples(capsys, name):
     code, out, err = cli([*name.split(), "--help"], capsys)
     assert code == 0, err

@@ -16,11 +16,17 @@ from agetool.cli import console
 train_app = typer.Typer(
     name="train", invoke_without_command=True, no_args_is_help=True, add_completion=False,
     help=("Train or fine-tune the LATS generator on one gender's folder (DIR/train<class>/*.png with "
-          "parsings/).\n\nScale with: torchrun --nproc_per_node N -m agetool train ...\n\n"
-          "Export the EMA generator for `agetool age --weights`: agetool train export RUN --out G.safetensors"),
+          "parsings/).\n\nExamples:\n\n"
+          "  agetool train --data ffhq-aging/males --out runs/males\n\n"
+          "  agetool train --out runs/males --resume\n\n"
+          "  torchrun --nproc_per_node 8 -m agetool train --data ffhq-aging/males --out runs/males\n\n"
+          "  agetool train export runs/males --out males.safetensors   (then: agetool age --weights males.safetensors)"),
 )
 dataset_app = typer.Typer(name="dataset", no_args_is_help=True, add_completion=False,
-                          help="Build training folders in the reference layout.")
+                          help=("Build training folders in the reference layout.\n\nExamples:\n\n"
+                                "  agetool dataset prepare --images ffhq/images --labels ffhq_aging_labels.csv "
+                                "--out ffhq-aging\n\n"
+                                "  agetool dataset from-photos --csv photos.csv --out mydata"))
 app.add_typer(train_app)
 app.add_typer(dataset_app)
 
@@ -250,7 +256,14 @@ def prepare(
     train_split: Annotated[int, typer.Option("--train-split", help="Images numbered below this go to train, the rest to test.")] = 69000,
     link: Annotated[bool, typer.Option("--link", help="Hard-link instead of copying where the file system allows.")] = False,
 ) -> None:
-    """Select FFHQ-Aging images with the dataset's rules and lay them out for training."""
+    """Select FFHQ-Aging images with the dataset's rules and lay them out for training.
+
+    Examples:
+
+      agetool dataset prepare --images ffhq/images --labels ffhq_aging_labels.csv --out ffhq-aging
+
+      agetool dataset prepare --images ffhq/images --parsings ffhq/parsings --labels ffhq_aging_labels.csv --out ffhq-aging --link
+    """
     from agetool.train.prepare import prepare_ffhq_aging
 
     with console.progress() as bar:
