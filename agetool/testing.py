@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
+
 import torch
 from torch import nn
 
@@ -67,7 +69,6 @@ def onnx_linear_model(path, side: int, weight: np.ndarray, bias: np.ndarray,
 
     ``weight`` [3, D], ``bias`` [D]. Naming the first nodes Sub / Mul marks a graph that normalizes
     its input itself (insightface's rule)."""
-    import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -91,7 +92,6 @@ def onnx_linear_model(path, side: int, weight: np.ndarray, bias: np.ndarray,
 
 def genderage_standin(path, age: float = 30.0, male: bool = True):
     """insightface's genderage shapes ([1, 3, 96, 96] -> [1, 3]) answering a constant age and gender."""
-    import numpy as np
 
     return onnx_linear_model(path, 96, np.zeros((3, 3)), [0.0, 1.0, age / 100] if male else [1.0, 0.0, age / 100])
 
@@ -99,7 +99,6 @@ def genderage_standin(path, age: float = 30.0, male: bool = True):
 def arcface_standin(path, constant: bool = True):
     """ArcFace shapes ([1, 3, 112, 112] -> [1, 512]): a constant embedding, or (mean R, mean G, mean B,
     1, 0, ...) of the normalized input, so the identity of uniform colours is known."""
-    import numpy as np
 
     weight = np.zeros((3, 512))
     bias = np.zeros(512)

@@ -77,3 +77,23 @@ def seeded_parser(seeded_parser_file):
 
 
 from tests.serving import served, stand_in_generator  # noqa: E402,F401  (a running agetool serve, session-wide)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """A tiny seeded generator (ngf 8) as agetool safetensors: fast end-to-end runs on the CPU."""
+    from tests.helpers import tiny_generator_file
+
+    return tiny_generator_file(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.fixture()
+def crop(tmp_path) -> Path:
+    """A synthetic 256 px "aligned crop" written as crop.png."""
+    from PIL import Image
+
+    from tests.helpers import face_like
+
+    p = tmp_path / "crop.png"
+    Image.fromarray(face_like()).save(p)
+    return p

@@ -25,6 +25,11 @@ def tiny_generator_file(path: Path, seed: int = 1, ngf: int = 8) -> Path:
     return save_generator(path, g)
 
 
+def common(weights) -> list:
+    """Options for a fast run on an aligned crop with the tiny generator."""
+    return ["--aligned", "--no-mask", "--weights", weights, "--device", "cpu"]
+
+
 def cli(args: list[str], capsys=None) -> tuple[int, str, str]:
     """Run the CLI in-process; returns (exit code, stdout, stderr)."""
     from agetool.cli import run

@@ -13,25 +13,9 @@ from PIL import Image
 from agetool.ages import (AGE_CLASSES, DEFAULT_ANCHORS, check_anchors, parse_ages, target_latents,
                           traversal_latents, transition_alphas, year_weights)
 from agetool.errors import UsageError
-from tests.helpers import cli, face_like, genderage_standin, tiny_generator_file
+from tests.helpers import common, cli, genderage_standin
 
 ANCHORS = tuple(DEFAULT_ANCHORS.values())
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return tiny_generator_file(tmp_path_factory.mktemp("w") / "tiny.safetensors")
-
-
-@pytest.fixture()
-def crop(tmp_path) -> Path:
-    p = tmp_path / "crop.png"
-    Image.fromarray(face_like(seed=4)).save(p)
-    return p
-
-
-def common(weights):
-    return ["--aligned", "--no-mask", "--weights", weights, "--device", "cpu"]
 
 
 def tile(folder: Path, name: str) -> np.ndarray:

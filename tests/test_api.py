@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shutil
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +13,9 @@ from PIL import Image
 
 import agetool
 from agetool.errors import CheckpointError, UsageError
-from tests.helpers import ROOT, cli, face_like, tiny_generator_file
+from tests.helpers import ROOT, cli, face_like
 
 EXAMPLE = ROOT / "examples" / "astronaut.png"
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return tiny_generator_file(tmp_path_factory.mktemp("w") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,7 @@ import torch
 from PIL import Image
 
 from agetool.ages import AGE_CLASSES
-from tests.helpers import cli, face_like, tiny_generator_file
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return tiny_generator_file(tmp_path_factory.mktemp("w") / "tiny.safetensors")
-
-
-@pytest.fixture()
-def crop(tmp_path) -> Path:
-    p = tmp_path / "crop.png"
-    Image.fromarray(face_like()).save(p)
-    return p
-
-
-def common(weights):
-    return ["--aligned", "--no-mask", "--weights", weights, "--device", "cpu"]
+from tests.helpers import common, cli, face_like
 
 
 def test_help_is_fast_and_lists_commands():

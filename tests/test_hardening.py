@@ -17,23 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import ROOT, cli, face_like, partials, spawn, tiny_generator_file, wait_for
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return tiny_generator_file(tmp_path_factory.mktemp("w") / "tiny.safetensors")
-
-
-@pytest.fixture()
-def crop(tmp_path) -> Path:
-    p = tmp_path / "crop.png"
-    Image.fromarray(face_like()).save(p)
-    return p
-
-
-def common(weights):
-    return ["--aligned", "--no-mask", "--weights", weights, "--device", "cpu"]
+from tests.helpers import common, ROOT, cli, face_like, partials, spawn, wait_for
 
 
 def _children(pid: int, name: str) -> list[int]:

@@ -12,19 +12,10 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from tests.helpers import cli, face_like, tiny_generator_file
+from tests.helpers import common, cli, face_like
 
 #: paths whose text looks like rich markup ("missing[/b].png" is the file "b].png" in a folder "missing[")
 MARKUP_NAMES = ["missing[/b]", "b[", "[bold]x[/]", "a[/]b", "[link=x]y", "[/"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return tiny_generator_file(tmp_path_factory.mktemp("w") / "tiny.safetensors")
-
-
-def common(weights):
-    return ["--aligned", "--no-mask", "--weights", weights, "--device", "cpu"]
 
 
 def _error_lines(err: str) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 
 from agetool import weights
 from agetool.cli import run
-from agetool.errors import ChecksumError, DownloadError, OfflineError, WeightsError
+from agetool.errors import ChecksumError, OfflineError, WeightsError
 from agetool.weights import registry, store, transfer
 from tests.weights_server import COMMIT, Server, write_registry
 

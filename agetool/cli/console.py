@@ -7,7 +7,6 @@ they are. Both consoles have markup off, so tables and plain prints are literal 
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 
 from rich.console import Console

@@ -39,12 +39,12 @@ def eval_command(
     skip_existing: Annotated[bool, typer.Option(
         "--skip-existing", help="Reuse the results kept in --out of photos already measured (a restarted "
         "run continues).", rich_help_panel=EVAL_PANEL)] = False,
-    model: OPTION["model"] = "auto", weights: OPTION["weights"] = None,
-    parser_weights: OPTION["parser_weights"] = None, age_model: OPTION["age_model"] = None,
-    landmarks: OPTION["landmarks"] = "auto", offline: OPTION["offline"] = False, device: OPTION["device"] = "auto",
-    dtype: OPTION["dtype"] = "float32", age_anchors: OPTION["age_anchors"] = None,
-    aligned: OPTION["aligned"] = False, no_mask: OPTION["no_mask"] = False, faces: OPTION["faces"] = "all",
-    min_face: OPTION["min_face"] = 0, seed: OPTION["seed"] = 0, noise: OPTION["noise"] = 0.2,
+    model: OPTION.model = "auto", weights: OPTION.weights = None,
+    parser_weights: OPTION.parser_weights = None, age_model: OPTION.age_model = None,
+    landmarks: OPTION.landmarks = "auto", offline: OPTION.offline = False, device: OPTION.device = "auto",
+    dtype: OPTION.dtype = "float32", age_anchors: OPTION.age_anchors = None,
+    aligned: OPTION.aligned = False, no_mask: OPTION.no_mask = False, faces: OPTION.faces = "all",
+    min_face: OPTION.min_face = 0, seed: OPTION.seed = 0, noise: OPTION.noise = 0.2,
 ) -> int:
     """Measure the outputs: how old they look, and whether they are still the same person.
 

@@ -50,8 +50,8 @@ def align(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the crops: <stem>_face<i>.png (<stem>_2 ... for a stem seen before).", file_okay=False)],
     size: Annotated[int, typer.Option("--size", help="Side of the aligned crops in pixels.", min=16, max=4096)] = 256,
     landmarks_json: Annotated[Optional[Path], typer.Option("--landmarks-json", help="JSON list of the 68 (x, y) landmark pairs of one face (iBUG order): skips detection. One input only.", dir_okay=False)] = None,
-    landmarks: OPTION["landmarks"] = "auto", faces: OPTION["faces"] = "all", min_face: OPTION["min_face"] = 0,
-    offline: OPTION["offline"] = False, device: OPTION["device"] = "auto",
+    landmarks: OPTION.landmarks = "auto", faces: OPTION.faces = "all", min_face: OPTION.min_face = 0,
+    offline: OPTION.offline = False, device: OPTION.device = "auto",
 ) -> int:
     """Detect every face and write its FFHQ-aging aligned crop.
 
@@ -93,8 +93,8 @@ def parse(
     out: Annotated[Path, typer.Option("--out", "-o", help="Label map PNG: one uint8 class id per pixel (0 = background).", dir_okay=False)],
     aligned: Annotated[bool, typer.Option("--aligned", help="Input is already an aligned crop: parse it as it is.")] = False,
     overlay: Annotated[Optional[Path], typer.Option("--overlay", help="Also write the crop with the classes coloured in.", dir_okay=False)] = None,
-    parser_weights: OPTION["parser_weights"] = None, landmarks: OPTION["landmarks"] = "auto",
-    offline: OPTION["offline"] = False, device: OPTION["device"] = "auto",
+    parser_weights: OPTION.parser_weights = None, landmarks: OPTION.landmarks = "auto",
+    offline: OPTION.offline = False, device: OPTION.device = "auto",
 ) -> int:
     """Face-parsing labels (19 CelebAMask-HQ classes) of the largest face, or of an aligned crop.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -72,7 +73,7 @@ FACES = [
 
 
 #: each shared option's annotation, for commands that take only some of them
-OPTION = {p.name: p.annotation for p in (*PIPELINE, *FACES)}
+OPTION = SimpleNamespace(**{p.name: p.annotation for p in (*PIPELINE, *FACES)})
 
 
 def report(message: str) -> None:
