@@ -370,15 +370,20 @@ class Bench:
 
 
 # ------------------------------------------------------------------ output
-def machine() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return cpu
+
+
+def machine() -> str:
+    cpu = cpu_name()
     from agetool.engine import physical_cores
 
     text = f"{cpu}, {physical_cores()} cores, {torch.get_num_threads()} threads; torch {torch.__version__}"

@@ -172,14 +172,9 @@ class E2E:
 
 # ------------------------------------------------------------------ output
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from benchmarks.bench import cpu_name
+
+    cpu = cpu_name()
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return f"{cpu}, {os.cpu_count()} CPUs, load average {load}; Python {platform.python_version()}"
 

@@ -14,17 +14,9 @@ import pytest
 import torch
 
 from agetool.train.checkpoints import checkpoint_dirs, read_checkpoint
-from tests.test_train import make_dataset
+from tests.test_train import make_dataset, one_thread  # noqa: F401 (the autouse fixture, shared)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
