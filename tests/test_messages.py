@@ -197,3 +197,13 @@ def test_aligned_input_of_another_size_is_said_to_be_resized(tmp_path, weights, 
     Image.fromarray(face_like()).save(square)
     code, _, err = cli(["age", square, "--out", tmp_path / "g2.png", *common(weights)], capsys)
     assert code == 0 and "warning" not in err
+
+
+@pytest.mark.parametrize("name, python, plain, flag", [
+    ("noise", "-1.0", "-1.0", "--noise -1.0"), ("mask", "False", "False", "--no-mask"), ("mask", None, None, "--mask"),
+    ("flip", "False", "False", "--no-flip"), ("paste_back", "True", "True", "--paste-back"),
+    ("age_model", None, None, "--age-model")])
+def test_library_arguments_read_as_flags(name, python, plain, flag):
+    from agetool.cli.console import flag_style
+
+    assert flag_style(name, python, plain) == flag

@@ -18,16 +18,20 @@ out = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 #: arguments whose flag is not ``--<name>``: (flag when true, flag when false)
-_BOOL_FLAGS = {"mask": ("--mask", "--no-mask"), "labels": ("--labels", "--no-labels")}
+#: library arguments whose command-line flag says the opposite (mask=False is --no-mask)
+_NEGATED = {"mask": "--no-mask", "labels": "--no-labels"}
 
 
 def flag_style(name: str, python: str | None, plain: str | None) -> str:
-    """How an argument named in a library error reads on the command line: its flag and value."""
-    if plain in ("True", "False") and name in _BOOL_FLAGS:
-        return _BOOL_FLAGS[name][plain == "False"]
+    """How an argument named in a library error reads on the command line: its flag and value
+    (``flip=False`` reads ``--no-flip``, ``mask=False`` reads ``--no-mask``)."""
     flag = "--" + name.replace("_", "-")
+    if name in _NEGATED:
+        return _NEGATED[name] if plain == "False" else flag
     if plain is None or plain == "True":
         return flag
+    if plain == "False":
+        return "--no-" + name.replace("_", "-")
     return f"{flag} {plain}"
 
 
