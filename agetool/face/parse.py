@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,12 +56,9 @@ def load_parser_network(path: str | os.PathLike, device=None, *, prepared: bool 
                 net = DeepLabV3()
     sd = {k: v.float() for k, v in read_parser_state_dict(path).items()}
     try:
-        with warnings.catch_warnings():  # copying into meta tensors is a no-op: this only checks keys and shapes
-            warnings.simplefilter("ignore", UserWarning)
-            load_into(net, sd, str(path))
+        load_into(net, sd, str(path), assign=True)  # the meta module takes the checkpoint's tensors
     except CheckpointError as e:
         raise CheckpointError(e.message, hint="is it the face parser, deeplab_model.pth?") from None
-    net.load_state_dict(sd, strict=True, assign=True)
     net.eval().freeze()
     if prepared:
         _write_prepared(path, net)

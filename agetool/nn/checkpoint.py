@@ -166,8 +166,10 @@ def strip_prefix(sd: dict[str, torch.Tensor], prefix: str = "module.") -> dict[s
     return sd
 
 
-def load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str) -> nn.Module:
-    """Strict load with one clear error naming the first missing / unexpected / mis-shaped keys."""
+def load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str, *, assign: bool = False) -> nn.Module:
+    """Strict load with one clear error naming the first missing / unexpected / mis-shaped keys.
+
+    ``assign`` takes the tensors of ``sd`` as the module's own (for a module built on the meta device)."""
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -183,7 +185,7 @@ def load_into(module: nn.Module, sd: dict[str, torch.Tensor], what: str) -> nn.M
             parts.append(f"{len(shaped)} wrongly shaped (first: {shaped[0]})")
         raise CheckpointError(f"{what} does not fit the network: " + "; ".join(parts),
                               hint="is it a LATS generator checkpoint?")
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True, assign=assign)
     return module
 
 
