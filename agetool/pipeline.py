@@ -30,7 +30,8 @@ from agetool.ages import (AGE_CLASSES, DEFAULT_ANCHORS, DEFAULT_NOISE, DEFAULT_S
 from agetool.errors import EstimateError, UsageError, arg
 from agetool.images import DEFAULT_MAX_PIXELS, load_image, to_tensor, to_uint8
 from agetool.results import (AgedFace, AgeEstimate, AgingResult, EncodedFace, EncodedPhoto, FaceEstimate)
-from agetool.stages import FACES, LANDMARKS, MODELS, Models, Timer, prepare_faces
+from agetool.faces import FACES, prepare_faces
+from agetool.models import LANDMARKS, MODELS, Models, Timer
 from agetool.video import MAX_FPS, MAX_FRAMES, MAX_STEPS
 
 Image = "str | os.PathLike | np.ndarray | PIL.Image.Image"
@@ -414,7 +415,7 @@ class AgingPipeline:
     # ------------------------------------------------------------------ face stages on their own
     def faces(self, image: Image, *, aligned: bool = False, mask: bool = True, parse: bool | None = None,
               faces: str = "all", min_face: int = 0) -> list:
-        """The faces of ``image`` as the generator would see them (``agetool.stages.FaceCrop``:
+        """The faces of ``image`` as the generator would see them (``agetool.faces.FaceCrop``:
         aligned 256 px crop, masked input, parsing labels, detection and alignment), left to right."""
         validate.choice("faces", faces, FACES)
         validate.integer("min_face", min_face, low=0)
@@ -429,7 +430,7 @@ class AgingPipeline:
         """Aligned crops (``agetool.face.align.AlignedFace``, ``size`` px) of each face, left to right;
         ``landmarks`` ([68, 2] photo pixels, one face) skips detection."""
         from agetool.face.align import align_face
-        from agetool.stages import find_faces
+        from agetool.faces import find_faces
 
         validate.choice("faces", faces, FACES)
         size = validate.integer("size", size, low=16, high=4096)

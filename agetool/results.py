@@ -53,7 +53,7 @@ class EncodedFace:
     model: str  # "male" | "female" | "custom"
     estimate: AgeEstimate | None
     features: Any = field(default=None, repr=False)  # torch.Tensor [256, 64, 64]
-    crop: Any = field(default=None, repr=False)  # agetool.stages.FaceCrop (mask, labels, alignment)
+    crop: Any = field(default=None, repr=False)  # agetool.faces.FaceCrop (mask, labels, alignment)
 
 
 @dataclass

@@ -226,7 +226,7 @@ def test_each_stage_is_timed_once():
     """A model loading inside another stage (the parser on first use inside "parse") is not counted twice."""
     import time
 
-    from agetool.stages import Timer
+    from agetool.models import Timer
 
     timer = Timer()
     with timer("parse"):

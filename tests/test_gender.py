@@ -13,7 +13,7 @@ from agetool.errors import ModelChoiceError
 from agetool.face.detect import DetectedFace
 from agetool.face.gender import GenderClassifier, face_box, input_normalization
 from agetool.pipeline import AgingPipeline
-from agetool.stages import FaceCrop
+from agetool.faces import FaceCrop
 from tests.helpers import cli
 
 onnx = pytest.importorskip("onnx")

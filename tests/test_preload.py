@@ -8,7 +8,7 @@ import time
 import pytest
 
 from agetool.errors import CheckpointError
-from agetool.stages import Models
+from agetool.models import Models
 
 
 def _slow_parser(monkeypatch, calls: list, fail: bool = False):

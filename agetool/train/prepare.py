@@ -382,11 +382,12 @@ def build_from_photos(rows: list[PhotoRow], out: str | os.PathLike, *, landmarks
                       parser_weights: str | os.PathLike | None = None, device="cpu", offline: bool = False,
                       phase: str = "train", progress: Progress | None = None,
                       report: Callable[[str], None] | None = None) -> PrepareReport:
-    """Prepare the largest face of every listed photo as ``agetool age`` does (``agetool.stages``:
+    """Prepare the largest face of every listed photo as ``agetool age`` does (``agetool.faces``:
     detect, align to 256 px, parse) and write the crop and its labels into the reference layout."""
     from agetool.errors import NoFaceError
     from agetool.images import read_image, write_image, write_label_map
-    from agetool.stages import Models, prepare_faces
+    from agetool.faces import prepare_faces
+    from agetool.models import Models
 
     if phase not in ("train", "test"):
         raise UsageError(f"{arg('phase', phase)}: expected train or test")

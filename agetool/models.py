@@ -1,5 +1,5 @@
-"""The stages under ``AgingPipeline``: lazily loaded models, stage timing, and face preparation
-(detect -> align -> parse -> mask). ``agetool dataset from-photos`` prepares faces with the same code.
+"""The model set under ``AgingPipeline``: every model loaded once, on first use, thread-safe, with
+load times counted by a ``Timer``. Siblings (``AgingPipeline.from_pipe``) share one ``Models``.
 """
 
 from __future__ import annotations
@@ -12,16 +12,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from agetool.errors import NoFaceError, arg
-
-GEN_SIZE = 256
 Report = Callable[[str], None]
 
 MODELS = ("auto", "male", "female")
 LANDMARKS = ("auto", "fan", "dlib")
-FACES = ("all", "largest")
 
 
 class Timer:
@@ -65,32 +59,6 @@ class Timer:
         stack = getattr(self._local, "stack", None)
         if stack:
             stack[-1] += seconds
-
-
-@dataclass
-class FaceCrop:
-    """One face on its way to the generator."""
-
-    index: int
-    aligned: np.ndarray  # [S, S, 3] uint8: the aligned crop
-    network_input: np.ndarray  # [256, 256, 3] uint8: what the generator sees (masked unless mask=False)
-    labels: np.ndarray | None = None  # [S, S] uint8 face-parsing classes, when parsed
-    detection: object | None = None  # agetool.face.detect.DetectedFace, in photo pixels
-    alignment: object | None = None  # agetool.face.align.AlignedFace, for paste-back
-
-    @property
-    def box(self):
-        return None if self.detection is None else tuple(float(v) for v in self.detection.box)
-
-    @property
-    def landmarks(self):
-        return None if self.detection is None else np.asarray(self.detection.landmarks, np.float64)
-
-    @property
-    def crop_landmarks(self):
-        if self.detection is None or self.alignment is None:
-            return None
-        return self.alignment.photo_to_crop(self.detection.landmarks, self.aligned.shape[0])
 
 
 @dataclass
@@ -243,78 +211,3 @@ class Models:
         return self._once(key, "latents", lambda: self.engine(model).anchor_latents(noise, seed))
 
 
-def prepare_faces(models: Models, image: np.ndarray, *, aligned: bool = False, mask: bool = True,
-                  parse: bool | None = None, faces: str = "all", min_face: int = 0, name: str = "image",
-                  report: Report | None = None) -> list[FaceCrop]:
-    """A photo [H, W, 3] -> its faces, aligned (256 px) and, with ``mask``, background painted gray.
-
-    Faces are numbered left to right in the photo. ``aligned=True`` takes the photo as an aligned
-    crop (resized to 256 px with a warning if it isn't one). ``parse`` (default: ``mask``) runs the
-    face parser even without masking (paste-back needs the labels).
-    """
-    timer = models.timer
-    report = report or models.report
-    parse = mask if parse is None else parse
-    if aligned:
-        crop = image
-        if image.shape[:2] != (GEN_SIZE, GEN_SIZE):
-            from agetool.images import resize
-
-            h, w = image.shape[:2]
-            report(f"warning: {name}: {w}x{h} is not a {GEN_SIZE}x{GEN_SIZE} aligned crop"
-                   f"{'' if w == h else ' (not square)'}; resizing it to {GEN_SIZE}x{GEN_SIZE}")
-            with timer("align"):
-                crop = resize(image, GEN_SIZE)
-        return [_finish(models, 0, crop, None, None, mask, parse)]
-    from agetool.face.align import align_face
-
-    found = find_faces(models, image, faces=faces, min_face=min_face, name=name, report=report)
-    crops = []
-    for i, det in enumerate(found):
-        with timer("align"):
-            al = align_face(image, det.landmarks, size=GEN_SIZE)
-        crops.append(_finish(models, i, al.image, det, al, mask, parse))
-    return crops
-
-
-def find_faces(models: Models, image: np.ndarray, *, faces: str = "all", min_face: int = 0,
-               name: str = "image", report: Report | None = None) -> list:
-    """Detected faces after ``min_face`` and ``faces``, numbered left to right; ``NoFaceError`` if none."""
-    report = report or models.report
-    detector = models.detector
-    before = dict(detector.timings)
-    found = detector.detect(image)  # largest first
-    for stage, secs in detector.timings.items():  # "detect" and "landmarks"
-        models.timer.add(stage, secs - before.get(stage, 0.0))
-    skipped = 0
-    if min_face > 0:
-        kept = [f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_face]
-        skipped = len(found) - len(kept)
-        if skipped and kept:
-            report(f"warning: {name}: skipped {skipped} face(s) smaller than {min_face} px")
-        found = kept
-    if not found:
-        if skipped:
-            raise NoFaceError(f"{name}: no face at least {min_face} px ({skipped} smaller one(s) skipped)",
-                              hint=f"lower {arg('min_face')}")
-        other = "fan" if detector.name.startswith("dlib") else "dlib"
-        raise NoFaceError(f"no face found in {name}",
-                          hint=f"try a larger, frontal photo, {arg('landmarks', other)}, or {arg('aligned')} "
-                               "for a crop")
-    if faces == "largest":
-        found = found[:1]
-    return sorted(found, key=lambda f: (f.box[0] + f.box[2]) / 2)
-
-
-def _finish(models: Models, index: int, crop: np.ndarray, detection, alignment, mask: bool,
-            parse: bool) -> FaceCrop:
-    face = FaceCrop(index, crop, crop, detection=detection, alignment=alignment)
-    if mask or parse:
-        parser = models.parser
-        with models.timer("parse"):
-            face.labels = parser.parse(crop)
-    if mask:
-        from agetool.face.mask import mask_background
-
-        face.network_input = mask_background(crop, face.labels)
-    return face
