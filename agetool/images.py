@@ -432,12 +432,50 @@ def distinct_outputs(outputs, inputs: Sequence[str | os.PathLike] = ()) -> None:
         path = Path(path)
         key = _file_key(path)
         if key in sources:
-            raise UsageError(f"{arg(name, path)}: is an input; it would be overwritten",
+            typed = next((Path(p) for p in inputs if _file_key(Path(p)) == key), path)
+            also = "" if os.path.abspath(typed) == os.path.abspath(path) else f" ({typed})"
+            raise UsageError(f"{arg(name, path)}: is an input{also}; it would be overwritten",
                              hint="choose another output path")
         if key in seen:
             other, other_path = seen[key]
             raise UsageError(f"{arg(other, other_path)} and {arg(name, path)} are the same file")
         seen[key] = (name, path)
+
+
+def _case_insensitive(path: Path) -> bool:
+    """Whether the folder of the existing file ``path`` ignores letter case."""
+    other = path.with_name(path.name.swapcase())
+    if other.name == path.name:
+        return False
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
+def outputs_clear(name: str, folder: str | os.PathLike | None, pattern: str,
+                  inputs: Sequence[str | os.PathLike], typed: str | os.PathLike | None = None) -> None:
+    """Refuse (``UsageError`` naming both paths) a run that would write, into ``folder`` (the
+    argument ``name``), a file whose name fully matches the regular expression ``pattern`` over
+    one of ``inputs``: the outputs whose exact names are known only during the work (a face count,
+    a frame count) checked before it. ``typed``: the argument's value as given, when ``folder`` is
+    a subfolder of it."""
+    if folder is None:
+        return
+    folder = Path(folder)
+    where = _file_key(folder)
+    if where[0] != "inode":  # a folder that does not exist yet holds no input
+        return
+    regex = re.compile(pattern)
+    for item in inputs:
+        item = Path(item)
+        if _file_key(item.parent) != where:
+            continue
+        flags = re.IGNORECASE if _case_insensitive(item) else 0
+        if regex.fullmatch(item.name) or (flags and re.fullmatch(pattern, item.name, flags)):
+            shown = folder if typed is None else typed
+            raise UsageError(f"{arg(name, shown)}: would write {folder / item.name} over the input {item}",
+                             hint=f"choose another {arg(name)} folder")
 
 
 def even_size(image: np.ndarray) -> np.ndarray:

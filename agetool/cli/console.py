@@ -20,12 +20,15 @@ out = Console(highlight=False, soft_wrap=True, markup=False)
 #: arguments whose flag is not ``--<name>``: (flag when true, flag when false)
 #: library arguments whose command-line flag says the opposite (mask=False is --no-mask)
 _NEGATED = {"mask": "--no-mask", "labels": "--no-labels"}
+#: library arguments whose flag is spelled differently (from_age is --from)
+_FLAGS = {"from_age": "--from", "to_age": "--to", "frames_dir": "--frames", "batch": "--batch-size",
+          "classifier_weights": "--age-model", "json_lines": "--json"}
 
 
 def flag_style(name: str, python: str | None, plain: str | None) -> str:
     """How an argument named in a library error reads on the command line: its flag and value
     (``flip=False`` reads ``--no-flip``, ``mask=False`` reads ``--no-mask``)."""
-    flag = "--" + name.replace("_", "-")
+    flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
     if name in _NEGATED:
         return _NEGATED[name] if plain == "False" else flag
     if plain is None or plain == "True":

@@ -70,9 +70,16 @@ def align(
     if landmarks_json is not None and len(paths) > 1:
         raise UsageError("--landmarks-json describes one face of one photo: give a single INPUT")
     given = _read_landmarks(landmarks_json) if landmarks_json is not None else None
+    stems = unique_stems(paths)
+    import re
+
+    from agetool.images import outputs_clear
+
+    written = "|".join(re.escape(stem) for stem in stems)  # <stem>_face<i>.png: i known only during the work
+    outputs_clear("out", out, rf"({written})_face(0|[1-9][0-9]*)\.png", paths)
     pipeline = _pipeline(landmarks=landmarks, offline=offline, device=device)
     failed = 0
-    for path, stem in zip(paths, unique_stems(paths)):
+    for path, stem in zip(paths, stems):
         try:
             crops = pipeline.align(path, size=size, landmarks=given, faces=faces, min_face=min_face)
             written = [write_image(out / f"{stem}_face{i}.png", c.image) for i, c in enumerate(crops)]

@@ -53,6 +53,15 @@ def age(
     stems = unique_stems(paths)  # a.jpg + a.png + a_2.png: three grids and three tile folders
     targets = _targets(stems, out, several, "_ages.png")
     distinct_outputs([("out", t) for t in targets], paths)
+    if tiles is not None:  # face<i>_<label>.png: the face count is known only during the work
+        import re
+
+        from agetool.ages import class_targets
+        from agetool.images import outputs_clear
+
+        labels = "|".join(re.escape(t.entry) for t in (parse_ages(ages) or class_targets()))
+        for stem in stems:
+            outputs_clear("tiles", tiles / stem, rf"face(0|[1-9][0-9]*)_(input|{labels})\.png", paths, tiles)
 
     from agetool.shards import env_dist, total
 
@@ -167,6 +176,9 @@ def video(
     if target.suffix.lower() != ".mp4":
         raise UsageError(f"{arg('out', str(target))}: the video must end in .mp4")
     distinct_outputs({"out": target}, [input])
+    from agetool.images import outputs_clear
+
+    outputs_clear("frames_dir", frames_dir, r"frame_[0-9]{5,6}\.png", [input])
     check_video_numbers(fps=fps, steps=steps, hold=hold, from_age=from_age, to_age=to_age, seconds=seconds)
     with console.progress() as bar:
         pipe = build(bar)

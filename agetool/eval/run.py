@@ -75,6 +75,10 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
     paths = find_images([photos] if isinstance(photos, (str, os.PathLike)) else list(photos))
     if not paths:
         raise InputError(f"{arg('photos', photos)}: no images found")
+    if out is not None:  # the report set never replaces a photo being measured
+        from agetool.images import outputs_clear
+
+        outputs_clear("out", out, r"report\.(json|md|png)|anchors\.json", paths)
     dev = pick_device(device, dist=dist) if pipeline is None else pipeline.device
     generators = _generators(pipeline, model=model, weights=weights, compare=compare, parser_weights=parser_weights,
                              landmarks=landmarks, device=dev, dtype=dtype, offline=offline, age_anchors=age_anchors,

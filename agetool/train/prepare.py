@@ -261,6 +261,20 @@ def _place(src: Path, dst: Path, link: bool) -> None:
     os.replace(tmp, dst)
 
 
+def _check_outputs(rows: list[LabelRow], out: Path, train_split: int, inputs: list) -> None:
+    """Refuse, before any copy, a layout in ``out`` that would replace one of the ``inputs``."""
+    from agetool.images import distinct_outputs
+
+    planned = []
+    for row in rows:
+        if selection(row) is None:
+            phase = "train" if row.image_number < train_split else "test"
+            folder = out / GENDER_FOLDERS[row.gender] / f"{phase}{row.age_group}"
+            name = f"{row.image_number:05d}.png"
+            planned += [("out", folder / name), ("out", folder / "parsings" / name)]
+    distinct_outputs(planned, inputs)
+
+
 def prepare_ffhq_aging(images: str | os.PathLike, labels: str | os.PathLike, out: str | os.PathLike,
                        parsings: str | os.PathLike | None = None, train_split: int = 69000, link: bool = False,
                        progress: Progress | None = None) -> PrepareReport:
@@ -280,6 +294,7 @@ def prepare_ffhq_aging(images: str | os.PathLike, labels: str | os.PathLike, out
     same = parsings is None or Path(parsings).resolve() == images.resolve()
     image_index = _index_pngs(images, parsings=False)
     parsing_index = _index_pngs(images, parsings=True) if same else _index_pngs(Path(parsings), parsings=None)
+    _check_outputs(rows, out, train_split, [*image_index.values(), *parsing_index.values(), labels])
     for done, row in enumerate(rows, start=1):
         name = f"{row.image_number:05d}.png"
         reason = selection(row)
@@ -385,13 +400,19 @@ def build_from_photos(rows: list[PhotoRow], out: str | os.PathLike, *, landmarks
     """Prepare the largest face of every listed photo as ``agetool age`` does (``agetool.faces``:
     detect, align to 256 px, parse) and write the crop and its labels into the reference layout."""
     from agetool.errors import NoFaceError
-    from agetool.images import read_image, write_image, write_label_map
+    from agetool.images import distinct_outputs, read_image, write_image, write_label_map
     from agetool.faces import prepare_faces
     from agetool.models import Models
 
     if phase not in ("train", "test"):
         raise UsageError(f"{arg('phase', phase)}: expected train or test")
     out = Path(out)
+    planned = []
+    for row in rows:
+        folder = out / GENDER_FOLDERS[row.gender] / f"{phase}{row.group}"
+        name = f"{row.line:05d}_{row.path.stem}.png"
+        planned += [("out", folder / name), ("out", folder / "parsings" / name)]
+    distinct_outputs(planned, [row.path for row in rows])  # before any model loads
     models = Models(parser_weights=Path(parser_weights) if parser_weights else None, landmarks=landmarks,
                     offline=offline, device=device, report=report or (lambda message: None))
     result = PrepareReport(rows=len(rows))
