@@ -13,6 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 Report = Callable[[str], None]
+#: the name prefix of the threads that load models in the background
+LOADER_PREFIX = "agetool-load-"
+
+
+def loading_in_background() -> list[threading.Thread]:
+    """The model loads still running in background threads, in any ``Models`` of this process."""
+    return [t for t in threading.enumerate() if t.name.startswith(LOADER_PREFIX) and t.is_alive()]
 
 MODELS = ("auto", "male", "female")
 LANDMARKS = ("auto", "fan", "dlib")
@@ -76,12 +83,14 @@ class Models:
     report: Report = field(default=lambda message: None)
     progress: object = None
     timer: Timer = field(default_factory=Timer)
+    upscale_weights: Path | str | None = None  # a super-resolution file or registered name (None: the default)
 
     def __post_init__(self):
         self._lock = threading.RLock()
         self._loaded: dict[str, object] = {}
         self._loading: dict[str, threading.RLock] = {}  # one lock per model: models load side by side
         self._background: dict[str, threading.Thread] = {}
+        self._closed = threading.Event()
 
     def _once(self, key: str, stage: str, load: Callable[[], object]):
         with self._lock:
@@ -109,11 +118,24 @@ class Models:
             jobs[f"engine:{model}"] = lambda: self.engine(model)
         for key, job in jobs.items():
             with self._lock:
-                if key in self._loaded or key in self._background:
+                if self._closed.is_set() or key in self._loaded or key in self._background:
                     continue
-                thread = threading.Thread(target=self._quietly, args=(job,), name=f"agetool-load-{key}", daemon=True)
+                # not a daemon: an interpreter that exits mid-load waits for it, where a daemon thread
+                # stopped inside torch's C++ code would abort the whole process
+                thread = threading.Thread(target=self._quietly, args=(job,), name=f"{LOADER_PREFIX}{key}")
                 self._background[key] = thread
             thread.start()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Start no more background loads and wait up to ``timeout`` seconds (None: until done) for
+        the running ones; True when none is left running. Models already loaded stay usable."""
+        self._closed.set()
+        with self._lock:
+            threads = list(self._background.values())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
 
     @staticmethod
     def _at_hand(name: str) -> bool:
@@ -127,6 +149,8 @@ class Models:
             return False
 
     def _quietly(self, job: Callable[[], object]) -> None:
+        if self._closed.is_set():
+            return
         self.timer.background = True
         try:
             job()
@@ -185,6 +209,17 @@ class Models:
                     pass
             self._loaded["classifier-missing"] = True
             return None
+
+    @property
+    def upscaler(self):
+        """The super-resolution network (``agetool.upscale.Upscaler``) for ``upscale=2|4``."""
+        def load():
+            from agetool.upscale import load_upscaler
+
+            return load_upscaler(self.upscale_weights, device=self.device, offline=self.offline,
+                                 report=self.report, progress=self.progress)
+
+        return self._once("upscaler", "load upscaler", load)
 
     def engine(self, model: str):
         """The ``AgingEngine`` of ``model`` ('male', 'female' or 'custom')."""

@@ -130,6 +130,27 @@ class AgingPipeline:
         """Seconds spent per stage so far (each stage counted once)."""
         return dict(self.models.timer.seconds)
 
+    def close(self, timeout: float | None = None) -> bool:
+        """Start no more background model loads and wait up to ``timeout`` seconds for running ones;
+        True when none is left running. ``with AgingPipeline.from_pretrained(...) as pipe:`` closes on exit."""
+        return self.models.close(timeout)
+
+    def __enter__(self) -> "AgingPipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def check_models(self, *, aligned: bool = False, mask: bool = True, paste_back: bool = False,
+                     estimate: bool = False, generate: bool = True) -> None:
+        """Before anything loads: with network access off, one ``MissingModelsError`` naming every
+        model file a call with these options needs and does not have (``estimate``: each face's
+        estimated age is required; ``generate=False``: no generator, as ``estimate()``)."""
+        from agetool.needs import pipeline_files, require
+
+        require(pipeline_files(self.models, self.model, generate=generate, landmarks=not aligned,
+                               parser=mask or paste_back, classifier=estimate), offline=self.models.offline)
+
     def _report(self, message: str) -> None:
         self.models.report(message)
 
@@ -147,30 +168,60 @@ class AgingPipeline:
         ``estimate``: ``"auto"`` estimates each face's age and gender where the classifier is at
         hand without a download (always with ``model="auto"``), ``True`` requires it, ``False`` skips it.
         """
+        return self._encode(image, aligned=aligned, mask=mask, faces=faces, min_face=min_face, estimate=estimate,
+                            paste_back=paste_back, generate=True)
+
+    def prepare(self, image: Image, *, aligned: bool = False, mask: bool = True, faces: str = "all",
+                min_face: int = 0, estimate: bool | str = "auto", paste_back: bool = False) -> EncodedPhoto:
+        """``encode`` up to the generator: every face found, aligned, masked, estimated and given its
+        model, with ``features`` left None. ``encode``, ``render`` and ``__call__`` take the result and
+        run the generator; a pipeline that never runs the generator never loads one, so the face
+        stages and the generator can run in different processes (``agetool.ray``)."""
+        return self._encode(image, aligned=aligned, mask=mask, faces=faces, min_face=min_face, estimate=estimate,
+                            paste_back=paste_back, generate=False)
+
+    def _encode(self, image, *, aligned, mask, faces, min_face, estimate, paste_back, generate) -> EncodedPhoto:
         if isinstance(image, EncodedPhoto):
-            return image
+            return self._with_features(image) if generate else image
         validate.choice("faces", faces, FACES)
         validate.integer("min_face", min_face, low=0)
         if paste_back and aligned:
             raise UsageError(f"{arg('paste_back')} needs the original photo", hint=f"drop {arg('aligned')}")
+        self.check_models(aligned=aligned, mask=mask, paste_back=paste_back, estimate=estimate is True,
+                          generate=generate)
         with self._lock:
             timer = self.models.timer
             # the parser and a known generator load while the photo is read and its faces found
-            self.models.preload(parser=mask or paste_back, model=None if self.model == "auto" else self.model)
+            self.models.preload(parser=mask or paste_back,
+                                model=None if self.model == "auto" or not generate else self.model)
             with timer("read"):
                 array, name = load_image(image, self.max_pixels)
             crops = prepare_faces(self.models, array, aligned=aligned, mask=mask, parse=mask or paste_back,
                                   faces=faces, min_face=min_face, name=name)
-            encoded = []
+            prepared = []
             for crop in crops:
                 est = self._estimate_face(array, crop, estimate)
                 model = self._choose_model(name, crop, est)
-                engine = self.models.engine(model)
-                with timer("encode"):
-                    feats = engine.encode(to_tensor(crop.network_input))[0]
-                encoded.append(EncodedFace(crop.index, crop.aligned, crop.box, crop.landmarks, crop.crop_landmarks,
-                                           model, est, features=feats, crop=crop))
-            return EncodedPhoto(array, name, encoded)
+                prepared.append(EncodedFace(crop.index, crop.aligned, crop.box, crop.landmarks, crop.crop_landmarks,
+                                            model, est, crop=crop))
+            photo = EncodedPhoto(array, name, prepared)
+            return self._with_features(photo) if generate else photo
+
+    def _with_features(self, photo: EncodedPhoto) -> EncodedPhoto:
+        """``photo`` with the generator's identity features of each face that has none yet."""
+        from dataclasses import replace
+
+        if all(face.features is not None for face in photo.faces):
+            return photo
+        with self._lock:
+            faces = []
+            for face in photo.faces:
+                if face.features is None:
+                    engine = self.models.engine(face.model)
+                    with self.models.timer("encode"):
+                        face = replace(face, features=engine.encode(to_tensor(face.crop.network_input))[0])
+                faces.append(face)
+            return EncodedPhoto(photo.image, photo.name, faces)
 
     def _estimate_face(self, image: np.ndarray, crop, estimate) -> AgeEstimate | None:
         if estimate is False:
@@ -182,7 +233,7 @@ class AgingPipeline:
             if classifier is None:
                 raise EstimateError(f"{arg('ages')}: a relative age needs each face's estimated age, and the age "
                                     "classifier (genderage) is not at hand",
-                                    hint=f"give ages in years, pass {arg('age_model')} FILE, or run "
+                                    hint=f"give ages in years, pass {arg('classifier_weights', 'FILE')}, or run "
                                          "`agetool weights download genderage`")
         else:
             classifier = self.models.classifier_if_available()
@@ -452,16 +503,29 @@ class AgingPipeline:
                 return parser.parse(crop)
 
     # ------------------------------------------------------------------ estimate
+    def _estimator(self):
+        """The age and gender classifier, with an error about estimates (not the model choice)."""
+        from agetool.errors import ModelChoiceError
+
+        try:
+            return self.models.classifier
+        except ModelChoiceError as e:
+            raise EstimateError(f"age estimates need the age and gender classifier (genderage): "
+                                f"{getattr(e, 'reason', e.message)}",
+                                hint=f"pass {arg('classifier_weights', 'FILE')}, place a copy with `agetool weights "
+                                     "import FILE --as genderage`, or run `agetool weights download genderage`") from None
+
     def estimate(self, image: Image, *, aligned: bool = False, faces: str = "all",
                  min_face: int = 0) -> list[FaceEstimate]:
         """Each face's estimated age (years) and gender, with the probability of that gender."""
         validate.choice("faces", faces, FACES)
+        self.check_models(aligned=aligned, mask=False, estimate=True, generate=False)
         with self._lock:
             with self.models.timer("read"):
                 array, name = load_image(image, self.max_pixels)
             crops = prepare_faces(self.models, array, aligned=aligned, mask=False, faces=faces,
                                   min_face=min_face, name=name)
-            classifier = self.models.classifier
+            classifier = self._estimator()
             out = []
             for crop in crops:
                 with self.models.timer("classify"):

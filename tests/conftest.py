@@ -65,6 +65,20 @@ def seeded_parser_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def released_generator_file(tmp_path_factory) -> Path:
+    """A full-size generator with the reference's seeded weights (seed 1) in the released
+    ``latest_net_g_running.pth`` layout: loads as slowly as the real file."""
+    import torch
+
+    from agetool.nn.generator import Generator
+    from agetool.testing import seeded_state_dict
+
+    path = tmp_path_factory.mktemp("released-gen") / "latest_net_g_running.pth"
+    torch.save(seeded_state_dict(Generator(), 1, "generator"), path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def seeded_parser(seeded_parser_file):
     """A FaceParser with the seeded weights read from the released-layout file (not from the cache of

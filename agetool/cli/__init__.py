@@ -6,6 +6,7 @@ Heavy libraries (torch, cv2, dlib) are imported inside command bodies, so ``--he
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -228,4 +229,13 @@ def _unexpected(e: Exception, debug: bool) -> int:
 
 
 def main() -> None:
-    sys.exit(run())
+    code = run()
+    from agetool.models import loading_in_background
+
+    if loading_in_background():
+        # A model still loads for a run that has ended (it failed early, or was stopped): leave now
+        # rather than wait for it; every output is final or removed by this point.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
