@@ -458,6 +458,23 @@ class AgingPipeline:
                 writer.write(shown)
         return writer.path
 
+    # ------------------------------------------------------------------ clips
+    def age_clip(self, src: str | os.PathLike, out=None, ages=60, **options) -> list[Path]:
+        """Age the people of a video clip: one clip per age (``out``: a file for one age, else a folder
+        for ``<stem>_age<entry>.mp4``), with the source's size, frame count, timing, rotation and
+        audio; ``from_age`` / ``to_age`` instead age them progressively over the clip. Returns the
+        paths written. See ``agetool.clip.age_clip`` for the options."""
+        from agetool.clip import age_clip
+
+        with self._lock:
+            return age_clip(self, src, out, ages, **options)
+
+    def clip_frames(self, src: str | os.PathLike, ages=None, **options):
+        """The aged frames of a clip, lazily: ``agetool.clip.ClipFrame``s (``.image``, ``.pts``, ``.time``)."""
+        from agetool.clip import clip_frames
+
+        return clip_frames(self, src, ages, **options)
+
     def _progress(self, description: str, total: int):
         if self.models.progress is None:
             return lambda n: None

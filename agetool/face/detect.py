@@ -73,6 +73,11 @@ class LandmarkDetector:
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         raise NotImplementedError
 
+    def landmarks_in(self, image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+        """[68, 2] float32 landmarks of the face in ``box`` (a box of ``detect``'s kind), without
+        detecting: how clips follow a face between detections."""
+        raise NotImplementedError
+
     def _timed(self, stage: str, fn, *args, **kwargs):
         t0 = time.perf_counter()
         try:
@@ -146,6 +151,13 @@ class DlibDetector(LandmarkDetector):
         self.timings["landmarks"] += time.perf_counter() - t0
         return largest_first(faces)
 
+    def landmarks_in(self, image: np.ndarray, box) -> np.ndarray:
+        import dlib
+
+        rect = dlib.rectangle(*(int(round(v)) for v in box))
+        shape = self._timed("landmarks", self._predictor, _rgb(image), rect)
+        return np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], dtype=np.float32)
+
 
 # ---------------------------------------------------------------------------- face-alignment (FAN)
 def fan_checkpoint_dir() -> Path:
@@ -215,3 +227,12 @@ class FanDetector(LandmarkDetector):
         faces = [DetectedFace(float(b[4]), tuple(float(v) for v in b[:4]), np.asarray(lm[:, :2], dtype=np.float32))
                  for b, lm in zip(boxes, landmarks or [])]
         return largest_first(faces)
+
+    def landmarks_in(self, image: np.ndarray, box) -> np.ndarray:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = self._timed("landmarks", self._fa.get_landmarks_from_image, _rgb(image),
+                                detected_faces=[np.array([*box, 1.0], dtype=np.float32)])
+        return np.asarray(found[0][:, :2], dtype=np.float32)

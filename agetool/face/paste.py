@@ -40,10 +40,12 @@ def paste_mask(labels: np.ndarray | None, size: int) -> np.ndarray:
     return np.clip(soft, 0.0, 1.0)
 
 
-def paste_back(photo: np.ndarray, generated: np.ndarray, alignment, labels: np.ndarray | None = None) -> np.ndarray:
+def paste_back(photo: np.ndarray, generated: np.ndarray, alignment, labels: np.ndarray | None = None, *,
+               mask: np.ndarray | None = None) -> np.ndarray:
     """``photo`` [H, W, 3] uint8 with ``generated`` [G, G, 3] uint8 (a crop of ``alignment``) blended in.
 
-    ``labels`` [S, S] uint8 is the parsing map of the aligned crop (any square size), or None.
+    ``labels`` [S, S] uint8 is the parsing map of the aligned crop (any square size), or None;
+    ``mask`` [G, G] float32 gives the blend weights instead (``paste_mask``'s, e.g. held over frames).
     Returns a new [H, W, 3] uint8 array; only the pixels under the face change.
     """
     import cv2
@@ -65,7 +67,7 @@ def paste_back(photo: np.ndarray, generated: np.ndarray, alignment, labels: np.n
     size = (int(x1 - x0), int(y1 - y0))
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     face = cv2.warpAffine(generated, m[:2], size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    weight = cv2.warpAffine(paste_mask(labels, g), m[:2], size, flags=flags, borderMode=cv2.BORDER_CONSTANT,
+    weight = cv2.warpAffine(paste_mask(labels, g) if mask is None else mask, m[:2], size, flags=flags, borderMode=cv2.BORDER_CONSTANT,
                             borderValue=0.0)[..., None]  # [h, w, 1]
     roi = out[y0:y1, x0:x1].astype(np.float32)
     blended = roi + (face.astype(np.float32) - roi) * weight

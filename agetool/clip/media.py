@@ -1,0 +1,276 @@
+"""Clips in and out with PyAV: recognise a clip by its bytes, read its frames with their exact
+timestamps, write the aged frames with the same timestamps and rotation, and copy every audio
+stream packet for packet.
+
+PyAV rather than the ffmpeg program of imageio-ffmpeg: a pipe of raw frames carries no timestamps
+(a variable-frame-rate clip would come back at a constant rate), no rotation, and no way to copy
+the audio packets in the same pass; PyAV gives each frame's pts, the display matrix and the
+packets of the other streams in one process, with no child process to end on a stop signal.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from agetool.errors import InputError, OutputError, UsageError, arg
+
+#: what a clip output may be called
+CLIP_SUFFIXES = (".mp4", ".mov", ".mkv")
+#: brands of ISO media files that hold still images, not clips
+_IMAGE_BRANDS = {b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis", b"heim", b"heis"}
+
+
+def is_clip(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a video (MP4 / MOV, Matroska / WebM or AVI), judged by its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    if len(head) < 12:
+        return False
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska, WebM
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return True
+    if head[4:8] == b"ftyp":
+        return head[8:12] not in _IMAGE_BRANDS
+    return head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip")  # QuickTime without ftyp
+
+
+@dataclass
+class ClipInfo:
+    """What a clip holds, read once before any work."""
+
+    path: Path
+    width: int  # as stored (before rotation)
+    height: int
+    rotation: int  # display rotation in degrees (0, 90, 180, 270), counter-clockwise
+    frames: int  # video packets (frames) in the file
+    time_base: Fraction
+    rate: Fraction  # average frame rate (the encoder's nominal rate; timestamps are kept exactly)
+    start: float  # seconds of the first frame
+    end: float  # seconds of the last frame
+    audio: list[str] = field(default_factory=list)  # codec of each audio stream
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) as shown, after rotation."""
+        return (self.height, self.width) if self.rotation % 180 else (self.width, self.height)
+
+
+def _open(path: Path):
+    import av
+
+    try:
+        return av.open(str(path))
+    except (av.FFmpegError, OSError) as e:
+        raise InputError(f"{path}: not a readable video ({str(e).splitlines()[0][:120]})") from None
+
+
+def probe(path: str | os.PathLike) -> ClipInfo:
+    """The clip's size, rotation, frame count, timing and audio streams (one pass over its packets)."""
+    path = Path(path)
+    with _open(path) as box:
+        if not box.streams.video:
+            raise InputError(f"{path}: no video stream")
+        vs = box.streams.video[0]
+        audio = [a.codec_context.name for a in box.streams.audio]
+        rotation = 0
+        count, first, last = 0, None, None
+        try:
+            for frame in box.decode(vs):  # the first frame only: rotation and stored size
+                rotation = int(round(getattr(frame, "rotation", 0) or 0)) % 360
+                break
+            box.seek(0)
+            for packet in box.demux(vs):
+                if packet.size == 0:
+                    continue
+                count += 1
+                if packet.pts is not None:
+                    first = packet.pts if first is None else min(first, packet.pts)
+                    last = packet.pts if last is None else max(last, packet.pts)
+        except Exception as e:  # noqa: BLE001 - PyAV raises several kinds for damaged files
+            raise InputError(f"{path}: damaged video ({str(e).splitlines()[0][:120]})") from None
+        if count == 0:
+            raise InputError(f"{path}: the video stream has no frames")
+        tb = vs.time_base or Fraction(1, 90000)
+        rate = vs.average_rate or vs.guessed_rate or Fraction(30)
+        width, height = vs.codec_context.width, vs.codec_context.height
+    if rotation % 90:
+        rotation = 0  # a skew the player would ignore too
+    return ClipInfo(path, width, height, rotation, count, tb, Fraction(rate),
+                    float((first or 0) * tb), float((last or 0) * tb), audio)
+
+
+def upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """A stored frame as it is shown (``rotation`` degrees counter-clockwise)."""
+    return np.ascontiguousarray(np.rot90(image, rotation // 90)) if rotation else image
+
+
+def stored(image: np.ndarray, rotation: int) -> np.ndarray:
+    """The inverse of ``upright``."""
+    return np.ascontiguousarray(np.rot90(image, -(rotation // 90))) if rotation else image
+
+
+def read_frames(info: ClipInfo):
+    """(upright RGB uint8 frame, pts) for every frame, in order, one at a time."""
+    with _open(info.path) as box:
+        vs = box.streams.video[0]
+        vs.thread_type = "AUTO"
+        pts = None
+        step = max(1, int(round(1 / (float(info.rate) * float(info.time_base))))) if info.rate else 1
+        try:
+            for frame in box.decode(vs):
+                pts = frame.pts if frame.pts is not None else (0 if pts is None else pts + step)
+                yield upright(frame.to_ndarray(format="rgb24"), info.rotation), pts
+        except Exception as e:  # noqa: BLE001 - a damaged packet mid-clip
+            import av
+
+            if isinstance(e, av.FFmpegError):
+                raise InputError(f"{info.path}: damaged video ({str(e).splitlines()[0][:120]})") from None
+            raise
+
+
+def check_output(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    if out.suffix.lower() not in CLIP_SUFFIXES:
+        raise UsageError(f"{arg('out', str(out))}: a clip is written as {', '.join(CLIP_SUFFIXES)}")
+    return out
+
+
+class ClipWriter:
+    """H.264 (libx264, yuv420p, CRF) with the source's timestamps and rotation, the source's audio
+    streams copied unchanged. Writes a temporary sibling and renames it on ``close()``; ``abort()``
+    (or an exception inside ``with``) removes it."""
+
+    def __init__(self, out: str | os.PathLike, info: ClipInfo, crf: int = 18, preset: str = "medium"):
+        from agetool import validate
+        from agetool.files import ensure_parent
+
+        self.path = check_output(out)
+        self.info = info
+        self.crf = validate.integer("crf", crf, 0, 51)
+        self.preset = preset
+        ensure_parent(self.path)
+        self._tmp: Path | None = None
+        self._box = self._src = self._video = None
+        self._audio: dict = {}
+        self._packets = None
+        self._pending = None
+        self.frames = 0
+
+    def _start(self) -> None:
+        import av
+
+        from agetool.files import temp_sibling
+        from agetool.video import _signals_deferred
+
+        with _signals_deferred():
+            self._tmp = temp_sibling(self.path)
+            self._box = av.open(str(self._tmp), "w")
+        info = self.info
+        vs = self._box.add_stream("libx264", rate=info.rate)
+        vs.width, vs.height, vs.pix_fmt = info.width, info.height, "yuv420p"
+        vs.time_base = info.time_base
+        vs.codec_context.time_base = info.time_base
+        vs.options = {"crf": str(self.crf), "preset": self.preset}
+        if info.rotation:
+            vs.set_display_rotation(info.rotation)
+        self._video = vs
+        if info.audio:
+            self._src = _open(info.path)
+            try:
+                for a in self._src.streams.audio:
+                    self._audio[a.index] = self._box.add_stream_from_template(a)
+            except ValueError as e:
+                raise OutputError(f"{self.path}: the audio of {info.path} ({', '.join(info.audio)}) can't be "
+                                  f"copied into {self.path.suffix} ({e})", hint=f"write .mkv with {arg('out')}") from None
+            self._packets = self._src.demux(*self._src.streams.audio)
+        self._box.start_encoding()
+
+    def _mux_audio(self, until: float | None) -> None:
+        """Copy audio packets up to ``until`` seconds (all of them for None), in file order."""
+        while self._packets is not None:
+            packet = self._pending or next(self._packets, None)
+            self._pending = None
+            if packet is None:
+                self._packets = None
+                return
+            if packet.dts is None and packet.size == 0:
+                continue
+            if until is not None and packet.pts is not None and float(packet.pts * packet.time_base) > until:
+                self._pending = packet
+                return
+            packet.stream = self._audio[packet.stream.index]
+            self._box.mux(packet)
+
+    def write(self, image: np.ndarray, pts: int) -> None:
+        """One upright RGB uint8 frame of the source's size, at the source frame's ``pts``."""
+        import av
+
+        if self._box is None:
+            self._start()
+        image = stored(image, self.info.rotation)
+        if image.shape[:2] != (self.info.height, self.info.width):
+            raise OutputError(f"frame {self.frames} is {image.shape[1]}x{image.shape[0]}, expected "
+                              f"{self.info.width}x{self.info.height}")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        frame.pts = int(pts)
+        frame.time_base = self.info.time_base
+        try:
+            self._box.mux(self._video.encode(frame))
+            self._mux_audio(float(pts * self.info.time_base) + 0.5)
+        except av.FFmpegError as e:
+            raise OutputError(f"writing {self.path} failed: {str(e).splitlines()[0][:160]}") from None
+        self.frames += 1
+
+    def close(self) -> Path:
+        import av
+
+        if self._box is None:
+            raise OutputError(f"{self.path}: no frames to write")
+        try:
+            self._box.mux(self._video.encode(None))
+            self._mux_audio(None)
+            self._box.close()
+        except av.FFmpegError as e:
+            self.abort()
+            raise OutputError(f"finishing {self.path} failed: {str(e).splitlines()[0][:160]}") from None
+        self._box = None
+        self._close_source()
+        os.replace(self._tmp, self.path)
+        self._tmp = None
+        return self.path
+
+    def _close_source(self) -> None:
+        if self._src is not None:
+            self._src.close()
+            self._src = self._packets = self._pending = None
+
+    def abort(self) -> None:
+        """Stop without a file: the temporary file is removed."""
+        box, self._box = self._box, None
+        if box is not None:
+            try:
+                box.close()
+            except Exception:  # noqa: BLE001 - the file is removed below anyway
+                pass
+        self._close_source()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    def __enter__(self) -> "ClipWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
