@@ -13,6 +13,7 @@ from agetool.errors import OutputError, UsageError, arg
 from agetool.images import atomic_path, ensure_parent
 
 #: limits of a video run: beyond them a run is a mistake (hours of frames), refused up front
+MIN_FPS = 0.01  # below about 1e-3 ffmpeg's MP4 muxer fails
 MAX_FPS = 240.0
 MAX_STEPS = 10_000
 MAX_HOLD = 600.0  # seconds
@@ -24,7 +25,7 @@ def frame_total(steps: int, fps: float, hold: float = 0.0, transitions: int = 5)
     on its first and last frame. Refuses (``UsageError``) values that are not finite, out of range,
     or that add up to more than ``MAX_FRAMES`` frames, stating the estimate."""
     steps = validate.integer("steps", steps, 1, MAX_STEPS)
-    fps = validate.finite("fps", fps, 0.0, MAX_FPS, low_open=True)
+    fps = validate.finite("fps", fps, MIN_FPS, MAX_FPS)
     hold = validate.finite("hold", hold, 0.0, MAX_HOLD)
     total = steps * transitions + 1 + 2 * int(round(hold * fps))
     if total > MAX_FRAMES:
@@ -51,13 +52,10 @@ def _signals_deferred():
         mask(signal.SIG_SETMASK, old)
 
 
-class _Abort(BaseException):
-    """Thrown into the ffmpeg writer to stop it without finishing the file."""
-
-
 class VideoWriter:
     """H.264 (libx264), yuv420p, +faststart, CRF quality. Writes to a temporary name and renames on
-    ``close()``; ``abort()`` (or an exception inside ``with``) removes the partial file.
+    ``close()``; ``abort()`` (or an exception inside ``with``) removes the partial file. A failure
+    of the encoder is one ``OutputError`` line quoting ffmpeg's last message, and leaves no file.
 
     Frames are RGB uint8 [H, W, 3]; every frame must have the size of the first, with even sides.
     """
@@ -67,58 +65,90 @@ class VideoWriter:
         if self.path.suffix.lower() != ".mp4":
             raise UsageError(f"{self.path}: video output must end in .mp4")
         crf = validate.integer("crf", crf, 0, 51)
-        fps = validate.finite("fps", fps, 0.0, MAX_FPS, low_open=True)
+        fps = validate.finite("fps", fps, MIN_FPS, MAX_FPS)
         ensure_parent(self.path)
         self.fps, self.crf = fps, crf
         self._tmp: Path | None = None
-        self._gen = None
         self._proc = None
+        self._log = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
 
-    def _open(self, width: int, height: int) -> None:
+    def _command(self, width: int, height: int) -> list[str]:
+        from fractions import Fraction
+
         import imageio_ffmpeg
+
+        rate = Fraction(self.fps).limit_denominator()  # a rational: 29.97 stays 29.97
+        return [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
+                "-s", f"{width}x{height}", "-pix_fmt", "rgb24", "-r", str(rate), "-i", "-", "-an",
+                "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(self.crf), "-preset", "medium",
+                "-movflags", "+faststart", "-v", "error", "-f", "mp4", str(self._tmp)]
+
+    def _open(self, width: int, height: int) -> None:
+        import subprocess
+        import tempfile
 
         if width % 2 or height % 2:
             raise OutputError(f"video frames must have even sides, got {width}x{height}")
         with _signals_deferred():  # a stop signal arriving now would leave ffmpeg running unseen
             self._tmp = atomic_path(self.path)
             self._size = (width, height)
-            self._gen = imageio_ffmpeg.write_frames(
-                str(self._tmp), (width, height), fps=self.fps, codec="libx264", pix_fmt_in="rgb24",
-                pix_fmt_out="yuv420p", quality=None, macro_block_size=2,
-                output_params=["-crf", str(self.crf), "-preset", "medium", "-movflags", "+faststart"],
-                ffmpeg_log_level="error",
-            )
-            self._gen.send(None)
-            # the ffmpeg process, so that abort() can end it before the partial file is removed
-            frame = getattr(self._gen, "gi_frame", None)
-            self._proc = frame.f_locals.get("p") if frame is not None else None
+            self._log = tempfile.TemporaryFile()  # ffmpeg's messages: quoted in one line on failure
+            try:  # its own session: a Ctrl-C at the terminal reaches this process only, which ends ffmpeg
+                self._proc = subprocess.Popen(self._command(width, height), stdin=subprocess.PIPE,
+                                              stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True)
+            except OSError as e:
+                self.abort()
+                raise OutputError(f"can't start ffmpeg to write {self.path}: {e.strerror or e}") from None
+
+    def _failure(self) -> str:
+        """ffmpeg's last message (without its ``[component @ address]`` prefix), or its exit status."""
+        import re
+
+        text = ""
+        if self._log is not None:
+            self._log.seek(0)
+            lines = [line.strip() for line in self._log.read().decode("utf-8", "replace").splitlines()]
+            lines = [re.sub(r"^(\[[^]]*\]\s*)+", "", line) for line in lines if line]
+            lines = [line for line in lines if line and not line.startswith("Last message repeated")]
+            text = lines[0] if lines else ""
+        if not text and self._proc is not None and self._proc.returncode not in (None, 0):
+            text = f"exit status {self._proc.returncode}"
+        return (text or "no message")[:160]
 
     def write(self, frame: np.ndarray) -> None:
         """Append one RGB uint8 frame [H, W, 3]."""
         h, w = frame.shape[:2]
-        if self._gen is None:
+        if self._proc is None:
             self._open(w, h)
         elif (w, h) != self._size:
             raise OutputError(f"frame {self.frames} is {w}x{h}, expected {self._size[0]}x{self._size[1]}")
         try:
-            self._gen.send(np.ascontiguousarray(frame, dtype=np.uint8))
-        except (OSError, RuntimeError) as e:
-            self.abort()
-            raise OutputError(f"ffmpeg failed while writing {self.path}: {str(e).splitlines()[0][:160]}") from None
+            self._proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).data)
+        except (OSError, ValueError):
+            self._proc.wait()
+            raise self._failed("failed while writing") from None
         self.frames += 1
+
+    def _failed(self, what: str) -> OutputError:
+        message = self._failure()
+        self.abort()
+        return OutputError(f"ffmpeg {what} {self.path}: {message}")
 
     def close(self) -> Path:
         """Finish encoding and move the file into place."""
-        if self._gen is None:
+        if self._proc is None:
             raise OutputError(f"{self.path}: no frames to write")
         try:
-            self._gen.close()
-        except (OSError, RuntimeError) as e:
-            self.abort()
-            raise OutputError(f"ffmpeg failed to finish {self.path}: {str(e).splitlines()[0][:160]}") from None
-        self._gen = self._proc = None
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        if self._proc.wait() != 0 or self._tmp.stat().st_size == 0:
+            raise self._failed("failed to finish")
+        self._proc = None
+        self._log.close()
+        self._log = None
         os.replace(self._tmp, self.path)
         self._tmp = None
         return self.path
@@ -126,21 +156,20 @@ class VideoWriter:
     def abort(self) -> None:
         """Kill ffmpeg (no waiting for it to finish the file) and remove the partial file."""
         proc, self._proc = self._proc, None
-        if proc is not None and hasattr(proc, "poll"):
+        if proc is not None:
             if proc.poll() is None:  # ffmpeg is killed before it could finish (and rewrite) the file
                 proc.kill()
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
             try:
                 proc.wait(timeout=10)
             except Exception:  # noqa: BLE001 - best effort: the file is removed below anyway
                 pass
-        if self._gen is not None:
-            gen, self._gen = self._gen, None
-            try:  # an exception that is no Exception makes imageio-ffmpeg kill the process at once
-                gen.throw(_Abort())
-            except _Abort:
-                pass
-            except BaseException:  # noqa: BLE001 - ffmpeg already failed; cleanup only
-                pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
