@@ -71,13 +71,28 @@ def text_column(field: str = "{task.description}"):
     return TextColumn(field, markup=False)
 
 
+def rate_column():
+    """A progress column with items per second, for tasks added with a ``unit`` field (frames)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task):
+            unit = task.fields.get("unit")
+            if not unit or not task.speed:
+                return Text("")
+            return Text(f"{task.speed:.2f} {unit}/s")
+
+    return RateColumn()
+
+
 @contextmanager
 def progress(transient: bool = True):
     """A rich progress bar on stderr; disabled when stderr is not a terminal."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    bar = Progress(SpinnerColumn(), text_column(), BarColumn(), MofNCompleteColumn(),
+    bar = Progress(SpinnerColumn(), text_column(), BarColumn(), MofNCompleteColumn(), rate_column(),
                    TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=transient,
                    disable=not err.is_terminal)
     with bar:

@@ -25,6 +25,7 @@ def age(
     tiles: Annotated[Optional[Path], typer.Option("--tiles", metavar="DIR", help="Also write every tile as DIR/<stem>/face<i>_<label>.png.", file_okay=False)] = None,
     no_labels: Annotated[bool, typer.Option("--no-labels", help="No age captions on the grid.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose grid already exists (resume a folder run).")] = False,
+    crf: Annotated[int, typer.Option("--crf", metavar="Q", help="Clips: H.264 quality, 0 lossless ... 51 worst; 18 is visually lossless.")] = 18,
     profile: Annotated[bool, typer.Option("--profile", help="Print the time spent in each stage.")] = False,
     *, build, face_kwargs,
 ) -> int:
@@ -39,6 +40,8 @@ def age(
 
       agetool age me.jpg --ages +20 --paste-back
 
+      agetool age clip.mp4 --ages 60
+
       agetool age photos/ --out grids/ --tiles tiles/
     """
     from agetool.ages import parse_ages
@@ -46,6 +49,11 @@ def age(
     from agetool.images import distinct_outputs, find_images, unique_stems, write_image
 
     parse_ages(ages)  # a malformed --ages fails before any work
+    from agetool.cli.clips import age_clips, clip_inputs
+
+    clips = clip_inputs(inputs)  # video clips (by content): <stem>_age<entry>.mp4 per age
+    if clips:
+        return age_clips(clips, out, ages, crf, build, face_kwargs, profile)
     paths = find_images(inputs)
     if not paths:
         raise UsageError("no images found in the given folders")
@@ -163,6 +171,8 @@ def video(
 
       agetool video me.jpg --paste-back --out me.mp4
 
+      agetool video clip.mp4 --from 20 --to 70
+
       agetool video crop.png --aligned --steps 5 --frames frames/
     """
     from agetool.errors import UsageError, arg
@@ -171,6 +181,10 @@ def video(
 
     if input.is_dir():
         raise UsageError(f"{input}: is a folder; one photo is expected here")
+    from agetool.cli.clips import clip_inputs, video_clip
+
+    if clip_inputs([input]):  # a clip: its people aged progressively over its length
+        return video_clip(input, out, from_age, to_age, crf, build, face_kwargs, profile)
     name = input.stem + "_aging.mp4"
     target = Path(name) if out is None else Path(out) / name if _is_folder(out) else Path(out)
     if target.suffix.lower() != ".mp4":

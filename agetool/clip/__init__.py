@@ -84,9 +84,10 @@ def clip_frames(pipe, src: str | os.PathLike, ages=None, *, from_age: float | No
 
 
 def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float | None = None,
-             to_age: float | None = None, crf: int = 18, **options) -> list[Path]:
+             to_age: float | None = None, crf: int = 18, progress=None, **options) -> list[Path]:
     """Write ``src`` with its people aged: one clip per age (``out``: a file for one age, a folder,
-    or a list of files); returns the paths written. ``options`` are those of ``clip_frames``."""
+    or a list of files); returns the paths written. ``options`` are those of ``clip_frames``;
+    ``progress(description, total) -> advance(n)`` replaces the pipeline's progress callback."""
     from contextlib import ExitStack
 
     from agetool import validate
@@ -106,7 +107,7 @@ def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float
     distinct_outputs([("out", t) for t in targets], [src])
     info = probe(src)
     frames = clip_frames(pipe, src, ages, from_age=from_age, to_age=to_age, info=info, **options)
-    advance = pipe._progress(f"ageing {src.name}", info.frames)
+    advance = (progress or pipe._progress)(f"ageing {src.name}", info.frames)
     with ExitStack() as stack:
         writers = [stack.enter_context(ClipWriter(t, info, crf)) for t in targets]
         for frame in frames:
