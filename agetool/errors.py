@@ -120,3 +120,12 @@ class Interrupted(AgetoolError):
 
 class EstimateError(AgetoolError):
     """Something needs a face's estimated age or gender and no estimate is available."""
+class MissingModelsError(OfflineError):
+    """Models a call needs that are not at hand while network access is off: all of them at once,
+    before anything loads. ``missing`` holds their registry names."""
+
+    def __init__(self, message: str, *, missing: list[str], hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.missing = list(missing)
+
+

@@ -7,34 +7,39 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from agetool.errors import InputError, OutputError, UsageError, arg
+from agetool.files import replacing
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+               data: bytes | None = None) -> np.ndarray:
     """Decode a photo to RGB uint8 [H, W, 3]: EXIF orientation applied, first frame of animations,
-    grayscale / palette / RGBA (on white) / 16-bit / CMYK converted."""
+    grayscale / palette / RGBA (on white) / 16-bit / CMYK converted. With ``data`` (the file's
+    bytes, read elsewhere: object storage) ``path`` only names the photo in messages."""
+    import io
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file", hint="check the path")
-    if path.is_dir():
-        raise UsageError(f"{path}: is a folder; one photo is expected here")
-    if path.stat().st_size == 0:
+    if data is None:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: no such file", hint="check the path")
+        if path.is_dir():
+            raise UsageError(f"{path}: is a folder; one photo is expected here")
+    if (len(data) if data is not None else path.stat().st_size) == 0:
         raise InputError(f"{path}: empty file")
     old_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # the size is checked below, before any pixel is decoded
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise InputError(f"{path}: {w}x{h} pixels is over the limit of {max_pixels:,}",
@@ -61,6 +66,8 @@ def load_image(image, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image")
     from agetool.errors import UsageError, arg
 
     if isinstance(image, (str, os.PathLike)):
+        if not str(image):
+            raise UsageError(f"{arg(what)}: empty path")
         return read_image(image, max_pixels=max_pixels), str(image)
     if isinstance(image, np.ndarray):
         a = image
@@ -80,6 +87,13 @@ def load_image(image, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image")
         from PIL import ImageOps
 
         _check_size(image.size[0], image.size[1], max_pixels, what)
+        try:
+            image.load()
+        except ValueError as e:  # "Operation on closed image"
+            raise UsageError(f"{arg(what)}: can't use this PIL image ({_short(e)})",
+                             hint="pass an open image, or the file's path") from None
+        except (OSError, SyntaxError) as e:
+            raise InputError(f"{arg(what)}: can't decode the PIL image ({_short(e)})") from None
         return to_rgb_array(ImageOps.exif_transpose(image)), Path(getattr(image, "filename", "") or "image").name
     raise UsageError(f"{arg(what)}: expected a file path, a numpy array or a PIL image, got {type(image).__name__}")
 
@@ -160,72 +174,6 @@ def to_uint8(x) -> np.ndarray:
     return u.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-#: temporary siblings made by ``atomic_path``: ``.<name>.<pid>-<random>.part<suffix>``
-_PART = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.part(\.[^.]*)?$")
-_swept: set[str] = set()
-
-
-def atomic_path(target: Path) -> Path:
-    """A new, empty temporary sibling of ``target`` (same folder, same suffix) to write and then
-    rename over it. It has the permissions of any new file (0666 less the umask, as ``open``
-    gives), not ``mkstemp``'s 0600. Leftovers of runs that were killed are removed first."""
-    target = Path(target)
-    _sweep(target.parent)
-    for _ in range(100):
-        tmp = target.with_name(f".{target.stem}.{os.getpid()}-{secrets.token_hex(4)}.part{target.suffix}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return tmp
-    raise OutputError(f"{target.parent}: can't create a temporary file")  # pragma: no cover
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` may still be running (its temporary files are then left alone)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # someone else's process, or no way to tell: leave its file alone
-    return True
-
-
-def _sweep(folder: Path) -> None:
-    """Remove the temporary files that killed runs left in ``folder`` (once per folder and run):
-    those whose process no longer exists."""
-    key = os.path.abspath(folder)
-    if key in _swept:
-        return
-    _swept.add(key)
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        m = _PART.match(entry.name)
-        if m and not pid_alive(int(m.group(1))):
-            try:
-                if entry.is_file(follow_symlinks=False):
-                    os.unlink(entry.path)
-            except OSError:
-                pass
-
-
-def ensure_parent(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"can't create folder {path.parent}: {e.strerror or e}",
-                          hint="choose another output path") from None
-    if not os.access(path.parent, os.W_OK):
-        raise OutputError(f"{path.parent}: folder is not writable", hint="choose another output path")
-
-
 WRITE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
                  ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -239,21 +187,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     if fmt is None:
         raise OutputError(f"{path}: unsupported image suffix {path.suffix or '(none)'}",
                           hint="use .png, .jpg or .webp")
-    ensure_parent(path)
-    tmp = None
-    try:
-        tmp = atomic_path(path)
-        extra = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    extra = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    with replacing(path) as tmp:
         Image.fromarray(np.ascontiguousarray(image)).save(tmp, format=fmt, **extra)
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        raise OutputError(f"can't write {path}: {e.strerror or e}", hint="check free space and permissions") from None
-    except BaseException:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -275,15 +211,8 @@ def write_label_map(path: str | os.PathLike, labels: np.ndarray) -> Path:
     from PIL import Image
 
     path = Path(path)
-    ensure_parent(path)
-    tmp = atomic_path(path)
-    try:
+    with replacing(path) as tmp:
         Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"can't write {path}: {e.strerror or e}", hint="check free space and permissions") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -63,6 +63,14 @@ class EncodedPhoto:
     faces: list[EncodedFace]
 
 
+def column_label(label: str, years: float | None) -> str:
+    """A grid caption: the age as requested, and for a relative age (``+20``) the age it became
+    (``62 (+20)``)."""
+    if years is None or not label[:1] in ("+", "-"):
+        return label
+    return f"{years:.0f} ({label})"
+
+
 @dataclass
 class AgedFace:
     """One face at the requested ages (``images[k]`` has the label ``labels[k]``)."""
@@ -113,9 +121,12 @@ class AgingResult:
         if not labels:
             return grid(rows)
         if self.pasted is not None:
-            heads = [["input", *self.labels]]
+            # relative ages differ from face to face: the age they became is shown for one face only
+            years = self.faces[0].ages if len(self.faces) == 1 else [None] * len(self.labels)
+            heads = [["input", *(column_label(k, y) for k, y in zip(self.labels, years))]]
         else:
-            heads = [[self.input_label(f), *f.labels] for f in self.faces]
+            heads = [[self.input_label(f), *(column_label(k, y) for k, y in zip(f.labels, f.ages))]
+                     for f in self.faces]
         return grid([[caption(t, h) for t, h in zip(row, head)] for row, head in zip(rows, heads)])
 
     def grid(self, labels: bool = True) -> Image:

@@ -10,7 +10,7 @@ import numpy as np
 
 from agetool import validate
 from agetool.errors import OutputError, UsageError, arg
-from agetool.images import atomic_path, ensure_parent
+from agetool.files import ensure_parent, temp_sibling
 
 #: limits of a video run: beyond them a run is a mistake (hours of frames), refused up front
 MIN_FPS = 0.01  # below about 1e-3 ffmpeg's MP4 muxer fails
@@ -92,7 +92,7 @@ class VideoWriter:
         if width % 2 or height % 2:
             raise OutputError(f"video frames must have even sides, got {width}x{height}")
         with _signals_deferred():  # a stop signal arriving now would leave ffmpeg running unseen
-            self._tmp = atomic_path(self.path)
+            self._tmp = temp_sibling(self.path)
             self._size = (width, height)
             self._log = tempfile.TemporaryFile()  # ffmpeg's messages: quoted in one line on failure
             try:  # its own session: a Ctrl-C at the terminal reaches this process only, which ends ffmpeg

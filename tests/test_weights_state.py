@@ -90,11 +90,11 @@ def test_leftovers_of_killed_runs_are_removed(env, server, monkeypatch):
     folder.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = [folder / f".new.bin.{dead.pid}.tmp", folder / f".x.safetensors.{dead.pid}.tmp.safetensors",
+    stale = [folder / f".new.{dead.pid}-0123abcd.part.bin", folder / f".x.{dead.pid}-89abcdef.part.safetensors",
              folder / "old-name.bin.part"]
     for path in stale:
         path.write_bytes(b"left by a killed run")
-    live = folder / f".other.{os.getpid()}.tmp"  # a running process's file stays
+    live = folder / f".other.{os.getpid()}-01234567.part.bin"  # a running process's file stays
     live.write_bytes(b"in use")
     weights.fetch("k")
     assert not any(p.exists() for p in stale) and live.exists()

@@ -141,7 +141,7 @@ def _run(args: list[str], debug: bool) -> int:
 
     try:
         try:
-            rv = command().main(args=args, prog_name="agetool", standalone_mode=False)
+            rv = command().main(args=args, prog_name="agetool", standalone_mode=False, default_map=_defaults(args))
         except KeyboardInterrupt as e:
             return _interrupted(e)
         if rv == 130:  # the parser turns Ctrl-C inside a command into a return value of 130
@@ -160,6 +160,21 @@ def _run(args: list[str], debug: bool) -> int:
         if _is_click_error(e):  # usage errors from the argument parser (exit 2)
             return _click_error(e)
         return _unexpected(e, debug)
+
+
+def _defaults(args: list[str]) -> dict:
+    """The config file's and the environment's settings as flag defaults (see ``agetool.config``);
+    a help page or the version is shown even when they are wrong."""
+    from agetool.cli.defaults import default_map
+    from agetool.config import load_settings
+    from agetool.errors import AgetoolError
+
+    try:
+        return default_map(command(), load_settings())
+    except AgetoolError:
+        if not args or any(a in ("-h", "--help", "--version") for a in args):
+            return {}
+        raise
 
 
 def _stop_cause(e: BaseException) -> KeyboardInterrupt | None:

@@ -93,6 +93,8 @@ def age(
                 models = ", ".join(sorted({f.model for f in result.faces}))
                 n = len(result.faces)
                 console.info(f"{path} -> {target}  ({n} face{'s' if n != 1 else ''}, {models} model)")
+        pipe.check_models(aligned=face_kwargs["aligned"], mask=face_kwargs["mask"],
+                          paste_back=face_kwargs["paste_back"], estimate=any(t.kind == "relative" for t in parsed))
                 done += 1
             except AgetoolError as e:
                 if not several or e.exit_code != 1:
@@ -257,3 +259,4 @@ def estimate(
                 console.out.print(f"{path} face {f.index}: ~{f.age:.0f} years, {f.gender} "
                                   f"(p = {f.gender_probability:.2f}), {where}", markup=False, highlight=False)
     return 1 if failed else 0
+    pipe.check_models(aligned=aligned, mask=False, estimate=True, generate=False)  # every missing file at once

@@ -37,6 +37,17 @@ def _devices() -> list[str]:
     return out
 
 
+def _print_settings(out) -> None:
+    """The config file and the defaults set there or in the environment, with where each came from."""
+    from agetool.config import config_path, load_settings
+
+    settings = load_settings()
+    where = settings.path if settings.path is not None else f"{config_path()} (none)"
+    out.print(f"config: {where}", markup=False)
+    for key, value in settings.values.items():
+        out.print(f"  {key} = {value}  ({settings.origin[key]})", markup=False)
+
+
 @app.command("info")
 def info() -> None:
     """Versions, devices, and cached model files with their licenses.
@@ -60,6 +71,7 @@ def info() -> None:
     out.print("devices: " + ", ".join(_devices()), markup=False)
     out.print(f"registry: {weights.registry_path()}", markup=False)
     out.print(f"cache: {weights.cache_dir()}", markup=False)
+    _print_settings(out)
     cached = [st for st in weights.statuses() if st.path is not None or st.bundled is not None]
     if not cached:
         out.print("cached model files: none (they are fetched on first use)", markup=False)

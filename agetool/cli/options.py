@@ -112,6 +112,18 @@ def _builder(chosen: dict):
             batch=chosen["batch_size"], max_pixels=chosen["max_pixels"], report=report,
             progress=None if bar is None else progress_factory(bar))
 
+    from agetool.cli.defaults import from_config, given
+
+    if chosen["weights"] is not None and from_config("weights") and given("model"):
+        chosen = {**chosen, "weights": None}  # --model on the command line wins over a configured generator
+
+    options = dict(
+        model=chosen["model"], weights=chosen["weights"], parser_weights=chosen["parser_weights"],
+        landmarks=chosen["landmarks"], device=chosen["device"], dtype=chosen["dtype"],
+        offline=chosen["offline"], classifier_weights=chosen["age_model"], age_anchors=chosen["age_anchors"],
+        batch=chosen["batch_size"], max_pixels=chosen["max_pixels"],
+        upscale_weights=chosen["upscale_weights"])
+
     return build
 
 

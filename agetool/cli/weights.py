@@ -191,8 +191,11 @@ def import_(
     file: Annotated[Path, typer.Argument(help="A file you have (released zip, latest_net_g_running.pth, "
                                               "deeplab_model.pth, an agetool .safetensors, ...) or a folder of them.",
                                          exists=True)],
-    name: Annotated[Optional[str], typer.Option("--as", help="The registry name it stands for "
+    name: Annotated[Optional[str], typer.Option("--as", metavar="NAME", help="The registry name it stands for "
                                                               "(default: recognised by size, name or folder).")] = None,
+    trust: Annotated[bool, typer.Option("--trust", help="A file of your own (a fine-tuned parser, another "
+                                        "classifier) used for --as NAME: no published size or checksum is asked "
+                                        "for; it must still load, and `weights list` marks it as yours.")] = False,
 ) -> None:
     """Verify files you already have and place them in the cache, so later runs (and --offline) use them.
 
@@ -203,16 +206,19 @@ def import_(
       agetool weights import males_model.zip --as lats-male
 
       agetool weights import ~/Downloads/lats-weights/
+
+      agetool weights import my_parser.pth --as deeplab-parser --trust
     """
     from agetool import weights
     from agetool.errors import UsageError
 
     with byte_progress() as progress:
         if file.is_dir():
-            if name is not None:
-                raise UsageError("--as names one file; a folder's files are recognised by size, name or folder")
+            if name is not None or trust:
+                raise UsageError(f"{'--as' if name is not None else '--trust'} takes one file; a folder's files "
+                                 "are recognised by size, name or folder")
             for item in weights.import_folder(file, progress=progress, report=report):
                 console.out.print(f"{item.name}: {item.path}", markup=False, highlight=False)
             return
-        dest = weights.import_file(file, name, progress=progress, report=report)
+        dest = weights.import_file(file, name, trust=trust, progress=progress, report=report)
     console.out.print(f"{name or dest.parent.name}: {dest}", markup=False, highlight=False)

@@ -17,16 +17,13 @@ def require_matplotlib() -> None:
         raise UsageError("the evaluation plot needs matplotlib", hint=MATPLOTLIB_HINT) from None
 
 
-def plot(report: dict, path: Path) -> Path:
-    """Draw the report's plot to ``path`` (PNG, written through a temporary name)."""
+def plot(report: dict, path: Path, names: list[str]) -> Path:
+    """Draw the report's plot of generators ``names`` to ``path`` (PNG, written through a temporary name)."""
     require_matplotlib()
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-    from agetool.eval.report import generators
-
     fig = Figure(figsize=(11, 4.4), dpi=100, layout="constrained")
     ax_age, ax_id = fig.subplots(1, 2)
-    names = generators(report)
     targets = list(dict.fromkeys(row["target"] for row in report["summary"]))
     colors = [f"C{i}" for i in range(10)]
     width = 0.8 / max(1, len(names))
@@ -59,12 +56,19 @@ def plot(report: dict, path: Path) -> Path:
                title="Age: estimated against target")
     ax_age.legend(loc="upper left", fontsize=8)
     ax_id.set_xticks(range(len(targets)), targets)
-    ax_id.set(xlabel="target", ylabel="identity (cosine similarity to the input)", title="Identity per target",
+    from agetool.eval.report import identity_metric
+
+    distance = identity_metric(report.get("models") or {}) == "distance"
+    ax_id.set(xlabel="target", ylabel="identity (distance to the input: lower is more alike)" if distance else
+              "identity (cosine similarity to the input)", title="Identity per target",
               ylim=(min(0.0, *[o["identity"] for f in report["faces"] for o in f["outputs"]] or [0.0]) - 0.02, top + 0.02))
-    ax_id.axhline(1.0, color="0.7", linewidth=0.8)
+    ax_id.axhline(0.0 if distance else 1.0, color="0.7", linewidth=0.8)
+    threshold = ((report.get("models") or {}).get("identity") or {}).get("threshold")
+    if threshold is not None:
+        ax_id.axhline(threshold, color="0.5", linestyle=":", linewidth=1)
     if len(names) > 1:
         ax_id.legend(loc="lower left", fontsize=8)
-    from agetool.eval.report import replacing
+    from agetool.files import replacing
 
     with replacing(path) as tmp:
         fig.savefig(tmp, format="png")

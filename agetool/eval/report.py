@@ -8,14 +8,14 @@ A face record (one per photo, face and generator)::
 
 The summary has one row per generator and target, in the order the targets were asked for:
 ``n``, ``estimated_age_mean``, ``age_error_mean`` (mean absolute difference to ``target_age``),
-``identity_mean`` and ``identity_min``.
+``identity_mean`` and ``identity_min`` (cosine similarity: higher is more alike) or, when the
+identity model's metric is a distance (dlib), ``identity_max``: the least alike output either way.
+``models["identity"]["metric"]`` says which.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,29 @@ def face_record(photo: str, face: int, generator: str, model: str, targets: list
     }
 
 
-def summarize(faces: list[dict]) -> list[dict]:
+def add_upscaled(record: dict, measures) -> dict:
+    """Each output of ``record`` with ``upscaled: {estimated_age, identity}``: the same output measured
+    after super-resolution (``measures``: FaceMeasures of the upscaled tiles, same order)."""
+    for out, e, s in zip(record["outputs"], measures.ages, measures.identities):
+        out["upscaled"] = {"estimated_age": float(e), "identity": float(s)}
+    return record
+
+
+def identity_metric(models: dict) -> str:
+    """``"cosine"`` or ``"distance"``: what the identity numbers of a report with ``models`` are."""
+    return (models.get("identity") or {}).get("metric") or "cosine"
+
+
+def worst_key(metric: str) -> str:
+    """The summary key of the least alike output: the lowest cosine, the largest distance."""
+    return "identity_max" if metric == "distance" else "identity_min"
+
+
+def _worst(ids: np.ndarray, metric: str) -> float:
+    return float(ids.max() if metric == "distance" else ids.min())
+
+
+def summarize(faces: list[dict], metric: str = "cosine") -> list[dict]:
     """One row per (generator, target), in first-seen order."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for face in faces:
@@ -50,12 +72,17 @@ def summarize(faces: list[dict]) -> list[dict]:
         rows.append({
             "generator": generator, "target": target, "target_age": float(tgt[0]), "n": len(outs),
             "estimated_age_mean": float(est.mean()), "age_error_mean": float(np.abs(est - tgt).mean()),
-            "identity_mean": float(ids.mean()), "identity_min": float(ids.min()),
+            "identity_mean": float(ids.mean()), worst_key(metric): _worst(ids, metric),
         })
+        if all("upscaled" in o for o in outs):  # the same outputs after super-resolution
+            up_est = np.array([o["upscaled"]["estimated_age"] for o in outs])
+            rows[-1].update({"upscaled_estimated_age_mean": float(up_est.mean()),
+                             "upscaled_age_error_mean": float(np.abs(up_est - tgt).mean()),
+                             "upscaled_identity_mean": float(np.mean([o["upscaled"]["identity"] for o in outs]))})
     return rows
 
 
-def summarize_inputs(faces: list[dict]) -> dict:
+def summarize_inputs(faces: list[dict], metric: str = "cosine") -> dict:
     """The input faces (each photo and face once): their estimated ages and self-identity."""
     seen: dict[tuple[str, int], dict] = {}
     for face in faces:
@@ -63,9 +90,9 @@ def summarize_inputs(faces: list[dict]) -> dict:
     ages = np.array([i["estimated_age"] for i in seen.values()]) if seen else np.zeros(0)
     ids = np.array([i["identity"] for i in seen.values()]) if seen else np.zeros(0)
     if not seen:
-        return {"n": 0, "estimated_age_mean": None, "identity_mean": None, "identity_min": None}
+        return {"n": 0, "estimated_age_mean": None, "identity_mean": None, worst_key(metric): None}
     return {"n": len(seen), "estimated_age_mean": float(ages.mean()), "identity_mean": float(ids.mean()),
-            "identity_min": float(ids.min())}
+            worst_key(metric): _worst(ids, metric)}
 
 
 def build(faces: list[dict], *, models: dict, settings: dict, failed: list[dict] | None = None,
@@ -75,7 +102,8 @@ def build(faces: list[dict], *, models: dict, settings: dict, failed: list[dict]
 
     report = {
         "version": REPORT_VERSION, "agetool": __version__, "models": models, "settings": settings,
-        "summary": summarize(faces), "inputs": summarize_inputs(faces), "faces": faces,
+        "summary": summarize(faces, identity_metric(models)), "inputs": summarize_inputs(faces, identity_metric(models)),
+        "faces": faces,
         "failed": list(failed or []),
     }
     if calibration is not None:
@@ -94,19 +122,42 @@ def _fmt(value, digits: int) -> str:
 def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """The summary as text: a header and one row per generator and target (shared by md and the CLI)."""
     several = len(generators(report)) > 1
+    worst = worst_key(identity_metric(report["models"]))
     header = (["generator"] if several else []) + ["target", "target age", "n", "estimated age",
-                                                   "age error", "identity mean", "identity min"]
+                                                   "age error", "identity mean", worst.replace("_", " ")]
+    factor = report.get("settings", {}).get("upscale") or 1
+    if factor > 1:  # the upscaled outputs' numbers next to the 256 px ones
+        header += [f"estimated age x{factor}", f"age error x{factor}", f"identity mean x{factor}"]
     rows = []
     for r in report["summary"]:
         rows.append(([r["generator"]] if several else []) + [
             r["target"], _fmt(r["target_age"], 1), str(r["n"]), _fmt(r["estimated_age_mean"], 1),
-            _fmt(r["age_error_mean"], 1), _fmt(r["identity_mean"], 3), _fmt(r["identity_min"], 3)])
+            _fmt(r["age_error_mean"], 1), _fmt(r["identity_mean"], 3), _fmt(r.get(worst), 3)]
+            + ([_fmt(r.get("upscaled_estimated_age_mean"), 1), _fmt(r.get("upscaled_age_error_mean"), 1),
+                _fmt(r.get("upscaled_identity_mean"), 3)] if factor > 1 else []))
     inp = report["inputs"]
     if inp["n"]:
         rows.append(([""] if several else []) + [
             "input", "-", str(inp["n"]), _fmt(inp["estimated_age_mean"], 1), "-",
-            _fmt(inp["identity_mean"], 3), _fmt(inp["identity_min"], 3)])
+            _fmt(inp["identity_mean"], 3), _fmt(inp.get(worst), 3)] + ["-"] * (3 if factor > 1 else 0))
     return header, rows
+
+
+def identity_text(models: dict) -> str:
+    """What the identity numbers are, with the model, its file and sha256 where known."""
+    info = models.get("identity") or {}
+    threshold = info.get("threshold")
+    if identity_metric(models) == "distance":
+        text = ("Euclidean distance of the face descriptors of the input and the output (0 = same descriptor"
+                + (f"; same person at {threshold:g} or less" if threshold is not None else "") + ").")
+    else:
+        text = ("cosine similarity of the identity embeddings of the input and the output (1 = same embedding"
+                + (f"; same person at {threshold:g} or more" if threshold is not None else "") + ").")
+    if info.get("name"):
+        sha = info.get("sha256") or ""
+        text += (f" Identity model: {info['name']} ({info.get('file') or '-'}"
+                 + (f", sha256 {sha}" if sha else "") + f"), metric: {identity_metric(models)}.")
+    return text
 
 
 def _md_cell(text: str) -> str:
@@ -118,11 +169,10 @@ def markdown(report: dict, plot: str | None = "report.png") -> str:
     header, rows = table_rows(report)
     lines = ["# agetool evaluation", ""]
     lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join("---" if i < (len(header) - 6) else "---:" for i in range(len(header))) + "|")
+    lines.append("|" + "|".join("---" if i < (2 if len(generators(report)) > 1 else 1) else "---:" for i in range(len(header))) + "|")
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     lines += ["", "Estimated age: the age model's estimate of each output; age error: mean absolute difference "
-              "to the target age; identity: cosine similarity of the identity embeddings of the input and "
-              "the output (1 = same embedding).", ""]
+              f"to the target age; identity: {identity_text(report['models'])}", ""]
     if plot:
         lines += [f"![estimated age and identity per target]({plot})", ""]
     lines += ["## Models", "", "| role | name | file | sha256 | revision |", "|---|---|---|---|---|"]
@@ -130,7 +180,7 @@ def markdown(report: dict, plot: str | None = "report.png") -> str:
         for entry in (info if isinstance(info, list) else [info]):
             sha = entry.get("sha256") or ""
             lines.append("| " + " | ".join(_md_cell(c) for c in (
-                role, entry.get("name", ""), entry.get("file", ""), sha[:16], (entry.get("revision") or "")[:12])) + " |")
+                role, entry.get("name") or "", entry.get("file") or "", sha[:16], (entry.get("revision") or "")[:12])) + " |")
     lines += ["", f"agetool {report['agetool']}; settings: "
               + ", ".join(f"{k} = {_md_cell(json.dumps(v))}" for k, v in report["settings"].items()), ""]
     if report.get("failed"):
@@ -146,38 +196,16 @@ def markdown(report: dict, plot: str | None = "report.png") -> str:
     return "\n".join(lines)
 
 
-@contextmanager
-def replacing(path: Path):
-    """Yield a temporary sibling of ``path`` to write; it replaces ``path`` when the block succeeds."""
-    from agetool.errors import OutputError
-    from agetool.images import atomic_path, ensure_parent
-
-    path = Path(path)
-    ensure_parent(path)
-    tmp = atomic_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"can't write {path}: {e.strerror or e}", hint="check free space and permissions") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text(path: Path, text: str) -> Path:
-    with replacing(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
 
 def write(report: dict, out: Path) -> list[Path]:
     """``out/report.json``, ``out/report.md``, ``out/report.png`` (and ``anchors.json`` when calibrated)."""
     from agetool.eval.plot import plot
+    from agetool.files import write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [write_text(out / "report.json", json.dumps(report, indent=1) + "\n"),
-               write_text(out / "report.md", markdown(report)), plot(report, out / "report.png")]
+               write_text(out / "report.md", markdown(report)), plot(report, out / "report.png", generators(report))]
     if report.get("calibration"):
         written.append(write_text(out / "anchors.json", json.dumps(report["calibration"]["anchors"], indent=1) + "\n"))
     return written

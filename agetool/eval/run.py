@@ -34,18 +34,22 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
              parser_weights: str | os.PathLike | None = None, landmarks: str = "auto", device: str = "auto",
              dtype: str = "float32", offline: bool = False, age_anchors=None, ages=None,
              age_model: str | os.PathLike | None = None, identity_model: str | os.PathLike | None = None,
-             identity: str = "auraface", aligned: bool = False, mask: bool = True, seed: int = 0,
+             identity: str = "auto", aligned: bool = False, mask: bool = True, seed: int = 0,
              noise: float = DEFAULT_NOISE, faces: str = "all", min_face: int = 0, calibrate: bool = False,
              calibrate_steps: int = DEFAULT_CALIBRATE_STEPS, out: str | os.PathLike | None = None,
              skip_existing: bool = False, dist=None, report: Callable[[str], None] | None = None,
-             progress=None) -> dict:
+             progress=None, upscale: int | None = None, upscale_weights: str | os.PathLike | None = None) -> dict:
     """Measure how old the outputs look and whether they keep the person's identity.
 
     Every face of ``photos`` (files, or folders searched recursively) is rendered at ``ages``
     (default: the six classes) and each output gets ``estimated_age`` (the ``age_model``, default
-    the registry's ``genderage``) and ``identity`` (cosine similarity of the ``identity`` embedder's
-    embeddings of input and output: ``"auraface"`` (default) or ``"arcface-w600k"``, or a local
-    ``identity_model`` file). Returns the report (what ``report.json`` holds; see
+    the registry's ``genderage``) and ``identity``, the identity model's score of input and output:
+    the cosine similarity of ArcFace-type embeddings (``"auraface"``, ``"arcface-w600k"``, or an
+    ``.onnx`` ``identity_model`` file) or the Euclidean distance of dlib's face descriptors
+    (``"dlib"``: no download). ``identity="auto"`` (default) takes auraface where it is cached, else
+    dlib, and says so through ``report``; ``report["models"]["identity"]`` names the model, its file,
+    sha256, ``metric`` (``"cosine"`` or ``"distance"``) and ``threshold``. ``faces`` is as in
+    ``AgingPipeline`` (``"ref:PHOTO"``: the reference is embedded once for the whole run). Returns the report (what ``report.json`` holds; see
     ``agetool.eval.report``); with ``out`` also writes ``report.json``, ``report.md``,
     ``report.png`` there.
 
@@ -55,12 +59,23 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
     renders a traversal of each face (``calibrate_steps`` frames per class transition) and fits the
     class anchor ages that make the estimated age follow the requested age (``report["calibration"]
     ["anchors"]``, written to ``out/anchors.json``, usable as ``age_anchors``).
+
+    ``upscale`` 2 or 4 also measures every output after super-resolution (``upscale_weights``, as in
+    ``AgingPipeline.from_pretrained``): each output gets ``upscaled: {estimated_age, identity}``
+    next to the 256 px numbers, and the summary ``upscaled_*`` means.
     """
     from agetool.device import env_dist, pick_device
     from agetool.eval.measure import Measurer
     from agetool.images import find_images
+    from agetool.upscale import check_factor
 
+    factor = check_factor(upscale)
     dist = dist or env_dist()
+    from agetool import validate
+
+    for name, value in (("aligned", aligned), ("mask", mask), ("calibrate", calibrate), ("skip_existing", skip_existing),
+                        ("offline", offline)):
+        validate.flag(name, value)
     if out is None and (skip_existing or dist.world > 1):
         raise UsageError(f"{arg('skip_existing') if skip_existing else 'a multi-process run'} needs {arg('out')}, "
                          "where the results of each photo are kept")
@@ -75,6 +90,9 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
     paths = find_images([photos] if isinstance(photos, (str, os.PathLike)) else list(photos))
     if not paths:
         raise InputError(f"{arg('photos', photos)}: no images found")
+    from agetool.faces import check_faces
+
+    faces = check_faces(faces)
     if out is not None:  # the report set never replaces a photo being measured
         from agetool.images import outputs_clear
 
@@ -82,18 +100,23 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
     dev = pick_device(device, dist=dist) if pipeline is None else pipeline.device
     generators = _generators(pipeline, model=model, weights=weights, compare=compare, parser_weights=parser_weights,
                              landmarks=landmarks, device=dev, dtype=dtype, offline=offline, age_anchors=age_anchors,
-                             classifier_weights=age_model, report=report, progress=progress)
+                             classifier_weights=age_model, report=report, progress=progress,
+                             upscale_weights=upscale_weights)
     first = generators[0].pipeline
     targets = first.targets(ages)
+    _require_models(generators, age_model=age_model, identity_model=identity_model, identity=identity,
+                    aligned=aligned, mask=mask, offline=offline)
     measurer = Measurer.load(age_model=age_model, identity_model=identity_model, identity=identity, device=dev,
                              offline=offline, report=report, progress=progress)
     models = {"generator": [g.info for g in generators], **measurer.models}
     settings = {"targets": [t.entry for t in targets], "anchors": dict(first.age_anchors), "seed": seed,
                 "noise": noise, "aligned": aligned, "mask": mask, "faces": faces, "min_face": min_face,
                 "calibrate_steps": calibrate_steps if calibrate else None}
+    if factor > 1:
+        settings["upscale"] = factor
     key = hashlib.sha256(json.dumps([settings, models], sort_keys=True, default=str).encode()).hexdigest()
     run = _Run(generators, measurer, targets, dict(seed=seed, noise=noise), calibrate_steps if calibrate else 0,
-               dict(aligned=aligned, mask=mask, faces=faces, min_face=min_face))
+               dict(aligned=aligned, mask=mask, faces=faces, min_face=min_face), factor)
     parts_dir = Path(out) / PARTS if out is not None else None
     mine = dist.shard(list(enumerate(paths)))
     results: dict[int, dict] = {}
@@ -114,18 +137,21 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
 
         barrier(dist)
         results = {i: _load_part(parts_dir, i, p, key) or _missing(p, key) for i, p in enumerate(paths)}
+    models["generator"] = [info for g in generators for info in _used_info(g)]  # files fetched meanwhile
     return _finish(results, paths, models, settings, first, out if dist.main else None)
 
 
 class _Run:
     """One evaluation's models and settings; ``photo(path)`` measures every face of one photo."""
 
-    def __init__(self, generators, measurer, targets, render: dict, calibrate_steps: int, encode: dict):
+    def __init__(self, generators, measurer, targets, render: dict, calibrate_steps: int, encode: dict,
+                 upscale: int = 1):
         self.generators, self.measurer, self.targets = generators, measurer, targets
         self.render, self.calibrate_steps, self.encode = render, calibrate_steps, encode
+        self.upscale = upscale
 
     def photo(self, path: Path, key: str) -> dict:
-        from agetool.eval.report import face_record
+        from agetool.eval.report import add_upscaled, face_record
 
         part = {"photo": str(path), "key": key, "faces": [], "frames": [], "failed": None}
         try:
@@ -135,8 +161,13 @@ class _Run:
                     tiles = g.pipeline.render(face, targets=self.targets, **self.render)
                     years = g.pipeline.target_years(self.targets, face)
                     measures = self.measurer.measure(face.aligned, tiles, face.crop_landmarks)
-                    part["faces"].append(face_record(str(path), face.index, g.label, face.model,
-                                                     [(t.entry, y) for t, y in zip(self.targets, years)], measures))
+                    record = face_record(str(path), face.index, g.label, face.model,
+                                         [(t.entry, y) for t, y in zip(self.targets, years)], measures)
+                    if self.upscale > 1:  # the same outputs after super-resolution, measured the same way
+                        up = self.measurer.measure(face.aligned, g.pipeline.upscale(tiles, self.upscale),
+                                                   face.crop_landmarks)
+                        add_upscaled(record, up)
+                    part["faces"].append(record)
                     if self.calibrate_steps:
                         part["frames"].append(self._traversal(g.pipeline, face))
         except InputError as e:  # this photo can't be used (unreadable, no face): keep going
@@ -151,6 +182,25 @@ class _Run:
         tiles = pipeline.render(face, targets=[AgeTarget(f"{y:g}", "years", float(y)) for y in years], **self.render)
         estimated = self.measurer.ages(face.aligned, tiles, face.crop_landmarks)
         return {"positions": [i / steps for i in range(len(years))], "estimated": estimated}
+
+
+def _require_models(generators, *, age_model, identity_model, identity, aligned: bool, mask: bool,
+                    offline: bool) -> None:
+    """Every model file the evaluation needs and does not have, in one error, before any loads."""
+    from agetool import weights
+    from agetool.errors import UnknownWeightsError
+    from agetool.needs import pipeline_files, require
+
+    groups = [group for g in generators for group in pipeline_files(g.pipeline.models, g.pipeline.model,
+                                                                     landmarks=not aligned, parser=mask)]
+    if age_model is None:
+        groups.append(["genderage"])
+    if identity_model is None:
+        try:
+            groups.append([weights.get(identity).name])
+        except UnknownWeightsError:  # not a registry name: the embedder says what it is
+            pass
+    require([list(g) for g in dict.fromkeys(tuple(g) for g in groups)], offline=offline)
 
 
 def _generators(pipeline, *, model, weights, compare, report, progress, **common) -> list[_Generator]:
@@ -190,6 +240,19 @@ def _generator_info(model: str, path) -> dict:
     return {"name": f"lats-{model}", "file": None, "sha256": None, "revision": None}
 
 
+def _used_info(g: _Generator) -> list[dict]:
+    """The generator files a run used, each with its file name and sha256: a file given by path as
+    it was, a registry generator as cached now (with ``auto``, each of the two that is at hand)."""
+    from agetool.eval.measure import file_info
+    from agetool.needs import at_hand
+
+    model = g.pipeline.model
+    if model not in ("male", "female", "auto") or g.info.get("sha256"):
+        return [g.info]
+    names = [f"lats-{model}"] if model != "auto" else [n for n in ("lats-male", "lats-female") if at_hand(n)]
+    return [file_info(name, None) for name in names] or [g.info]
+
+
 def _part_path(parts_dir: Path, index: int) -> Path:
     return parts_dir / f"{index:06d}.json"
 
@@ -207,7 +270,7 @@ def _load_part(parts_dir: Path | None, index: int, path: Path, key: str) -> dict
 
 
 def _save_part(parts_dir: Path, index: int, part: dict) -> None:
-    from agetool.eval.report import write_text
+    from agetool.files import write_text
 
     write_text(_part_path(parts_dir, index), json.dumps(part) + "\n")
 

@@ -24,7 +24,7 @@ GENDERS = ("female", "male")
 BOX_SCALE = 1.5
 #: Face box in an aligned crop, as fractions of its side (x0, y0, x1, y1).
 ALIGNED_BOX = (0.235, 0.22, 0.77, 0.91)
-_HINT = f"pass {arg('model', 'male')} or {arg('model', 'female')}"
+_HINT = f"pass {arg('model', 'male')} or {arg('model', 'female')}, or the classifier as {arg('classifier_weights', 'FILE')}"
 
 
 def face_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
@@ -63,8 +63,9 @@ class GenderClassifier:
         try:
             return cls.open(path, offline=offline, report=report, progress=progress)
         except AgetoolError as e:
-            raise ModelChoiceError(f"can't choose the male or female model automatically: {e.message}",
-                                   hint=_HINT) from None
+            error = ModelChoiceError(f"can't choose the male or female model automatically: {e.message}", hint=_HINT)
+            error.reason = e.message  # why the classifier can't be had, for callers that need it otherwise
+            raise error from None
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, *, device=None, offline: bool = False,

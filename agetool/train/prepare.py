@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agetool.errors import AgetoolError, DatasetError, UsageError, arg
+from agetool.files import link_or_copy, replacing
 
 AGE_GROUPS: tuple[str, ...] = ("0-2", "3-6", "7-9", "10-14", "15-19", "20-29", "30-39", "40-49", "50-69", "70-120")
 GENDER_FOLDERS = {"male": "males", "female": "females"}
@@ -247,18 +248,11 @@ def _index_pngs(root: Path, parsings: bool | None) -> dict[int, Path]:
 def _place(src: Path, dst: Path, link: bool) -> None:
     if dst.exists() and dst.stat().st_size == src.stat().st_size:
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.part")
     if link:
-        try:
-            tmp.unlink(missing_ok=True)
-            os.link(src, tmp)
-            os.replace(tmp, dst)
-            return
-        except OSError:
-            pass
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        link_or_copy(src, dst)
+        return
+    with replacing(dst, errors=False) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _check_outputs(rows: list[LabelRow], out: Path, train_split: int, inputs: list) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agetool.errors import ChecksumError, DownloadError, OfflineError, WeightsError, arg
+from agetool.files import link_or_copy
 from agetool.weights import store, transfer
 from agetool.weights.registry import ARGUMENT_FOR_KIND, Artifact, get, load_registry
 from agetool.weights.store import Digest, read_record, write_record
@@ -190,10 +191,16 @@ class Status:
     bundled: Path | None = None  # the copy an installed package ships (used instead of the cache)
 
     @property
+    def own(self) -> bool:
+        """Whether the cached copy is a file of the user's own, registered for this name (``trust``)."""
+        return self.path is not None and self.record.get("form") == store.OWN
+
+    @property
     def where(self) -> str:
         """One word or phrase for tables: cached, bundled with a package, partial, or not."""
         if self.path is not None:
-            return "yes" if self.verified else "yes (not yet verified)"
+            mine = ", your file" if self.own else ""
+            return f"yes{mine}" if self.verified else f"yes (not yet verified{mine})"
         if self.bundled is not None:
             return f"bundled ({self.artifact.bundled[0].replace('_', '-')} package)"
         if self.partial:
@@ -301,7 +308,8 @@ def generator_path(name: str, *, offline: bool = False, progress=None, report=No
     if _converted_current(art, out):
         return out
     src = fetch(name, offline=offline, progress=progress, report=report)
-    if read_record(name).get("form") == store.SAFETENSORS:
+    form = read_record(name).get("form")
+    if form == store.SAFETENSORS or form == store.OWN and src.suffix.lower() == ".safetensors":
         return src
     with store.locked(art), store.writing():
         if _converted_current(art, out):
@@ -350,7 +358,7 @@ def place_face_alignment_files(*, offline: bool = False, progress=None, report=N
             say(f"{name}: replacing {dest}: {why}")
             store.remove(dest)
         src = fetch(name, offline=offline, progress=progress, report=report)
-        _link_or_copy(src, dest)
+        link_or_copy(src, dest)
         _mark_placed(name, dest)
 
 
@@ -358,19 +366,3 @@ def _mark_placed(name: str, dest: Path) -> None:
     record = read_record(name)
     record["placed"] = {"path": str(dest), "stamp": store.stamp(dest)}
     write_record(name, record)
-
-
-def _link_or_copy(src: Path, dest: Path) -> None:
-    import shutil
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(src.resolve(), tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from agetool.errors import AgetoolError, ChecksumError, WeightsError, arg
 from agetool.weights import store
 from agetool.weights.core import _remember, _say, human_size
 from agetool.weights.registry import ARGUMENT_FOR_KIND, Artifact, check_name, get, load_registry, max_bytes
-from agetool.weights.store import LOCAL_FORMS, MEMBER, RELEASED, SAFETENSORS, read_record
+from agetool.weights.store import LOCAL_FORMS, MEMBER, OWN, RELEASED, SAFETENSORS, read_record
 from agetool.weights.transfer import progress_bar
 
 MAX_DEPTH = 3  # folder levels searched below the folder given
@@ -41,18 +41,26 @@ class Imported:
     source: Path  # the file given
 
 
-def import_file(src: str | os.PathLike, name: str | None = None, *, progress=None, report=None) -> Path:
+def import_file(src: str | os.PathLike, name: str | None = None, *, trust: bool = False, progress=None,
+                report=None) -> Path:
     """Verify a file the user has and place it in the cache as artifact ``name`` (any accepted
     form, see the module docstring; None: recognised by its size, name or folder); returns its
-    path in the cache."""
+    path in the cache.
+
+    ``trust=True`` registers a file of the user's own for ``name`` (a fine-tuned parser, another
+    classifier): the published size and checksums are not asked for; the file must still load
+    where agetool can load that kind, and its sha256 is pinned. The released file itself is
+    imported as released."""
     src = Path(src).expanduser()
+    if trust and name is None:
+        raise WeightsError(f"{arg('trust')} registers a file for a name", hint="name it: --as NAME")
     if name is None:
         hits = recognise_file(src, src.parent) if src.is_file() else []
         if len({a.name for _, a, _ in hits}) != 1:
             raise WeightsError(f"{src}: can't tell which registered file this is",
                                hint="name it: agetool weights import FILE --as NAME")
         name = hits[0][1].name
-    return _import(src, get(check_name(name)), progress, _say(report)).path
+    return _import(src, get(check_name(name)), progress, _say(report), trust=trust).path
 
 
 def import_folder(folder: str | os.PathLike, *, progress=None, report=None) -> list[Imported]:
@@ -132,11 +140,13 @@ def form_of(path: Path, art: Artifact) -> str:
     return RELEASED
 
 
-def _import(src: Path, art: Artifact, progress, say) -> Imported:
+def _import(src: Path, art: Artifact, progress, say, *, trust: bool = False) -> Imported:
     if not src.is_file():
         raise WeightsError(f"{src}: no such file")
     form = form_of(src, art)
     size = src.stat().st_size
+    if trust and (form != RELEASED or art.size is not None and size != art.size or not art.has_checksum):
+        form = OWN
     _check_size(src, size, art, form)  # before anything is copied
     name = art.name
     dest = store.file_path(art)
@@ -144,6 +154,8 @@ def _import(src: Path, art: Artifact, progress, say) -> Imported:
         dest = dest.with_name(PurePosixPath(art.member).name)
     elif form == SAFETENSORS:
         dest = dest.with_name(f"{name}.safetensors")
+    elif form == OWN:
+        dest = dest.with_name(_own_name(src))
     with store.locked(art), store.writing():
         store.clean_stale(art)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +166,9 @@ def _import(src: Path, art: Artifact, progress, say) -> Imported:
                 digest = _copy(src, tmp, art, advance)
             if form == RELEASED:
                 why = store.mismatch(art, digest, record if record.get("form", RELEASED) == RELEASED else {})
-                if why:
+                if why and trust:  # the released size, other bytes: a file of the user's own
+                    form, dest = OWN, dest.with_name(_own_name(src))
+                elif why:
                     raise ChecksumError(f"{src} is not {name}: {why}", hint=_not_it_hint(art))
             else:
                 _check_loads(tmp, art, form, src)
@@ -163,11 +177,14 @@ def _import(src: Path, art: Artifact, progress, say) -> Imported:
             tmp.unlink(missing_ok=True)
         base = record if record.get("form", RELEASED) == form else {k: v for k, v in record.items() if k in ("placed",)}
         _remember(art, dest, digest, base, say, source=f"import {src}", form=form)
-    if form in LOCAL_FORMS:
+    if form == OWN:
+        checked = "loads into its network" if art.kind in _LOADERS or art.kind in _ONNX_KINDS else "was not checked"
+        say(f"{name}: {src.name} registered as your own file ({checked}); recorded sha256 {digest.sha256}")
+    elif form in LOCAL_FORMS:
         what = "the unzipped generator" if form == MEMBER else "an agetool safetensors file"
         say(f"{name}: {src.name} is {what} and loads into its network, but could not be checked against a "
             f"published checksum (only the released {art.filename} has one); recorded sha256 {digest.sha256}")
-    if art.non_commercial:
+    if art.non_commercial and form != OWN:
         say(art.license_line)
     return Imported(name, dest, form, src)
 
@@ -185,7 +202,16 @@ def _not_it_hint(art: Artifact) -> str:
     argument = ARGUMENT_FOR_KIND.get(art.kind)
     if argument:
         hint += f"; a file of your own can be passed as {arg(argument, 'FILE')}"
-    return hint
+    return hint + f", or registered once with `agetool weights import FILE --as {art.name} --trust`"
+
+
+#: suffixes a registered own file keeps (loaders go by them); anything else is stored as .bin
+_OWN_SUFFIXES = (".pth", ".pt", ".safetensors", ".zip", ".onnx", ".dat", ".bin")
+
+
+def _own_name(src: Path) -> str:
+    suffix = src.suffix.lower()
+    return "own" + (suffix if suffix in _OWN_SUFFIXES else ".bin")
 
 
 def _copy(src: Path, tmp: Path, art: Artifact, advance) -> store.Digest:
@@ -213,12 +239,24 @@ def _check_parser(path: Path, art: Artifact, form: str) -> None:
 _LOADERS = {"generator": _check_generator, "parser": _check_parser}
 
 
+def _check_onnx(path: Path, art: Artifact, form: str) -> None:
+    from agetool.face.onnxrt import session
+
+    session(path, argument="file")
+
+
+_ONNX_KINDS = ("classifier", "recognition")
+
+
 def _check_loads(tmp: Path, art: Artifact, form: str, src: Path) -> None:
     """A file without a published checksum must at least load strictly into its network."""
     from agetool.errors import CheckpointError
 
     try:
-        _LOADERS[art.kind](tmp, art, form)
+    check = _LOADERS.get(art.kind) or (_check_onnx if art.kind in _ONNX_KINDS else None)
+    if check is None:
+        return
+        check(tmp, art, form)
     except CheckpointError as e:
         raise ChecksumError(f"{src} is not {art.name}: {e.message.replace(str(tmp), src.name)}",
                             hint=_not_it_hint(art)) from None

@@ -34,7 +34,8 @@ DEFAULT_MAX_BYTES = 2 << 30
 MAX_MEMBER_BYTES = 2 << 30
 #: The Python argument that takes a file of this kind instead of the registry's (the command line
 #: shows it as its flag).
-ARGUMENT_FOR_KIND = {"generator": "weights", "parser": "parser_weights"}
+ARGUMENT_FOR_KIND = {"generator": "weights", "parser": "parser_weights", "classifier": "classifier_weights",
+                     "recognition": "identity_model", "upscaler": "upscale_weights"}
 
 
 def max_bytes(kind: str) -> int:

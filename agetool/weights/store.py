@@ -13,7 +13,8 @@ Hub downloads stay in the Hugging Face cache (``HF_HOME``); their record points 
 whose stamp (size, mtime, inode) still matches the file lets later runs skip re-hashing. A record's
 ``form`` says which of those a file is: ``released`` (the registry's artifact, checked against its
 published size and checksums), ``member`` or ``safetensors`` (checked by loading it into its
-network on import; later copies must match the sha256 recorded then).
+network on import; later copies must match the sha256 recorded then), or ``own`` (a user's own file
+registered for the name with ``trust=True``: ``files/<name>/own<suffix>``, pinned the same way).
 
 Temporary files (``.<name>.<pid>.tmp``) of processes that no longer run are removed by the next
 run; a ``.part`` file is resumed by the next download of the same artifact.
@@ -26,24 +27,23 @@ import errno
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from agetool import files
 from agetool.errors import WeightsError
-from agetool.images import pid_alive
 from agetool.weights.registry import Artifact, check_name
 
 CACHE_ENV = "AGETOOL_CACHE"
 CHUNK = 1 << 20
-RELEASED, MEMBER, SAFETENSORS = "released", "member", "safetensors"
-LOCAL_FORMS = (MEMBER, SAFETENSORS)  # forms without a published checksum: pinned when imported
-_TMP = re.compile(r"\..+\.(\d+)\.tmp(\.\w+)?")
+RELEASED, MEMBER, SAFETENSORS, OWN = "released", "member", "safetensors", "own"
+#: forms without a published checksum, pinned when imported; OWN is a user's own file (``--trust``)
+LOCAL_FORMS = (MEMBER, SAFETENSORS, OWN)
 
 
 def temp_path(dest: Path) -> Path:
-    """A temporary name beside ``dest`` for this process, keeping its suffix (readers go by it)."""
-    return dest.with_name(f".{dest.name}.{os.getpid()}.tmp{dest.suffix}")
+    """A new temporary file beside ``dest``, keeping its suffix (readers go by it)."""
+    return files.temp_sibling(dest)
 
 
 def cache_dir() -> Path:
@@ -151,29 +151,17 @@ def clean_stale(art: Artifact) -> None:
     """Remove temporary files of ``art`` left by processes that no longer run, and partial
     downloads that the registry's current file name no longer resumes."""
     folder = file_path(art).parent
-    candidates = list(folder.glob(".*.tmp*")) + list(folder.glob("*.part"))
-    conv = converted_path(art)
-    candidates += list(conv.parent.glob(f".{conv.name}*.part")) + list(conv.parent.glob(f".{conv.name}*.tmp*"))
-    candidates += list(record_path(art.name).parent.glob(f".{art.name}.json.*.tmp*"))
+    for place in (folder, converted_path(art).parent, record_path(art.name).parent):
+        files.sweep(place, again=True)
     keep = part_path(art)
-    for path in candidates:
-        if path == keep:
-            continue
-        m = _TMP.fullmatch(path.name)
-        if m and pid_alive(int(m.group(1))):
-            continue
-        with contextlib.suppress(OSError):
-            path.unlink()
+    for path in folder.glob("*.part"):
+        if path != keep and not files.is_temp(path.name):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    files.write_bytes(path, data, errors=False)
 
 
 @dataclass
