@@ -1,0 +1,102 @@
+"""Which registered model files a call needs, which of them are not at hand, and one error that
+names all of them (with every way out) before anything loads.
+
+A file is at hand when it is cached (verified or not yet re-hashed), converted, or shipped by an
+installed package. Only with network access off does something missing stop a call: online, the
+files are downloaded where they are first needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from agetool.errors import MissingModelsError, arg
+
+#: what each kind of file is, in a message
+ROLES = {"generator": "generator", "parser": "face parser", "classifier": "age and gender classifier",
+         "landmarks": "landmark model", "detector": "face detector", "recognition": "identity embedder"}
+
+
+def at_hand(name: str) -> bool:
+    """Whether registry file ``name`` can be used without a download (no hashing, no network)."""
+    from agetool import weights
+    from agetool.errors import AgetoolError
+
+    try:
+        st = weights.status(name)
+    except AgetoolError:
+        return False
+    return st.path is not None or st.bundled is not None or st.converted is not None
+
+
+def landmark_files(backend: str) -> list[str]:
+    """The registry files a landmark backend (``auto``, ``fan``, ``dlib``) loads."""
+    from agetool.face.detect import fan_files_present
+
+    if backend == "auto":
+        backend = "fan" if fan_files_present() else "dlib"
+    if backend == "fan":
+        return [] if fan_files_present() else ["fan-2d", "s3fd"]
+    return ["dlib-landmarks68"]
+
+
+def pipeline_files(models, model: str, *, generate: bool = True, landmarks: bool = True, parser: bool = False,
+                   classifier: bool = False) -> list[list[str]]:
+    """The registry files a pipeline call needs, as groups of alternatives (one of each group must be
+    at hand): ``models`` is the pipeline's ``Models`` (files given by path need nothing)."""
+    groups: list[list[str]] = []
+    if landmarks:
+        groups += [[name] for name in landmark_files(models.landmarks)]
+    if parser and models.parser_weights is None:
+        groups.append(["deeplab-parser"])
+    if (classifier or (generate and model == "auto")) and models.classifier_weights is None:
+        groups.append(["genderage"])
+    if generate and model in ("male", "female"):
+        groups.append([f"lats-{model}"])
+    elif generate and model == "auto":
+        groups.append(["lats-male", "lats-female"])  # each face takes one; with neither, none can be aged
+    return groups
+
+
+def missing(groups: Iterable[list[str]]) -> list[str]:
+    """The names of the groups of which no file is at hand (all of a group's names), in order."""
+    out: list[str] = []
+    for group in groups:
+        if not any(at_hand(name) for name in group):
+            out += [name for name in group if name not in out]
+    return out
+
+
+def require(groups: Iterable[list[str]], *, offline: bool = False) -> None:
+    """``MissingModelsError`` naming every file of ``groups`` not at hand, when the network is off."""
+    from agetool.weights import is_offline
+
+    if not is_offline(offline):
+        return
+    names = missing(groups)
+    if names:
+        raise missing_error(names, offline=offline)
+
+
+def missing_error(names: list[str], *, offline: bool = True) -> MissingModelsError:
+    """One error for files ``names`` that are not at hand, with every way out."""
+    from agetool import weights
+    from agetool.config import config_path
+    from agetool.weights.registry import ARGUMENT_FOR_KIND
+
+    parts = []
+    for name in names:
+        try:
+            kind = weights.get(name).kind
+        except Exception:  # noqa: BLE001 - an unknown name still gets named
+            kind = ""
+        argument = ARGUMENT_FOR_KIND.get(kind)
+        takes = f", or {arg(argument, 'FILE')}" if argument else ""
+        parts.append(f"{name} ({ROLES.get(kind, kind or 'model')}{takes})")
+    why = arg("offline", True) if offline else "HF_HUB_OFFLINE=1"
+    count = "1 model file is" if len(names) == 1 else f"{len(names)} model files are"
+    message = f"{count} not at hand and network access is off ({why}): " + "; ".join(parts)
+    hint = (f"place copies with `agetool weights import FILE --as NAME` (add --trust for files of your own), "
+            f"give files with the options named, set them once in {config_path()}, or run "
+            f"`agetool weights download {' '.join(names)}` while online")
+    return MissingModelsError(message, missing=names, hint=hint)

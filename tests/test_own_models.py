@@ -1,0 +1,200 @@
+"""Model files a user sets once (config file, environment, `weights import --trust`), and the one
+message that names every missing model, with advice that works, before anything loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agetool.cli import console
+from agetool.config import load_settings
+from agetool.errors import UsageError
+from tests.helpers import ROOT, cli, face_like
+
+FIRST_RUN_MODELS = ("deeplab-parser", "genderage", "lats-male", "lats-female")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty cache and no config file: a first run."""
+    for name, sub in (("AGETOOL_CACHE", "cache"), ("HF_HOME", "hf"), ("TORCH_HOME", "torch"),
+                      ("XDG_CONFIG_HOME", "config")):
+        monkeypatch.setenv(name, str(tmp_path / sub))
+    for key in ("AGETOOL_CONFIG", "AGETOOL_PARSER_WEIGHTS", "AGETOOL_AGE_MODEL", "AGETOOL_WEIGHTS",
+                "AGETOOL_OFFLINE", "AGETOOL_MODEL", "AGETOOL_DEVICE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(console.err, "width", 1000)
+    monkeypatch.setattr(console.out, "width", 1000)
+    return tmp_path
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    from agetool.images import write_image
+
+    return write_image(tmp_path / "photo.png", face_like())
+
+
+def _agetool(args, env_dir: Path, **env) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("AGETOOL_")}
+    environ.update(PYTHONPATH=str(ROOT), AGETOOL_CACHE=str(env_dir / "cache"), HF_HOME=str(env_dir / "hf"),
+                   TORCH_HOME=str(env_dir / "torch"), XDG_CONFIG_HOME=str(env_dir / "config"), COLUMNS="1000",
+                   **env)
+    return subprocess.run([sys.executable, "-m", "agetool", *map(str, args)], capture_output=True, text=True,
+                          env=environ, timeout=120)
+
+
+def test_first_run_offline_names_every_missing_model_at_once(home, photo):
+    """Empty cache, no network: one error line naming the parser, the classifier and both
+    generators, each with the option that takes a file, and every way out; nothing loads first."""
+    t0 = time.monotonic()
+    done = _agetool(["age", photo, "--offline"], home)
+    elapsed = time.monotonic() - t0
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: 4 model files are not at hand"), done.stderr
+    for name in FIRST_RUN_MODELS:
+        assert name in lines[0]
+    for flag in ("--parser-weights FILE", "--age-model FILE", "--weights FILE", "--offline",
+                 "agetool weights import FILE --as NAME", "--trust", "config.toml",
+                 "agetool weights download deeplab-parser genderage lats-male lats-female"):
+        assert flag in lines[0], flag
+    assert "landmarks:" not in done.stderr  # the landmark detector was not even loaded
+    assert elapsed < 20, elapsed
+    # HF_HUB_OFFLINE=1 says so, and a folder run says it once, not once per photo
+    (photo.parent / "more").mkdir()
+    for i in range(3):
+        (photo.parent / "more" / f"{i}.png").write_bytes(photo.read_bytes())
+    done = _agetool(["age", photo.parent / "more", "--out", photo.parent / "grids/"], home, HF_HUB_OFFLINE="1")
+    assert done.returncode == 1
+    assert done.stderr.count("error:") == 1 and "(HF_HUB_OFFLINE=1)" in done.stderr, done.stderr
+
+
+def test_missing_classifier_advice_names_the_option_that_helps(home, photo, capsys, weights):
+    code, _, err = cli(["estimate", photo, "--aligned", "--offline"], capsys)
+    assert code == 1
+    assert "genderage" in err and "--age-model FILE" in err and "--model" not in err, err
+    # ages relative to the estimate: the classifier is the one thing missing
+    code, _, err = cli(["age", photo, "--aligned", "--no-mask", "--weights", weights, "--ages", "+20",
+                        "--offline"], capsys)
+    assert code == 1 and "genderage" in err and "--age-model FILE" in err and "lats-" not in err, err
+
+
+def test_eval_names_the_identity_model_option(home, photo, capsys, weights):
+    pytest.importorskip("matplotlib")
+    code, _, err = cli(["eval", photo, "--out", home / "ev", "--aligned", "--no-mask", "--weights", weights,
+                        "--identity", "auraface", "--offline"], capsys)
+    assert code == 1
+    assert "auraface" in err and "--identity-model FILE" in err and "genderage" in err, err
+
+
+def test_own_parser_registered_with_trust_then_used_without_flags(home, photo, capsys, seeded_parser_file):
+    code, _, err = cli(["weights", "import", seeded_parser_file, "--as", "deeplab-parser"], capsys)
+    assert code == 1 and "--trust" in err, err  # not the released file: refused, with the way to register it
+    code, out, err = cli(["weights", "import", seeded_parser_file, "--as", "deeplab-parser", "--trust"], capsys)
+    assert code == 0, err
+    assert "registered as your own file" in err and "CC BY-NC" not in err
+    code, out, _ = cli(["weights", "list"], capsys)
+    row = next(line for line in out.splitlines() if line.lstrip().startswith("deeplab-parser"))
+    assert "your file" in row, row
+    labels = home / "labels.png"
+    code, out, err = cli(["parse", photo, "--aligned", "--out", labels, "--offline"], capsys)
+    assert code == 0 and labels.is_file(), err
+
+
+def test_own_parser_set_in_the_config_file_then_used_without_flags(home, photo, capsys, seeded_parser_file):
+    config = home / "config" / "agetool" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'parser-weights = "{seeded_parser_file}"\noffline = true\n')
+    code, out, _ = cli(["info"], capsys)
+    assert f"config: {config}" in out and f"parser-weights = {seeded_parser_file}  ({config})" in out, out
+    labels = home / "labels.png"
+    code, out, err = cli(["parse", photo, "--aligned", "--out", labels], capsys)
+    assert code == 0 and labels.is_file(), err
+    # a flag given on the command line wins over the config
+    code, _, err = cli(["parse", photo, "--aligned", "--out", labels, "--parser-weights", home / "none.pth"], capsys)
+    assert code != 0 and "none.pth" in err, err
+    # the environment wins over the file
+    os.environ["AGETOOL_PARSER_WEIGHTS"] = str(home / "none.pth")
+    try:
+        code, _, err = cli(["parse", photo, "--aligned", "--out", labels], capsys)
+    finally:
+        del os.environ["AGETOOL_PARSER_WEIGHTS"]
+    assert code == 2 and "AGETOOL_PARSER_WEIGHTS" in err and "none.pth" in err, err
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("parser-weight = 'x'\n", "parser-weight: unknown key"),
+    ("offline = 'maybe'\n", "offline: expected true or false"),
+    ("model = 'old'\n", "model: 'old': expected auto, male, female"),
+    ("device = [1]\n", "device: expected a text value"),
+    ("= broken\n", "not valid TOML"),
+])
+def test_config_errors_name_the_file_and_the_key(tmp_path, text, needle):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as e:
+        load_settings(path, environ={})
+    assert str(path) in str(e.value) and needle in str(e.value)
+
+
+def test_config_must_be_a_small_regular_file(tmp_path, capsys, home):
+    with pytest.raises(UsageError, match="not a regular file"):
+        load_settings(tmp_path, environ={})
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * 70_000 + "\n")
+    with pytest.raises(UsageError, match="more than a config file may have"):
+        load_settings(big, environ={})
+    os.environ["AGETOOL_CONFIG"] = str(big)
+    try:
+        code, _, err = cli(["info"], capsys)
+        assert code == 2 and str(big) in err
+        code, out, _ = cli(["--help"], capsys)  # help still shows
+        assert code == 0 and "Usage" in out
+    finally:
+        del os.environ["AGETOOL_CONFIG"]
+
+
+def test_relative_ages_are_captioned_with_the_age_they_became(tmp_path, weights, monkeypatch):
+    import agetool.images
+    from agetool import AgingPipeline
+    from agetool.results import column_label
+    from tests.helpers import genderage_standin
+
+    assert column_label("+20", 62.0) == "62 (+20)" and column_label("30-39", 34.5) == "30-39"
+    pipe = AgingPipeline.from_pretrained(weights=weights, device="cpu",
+                                         classifier_weights=genderage_standin(tmp_path / "ga.onnx", age=42.0))
+    result = pipe(face_like(), ages="+20,30", aligned=True, mask=False)
+    shown = []
+    real = agetool.images.caption
+    monkeypatch.setattr(agetool.images, "caption", lambda tile, text: shown.append(text) or real(tile, text))
+    result.grid_array()
+    assert shown == ["input, ~42", "62 (+20)", "30"]
+
+
+def test_eval_report_names_the_registry_generator_file_and_its_sha256(home, photo, capsys, weights):
+    import hashlib
+    import json
+
+    from tests.helpers import arcface_standin, genderage_standin
+
+    pytest.importorskip("matplotlib")
+    code, _, err = cli(["weights", "import", weights, "--as", "lats-male"], capsys)
+    assert code == 0, err
+    out = home / "ev"
+    code, _, err = cli(["eval", photo, "--out", out, "--aligned", "--no-mask", "--model", "male", "--offline",
+                        "--device", "cpu", "--age-model", genderage_standin(home / "ga.onnx", age=30.0),
+                        "--identity-model", arcface_standin(home / "id.onnx", constant=True)], capsys)
+    assert code == 0, err
+    generator = json.loads((out / "report.json").read_text())["models"]["generator"]
+    assert [g["name"] for g in generator] == ["lats-male"]
+    assert generator[0]["file"] == "lats-male.safetensors"
+    assert generator[0]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    md = (out / "report.md").read_text()
+    assert "| generator | lats-male | lats-male.safetensors | " + generator[0]["sha256"][:16] in md
+    assert "None" not in md
