@@ -36,8 +36,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, *,
             raise UsageError(f"{path}: is a folder; one photo is expected here")
     if (len(data) if data is not None else path.stat().st_size) == 0:
         raise InputError(f"{path}: empty file")
-    old_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # the size is checked below, before any pixel is decoded
+    # PIL's own limit (Image.MAX_IMAGE_PIXELS, process-wide) is left as the program set it: it refuses
+    # images over twice that before decoding; ``max_pixels`` is checked here, also before decoding
     try:
         with Image.open(path if data is None else io.BytesIO(data)) as im:
             w, h = im.size
@@ -49,12 +49,13 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, *,
             im.seek(0)
             im = ImageOps.exif_transpose(im)
             return to_rgb_array(im)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{path}: over the image decoder's pixel limit ({_short(e)})",
+                         hint="raise PIL.Image.MAX_IMAGE_PIXELS in your program if the image is genuine") from None
+    except UnidentifiedImageError as e:
         raise InputError(f"{path}: not a readable image ({_short(e)})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{path}: can't decode image ({_short(e)})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
 
 
 def load_image(image, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> tuple[np.ndarray, str]:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import math
 import operator
-import os
 
-from agetool.errors import ResourceError, UsageError, arg
+from agetool.errors import UsageError, arg
 
 #: the seeds a torch.Generator accepts
 SEED_MIN, SEED_MAX = -(2 ** 63), 2 ** 64 - 1
@@ -31,9 +30,13 @@ def finite(name: str, value, low: float | None = None, high: float | None = None
            low_open: bool = False, high_open: bool = False) -> float:
     """``value`` as a finite float within [low, high] (bounds excluded with ``low_open`` /
     ``high_open``); ``-0.0`` is returned as ``0.0``."""
+    if isinstance(value, (bool, bytes, bytearray)) or type(value).__name__ in ("bool", "bool_"):
+        raise UsageError(f"{arg(name, value)}: not a number")
     try:
         x = float(value)
-    except (TypeError, ValueError, OverflowError):
+    except OverflowError:
+        raise UsageError(f"{arg(name, value)}: {_range_text(low, high, low_open, high_open)}") from None
+    except (TypeError, ValueError):
         raise UsageError(f"{arg(name, value)}: not a number") from None
     if not math.isfinite(x):
         raise UsageError(f"{arg(name, value)}: must be a finite number")
@@ -74,29 +77,14 @@ def seed(value, name: str = "seed") -> int:
     return n
 
 
-def memory_bytes() -> int | None:
-    """Physical memory of this machine in bytes (None where it can't be read)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"  # pragma: no cover
-
-
-def fits_memory(what: str, needed: int, available: int | None = None, hint: str | None = None) -> None:
-    """Refuse up front (``ResourceError``) a piece of work estimated to need more than the machine's
-    memory (``available``, default: physical memory); ``what`` says what it is, with its arguments."""
-    available = memory_bytes() if available is None else available
-    if available is not None and needed > available:
-        raise ResourceError(f"{what} would need about {human_bytes(needed)} of memory; this machine has "
-                            f"{human_bytes(available)}", hint=hint)
+def flag(name: str, value) -> bool:
+    """``value`` if it is a boolean (Python's or numpy's), else a ``UsageError`` naming the argument:
+    a string such as ``"no"`` is true to Python, so it is never read as one."""
+    if isinstance(value, bool):
+        return value
+    if type(value).__name__ in ("bool", "bool_"):  # numpy.bool_, without importing numpy
+        return bool(value)
+    raise UsageError(f"{arg(name, value)}: expected True or False, got {type(value).__name__}")
 
 
 def choice(name: str, value, allowed: tuple[str, ...]) -> str:

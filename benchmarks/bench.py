@@ -169,7 +169,7 @@ class Bench:
     def __init__(self, device: torch.device, dtype: torch.dtype, quick: bool, repeat: int, workdir: Path):
         from agetool.engine import AgingEngine
         from agetool.nn.generator import Generator
-        from agetool.testing import seeded_state_dict
+        from tests.seeding import seeded_state_dict
         from agetool.engine import default_chunk
 
         self.device, self.dtype, self.quick, self.repeat = device, dtype, quick, repeat
@@ -219,7 +219,7 @@ class Bench:
     def weights(self, kind: str) -> Path:
         """Seeded checkpoints written once into the work folder (generator .pth, parser .safetensors)."""
         if kind not in self._weights:
-            from agetool.testing import seeded_state_dict
+            from tests.seeding import seeded_state_dict
 
             if kind == "generator":
                 path = self.workdir / "generator_seed1.pth"

@@ -65,7 +65,7 @@ def write_weights(folder: Path) -> tuple[Path, Path]:
 
     from agetool.nn.generator import Generator
     from agetool.nn.parser import DeepLabV3
-    from agetool.testing import seeded_state_dict
+    from tests.seeding import seeded_state_dict
 
     gen = folder / "latest_net_g_running.pth"
     torch.save(seeded_state_dict(Generator(), 1, "generator"), gen)

@@ -29,7 +29,7 @@ def main() -> None:
     import agetool
     from agetool.nn.checkpoint import save_generator
     from agetool.nn.generator import Generator, GeneratorConfig
-    from agetool.testing import arcface_standin, onnx_linear_model, seed_module
+    from tests.seeding import arcface_standin, onnx_linear_model, seed_module
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

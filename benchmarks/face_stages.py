@@ -85,7 +85,7 @@ def model_rows(photo: np.ndarray, device, repeats: int) -> list[Row]:
     from agetool.images import to_tensor
     from agetool.nn.generator import Generator
     from agetool.nn.parser import DeepLabV3
-    from agetool.testing import seed_module
+    from tests.seeding import seed_module
 
     landmarks = LandmarkDetector.create("dlib").detect(photo)[0].landmarks
     rows = [("-", "align", median_time(lambda: align_face(photo, landmarks, size=256), repeats))]

@@ -122,7 +122,7 @@ def load(name: str) -> dict:
 
 def seeded_generator(device):
     from agetool.nn.generator import Generator
-    from agetool.testing import seeded_state_dict
+    from tests.seeding import seeded_state_dict
 
     g = Generator().eval()
     g.load_state_dict(seeded_state_dict(g, 1, "generator"), strict=True)

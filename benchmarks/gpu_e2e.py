@@ -57,7 +57,7 @@ def slider_latency(device: torch.device, dtype: torch.dtype, frames: int = 30) -
     from agetool.engine import AgingEngine
     from agetool.images import read_image, to_tensor, to_uint8
     from agetool.nn.generator import Generator
-    from agetool.testing import seeded_state_dict
+    from tests.seeding import seeded_state_dict
 
     g = Generator().eval()
     g.load_state_dict(seeded_state_dict(g, 1, "generator"))

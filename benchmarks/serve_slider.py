@@ -26,7 +26,7 @@ def seeded_files(folder: Path) -> tuple[Path, Path]:
 
     from agetool.nn.generator import Generator
     from agetool.nn.parser import DeepLabV3
-    from agetool.testing import seeded_state_dict
+    from tests.seeding import seeded_state_dict
 
     gen, parser = folder / "latest_net_g_running.pth", folder / "deeplab_model.pth"
     torch.save(seeded_state_dict(Generator(), 1, "generator"), gen)

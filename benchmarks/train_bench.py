@@ -62,7 +62,7 @@ def bench(data: Path, size: int, batch: int, amp: str, device: str, steps: int, 
           grad_checkpoint: bool = False) -> dict:
     import torch
 
-    from agetool.testing import seeded_state_dict
+    from tests.seeding import seeded_state_dict
     from agetool.train.config import TrainConfig
     from agetool.train.trainer import Trainer
 
@@ -104,7 +104,7 @@ def check(device: str) -> bool:
 
     from agetool.ages import AGE_CLASSES
     from agetool.images import write_image
-    from agetool.testing import seeded_state_dict
+    from tests.seeding import seeded_state_dict
     from agetool.train.config import TrainConfig
     from agetool.train.losses import Codes, discriminator_real_losses
     from agetool.train.trainer import Trainer

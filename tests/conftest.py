@@ -41,7 +41,7 @@ def _isolated_env(tmp_path_factory):
 
 def _seeded_parser_state():
     from agetool.nn.parser import DeepLabV3
-    from agetool.testing import seeded_state_dict
+    from tests.seeding import seeded_state_dict
 
     return seeded_state_dict(DeepLabV3(), 3, "parser")
 
@@ -72,7 +72,7 @@ def released_generator_file(tmp_path_factory) -> Path:
     import torch
 
     from agetool.nn.generator import Generator
-    from agetool.testing import seeded_state_dict
+    from tests.seeding import seeded_state_dict
 
     path = tmp_path_factory.mktemp("released-gen") / "latest_net_g_running.pth"
     torch.save(seeded_state_dict(Generator(), 1, "generator"), path)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agetool.testing import arcface_standin, genderage_standin, onnx_linear_model  # noqa: F401 (stand-in ONNX models)
+from tests.seeding import arcface_standin, genderage_standin, onnx_linear_model  # noqa: F401 (stand-in ONNX models)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ def tiny_generator_file(path: Path, seed: int = 1, ngf: int = 8) -> Path:
     """An agetool safetensors generator with ngf=8 (fast on CPU), deterministically seeded."""
     from agetool.nn.checkpoint import save_generator
     from agetool.nn.generator import Generator, GeneratorConfig
-    from agetool.testing import seed_module
+    from tests.seeding import seed_module
 
     g = seed_module(Generator(GeneratorConfig(ngf=ngf)), seed, "generator")
     return save_generator(path, g)

@@ -108,7 +108,7 @@ def test_grid_is_what_the_command_writes(pipe, weights, tmp_path, capsys):
 def test_released_weights_api_tiles_equal_command_tiles(reference_dir, tmp_path, capsys):
     """from agetool import AgingPipeline with the released-layout weights gives `agetool age --tiles`."""
     from agetool.nn.generator import Generator
-    from agetool.testing import seeded_state_dict
+    from tests.seeding import seeded_state_dict
 
     crop = reference_dir / "align_case0_out256.png"
     released = tmp_path / "latest_net_g_running.pth"
@@ -198,7 +198,7 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch, seeded_parser_fil
     """The README's example, with seeded weights imported into a fresh cache as the registry's models."""
     from agetool import weights as registry
     from agetool.nn.generator import Generator
-    from agetool.testing import seeded_state_dict
+    from tests.seeding import seeded_state_dict
     from agetool.video import read_video_frames
 
     text = registry.registry_path().read_text()

@@ -16,7 +16,7 @@ from agetool.device import cpu_has_native_bf16, pick_dtype
 from agetool.engine import AgingEngine, physical_cores
 from agetool.nn.generator import Generator
 from agetool.nn.prepared import PreparedDecoder, subpixel_kernels
-from agetool.testing import seeded_state_dict
+from tests.seeding import seeded_state_dict
 from agetool.engine import default_chunk
 
 ATOL = 1e-4

@@ -11,7 +11,7 @@ import torch
 
 from agetool.nn.discriminator import Discriminator
 from agetool.nn.generator import Generator
-from agetool.testing import seeded_state_dict
+from tests.seeding import seeded_state_dict
 
 ATOL = 1e-4
 

@@ -23,7 +23,7 @@ EXAMPLE = ROOT / "examples" / "astronaut.png"
 def generator_file(tmp_path_factory) -> Path:
     """The full-size generator with the reference's seeded weights (seed 1), as a released-style .pth."""
     from agetool.nn.generator import Generator
-    from agetool.testing import seeded_state_dict
+    from tests.seeding import seeded_state_dict
 
     path = tmp_path_factory.mktemp("gen") / "latest_net_g_running.pth"
     torch.save(seeded_state_dict(Generator(), 1, "generator"), path)

@@ -17,7 +17,7 @@ from agetool import weights
 from agetool.cli import console, run
 from agetool.errors import ChecksumError
 from agetool.nn.generator import Generator, GeneratorConfig
-from agetool.testing import seeded_state_dict
+from tests.seeding import seeded_state_dict
 from tests.test_weights import entry, env, payload, server, use_registry  # noqa: F401
 from tests.helpers import face_like, tiny_generator_file
 

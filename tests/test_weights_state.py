@@ -59,7 +59,7 @@ def test_stop_signal_during_download_then_resume(env, server, monkeypatch, signa
 
 
 def test_stop_signal_during_import(env, monkeypatch, tmp_path):
-    from agetool.testing import seeded_state_dict
+    from tests.seeding import seeded_state_dict
 
     import torch
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from agetool.ages import AGE_CLASSES
-from agetool.testing import seeded_state_dict
+from tests.seeding import seeded_state_dict
 from agetool.train.losses import Codes, discriminator_real_losses, generator_pass
 from tests import reference
 

@@ -50,7 +50,7 @@ def _root(
 def _register() -> None:
     import importlib
 
-    for name in ("generate", "faces", "weights", "train", "misc", "eval", "serve"):
+    for name in ("generate", "faces", "identity", "weights", "train", "misc", "eval", "serve"):
         importlib.import_module(f"agetool.cli.{name}")  # each module registers its commands on ``app``
 
 
@@ -77,6 +77,14 @@ def _raise_terminated(signum, frame) -> None:
 
 #: signals that stop a run the way Ctrl-C does: temporary files removed, child processes ended
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _quiet_dependencies() -> None:
+    """Warnings of the libraries the stages call (face-alignment's notes on its own internals) are not
+    the user's to act on: the command line hides them; the library leaves warning filters alone."""
+    import warnings
+
+    warnings.filterwarnings("ignore", module=r"face_alignment(\.|$)")
 
 
 def _install_signal_handlers() -> dict:
@@ -127,6 +135,7 @@ def run(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     _console.DEBUG = debug
+    _quiet_dependencies()
     global _received
     _received = None
     old = _install_signal_handlers()

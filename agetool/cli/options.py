@@ -54,6 +54,10 @@ PIPELINE = [
          "device's memory).", MODEL_PANEL, metavar="N"),
     _opt("max_pixels", int, 40_000_000, "--max-pixels", "Refuse images with more pixels than this.", MODEL_PANEL,
          metavar="N"),
+    _opt("upscale_weights", Optional[str], None, "--upscale-weights", "Super-resolution model for --upscale: a "
+         "file (Real-ESRGAN .pth; other architectures with the agetool[upscale] extra) or a registered name "
+         "(realesr-general-x4v3, the default; realesrgan-x4plus; realesrgan-x2plus).", MODEL_PANEL,
+         metavar="FILE"),
 ]
 
 FACES = [
@@ -62,13 +66,20 @@ FACES = [
     _opt("no_mask", bool, False, "--no-mask", "Don't paint the background gray before the generator.", FACE_PANEL),
     _opt("paste_back", bool, False, "--paste-back", "Show the whole photo with the aged faces blended back in.",
          FACE_PANEL),
-    _opt("faces", str, "all", "--faces", "all faces, or only the largest.", FACE_PANEL, metavar="all|largest"),
+    _opt("faces", str, "all", "--faces", "all faces, only the largest, or ref:PHOTO: only the faces of the person "
+         "in PHOTO (dlib's face descriptor, offline).", FACE_PANEL, metavar="all|largest|ref:PHOTO"),
+    _opt("ref_threshold", Optional[float], None, "--ref-threshold", "With --faces ref:PHOTO: the largest face "
+         "descriptor distance still counted as the same person (default 0.6; raise it to accept more).",
+         FACE_PANEL, metavar="D"),
     _opt("min_face", int, 0, "--min-face", "Skip faces smaller than this many pixels (with a warning).", FACE_PANEL,
          metavar="PX"),
     _opt("seed", int, 0, "--seed", "Seed of the class-code noise: the same seed gives the same output.", FACE_PANEL,
          metavar="N"),
     _opt("noise", float, 0.2, "--noise", "Sigma of the class-code noise (0 = clean codes).", FACE_PANEL,
          metavar="SIGMA"),
+    _opt("upscale", Optional[int], None, "--upscale", "Upscale the aged faces 2x or 4x (512 / 1024 px tiles) with "
+         "a super-resolution network that keeps wrinkles (Real-ESRGAN); pasted back at the face's own size.",
+         FACE_PANEL, metavar="2|4"),
 ]
 
 
@@ -101,17 +112,6 @@ def _with_params(fn, params: list[inspect.Parameter], name: str, convert):
 
 
 def _builder(chosen: dict):
-    def build(bar=None):
-        from agetool.cli.weights import progress_factory
-        from agetool.pipeline import AgingPipeline
-
-        return AgingPipeline.from_pretrained(
-            model=chosen["model"], weights=chosen["weights"], parser_weights=chosen["parser_weights"],
-            landmarks=chosen["landmarks"], device=chosen["device"], dtype=chosen["dtype"],
-            offline=chosen["offline"], classifier_weights=chosen["age_model"], age_anchors=chosen["age_anchors"],
-            batch=chosen["batch_size"], max_pixels=chosen["max_pixels"], report=report,
-            progress=None if bar is None else progress_factory(bar))
-
     from agetool.cli.defaults import from_config, given
 
     if chosen["weights"] is not None and from_config("weights") and given("model"):
@@ -124,12 +124,41 @@ def _builder(chosen: dict):
         batch=chosen["batch_size"], max_pixels=chosen["max_pixels"],
         upscale_weights=chosen["upscale_weights"])
 
+    def build(bar=None):
+        from PIL import Image
+
+        from agetool.cli.weights import progress_factory
+        from agetool.pipeline import AgingPipeline
+
+        # the image decoder's own (process-wide) limit, set by the program: --max-pixels decides here
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, options["max_pixels"])
+
+        return AgingPipeline.from_pretrained(**options, report=report,
+                                             progress=None if bar is None else progress_factory(bar))
+
+    build.options = options  # from_pretrained's arguments, for pipelines made elsewhere (Ray's workers)
     return build
 
 
 def _face_kwargs(chosen: dict) -> dict:
-    return {"aligned": chosen["aligned"], "mask": not chosen["no_mask"], "paste_back": chosen["paste_back"],
-            "faces": chosen["faces"], "min_face": chosen["min_face"], "seed": chosen["seed"], "noise": chosen["noise"]}
+    upscale = {} if chosen["upscale"] is None else {"upscale": chosen["upscale"]}  # unset: the plain 256 px call
+    return {**upscale, "aligned": chosen["aligned"], "mask": not chosen["no_mask"], "paste_back": chosen["paste_back"],
+            "faces": faces_argument(chosen["faces"], chosen["ref_threshold"]), "min_face": chosen["min_face"],
+            "seed": chosen["seed"], "noise": chosen["noise"]}
+
+
+def faces_argument(faces: str, ref_threshold: float | None):
+    """``--faces`` and ``--ref-threshold`` as the library's ``faces`` argument: ``ref:PHOTO`` becomes
+    one ``FaceReference``, so the reference photo is read and embedded once for every input."""
+    if not faces.startswith("ref:"):
+        if ref_threshold is not None:
+            from agetool.errors import UsageError
+
+            raise UsageError("--ref-threshold applies to --faces ref:PHOTO")
+        return faces
+    from agetool.identity import FaceReference
+
+    return FaceReference(faces, ref_threshold=ref_threshold)
 
 
 def pipeline_options(fn):

@@ -40,6 +40,7 @@ class DetectedFace:
     score: float
     box: tuple[float, float, float, float]  # (x0, y0, x1, y1), photo pixels
     landmarks: np.ndarray  # [68, 2] float32, photo pixels
+    embedding: object | None = None  # agetool.identity.Embedding, once a stage has computed it
 
     @property
     def area(self) -> float:
@@ -93,14 +94,15 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- dlib
-def bundled_dlib_predictor() -> Path | None:
-    """The predictor file inside the installed face-recognition-models package (not imported)."""
+def bundled_dlib_predictor(name: str = DLIB_PREDICTOR) -> Path | None:
+    """The dlib model file ``name`` (default: the 68-point predictor) inside the installed
+    face-recognition-models package, which is found but not imported (it needs pkg_resources)."""
     try:
         spec = importlib.util.find_spec("face_recognition_models")
     except (ImportError, ValueError):
         return None
     for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(folder) / "models" / DLIB_PREDICTOR
+        path = Path(folder) / "models" / name
         if path.is_file():
             return path
     return None
@@ -215,24 +217,16 @@ class FanDetector(LandmarkDetector):
         weights.place_face_alignment_files(offline=offline, progress=progress, report=report)
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
-        import warnings
-
         image = _rgb(image)
         boxes = self._timed("detect", self._fa.face_detector.detect_from_image, image.copy())
         if len(boxes) == 0:
             return []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            landmarks = self._timed("landmarks", self._fa.get_landmarks_from_image, image, detected_faces=boxes)
+        landmarks = self._timed("landmarks", self._fa.get_landmarks_from_image, image, detected_faces=boxes)
         faces = [DetectedFace(float(b[4]), tuple(float(v) for v in b[:4]), np.asarray(lm[:, :2], dtype=np.float32))
                  for b, lm in zip(boxes, landmarks or [])]
         return largest_first(faces)
 
     def landmarks_in(self, image: np.ndarray, box) -> np.ndarray:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            found = self._timed("landmarks", self._fa.get_landmarks_from_image, _rgb(image),
-                                detected_faces=[np.array([*box, 1.0], dtype=np.float32)])
+        found = self._timed("landmarks", self._fa.get_landmarks_from_image, _rgb(image),
+                            detected_faces=[np.array([*box, 1.0], dtype=np.float32)])
         return np.asarray(found[0][:, :2], dtype=np.float32)
