@@ -214,6 +214,7 @@ def test_from_photos_aligns_and_parses(tmp_path, monkeypatch, capsys):
                 "--device", "cpu", "--offline"]) == 0
     err = capsys.readouterr().err
     assert "kept 1 of 3" in err and "no face found" in err and "image file not found" in err
+    assert "1 photo(s) fall in age groups that training does not use (40-49: 1)" in " ".join(err.split())
     written = out / "females" / "train40-49" / "00002_astronaut.png"
     crop = read_image(written)
     assert crop.shape == (256, 256, 3)

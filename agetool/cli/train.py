@@ -87,6 +87,10 @@ class TrainDisplay:
                          f"{', bfloat16' if i.get('amp') == 'bfloat16' else ''}; {i.get('steps_per_epoch')} steps per epoch; "
                          f"images per class: {classes}")
             console.info(f"run folder: {i.get('run')}  (steps {ev.step} -> {ev.total_steps})")
+            ignored = i.get("ignored") or {}
+            if ignored:
+                console.warn(f"not used for training (age groups outside the six classes): "
+                             + ", ".join(f"{name}/ ({n} images)" for name, n in ignored.items()))
             if self.progress is not None:
                 self.task = self.progress.add_task("train", total=ev.total_steps, completed=ev.step, rate="",
                                                    eta="?", losses="")

@@ -32,6 +32,22 @@ class ClassFolder:
     parsings: tuple[Path | None, ...]
 
 
+def ignored_folders(root: str | os.PathLike, phase: str = "train",
+                    classes: Sequence[str] = AGE_CLASSES) -> dict[str, int]:
+    """``<phase>*`` folders under ``root`` that training does not read (age groups outside the six
+    classes, such as ``train40-49``), with the images in each."""
+    root = Path(root)
+    wanted = {f"{phase}{name}" for name in classes}
+    out = {}
+    for folder in sorted(root.glob(f"{phase}*")) if root.is_dir() else []:
+        if folder.name in wanted or not folder.is_dir():
+            continue
+        n = sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if n:
+            out[folder.name] = n
+    return out
+
+
 def scan(root: str | os.PathLike, phase: str = "train", classes: Sequence[str] = AGE_CLASSES,
          need_parsings: bool = True) -> list[ClassFolder]:
     """Find ``root/<phase><class>`` folders of the given classes with their images and parsings."""
@@ -104,6 +120,7 @@ class PairDataset:
                  mask: bool = True, phase: str = "train", min_len: int = 1):
         self.root = Path(root)
         self.size, self.seed, self.flip, self.mask = size, seed, flip, mask
+        self.phase = phase
         self.classes = scan(self.root, phase, need_parsings=mask)
         self.n_images = sum(len(c.images) for c in self.classes)
         self.length = max(round(self.n_images / 2), min_len, 1)
@@ -140,6 +157,10 @@ class PairDataset:
 
     def summary(self) -> dict[str, int]:
         return {c.name: len(c.images) for c in self.classes}
+
+    def ignored(self) -> dict[str, int]:
+        """Folders beside the class folders that training does not read, with their image counts."""
+        return ignored_folders(self.root, self.phase)
 
 
 class ResumableSampler:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agetool.ages import AGE_CLASSES
 from agetool.errors import AgetoolError, DatasetError, UsageError, arg
 from agetool.files import link_or_copy, replacing
 
@@ -429,4 +430,18 @@ def build_from_photos(rows: list[PhotoRow], out: str | os.PathLike, *, landmarks
                 result.kept[(GENDER_FOLDERS[row.gender], phase, row.group)] += 1
         if progress is not None:
             progress(done, len(rows))
+    note_unused_groups(result)
     return result
+
+
+def note_unused_groups(result: PrepareReport) -> None:
+    """A note for photos written to age groups that training does not read (40-49, 10-14, ...)."""
+    unused = Counter()
+    for (gender, phase, group), n in result.kept.items():
+        if group not in AGE_CLASSES:
+            unused[group] += n
+    if unused:
+        groups = ", ".join(f"{g}: {n}" for g, n in sorted(unused.items(), key=lambda t: AGE_GROUPS.index(t[0])))
+        result.notes.append(f"{sum(unused.values())} photo(s) fall in age groups that training does not use "
+                            f"({groups}); they were written, but `agetool train` reads only the six classes "
+                            f"{', '.join(AGE_CLASSES)}")

@@ -404,6 +404,7 @@ class Trainer:
                                 "ngf": cfg.ngf, "ndf": cfg.ndf, "batch_size": cfg.batch_size,
                                 "images_per_step": 2 * cfg.batch_size * self.dist.world,
                                 "steps_per_epoch": self.steps_per_epoch, "classes": self.dataset.summary(),
+                                "ignored": self.dataset.ignored(),
                                 "amp": cfg.amp, "run": str(self.run_dir)})
 
     def run(self) -> int:
