@@ -88,6 +88,10 @@ class WeightsError(AgetoolError):
 
 class UnknownWeightsError(WeightsError, UsageError):
     """A weights name that the registry does not list (a usage error: exit 2)."""
+class NoMatchError(NoFaceError):
+    """Faces were found, but none is the person of the reference (``faces=FaceReference``)."""
+
+
 
     exit_code = 2
 

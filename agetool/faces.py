@@ -12,7 +12,26 @@ from agetool.errors import NoFaceError, arg
 from agetool.models import Models, Report
 
 GEN_SIZE = 256
-FACES = ("all", "largest")
+FACES = ("all", "largest")  # or a reference: "ref:PHOTO", a photo, an Embedding (agetool.identity.FaceReference)
+
+
+def check_faces(faces):
+    """``faces`` checked once: ``"all"``, ``"largest"``, or an ``agetool.identity.FaceReference``
+    (made from ``"ref:PHOTO"``, a photo path / array / PIL image, or an ``Embedding``)."""
+    import os
+
+    from agetool import validate
+    from agetool.identity import Embedding, FaceReference
+
+    if isinstance(faces, FaceReference):
+        return faces
+    if isinstance(faces, str):
+        return FaceReference(faces) if faces.startswith("ref:") else validate.choice("faces", faces, FACES)
+    if isinstance(faces, (os.PathLike, np.ndarray, Embedding)) or type(faces).__module__.startswith("PIL."):
+        return FaceReference(faces)
+    from agetool.errors import UsageError
+
+    raise UsageError(f"{arg('faces', faces)}: expected all, largest, ref:PHOTO, a photo or an Embedding")
 
 @dataclass
 class FaceCrop:
@@ -100,6 +119,9 @@ def find_faces(models: Models, image: np.ndarray, *, faces: str = "all", min_fac
                                "for a crop")
     if faces == "largest":
         found = found[:1]
+    elif not isinstance(faces, str):  # a FaceReference: only the faces of that person
+        with models.timer("identity"):
+            found = check_faces(faces).match(image, found, name=name)
     return sorted(found, key=lambda f: (f.box[0] + f.box[2]) / 2)
 
 

@@ -30,7 +30,7 @@ from agetool.ages import (AGE_CLASSES, DEFAULT_ANCHORS, DEFAULT_NOISE, DEFAULT_S
 from agetool.errors import EstimateError, UsageError, arg
 from agetool.images import DEFAULT_MAX_PIXELS, load_image, to_tensor, to_uint8
 from agetool.results import (AgedFace, AgeEstimate, AgingResult, EncodedFace, EncodedPhoto, FaceEstimate)
-from agetool.faces import FACES, prepare_faces
+from agetool.faces import check_faces, prepare_faces
 from agetool.models import LANDMARKS, MODELS, Models, Timer
 from agetool.video import MAX_FPS, MAX_FRAMES, MAX_STEPS
 
@@ -183,7 +183,7 @@ class AgingPipeline:
     def _encode(self, image, *, aligned, mask, faces, min_face, estimate, paste_back, generate) -> EncodedPhoto:
         if isinstance(image, EncodedPhoto):
             return self._with_features(image) if generate else image
-        validate.choice("faces", faces, FACES)
+        faces = check_faces(faces)
         validate.integer("min_face", min_face, low=0)
         if paste_back and aligned:
             raise UsageError(f"{arg('paste_back')} needs the original photo", hint=f"drop {arg('aligned')}")
@@ -485,7 +485,7 @@ class AgingPipeline:
               faces: str = "all", min_face: int = 0) -> list:
         """The faces of ``image`` as the generator would see them (``agetool.faces.FaceCrop``:
         aligned 256 px crop, masked input, parsing labels, detection and alignment), left to right."""
-        validate.choice("faces", faces, FACES)
+        faces = check_faces(faces)
         validate.integer("min_face", min_face, low=0)
         with self._lock:
             with self.models.timer("read"):
@@ -500,7 +500,7 @@ class AgingPipeline:
         from agetool.face.align import align_face
         from agetool.faces import find_faces
 
-        validate.choice("faces", faces, FACES)
+        faces = check_faces(faces)
         size = validate.integer("size", size, low=16, high=4096)
         with self._lock:
             array, name = load_image(image, self.max_pixels)
@@ -535,7 +535,7 @@ class AgingPipeline:
     def estimate(self, image: Image, *, aligned: bool = False, faces: str = "all",
                  min_face: int = 0) -> list[FaceEstimate]:
         """Each face's estimated age (years) and gender, with the probability of that gender."""
-        validate.choice("faces", faces, FACES)
+        faces = check_faces(faces)
         self.check_models(aligned=aligned, mask=False, estimate=True, generate=False)
         with self._lock:
             with self.models.timer("read"):

@@ -22,11 +22,13 @@ def eval_command(
         "--ages", help="Targets: comma-separated years and/or class labels (default: the six classes).",
         metavar="LIST", rich_help_panel=EVAL_PANEL)] = None,
     identity: Annotated[str, typer.Option(
-        "--identity", help="Identity embedder from the registry: auraface (Apache-2.0) or arcface-w600k "
-        "(insightface, non-commercial).", metavar="NAME", rich_help_panel=EVAL_PANEL)] = "auraface",
+        "--identity", help="Identity model: auto (auraface where it is downloaded, else dlib), dlib (dlib's face "
+        "descriptor: no download, Euclidean distance), auraface (Apache-2.0) or arcface-w600k (insightface, "
+        "non-commercial): cosine similarity.", metavar="NAME", rich_help_panel=EVAL_PANEL)] = "auto",
     identity_model: Annotated[Optional[Path], typer.Option(
-        "--identity-model", help="A local ArcFace-type ONNX file instead of --identity.", dir_okay=False,
-        metavar="FILE", rich_help_panel=EVAL_PANEL)] = None,
+        "--identity-model", help="Identity model instead of --identity: dlib, auraface, arcface-w600k, a local "
+        "ArcFace-type .onnx file or a dlib .dat descriptor.", dir_okay=False,
+        metavar="NAME|FILE", rich_help_panel=EVAL_PANEL)] = None,
     compare: Annotated[Optional[tuple[Path, Path]], typer.Option(
         "--compare", help="Two generator checkpoints measured side by side in one report.", metavar="A B",
         rich_help_panel=EVAL_PANEL)] = None,
@@ -44,11 +46,12 @@ def eval_command(
     landmarks: OPTION.landmarks = "auto", offline: OPTION.offline = False, device: OPTION.device = "auto",
     dtype: OPTION.dtype = "float32", age_anchors: OPTION.age_anchors = None,
     aligned: OPTION.aligned = False, no_mask: OPTION.no_mask = False, faces: OPTION.faces = "all",
+    ref_threshold: OPTION.ref_threshold = None,
     min_face: OPTION.min_face = 0, seed: OPTION.seed = 0, noise: OPTION.noise = 0.2,
 ) -> int:
     """Measure the outputs: how old they look, and whether they are still the same person.
 
-    Every face is rendered at each target; each output gets its estimated age (the genderage classifier) and its identity similarity to the input (cosine similarity of ArcFace-type embeddings).
+    Every face is rendered at each target; each output gets its estimated age (the genderage classifier) and its identity score against the input: the cosine similarity of ArcFace-type embeddings, or with dlib (used when no ArcFace-type model is downloaded) the Euclidean distance of dlib's face descriptors.
 
     Writes OUT/report.json (every face and target, and the summary), OUT/report.md (the summary table with the models used) and OUT/report.png (estimated against target age, identity per target), and prints the summary. Folder runs split across processes under torchrun.
 
@@ -57,12 +60,14 @@ def eval_command(
       agetool eval photos/ --out eval/
 
       agetool eval photos/ --out eval/ --compare runs/a/generator.safetensors runs/b/generator.safetensors
+      agetool eval photos/ --out eval/ --identity-model dlib --offline
+
 
       agetool eval photos/ --out eval/ --calibrate && agetool age me.jpg --ages 5,20,45 --age-anchors eval/anchors.json
 
       torchrun --nproc_per_node 4 -m agetool eval photos/ --out eval/ --skip-existing
     """
-    from agetool.cli.options import report
+    from agetool.cli.options import faces_argument, report
     from agetool.cli.weights import progress_factory
     from agetool.device import env_dist
     from agetool.eval.run import evaluate
@@ -73,7 +78,8 @@ def eval_command(
             photos, model=model, weights=weights, compare=list(compare) if compare else None,
             parser_weights=parser_weights, landmarks=landmarks, device=device, dtype=dtype, offline=offline,
             age_anchors=age_anchors, ages=ages, age_model=age_model, identity_model=identity_model,
-            identity=identity, aligned=aligned, mask=not no_mask, seed=seed, noise=noise, faces=faces,
+            identity=identity, aligned=aligned, mask=not no_mask, seed=seed, noise=noise,
+            faces=faces_argument(faces, ref_threshold),
             min_face=min_face, calibrate=calibrate, calibrate_steps=calibrate_steps, out=out,
             skip_existing=skip_existing, dist=dist, report=report if dist.main else None,
             progress=progress_factory(bar))

@@ -50,14 +50,16 @@ def align(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the crops: <stem>_face<i>.png (<stem>_2 ... for a stem seen before).", file_okay=False)],
     size: Annotated[int, typer.Option("--size", help="Side of the aligned crops in pixels.", min=16, max=4096)] = 256,
     landmarks_json: Annotated[Optional[Path], typer.Option("--landmarks-json", help="JSON list of the 68 (x, y) landmark pairs of one face (iBUG order): skips detection. One input only.", dir_okay=False)] = None,
-    landmarks: OPTION.landmarks = "auto", faces: OPTION.faces = "all", min_face: OPTION.min_face = 0,
-    offline: OPTION.offline = False, device: OPTION.device = "auto",
+    landmarks: OPTION.landmarks = "auto", faces: OPTION.faces = "all", ref_threshold: OPTION.ref_threshold = None,
+    min_face: OPTION.min_face = 0, offline: OPTION.offline = False, device: OPTION.device = "auto",
 ) -> int:
     """Detect every face and write its FFHQ-aging aligned crop.
 
     Examples:
 
       agetool align group.jpg --out crops/
+
+      agetool align photos/ --out crops/ --faces ref:me.jpg
 
       agetool align me.jpg --out crops/ --size 1024 --landmarks-json me_landmarks.json
     """
@@ -70,6 +72,9 @@ def align(
     if landmarks_json is not None and len(paths) > 1:
         raise UsageError("--landmarks-json describes one face of one photo: give a single INPUT")
     given = _read_landmarks(landmarks_json) if landmarks_json is not None else None
+    from agetool.cli.options import faces_argument
+
+    faces = faces_argument(faces, ref_threshold)
     stems = unique_stems(paths)
     import re
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from agetool.cli import app, console
-from agetool.cli.options import face_options, pipeline_options, print_profile
+from agetool.cli.options import OPTION, face_options, pipeline_options, print_profile
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -45,6 +45,8 @@ def age(
       agetool age photos/ --out grids/ --tiles tiles/
     """
     from agetool.ages import parse_ages
+      agetool age group.jpg --faces ref:me.jpg --ages 70
+
     from agetool.errors import AgetoolError, UsageError
     from agetool.images import distinct_outputs, find_images, unique_stems, write_image
 
@@ -201,6 +203,8 @@ def video(
         written = pipe.video(input, target, fps=fps, steps=steps, from_age=from_age, to_age=to_age, seconds=seconds,
                              hold=hold, crf=crf, caption=caption, frames_dir=frames_dir, max_size=max_size,
                              **face_kwargs)
+      agetool video group.jpg --faces ref:me.jpg --paste-back
+
     from agetool.video import read_video_frames
 
     n, _ = read_video_frames(written)
@@ -217,7 +221,7 @@ def estimate(
     inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False)],
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per face on stdout.")] = False,
     aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are aligned face crops.")] = False,
-    faces: Annotated[str, typer.Option("--faces", metavar="all|largest", help="all faces, or only the largest.")] = "all",
+    faces: OPTION.faces = "all", ref_threshold: OPTION.ref_threshold = None,
     min_face: Annotated[int, typer.Option("--min-face", metavar="PX", help="Skip faces smaller than this.")] = 0,
     *, build,
 ) -> int:
@@ -255,8 +259,12 @@ def estimate(
                                               "gender": f.gender, "gender_probability": round(f.gender_probability, 3)}),
                                   markup=False, highlight=False)
             else:
+      agetool estimate group.jpg --faces ref:me.jpg
+
                 where = "whole crop" if box is None else f"box {box}"
                 console.out.print(f"{path} face {f.index}: ~{f.age:.0f} years, {f.gender} "
                                   f"(p = {f.gender_probability:.2f}), {where}", markup=False, highlight=False)
     return 1 if failed else 0
+    from agetool.cli.options import faces_argument
     pipe.check_models(aligned=aligned, mask=False, estimate=True, generate=False)  # every missing file at once
+    faces = faces_argument(faces, ref_threshold)

@@ -1,7 +1,8 @@
 """The two measurements of an aged face: its estimated age and its identity similarity to the input.
 
-``Measurer`` holds one age model (insightface's ``genderage`` classifier) and one identity embedder
-(an ArcFace-type model), both loaded once and reused across every face of a run. Outputs of the
+``Measurer`` holds one age model (insightface's ``genderage`` classifier) and one identity model
+(``agetool.identity.FaceIdentity``: an ArcFace-type model, cosine similarity, or dlib's face
+descriptor, Euclidean distance), both loaded once and reused across every face of a run. Outputs of the
 generator share the geometry of the aligned input crop, so the face box (for the age model) and the
 five points (for the embedder) found on the input serve every output of that face.
 """
@@ -17,6 +18,8 @@ import numpy as np
 
 #: Identity models in the registry; the first is the default (Apache-2.0, usable commercially).
 IDENTITY_MODELS = ("auraface", "arcface-w600k")
+#: what ``identity="auto"`` falls back to when the default is not cached: no download needed
+OFFLINE_IDENTITY = "dlib"
 AGE_MODEL = "genderage"
 
 
@@ -25,7 +28,7 @@ class FaceMeasures:
     """What ``Measurer.measure`` finds for one face: the input's numbers, then one pair per output."""
 
     input_age: float
-    input_identity: float  # the input with itself: 1 up to rounding
+    input_identity: float  # the input with itself: 1 (cosine) or 0 (distance) up to rounding
     ages: list[float]
     identities: list[float]
 
@@ -33,28 +36,34 @@ class FaceMeasures:
 class Measurer:
     def __init__(self, age_model, identity_model):
         self.age_model = age_model  # agetool.face.gender.GenderClassifier
-        self.identity_model = identity_model  # agetool.face.identity.IdentityEmbedder
+        self.identity_model = identity_model  # agetool.identity.FaceIdentity
         self.models: dict[str, dict] = {}  # what the report says about each model file
 
     @classmethod
     def load(cls, *, age_model: str | os.PathLike | None = None, identity_model: str | os.PathLike | None = None,
-             identity: str = IDENTITY_MODELS[0], device=None, offline: bool = False,
+             identity: str = "auto", device=None, offline: bool = False,
              report: Callable[[str], None] | None = None, progress=None) -> "Measurer":
-        """The registry's ``genderage`` and ``identity`` models, or local ONNX files in their place."""
+        """The registry's ``genderage`` (or the local ONNX file ``age_model``) and the identity model:
+        ``identity_model`` (a name or a file, see ``FaceIdentity.from_pretrained``), else ``identity``
+        (``"auto"``: the ArcFace-type default where it is cached, else dlib's descriptor, said through
+        ``report``; ``"dlib"``, ``"auraface"``, ``"arcface-w600k"``)."""
         from agetool.errors import UsageError, arg
         from agetool.face.gender import GenderClassifier
-        from agetool.face.identity import IdentityEmbedder
+        from agetool.identity import MODELS, FaceIdentity
 
-        if identity not in IDENTITY_MODELS:
-            raise UsageError(f"{arg('identity', identity)}: expected {' or '.join(IDENTITY_MODELS)}")
+        if identity not in ("auto", *MODELS):
+            raise UsageError(f"{arg('identity', identity)}: expected auto, {', '.join(MODELS)}")
         ages = GenderClassifier.open(age_model, device=device, offline=offline, report=report, progress=progress,
                                      argument="age_model")
-        ident = IdentityEmbedder.open(identity, identity_model, device=device, offline=offline, report=report,
-                                      progress=progress, argument="identity_model")
+        choice = identity_model if identity_model is not None else identity
+        if choice == "auto":
+            choice = default_identity(report)
+        ident = FaceIdentity.from_pretrained(choice, device=device, offline=offline, report=report, progress=progress,
+                                             argument="identity_model" if identity_model is not None else "identity")
         measurer = cls(ages, ident)
         measurer.models = {
             "age": file_info(None if age_model is not None else AGE_MODEL, ages.path),
-            "identity": file_info(None if identity_model is not None else identity, ident.path),
+            "identity": identity_info(ident),
         }
         return measurer
 
@@ -64,17 +73,17 @@ class Measurer:
         ``landmarks`` [68, 2] are the face's landmarks in the crop's pixels (None: where a frontal face
         lies in an FFHQ-aging crop).
         """
+        from agetool.identity import FaceSpec
+
         images = [np.asarray(crop), *(np.asarray(o) for o in outputs)]
-        boxes, points = [], []
+        boxes, specs = [], []
         for image in images:
             box, five = self._geometry(image.shape[0], crop.shape[0], landmarks)
             boxes.append(box)
-            points.append(five)
+            specs.append(FaceSpec(box=box, five=five))  # one geometry: outputs share the input's
         ages = [self.age_model.estimate_at(image, box)[2] for image, box in zip(images, boxes)]
-        emb = self.identity_model.embed(images, points)
-        from agetool.face.identity import cosine
-
-        sims = cosine(emb[0], emb)
+        emb = self.identity_model.embed_images(images, specs)  # the input's embedding serves every output
+        sims = [self.identity_model.similarity(emb[0], e) for e in emb]
         return FaceMeasures(ages[0], float(sims[0]), ages[1:], [float(s) for s in sims[1:]])
 
     def ages(self, crop: np.ndarray, outputs: Sequence[np.ndarray], landmarks: np.ndarray | None = None) -> list[float]:
@@ -94,6 +103,38 @@ class Measurer:
             return aligned_box(side), aligned_five_points(side)
         lm = (np.asarray(landmarks, dtype=np.float64).reshape(68, 2) + 0.5) * (side / crop_side) - 0.5
         return face_box(lm), five_points(lm)
+
+
+def default_identity(report: Callable[[str], None] | None = None) -> str:
+    """The identity model for ``identity="auto"``: the ArcFace-type default when it is cached and
+    verified, else dlib's descriptor (no download), said through ``report``."""
+    try:
+        from agetool import weights
+
+        if weights.status(IDENTITY_MODELS[0]).verified:
+            return IDENTITY_MODELS[0]
+    except Exception:  # noqa: BLE001 - an unreadable cache record: not at hand
+        pass
+    if report is not None:
+        report(f"identity: {IDENTITY_MODELS[0]} is not downloaded; measuring identity with dlib's face descriptor "
+               f"(Euclidean distance, same person at 0.6 or less; `agetool weights download {IDENTITY_MODELS[0]}` "
+               "for the ArcFace-type model)")
+    return OFFLINE_IDENTITY
+
+
+def identity_info(identity) -> dict:
+    """What a report says about a ``FaceIdentity``: registry name (or dlib, or "local"), file, sha256,
+    revision, license, and the metric and threshold its numbers are in."""
+    from agetool.identity import ARCFACE_MODELS
+
+    if identity.name in ARCFACE_MODELS:
+        info = file_info(identity.name, identity.path)
+    elif identity.name == OFFLINE_IDENTITY:
+        info = {"name": identity.name, "file": identity.path.name, "sha256": identity.sha256, "revision": None,
+                "license": "public domain (dlib-models)"}
+    else:
+        info = file_info(None, identity.path)
+    return {**info, "metric": identity.metric, "threshold": identity.threshold}
 
 
 def file_info(name: str | None, path: Path | None) -> dict:

@@ -1,0 +1,241 @@
+"""Clips: `agetool age CLIP --ages`, `agetool video CLIP --from --to`, AgingPipeline.age_clip / clip_frames.
+
+The clips are made here with the ffmpeg of imageio-ffmpeg from the astronaut photo (a real face),
+with a sine audio track; the generator is the tiny seeded one, and most runs skip the parser
+(--no-mask: an elliptical paste-back mask) to stay fast.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT, cli, partials, spawn, wait_for
+
+FAST = ["--no-mask", "--device", "cpu", "--landmarks", "dlib"]
+
+
+def ffmpeg(*args) -> None:
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *map(str, args)], check=True)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    """The astronaut at 256 px (face about 45 px wide)."""
+    from PIL import Image
+
+    p = tmp_path_factory.mktemp("clips") / "astronaut256.png"
+    Image.open(ROOT / "examples" / "astronaut.png").convert("RGB").resize((256, 256), Image.LANCZOS).save(p)
+    return p
+
+
+def make_clip(photo: Path, out: Path, frames: int = 12, *, motion: bool = True, vfr: bool = False,
+              gray_frame: int | None = None, crf: int = 12) -> Path:
+    """A 160x128 clip cut from ``photo`` (panning 2 px a frame unless still) with a 440 Hz AAC track."""
+    x = "30+2*n" if motion else "30"
+    filters = [f"crop=160:128:x='{x}':y=0"]
+    if gray_frame is not None:
+        filters.append(f"drawbox=x=0:y=0:w=iw:h=ih:color=gray:t=fill:enable='eq(n,{gray_frame})'")
+    if vfr:  # 0.1 s apart for 4 frames, then 0.25 s apart
+        filters += ["settb=1/1000", "setpts='if(lt(N,4),N*100,400+(N-4)*250)/1000/TB'"]
+    seconds = frames / 10 if not vfr else 0.4 + (frames - 4) * 0.25
+    ffmpeg("-loop", "1", "-framerate", "10", "-i", photo, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000",
+           "-vf", ",".join(filters), "-frames:v", frames, "-t", f"{seconds:.2f}", *(["-fps_mode", "passthrough"] if vfr else []),
+           "-c:v", "libx264", "-crf", crf, "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", out)
+    return out
+
+
+def video_facts(path: Path) -> dict:
+    import av
+
+    with av.open(str(path)) as box:
+        vs = box.streams.video[0]
+        times, rotation = [], 0
+        for frame in box.decode(vs):
+            times.append(float(frame.pts * frame.time_base))
+            rotation = frame.rotation
+        box.seek(0)
+        audio = [(a.codec_context.name, a.codec_context.sample_rate) for a in box.streams.audio]
+        ends = {}
+        for packet in box.demux(*box.streams.audio):
+            if packet.pts is not None:
+                ends[packet.stream.index] = float((packet.pts + packet.duration) * packet.time_base)
+        return {"size": (vs.codec_context.width, vs.codec_context.height), "codec": vs.codec_context.name,
+                "pix_fmt": vs.codec_context.pix_fmt, "times": times, "rotation": rotation % 360, "audio": audio,
+                "audio_end": sorted(ends.values())}
+
+
+def decoded(path: Path) -> list[np.ndarray]:
+    from agetool.clip.media import probe, read_frames
+
+    return [f for f, _ in read_frames(probe(path))]
+
+
+@pytest.fixture(scope="module")
+def pipe(weights):
+    import agetool
+
+    return agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib")
+
+
+def test_age_clip_keeps_frames_timing_size_and_audio(tmp_path, photo, weights):
+    src = make_clip(photo, tmp_path / "walk.mp4", 10, vfr=True)
+    code = cli(["age", src, "--ages", "60", "--weights", weights, *FAST], None)[0]
+    out = Path("walk_age60.mp4")  # the default: here
+    try:
+        assert code == 0 and out.is_file()
+        a, b = video_facts(src), video_facts(out)
+    finally:
+        out.unlink(missing_ok=True)
+    assert b["size"] == a["size"] == (160, 128)
+    assert len(b["times"]) == len(a["times"]) == 10
+    assert np.allclose(b["times"], a["times"], atol=1e-3)  # the variable frame timing, frame for frame
+    steps = np.diff(a["times"])
+    assert steps[:4].max() < 0.15 and steps[4:].min() > 0.15  # the source is variable-rate indeed
+    assert (b["codec"], b["pix_fmt"]) == ("h264", "yuv420p")
+    assert b["audio"] == a["audio"] == [("aac", 16000)]
+    assert np.allclose(b["audio_end"], a["audio_end"], atol=1e-6)  # every audio packet copied
+
+
+def test_face_aged_rest_kept_and_rotation(tmp_path, photo, pipe):
+    src = make_clip(photo, tmp_path / "flat.mp4", 8)
+    turned, rotated = tmp_path / "turned.mp4", tmp_path / "rot.mp4"  # stored on its side, shown upright (phones)
+    ffmpeg("-i", src, "-vf", "transpose=clock", "-c:v", "libx264", "-crf", "12", "-c:a", "copy", turned)
+    ffmpeg("-display_rotation", "90", "-i", turned, "-c", "copy", rotated)
+    out = pipe.age_clip(rotated, tmp_path / "old.mp4", ages=60, mask=False)[0]
+    a, b = video_facts(rotated), video_facts(out)
+    assert b["rotation"] == a["rotation"] == 90 and b["size"] == a["size"] == (128, 160)
+    before, after = decoded(rotated), decoded(out)
+    assert before[0].shape == after[0].shape == (128, 160, 3)  # upright, as shown
+    frames = list(pipe.clip_frames(rotated, ages=60, mask=False))
+    assert [f.faces for f in frames] == [1] * 8
+    diff = np.abs(after[0].astype(int) - before[0]).mean(axis=2)
+    changed = diff > 12
+    ys, xs = np.nonzero(changed)
+    assert changed.mean() > 0.03 and changed.mean() < 0.3  # the face, not the frame
+    assert np.median(diff[~changed]) < 3  # the rest: only the encoding
+
+
+def test_static_clip_gives_identical_frames(tmp_path, photo, pipe):
+    src = make_clip(photo, tmp_path / "still.mp4", 8, motion=False, crf=0)  # lossless: still frames decode equal
+    source = decoded(src)
+    assert all(np.array_equal(source[0], f) for f in source[1:])
+    frames = [f.image for f in pipe.clip_frames(src, ages=60, mask=False)]
+    assert all(np.array_equal(frames[0], f) for f in frames[1:])
+    out = pipe.age_clip(src, tmp_path / "still_old.mp4", ages=60, crf=0, mask=False)[0]
+    written = decoded(out)
+    assert len(written) == 8 and all(np.array_equal(written[0], f) for f in written[1:])
+
+
+def test_frame_without_a_face_passes_through(tmp_path, photo, pipe):
+    src = make_clip(photo, tmp_path / "cut.mp4", 10, gray_frame=5)
+    source = decoded(src)
+    frames = list(pipe.clip_frames(src, ages=[60, "0-2"], mask=False))
+    assert [f.faces for f in frames] == [1] * 5 + [0] + [1] * 4
+    assert all(np.array_equal(img, source[5]) for img in frames[5].images)
+    assert not np.array_equal(frames[4].image, source[4]) and not np.array_equal(frames[6].image, source[6])
+    assert not np.array_equal(frames[4].images[0], frames[4].images[1])  # two ages, two renders
+
+
+def test_two_runs_give_identical_files(tmp_path, photo, weights):
+    src = make_clip(photo, tmp_path / "twice.mp4", 8)
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"run{k}.mp4"
+        assert cli(["age", src, "--ages", "60", "--out", out, "--weights", weights, *FAST], None)[0] == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_several_ages_and_progressive(tmp_path, photo, weights):
+    src = make_clip(photo, tmp_path / "me.mp4", 10)
+    code = cli(["age", src, "--ages", "20,60", "--out", f"{tmp_path / 'out'}/", "--weights", weights, *FAST], None)[0]
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["me_age20.mp4", "me_age60.mp4"]
+    code = cli(["video", src, "--from", "20", "--to", "60", "--out", tmp_path / "grow.mp4", "--weights", weights,
+                *FAST], None)[0]
+    assert code == 0
+    frames = decoded(tmp_path / "grow.mp4")
+    young, old = decoded(tmp_path / "out" / "me_age20.mp4"), decoded(tmp_path / "out" / "me_age60.mp4")
+    assert len(frames) == 10
+    # 20 years at the start, 60 at the end: the first frame is the age-20 clip's, the last nearer the age-60 one
+    d = lambda a, b: np.abs(a.astype(int) - b).mean()  # noqa: E731
+    assert d(frames[0], young[0]) < d(frames[0], old[0]) and d(frames[-1], old[-1]) < d(frames[-1], young[-1])
+
+
+def test_clip_usage_errors(tmp_path, photo, weights, capsys):
+    src = make_clip(photo, tmp_path / "u.mp4", 4)
+    code, _, err = cli(["age", src, "--weights", weights, *FAST], capsys)
+    assert code == 2 and "--ages" in err
+    code, _, err = cli(["age", src, "--ages", "60", "--aligned", "--weights", weights, *FAST], capsys)
+    assert code == 2 and "--aligned" in err
+    code, _, err = cli(["age", src, "--ages", "60,70", "--out", tmp_path / "x.mp4", "--weights", weights, *FAST],
+                       capsys)
+    assert code == 2 and "folder" in err
+    disguised = tmp_path / "clip.dat"  # recognised by its bytes, not its name
+    disguised.write_bytes(src.read_bytes())
+    code, _, err = cli(["age", disguised, "--ages", "60", "--out", tmp_path / "d.mp4", "--weights", weights, *FAST],
+                       capsys)
+    assert code == 0, err
+    assert (tmp_path / "d.mp4").is_file()
+
+
+def test_sigterm_leaves_no_file(tmp_path, photo, weights):
+    src = make_clip(photo, tmp_path / "long.mp4", 150)
+    out = tmp_path / "long_old.mp4"
+    proc = spawn(["age", src, "--ages", "60", "--out", out, "--batch-size", "1", "--weights", weights, *FAST],
+                 tmp_path)
+    wait_for(lambda: any(p.stat().st_size > 0 for p in partials(tmp_path)), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert not out.exists() and not partials(tmp_path)
+
+
+def test_parsing_is_held_between_frames(tmp_path, photo, weights, seeded_parser_file):
+    """With the parser (the seeded full-size one), a face that keeps its look is parsed once, not per frame."""
+    import agetool
+
+    src = make_clip(photo, tmp_path / "parsed.mp4", 6)
+    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, parser_weights=seeded_parser_file, device="cpu",
+                                                 landmarks="dlib")
+    parser = pipe.models.parser
+    calls = []
+    real = parser.parse
+    parser.parse = lambda crop: calls.append(1) or real(crop)
+    frames = list(pipe.clip_frames(src, ages=60))
+    assert [f.faces for f in frames] == [1] * 6
+    assert 1 <= len(calls) <= 2
+
+
+def test_filters_and_links():
+    from agetool.clip.filters import OneEuro
+    from agetool.clip.tracks import iou, link
+    from agetool.face.detect import DetectedFace
+
+    f = OneEuro()
+    x = np.array([[10.0, 20.0], [30.5, 40.25]])
+    assert all(np.array_equal(f(x, t / 10), x) for t in range(5))  # still input, still output (exactly)
+    jitter = [x + np.random.default_rng(k).normal(0, 1, x.shape) for k in range(30)]
+    out = [f(j, 1 + k / 30) for k, j in enumerate(jitter)]
+    assert np.std(np.diff(out, axis=0)) < 0.5 * np.std(np.diff(jitter, axis=0))  # jitter damped
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+
+    def face(x0):
+        lm = np.stack([np.linspace(x0, x0 + 40, 68), np.linspace(0, 40, 68)], 1).astype(np.float32)
+        return DetectedFace(1.0, (x0, 0, x0 + 40, 40), lm)
+
+    from agetool.clip.tracks import Track
+
+    tracks = [Track.start(0, face(0)), Track.start(1, face(100))]
+    pairs, left, new = link(tracks, [face(104), face(300), face(3)])
+    assert [(t.id, d.box[0]) for t, d in pairs] == [(0, 3), (1, 104)] or \
+           sorted((t.id, d.box[0]) for t, d in pairs) == [(0, 3), (1, 104)]
+    assert not left and [d.box[0] for d in new] == [300]
