@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -94,6 +95,8 @@ DEFAULT_ANCHORS: dict[str, float] = {"0-2": 1.0, "3-6": 4.5, "7-9": 8.0, "15-19"
 #: The oldest age the training data shows; older requests render the last class with a warning.
 OLDEST_MODELLED = 69.0
 MAX_AGE = 150.0
+#: most ages one call renders (each is a decoded image)
+MAX_AGES = 64
 
 
 def check_anchors(anchors: Mapping[str, float], where: str = "age_anchors") -> tuple[float, ...]:
@@ -181,19 +184,30 @@ def parse_ages(ages: str | float | Iterable[str | float] | None) -> list[AgeTarg
         items: list = [a.strip() for a in ages.split(",")]
         if all(not a for a in items):
             return None
-    elif isinstance(ages, (int, float)) and not isinstance(ages, bool):
+    elif _is_number(ages):
         items = [ages]
+    elif isinstance(ages, (bytes, bytearray, memoryview, Mapping, set, frozenset)) or _is_bool(ages) \
+            or not isinstance(ages, Iterable):
+        raise UsageError(f"{arg('ages')}: expected a list or a comma-separated string of ages, "
+                         f"got {type(ages).__name__}")
     else:
-        items = list(ages)
+        items = []
+        for item in ages:  # an endless iterator stops at the limit
+            items.append(item)
+            if len(items) > MAX_AGES:
+                break
         if not items:
             return None
+    if len(items) > MAX_AGES:
+        raise UsageError(f"{arg('ages')}: more than {MAX_AGES} ages", hint="render them in several calls")
     targets = []
     for item in items:
         if isinstance(item, AgeTarget):
             targets.append(item)
             continue
-        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            raise UsageError(f"{arg('ages', item)}: expected years, class labels or relative ages")
+        if not (isinstance(item, str) or _is_number(item)):
+            raise UsageError(f"{arg('ages', item)}: expected years, class labels or relative ages, "
+                             f"got {type(item).__name__}")
         entry = item.strip() if isinstance(item, str) else _plain(item)
         if not entry:
             raise UsageError(f"{arg('ages', ages)}: empty entry in the list")
@@ -206,7 +220,13 @@ def parse_ages(ages: str | float | Iterable[str | float] | None) -> list[AgeTarg
                 raise UsageError(f"{arg('ages', entry)}: a relative age adds 0 to {MAX_AGE:g} years")
             targets.append(AgeTarget(entry, "relative", v))
             continue
-        v = _number(entry, entry) if isinstance(item, str) else float(item)
+        if isinstance(item, str):
+            v = _number(entry, entry)
+        else:
+            try:
+                v = float(item)
+            except OverflowError:  # an int too large for a float
+                raise UsageError(f"{arg('ages', entry)}: over {MAX_AGE:g} years") from None
         if not math.isfinite(v):
             raise UsageError(f"{arg('ages', entry)}: ages must be finite numbers")
         if v < 0:
@@ -217,7 +237,18 @@ def parse_ages(ages: str | float | Iterable[str | float] | None) -> list[AgeTarg
     return targets
 
 
-def _plain(v: float) -> str:
+def _is_bool(value) -> bool:
+    return isinstance(value, bool) or type(value).__name__ in ("bool", "bool_")  # numpy's too
+
+
+def _is_number(value) -> bool:
+    """A real number that is not a boolean (Python's or numpy's)."""
+    return isinstance(value, numbers.Real) and not _is_bool(value)
+
+
+def _plain(v) -> str:
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 

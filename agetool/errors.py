@@ -17,7 +17,29 @@ def arg(name: str, value: object = _NO_VALUE) -> str:
     """
     if value is _NO_VALUE:
         return f"\x1f{name}\x1f"
-    return f"\x1f{name}\x1e{value!r}\x1d{value}\x1f"
+    python, plain = _shown(value)
+    return f"\x1f{name}\x1e{_cut(python)}\x1d{_cut(plain)}\x1f"
+
+
+#: longest value shown in a message; longer ones are cut with an ellipsis
+SHOWN_CHARS = 80
+
+
+def _shown(value: object) -> tuple[str, str]:
+    """(Python, plain) text of an argument's value: paths as their text, never ``PosixPath('x')``."""
+    import os
+
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, os.PathLike)) for v in value):
+        items = [os.fspath(v) for v in value]
+        return repr(items), " ".join(map(str, items))
+    return repr(value), str(value)
+
+
+def _cut(text: str) -> str:
+    text = text.translate({0x1D: "?", 0x1E: "?", 0x1F: "?"})  # the marks that delimit a reference
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
 
 
 def python_style(name: str, python: str | None, plain: str | None) -> str:

@@ -94,6 +94,7 @@ class AgingPipeline:
 
         validate.choice("model", model, MODELS)
         validate.choice("landmarks", landmarks, LANDMARKS)
+        offline = validate.flag("offline", offline)
         if batch is not None:
             validate.integer("batch", batch, low=1, high=4096)
         dev = pick_device(device, dist=env_dist())  # under torchrun: this rank's GPU
@@ -185,6 +186,8 @@ class AgingPipeline:
             return self._with_features(image) if generate else image
         faces = check_faces(faces)
         validate.integer("min_face", min_face, low=0)
+        aligned, mask, paste_back = (validate.flag(name, value) for name, value in
+                                     (("aligned", aligned), ("mask", mask), ("paste_back", paste_back)))
         if paste_back and aligned:
             raise UsageError(f"{arg('paste_back')} needs the original photo", hint=f"drop {arg('aligned')}")
         self.check_models(aligned=aligned, mask=mask, paste_back=paste_back, estimate=estimate is True,
@@ -432,6 +435,7 @@ class AgingPipeline:
         from agetool.video import VideoWriter
 
         check_video_numbers(fps=fps, steps=steps, hold=hold, from_age=from_age, to_age=to_age, seconds=seconds)
+        caption = validate.flag("caption", caption)
         fps, hold = float(fps) + 0.0, float(hold) + 0.0
         count = None if seconds is None else max(2, round(seconds * fps))
         ages = self.frame_ages(steps, from_age=from_age, to_age=to_age, frames=count)
