@@ -40,13 +40,13 @@ def age(
 
       agetool age me.jpg --ages +20 --paste-back
 
+      agetool age group.jpg --faces ref:me.jpg --ages 70
+
       agetool age clip.mp4 --ages 60
 
       agetool age photos/ --out grids/ --tiles tiles/
     """
     from agetool.ages import parse_ages
-      agetool age group.jpg --faces ref:me.jpg --ages 70
-
     from agetool.errors import AgetoolError, UsageError
     from agetool.images import distinct_outputs, find_images, unique_stems, write_image
 
@@ -81,6 +81,8 @@ def age(
     with console.progress() as bar:
         pipe = build(bar)
         parsed = pipe.targets(ages)  # a malformed --ages fails before any work
+        pipe.check_models(aligned=face_kwargs["aligned"], mask=face_kwargs["mask"],
+                          paste_back=face_kwargs["paste_back"], estimate=any(t.kind == "relative" for t in parsed))
         task = bar.add_task("ageing", total=len(mine))
         for path, stem, target in mine:
             bar.update(task, description=f"ageing {path.name}")
@@ -95,8 +97,6 @@ def age(
                 models = ", ".join(sorted({f.model for f in result.faces}))
                 n = len(result.faces)
                 console.info(f"{path} -> {target}  ({n} face{'s' if n != 1 else ''}, {models} model)")
-        pipe.check_models(aligned=face_kwargs["aligned"], mask=face_kwargs["mask"],
-                          paste_back=face_kwargs["paste_back"], estimate=any(t.kind == "relative" for t in parsed))
                 done += 1
             except AgetoolError as e:
                 if not several or e.exit_code != 1:
@@ -175,6 +175,8 @@ def video(
 
       agetool video me.jpg --paste-back --out me.mp4
 
+      agetool video group.jpg --faces ref:me.jpg --paste-back
+
       agetool video clip.mp4 --from 20 --to 70
 
       agetool video crop.png --aligned --steps 5 --frames frames/
@@ -203,8 +205,6 @@ def video(
         written = pipe.video(input, target, fps=fps, steps=steps, from_age=from_age, to_age=to_age, seconds=seconds,
                              hold=hold, crf=crf, caption=caption, frames_dir=frames_dir, max_size=max_size,
                              **face_kwargs)
-      agetool video group.jpg --faces ref:me.jpg --paste-back
-
     from agetool.video import read_video_frames
 
     n, _ = read_video_frames(written)
@@ -231,18 +231,23 @@ def estimate(
 
       agetool estimate me.jpg
 
+      agetool estimate group.jpg --faces ref:me.jpg
+
       agetool estimate photos/ --json > ages.jsonl
     """
     import json
 
+    from agetool.cli.options import faces_argument
     from agetool.errors import AgetoolError, UsageError
     from agetool.images import find_images
 
+    faces = faces_argument(faces, ref_threshold)
     paths = find_images(inputs)
     if not paths:
         raise UsageError("no images found in the given folders")
     failed = 0
     pipe = build()
+    pipe.check_models(aligned=aligned, mask=False, estimate=True, generate=False)  # every missing file at once
     for path in paths:
         try:
             found = pipe.estimate(path, aligned=aligned, faces=faces, min_face=min_face)
@@ -259,12 +264,7 @@ def estimate(
                                               "gender": f.gender, "gender_probability": round(f.gender_probability, 3)}),
                                   markup=False, highlight=False)
             else:
-      agetool estimate group.jpg --faces ref:me.jpg
-
                 where = "whole crop" if box is None else f"box {box}"
                 console.out.print(f"{path} face {f.index}: ~{f.age:.0f} years, {f.gender} "
                                   f"(p = {f.gender_probability:.2f}), {where}", markup=False, highlight=False)
     return 1 if failed else 0
-    from agetool.cli.options import faces_argument
-    pipe.check_models(aligned=aligned, mask=False, estimate=True, generate=False)  # every missing file at once
-    faces = faces_argument(faces, ref_threshold)
