@@ -129,6 +129,22 @@ class AgingResult:
                      for f in self.faces]
         return grid([[caption(t, h) for t, h in zip(row, head)] for row, head in zip(rows, heads)])
 
+    def write_tiles(self, folder) -> list:
+        """Every tile as a PNG in ``folder``: ``face<i>_input.png`` and ``face<i>_<label>.png`` per face
+        (with paste-back, whole photos). These are the files ``agetool age --tiles`` writes; returns their paths."""
+        from pathlib import Path
+
+        from agetool.images import write_image
+
+        folder, written = Path(folder), []
+        for face in self.faces:
+            first = face.aligned if self.pasted is None else self.image
+            shown = face.images if self.pasted is None else face.pasted
+            written.append(write_image(folder / f"face{face.index}_input.png", first))
+            for label, tile in zip(face.labels, shown):
+                written.append(write_image(folder / f"face{face.index}_{label}.png", tile))
+        return written
+
     def grid(self, labels: bool = True) -> Image:
         """The grid ``agetool age`` writes, as a ``PIL.Image``: one row per face (left to right),
         columns = input, then one per age; with paste-back one row of whole photos."""

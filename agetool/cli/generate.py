@@ -11,6 +11,7 @@ import typer
 from agetool.cli import app, console
 from agetool.cli.options import OPTION, face_options, pipeline_options, print_profile
 
+RAY_PANEL = "Ray options"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
@@ -27,6 +28,10 @@ def age(
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose grid already exists (resume a folder run).")] = False,
     crf: Annotated[int, typer.Option("--crf", metavar="Q", help="Clips: H.264 quality, 0 lossless ... 51 worst; 18 is visually lossless.")] = 18,
     profile: Annotated[bool, typer.Option("--profile", help="Print the time spent in each stage.")] = False,
+    engine: Annotated[str, typer.Option("--engine", metavar="local|ray", help="local: this process (or each torchrun rank); ray: a Ray Data job (pip install \"agetool[ray]\"), same outputs; grids already written are skipped.", rich_help_panel=RAY_PANEL)] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, ray://HOST:10001, ...). Default: RAY_ADDRESS, else a Ray started here for the job.", rich_help_panel=RAY_PANEL)] = None,
+    gpus: Annotated[Optional[int], typer.Option("--gpus", metavar="N", help="GPUs to use, one generator worker each; 0: one generator worker on a CPU. Default: all the cluster has.", rich_help_panel=RAY_PANEL)] = None,
+    cpus: Annotated[Optional[int], typer.Option("--cpus", metavar="N", help="CPUs to use (face stages, writing; each generator worker holds one). Default: all the cluster has.", rich_help_panel=RAY_PANEL)] = None,
     *, build, face_kwargs,
 ) -> int:
     """Render each face at six ages (or --ages): one grid per photo, a row per face (left to right),
@@ -45,12 +50,15 @@ def age(
       agetool age clip.mp4 --ages 60
 
       agetool age photos/ --out grids/ --tiles tiles/
+
+      agetool age photos/ --out grids/ --engine ray --gpus 4
     """
     from agetool.ages import parse_ages
     from agetool.errors import AgetoolError, UsageError
     from agetool.images import distinct_outputs, find_images, unique_stems, write_image
 
     parse_ages(ages)  # a malformed --ages fails before any work
+    _check_engine(engine, ray_address=ray_address, gpus=gpus, cpus=cpus, profile=profile)
     from agetool.cli.clips import age_clips, clip_inputs
 
     clips = clip_inputs(inputs)  # video clips (by content): <stem>_age<entry>.mp4 per age
@@ -72,6 +80,10 @@ def age(
         labels = "|".join(re.escape(t.entry) for t in (parse_ages(ages) or class_targets()))
         for stem in stems:
             outputs_clear("tiles", tiles / stem, rf"face(0|[1-9][0-9]*)_(input|{labels})\.png", paths, tiles)
+    if engine == "ray":
+        jobs = [(path, target, None if tiles is None else tiles / stem) for path, stem, target in zip(paths, stems, targets)]
+        return _age_on_ray(jobs, ages=ages, labels=not no_labels, pipeline=build.options, options=face_kwargs,
+                           address=ray_address, gpus=gpus, cpus=cpus)
 
     from agetool.shards import env_dist, total
 
@@ -93,7 +105,7 @@ def age(
                 result = pipe(path, ages=parsed, **face_kwargs)
                 write_image(target, result.grid_array(labels=not no_labels))
                 if tiles is not None:
-                    _write_tiles(tiles / stem, result, face_kwargs["paste_back"])
+                    result.write_tiles(tiles / stem)
                 models = ", ".join(sorted({f.model for f in result.faces}))
                 n = len(result.faces)
                 console.info(f"{path} -> {target}  ({n} face{'s' if n != 1 else ''}, {models} model)")
@@ -112,16 +124,32 @@ def age(
     return 1 if failed else 0
 
 
-def _write_tiles(folder: Path, result, paste_back: bool) -> None:
-    """``face<i>_input.png`` and ``face<i>_<label>.png`` per face (whole photos with paste-back)."""
-    from agetool.images import write_image
+def _check_engine(engine: str, *, profile: bool, **ray_options) -> None:
+    from agetool.errors import UsageError
 
-    for face in result.faces:
-        first = result.image if paste_back else face.aligned
-        shown = face.pasted if paste_back else face.images
-        write_image(folder / f"face{face.index}_input.png", first)
-        for label, tile in zip(face.labels, shown):
-            write_image(folder / f"face{face.index}_{label}.png", tile)
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine {engine}: expected local or ray")
+    if engine == "ray" and profile:
+        raise UsageError("--profile applies to --engine local")
+    if engine != "ray":
+        for name, value in ray_options.items():
+            if value is not None:
+                raise UsageError(f"--{name.replace('_', '-')} applies to --engine ray")
+
+
+def _age_on_ray(jobs, *, address, gpus, cpus, **kwargs) -> int:
+    """``--engine ray``: the same files, made by a Ray Data job (agetool.ray); Ray shows its progress."""
+    from agetool.cli.options import report
+    from agetool.ray import Job, age_photos
+
+    summary = age_photos([Job(os.path.abspath(p), os.path.abspath(t), "" if d is None else os.path.abspath(d))
+                          for p, t, d in jobs], address=address, gpus=gpus, cpus=cpus, report=report, **kwargs)
+    for _, error in summary.failed:
+        console.error(console.message(error))
+    if len(jobs) > 1 or summary.skipped:
+        console.info(f"done: {len(summary.written)} written, {len(summary.failed)} failed, "
+                     f"{len(summary.skipped)} skipped")
+    return 1 if summary.failed else 0
 
 
 def _is_folder(out: str) -> bool:

@@ -1,0 +1,147 @@
+"""``agetool age DIR --engine ray``: a folder aged by a Ray Data job on a local Ray, against the plain run.
+
+The Ray runs are subprocesses (the command line starts a local Ray with two CPUs and stops it), so
+Ray's processes stay out of the test process and its memory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.helpers import ROOT, cli, common, face_like
+
+
+def _agetool(args: list, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agetool", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _ray_processes(marker: str) -> list[str]:
+    """Command lines of running processes that mention ``marker`` (this test's Ray temp folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmd:
+                found.append(cmd)
+    return found
+
+
+@pytest.fixture()
+def ray_env():
+    """The environment of a Ray run: no usage reports, Ray's files in a folder of this test's own
+    (short: Ray's socket paths must fit 107 bytes), removed afterwards."""
+    pytest.importorskip("ray")
+    temp = tempfile.mkdtemp(prefix="agr", dir="/tmp")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DISABLE_USAGE_STATS": "1", "RAY_TMPDIR": temp}
+    env.pop("RAY_ADDRESS", None)
+    yield env
+    leftover = _ray_processes(temp) if sys.platform.startswith("linux") else []
+    shutil.rmtree(temp, ignore_errors=True)
+    assert not leftover, f"Ray processes left running: {leftover}"
+
+
+def test_ray_folder_run_matches_the_plain_run_and_resumes(tmp_path, weights, ray_env):
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    for i in range(11):
+        Image.fromarray(face_like(64, seed=i)).save(src / ("sub" if i % 4 == 0 else ".") / f"p{i:02d}.png")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    opts = [*common(weights), "--seed", "3"]
+
+    plain = _agetool(["age", src, "--out", tmp_path / "plain", "--tiles", tmp_path / "plain_tiles", *opts], ray_env)
+    assert plain.returncode == 1, plain.stderr[-3000:]
+    assert "done: 11 written, 1 failed, 0 skipped" in plain.stderr
+
+    out, tiles = tmp_path / "ray", tmp_path / "ray_tiles"
+    args = ["age", src, "--out", out, "--tiles", tiles, *opts, "--engine", "ray", "--cpus", "2"]
+    run = _agetool(args, ray_env)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "done: 11 written, 1 failed, 0 skipped" in run.stderr, run.stderr[-3000:]
+    failed = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(failed) == 1 and "broken.png" in failed[0] and "can't decode image" in failed[0], failed
+    assert "Traceback" not in run.stderr
+    assert "MapBatches(GeneratorStage)" in run.stderr  # Ray's progress
+    grids = _files(out)
+    assert len(grids) == 11
+    assert grids == _files(tmp_path / "plain")  # byte for byte
+    assert _files(tiles) == _files(tmp_path / "plain_tiles")
+    assert len(_files(tiles)) == 11 * 7
+
+    # a rerun makes only what is missing: here one grid and its tiles
+    (out / "p05_ages.png").unlink()
+    shutil.rmtree(tiles / "p05")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = _agetool(args, ray_env)
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert "done: 1 written, 1 failed, 10 skipped" in again.stderr, again.stderr[-3000:]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in before} == before
+    assert _files(out) == grids
+    assert _files(tiles) == _files(tmp_path / "plain_tiles")
+
+
+def test_engine_options_are_checked_before_any_work(tmp_path, weights, crop, capsys):
+    code, _, err = cli(["age", crop, "--gpus", "1", *common(weights)], capsys)
+    assert code == 2 and "--gpus applies to --engine ray" in err
+    code, _, err = cli(["age", crop, "--engine", "spark", *common(weights)], capsys)
+    assert code == 2 and "--engine spark" in err
+
+
+def test_without_ray_the_error_names_the_extra(tmp_path, weights, crop):
+    """With ray not importable, one line naming the extra to install, exit 1."""
+    shadow = tmp_path / "shadow"
+    (shadow / "ray").mkdir(parents=True)
+    (shadow / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow), str(ROOT)])}
+    r = _agetool(["age", crop, "--out", tmp_path / "g.png", *common(weights), "--engine", "ray"], env)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("error:")
+    assert 'pip install "agetool[ray]"' in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_stages_are_plain_callables_for_your_own_pipeline(tmp_path, weights):
+    """The stages run on batches as Ray Data hands them (dicts of arrays), here without Ray: a photo
+    by path, one given as bytes, one by file:// URI, and a broken one that fails alone."""
+    import numpy as np
+
+    pytest.importorskip("pyarrow")
+    from agetool.errors import InputError
+    from agetool.pipeline import AgingPipeline
+    from agetool.ray import FaceStage, GeneratorStage, error_from, write_results
+
+    photo = tmp_path / "me.png"
+    Image.fromarray(face_like(seed=4)).save(photo)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rows = [(str(photo), None), ("mem/me.png", photo.read_bytes()), (photo.as_uri(), None), (str(broken), None)]
+    batch = {"photo": np.array([r[0] for r in rows], dtype=object),
+             "bytes": np.array([r[1] for r in rows], dtype=object),
+             "grid": np.array([str(tmp_path / f"g{i}.png") for i in range(4)], dtype=object),
+             "tiles": np.array([str(tmp_path / "t0"), "", "", ""], dtype=object)}
+    models = {"weights": weights, "device": "cpu"}
+    options = {"aligned": True, "mask": False, "seed": 2}
+    faces = FaceStage(models, options=options)  # threads: left as they are in this process
+    out = write_results(GeneratorStage(models, options=options)(faces(batch)), labels=False)
+    assert list(out["error"][:3]) == ["", "", ""]
+    assert "broken.png" in out["error"][3] and isinstance(error_from(out["failure"][3]), InputError)
+    assert not (tmp_path / "g3.png").exists()
+    want = AgingPipeline.from_pretrained(weights=weights, device="cpu")(photo, aligned=True, mask=False, seed=2)
+    for i in range(3):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"g{i}.png")), want.grid_array(labels=False))
+    assert sorted(p.name for p in (tmp_path / "t0").iterdir())[0] == "face0_0-2.png"
