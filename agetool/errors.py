@@ -88,6 +88,10 @@ class NoFaceError(InputError):
     """No face was found in a photo."""
 
 
+class NoMatchError(NoFaceError):
+    """Faces were found, but none is the person of the reference (``faces=FaceReference``)."""
+
+
 class DatasetError(InputError):
     """A training data folder, label file or photo list that can't be used as given."""
 
@@ -110,10 +114,6 @@ class WeightsError(AgetoolError):
 
 class UnknownWeightsError(WeightsError, UsageError):
     """A weights name that the registry does not list (a usage error: exit 2)."""
-class NoMatchError(NoFaceError):
-    """Faces were found, but none is the person of the reference (``faces=FaceReference``)."""
-
-
 
     exit_code = 2
 
@@ -128,6 +128,15 @@ class DownloadError(WeightsError):
 
 class OfflineError(WeightsError):
     """An artifact is needed but network access is forbidden and it is not cached."""
+
+
+class MissingModelsError(OfflineError):
+    """Models a call needs that are not at hand while network access is off: all of them at once,
+    before anything loads. ``missing`` holds their registry names."""
+
+    def __init__(self, message: str, *, missing: list[str], hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.missing = list(missing)
 
 
 class ModelChoiceError(AgetoolError):
@@ -146,12 +155,3 @@ class Interrupted(AgetoolError):
 
 class EstimateError(AgetoolError):
     """Something needs a face's estimated age or gender and no estimate is available."""
-class MissingModelsError(OfflineError):
-    """Models a call needs that are not at hand while network access is off: all of them at once,
-    before anything loads. ``missing`` holds their registry names."""
-
-    def __init__(self, message: str, *, missing: list[str], hint: str | None = None):
-        super().__init__(message, hint=hint)
-        self.missing = list(missing)
-
-
