@@ -31,7 +31,7 @@ def at_hand(name: str) -> bool:
 
 def landmark_files(backend: str) -> list[str]:
     """The registry files a landmark backend (``auto``, ``fan``, ``dlib``) loads."""
-    from agetool.face.detect import fan_files_present
+    from agetool.weights.places import fan_files_present
 
     if backend == "auto":
         backend = "fan" if fan_files_present() else "dlib"

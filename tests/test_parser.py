@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from agetool.face.mask import mask_background
-from agetool.face.parse import FaceParser, labels_from_logits, preprocess, read_parser_state_dict, save_parser
+from agetool.face.parse import FaceParser, labels_from_logits, preprocess, save_parser
+from agetool.nn.parser import read_parser_state_dict
 from agetool.nn.parser import DeepLabV3
 from tests.helpers import cli
 

@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from agetool.errors import CheckpointError, OfflineError, UsageError, arg
+from agetool.weights.places import fan_checkpoint_dir, fan_file_names, fan_files_present  # noqa: F401
 
 DLIB_PREDICTOR = "shape_predictor_68_face_landmarks.dat"
 DLIB_UPSAMPLE = 1
 #: dlib detections scoring below this are dropped unless nothing scores higher (LATS keeps the largest
 #: box whatever its score; weak extra boxes are mostly false positives such as badges and prints).
 DLIB_MIN_SCORE = 0.2
-FAN_FILES = {"fan-2d": "2DFAN4-11f355bf06.pth.tar", "s3fd": "s3fd-619a316812.pth"}  # face-alignment 1.5
 
 
 @dataclass(eq=False)
@@ -162,30 +162,6 @@ class DlibDetector(LandmarkDetector):
 
 
 # ---------------------------------------------------------------------------- face-alignment (FAN)
-def fan_checkpoint_dir() -> Path:
-    import torch.hub
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def fan_file_names() -> dict[str, str]:
-    """The file names the installed face-alignment loads from ``fan_checkpoint_dir()`` (registry name -> file)."""
-    from urllib.parse import urlparse
-
-    try:
-        from face_alignment import api
-        from face_alignment.detection.sfd import sfd_detector
-    except Exception:  # noqa: BLE001 - not installed or broken: the names of face-alignment 1.5
-        return dict(FAN_FILES)
-    urls = {"fan-2d": api.models_urls.get("2DFAN-4"), "s3fd": sfd_detector.models_urls.get("s3fd")}
-    return {k: Path(urlparse(u).path).name if u else FAN_FILES[k] for k, u in urls.items()}
-
-
-def fan_files_present() -> bool:
-    folder = fan_checkpoint_dir()
-    return all((folder / f).is_file() for f in fan_file_names().values())
-
-
 class FanDetector(LandmarkDetector):
     name = "fan (face-alignment: S3FD + 2D-FAN-4)"
 

@@ -42,7 +42,7 @@ def aligned_box(side: int) -> tuple[float, float, float, float]:
 
 def input_normalization(path: str | os.PathLike) -> tuple[float, float]:
     """(mean, std) for the model at ``path``, by insightface's rule on the graph's first nodes."""
-    from agetool.face.onnxrt import graph_normalizes
+    from agetool.nn.onnxrt import graph_normalizes
 
     return (0.0, 1.0) if graph_normalizes(path) else (127.5, 128.0)
 
@@ -73,10 +73,11 @@ class GenderClassifier:
              argument: str = "classifier_weights") -> "GenderClassifier":
         """From ``path``, or the registry's ``genderage``, on ``device``'s onnxruntime provider; the
         errors name ``argument`` (the file is missing or no model) or come from the registry."""
-        from agetool.face import onnxrt
+        from agetool import weights
+        from agetool.nn import onnxrt
 
-        path = onnxrt.resolve("genderage", path, argument=argument, offline=offline, report=report,
-                              progress=progress)
+        path = weights.resolve("genderage", path, argument=argument, offline=offline, report=report,
+                               progress=progress)
         session = onnxrt.session(path, argument=argument, device=device)
         mean, std = input_normalization(path)
         classifier = cls(session, mean, std)

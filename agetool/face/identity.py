@@ -71,7 +71,7 @@ class IdentityEmbedder:
     """An ArcFace-type ONNX model: ``embed(images, points)`` -> L2-normalized embeddings [N, D]."""
 
     def __init__(self, session, mean: float, std: float):
-        from agetool.face.onnxrt import fixed_batch, input_side
+        from agetool.nn.onnxrt import fixed_batch, input_side
 
         self.session = session
         self.input_name = session.get_inputs()[0].name
@@ -85,9 +85,10 @@ class IdentityEmbedder:
              report: Callable[[str], None] | None = None, progress=None,
              argument: str = "identity_model") -> "IdentityEmbedder":
         """From ``path``, or the registry artifact ``name``, on ``device``'s onnxruntime provider."""
-        from agetool.face import onnxrt
+        from agetool import weights
+        from agetool.nn import onnxrt
 
-        path = onnxrt.resolve(name, path, argument=argument, offline=offline, report=report, progress=progress)
+        path = weights.resolve(name, path, argument=argument, offline=offline, report=report, progress=progress)
         session = onnxrt.session(path, argument=argument, device=device)
         mean, std = (0.0, 1.0) if onnxrt.graph_normalizes(path) else (127.5, 127.5)
         embedder = cls(session, mean, std)

@@ -13,21 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agetool.errors import CheckpointError
 
 INPUT_SIZE = 513
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 FORMAT = "parser"
-
-
-def read_parser_state_dict(path: str | os.PathLike) -> dict:
-    """Tensors of a parser checkpoint: the released ``deeplab_model.pth`` layout (``state_dict`` with
-    ``module.``-prefixed keys; counters named ``*tracked*`` dropped) or agetool's safetensors."""
-    from agetool.nn.checkpoint import read_state_dict, strip_prefix
-
-    sd, _ = read_state_dict(path)
-    return strip_prefix({k: v for k, v in sd.items() if "tracked" not in k})
 
 
 def load_parser_network(path: str | os.PathLike, device=None, *, prepared: bool = True):
@@ -40,25 +30,18 @@ def load_parser_network(path: str | os.PathLike, device=None, *, prepared: bool 
     """
     import torch
 
-    from agetool.nn.checkpoint import load_into
-    from agetool.nn.parser import DeepLabV3
+    from agetool.nn.parser import DeepLabV3, parser_from_file
 
     device = device or torch.device("cpu")
-    with torch.device("meta"):  # no random init of 58M parameters: the checkpoint replaces them all
-        net = DeepLabV3()
     cached = _read_prepared(path) if prepared else None
     if cached is not None:
+        with torch.device("meta"):  # no random init of 58M parameters: the cache replaces them all
+            net = DeepLabV3()
         try:
             return net.load_prepared(cached).eval().to(device)
         except RuntimeError:  # a cache file of another layout: standardize again
-            with torch.device("meta"):
-                net = DeepLabV3()
-    sd = {k: v.float() for k, v in read_parser_state_dict(path).items()}
-    try:
-        load_into(net, sd, str(path), assign=True)  # the meta module takes the checkpoint's tensors
-    except CheckpointError as e:
-        raise CheckpointError(e.message, hint="is it the face parser, deeplab_model.pth?") from None
-    net.eval().freeze()
+            pass
+    net = parser_from_file(path)
     if prepared:
         _write_prepared(path, net)
     return net.to(device)

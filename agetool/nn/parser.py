@@ -179,3 +179,28 @@ class DeepLabV3(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # [B, 2048, H/16, W/16]
         x = self.aspp(x)
         return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+def read_parser_state_dict(path) -> dict:
+    """Tensors of a parser checkpoint: the released ``deeplab_model.pth`` layout (``state_dict`` with
+    ``module.``-prefixed keys; counters named ``*tracked*`` dropped) or agetool's safetensors."""
+    from agetool.nn.checkpoint import read_state_dict, strip_prefix
+
+    sd, _ = read_state_dict(path)
+    return strip_prefix({k: v for k, v in sd.items() if "tracked" not in k})
+
+
+def parser_from_file(path) -> DeepLabV3:
+    """An eval-mode ``DeepLabV3`` with the checkpoint's weights, standardized for inference
+    (``CheckpointError`` when the file is not a face parser)."""
+    from agetool.errors import CheckpointError
+    from agetool.nn.checkpoint import load_into
+
+    with torch.device("meta"):  # no random init of 58M parameters: the checkpoint replaces them all
+        net = DeepLabV3()
+    sd = {k: v.float() for k, v in read_parser_state_dict(path).items()}
+    try:
+        load_into(net, sd, str(path), assign=True)  # the meta module takes the checkpoint's tensors
+    except CheckpointError as e:
+        raise CheckpointError(e.message, hint="is it the face parser, deeplab_model.pth?") from None
+    return net.eval().freeze()

@@ -33,7 +33,7 @@ Environment: ``AGETOOL_REGISTRY`` (a registry file replacing the bundled one), `
 """
 
 from agetool.weights.core import (Check, Status, bundled_path, fetch, generator_path, human_size, is_offline,
-                                  place_face_alignment_files, status, statuses, verify)
+                                  place_face_alignment_files, resolve, status, statuses, verify)
 from agetool.weights.importing import Imported, import_file, import_folder
 from agetool.weights.registry import Artifact, Source, get, load_registry, registry_path
 from agetool.weights.store import cache_dir
@@ -41,5 +41,5 @@ from agetool.weights.store import cache_dir
 __all__ = [
     "Artifact", "Check", "Imported", "Source", "Status", "bundled_path", "cache_dir", "fetch",
     "generator_path", "get", "human_size", "import_file", "import_folder", "is_offline", "load_registry",
-    "place_face_alignment_files", "registry_path", "status", "statuses", "verify",
+    "place_face_alignment_files", "registry_path", "resolve", "status", "statuses", "verify",
 ]

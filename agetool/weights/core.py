@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agetool.errors import ChecksumError, DownloadError, OfflineError, WeightsError, arg
+from agetool.errors import ChecksumError, DownloadError, InputError, OfflineError, WeightsError, arg
 from agetool.files import link_or_copy
 from agetool.weights import store, transfer
 from agetool.weights.registry import ARGUMENT_FOR_KIND, Artifact, get, load_registry
@@ -112,6 +113,17 @@ def _cached(art: Artifact, progress, say) -> Path | None:
         _remember(art, path, digest, record, say, source=None if same else "cache", best_effort=True)
         return path
     return None
+
+
+def resolve(name: str, path: str | os.PathLike | None, *, argument: str, offline: bool = False,
+            report: Callable[[str], None] | None = None, progress=None) -> Path:
+    """``path`` if given (it must exist), else the registry artifact ``name`` (downloaded if needed)."""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{arg(argument, path)}: no such file")
+        return path
+    return fetch(name, offline=offline, progress=progress, report=report)
 
 
 def fetch(name: str, *, offline: bool = False, progress=None, report=None) -> Path:
@@ -333,7 +345,7 @@ def _converted_current(art: Artifact, out: Path) -> bool:
 def place_face_alignment_files(*, offline: bool = False, progress=None, report=None) -> None:
     """Put fan-2d and s3fd where face-alignment looks (``torch.hub.get_dir()/checkpoints``), verified,
     so that it never downloads on its own."""
-    from agetool.face.detect import fan_checkpoint_dir, fan_file_names
+    from agetool.weights.places import fan_checkpoint_dir, fan_file_names
 
     say = _say(report)
     dest_dir = fan_checkpoint_dir()

@@ -170,7 +170,7 @@ def _import(src: Path, art: Artifact, progress, say, *, trust: bool = False) -> 
                     form, dest = OWN, dest.with_name(_own_name(src))
                 elif why:
                     raise ChecksumError(f"{src} is not {name}: {why}", hint=_not_it_hint(art))
-            else:
+            if form != RELEASED:
                 _check_loads(tmp, art, form, src)
             os.replace(tmp, dest)
         finally:
@@ -231,16 +231,16 @@ def _check_generator(path: Path, art: Artifact, form: str) -> None:
 
 
 def _check_parser(path: Path, art: Artifact, form: str) -> None:
-    from agetool.face.parse import load_parser_network
+    from agetool.nn.parser import parser_from_file
 
-    load_parser_network(path)
+    parser_from_file(path)
 
 
 _LOADERS = {"generator": _check_generator, "parser": _check_parser}
 
 
 def _check_onnx(path: Path, art: Artifact, form: str) -> None:
-    from agetool.face.onnxrt import session
+    from agetool.nn.onnxrt import session
 
     session(path, argument="file")
 
@@ -249,13 +249,14 @@ _ONNX_KINDS = ("classifier", "recognition")
 
 
 def _check_loads(tmp: Path, art: Artifact, form: str, src: Path) -> None:
-    """A file without a published checksum must at least load strictly into its network."""
+    """A file without a published checksum must at least load strictly into its network (own files
+    of kinds agetool has no loader for are taken as they are)."""
     from agetool.errors import CheckpointError
 
-    try:
     check = _LOADERS.get(art.kind) or (_check_onnx if art.kind in _ONNX_KINDS else None)
     if check is None:
         return
+    try:
         check(tmp, art, form)
     except CheckpointError as e:
         raise ChecksumError(f"{src} is not {art.name}: {e.message.replace(str(tmp), src.name)}",

@@ -1,17 +1,15 @@
 """ONNX models (insightface's attribute and recognition networks): sessions, providers, input rules.
 
-One place for what every ONNX model of agetool needs: a file from a path or the registry, an
-``onnxruntime`` session on the CPU or the CUDA provider, insightface's rule for whether the graph
-normalizes its input itself, and a description of the file for reports.
+One place for what every ONNX model of agetool needs: an ``onnxruntime`` session on the CPU or the
+CUDA provider, insightface's rule for whether the graph normalizes its input itself, and the input
+shapes a graph fixes. Files come from ``agetool.weights.resolve``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from pathlib import Path
 
-from agetool.errors import CheckpointError, InputError, arg
+from agetool.errors import CheckpointError, arg
 
 
 def providers(device=None) -> list[str]:
@@ -25,19 +23,6 @@ def providers(device=None) -> list[str]:
             options = {"device_id": int(index)} if index is not None else {}
             return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
-
-
-def resolve(name: str, path: str | os.PathLike | None, *, argument: str, offline: bool = False,
-            report: Callable[[str], None] | None = None, progress=None) -> Path:
-    """``path`` if given (it must exist), else the registry artifact ``name`` (downloaded if needed)."""
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{arg(argument, path)}: no such file")
-        return path
-    from agetool import weights
-
-    return weights.fetch(name, offline=offline, progress=progress, report=report)
 
 
 def session(path: str | os.PathLike, *, argument: str, device=None):
