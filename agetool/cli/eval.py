@@ -59,9 +59,9 @@ def eval_command(
 
       agetool eval photos/ --out eval/
 
-      agetool eval photos/ --out eval/ --compare runs/a/generator.safetensors runs/b/generator.safetensors
       agetool eval photos/ --out eval/ --identity-model dlib --offline
 
+      agetool eval photos/ --out eval/ --compare runs/a/generator.safetensors runs/b/generator.safetensors
 
       agetool eval photos/ --out eval/ --calibrate && agetool age me.jpg --ages 5,20,45 --age-anchors eval/anchors.json
 
