@@ -23,11 +23,9 @@ AGE_CLASSES: tuple[str, ...] = ("0-2", "3-6", "7-9", "15-19", "30-39", "50-69")
 N_CLASSES = len(AGE_CLASSES)
 CODE_PER_CLASS = 50
 CODE_DIM = N_CLASSES * CODE_PER_CLASS
-DEFAULT_NOISE = 0.2
-DEFAULT_STEPS = 20
 
 
-def class_codes(classes: torch.Tensor | list[int], noise: float = DEFAULT_NOISE,
+def class_codes(classes: torch.Tensor | list[int], noise: float,
                 generator: torch.Generator | None = None, *, n_classes: int = N_CLASSES,
                 code_per_class: int = CODE_PER_CLASS) -> torch.Tensor:
     """Class codes [N, n_classes * code_per_class] (released: [N, 300]): sigma * N(0, 1) everywhere,
@@ -43,7 +41,7 @@ def class_codes(classes: torch.Tensor | list[int], noise: float = DEFAULT_NOISE,
     return codes + (block[None, :] == classes[:, None]).float()
 
 
-def all_class_codes(noise: float = DEFAULT_NOISE, seed: int = 0) -> torch.Tensor:
+def all_class_codes(noise: float, seed: int) -> torch.Tensor:
     """The six anchor codes [6, 300], youngest first, with seeded noise."""
     g = torch.Generator().manual_seed(seed)
     return class_codes(list(range(N_CLASSES)), noise=noise, generator=g)
@@ -122,13 +120,9 @@ def check_anchors(anchors: Mapping[str, float], where: str = "age_anchors") -> t
 
 def load_anchors(path: str | os.PathLike) -> dict[str, float]:
     """Anchor ages from a JSON file ``{"0-2": 1, ..., "50-69": 59.5}`` (as ``agetool eval --calibrate`` writes)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UsageError(f"{arg('age_anchors', str(path))}: can't read ({e.strerror or e})") from None
-    except ValueError as e:
-        raise UsageError(f"{arg('age_anchors', str(path))}: not valid JSON ({str(e)[:80]})") from None
+    from agetool.userfiles import read_json
+
+    data = read_json(path, "age_anchors")  # a regular file, of a bounded size, with finite numbers
     check_anchors(data, "age_anchors")
     return {c: float(data[c]) for c in AGE_CLASSES}
 
@@ -319,3 +313,12 @@ def traversal_ages(steps: int, anchors: Sequence[float]) -> list[float]:
 def age_caption(age: float) -> str:
     """A caption for a frame or tile: ``34 years`` (one decimal below 10)."""
     return f"{age:.1f} years" if age < 10 and not float(age).is_integer() else f"{age:.0f} years"
+
+
+def old_age_warning(targets) -> str | None:
+    """What to say about targets in years past the oldest class (None when there are none)."""
+    old = [t.entry for t in targets if t.kind == "years" and t.value > OLDEST_MODELLED]
+    if not old:
+        return None
+    return (f"ages over {OLDEST_MODELLED:g} ({', '.join(old)}) render the oldest class ({AGE_CLASSES[-1]}): "
+            "the model knows no older faces")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agetool.ages import DEFAULT_NOISE
+from agetool.options import DEFAULT_NOISE
 from agetool.errors import InputError, UsageError, arg
 
 PARTS = ".parts"

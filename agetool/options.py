@@ -1,0 +1,136 @@
+"""Requests as values: what a caller asks of ``AgingPipeline``, validated once, then passed on.
+
+A public method of the pipeline takes loose keyword arguments, builds these frozen values once
+(every check and every error naming an argument happens here), and hands them to the internal
+calls, which trust them. The command line, the web app, eval and Ray build them the same way, and
+read their defaults from this module, the one home of every rendering default.
+
+- ``FaceOptions``: which faces, and how they are prepared (detection or an aligned crop, masking,
+  paste-back).
+- ``RenderOptions``: the parsed age targets, the seed and noise of the class codes, upscaling.
+- ``VideoOptions``: frame rate, frames per class transition, ages in years, length, holds, encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agetool import validate
+from agetool.errors import UsageError, arg
+
+#: sigma of the Gaussian noise added to the class codes at test time (as the reference does)
+DEFAULT_NOISE = 0.2
+MAX_NOISE = 10.0
+DEFAULT_SEED = 0
+#: frames per class transition: the reference's interp_step of 0.05
+DEFAULT_STEPS = 20
+DEFAULT_FPS = 30.0
+#: H.264 constant rate factor (visually lossless for most content)
+DEFAULT_CRF = 18
+MAX_CRF = 51
+
+
+@dataclass(frozen=True)
+class FaceOptions:
+    """Which faces of a photo, and how each is prepared for the generator."""
+
+    aligned: bool = False  # the photo is an aligned crop: no detection, no alignment
+    mask: bool = True  # paint background, hat, earrings, necklace and clothes gray
+    faces: object = "all"  # "all", "largest", or an agetool.identity.FaceReference
+    min_face: int = 0  # skip faces whose box is smaller than this (pixels)
+    paste_back: bool = False  # show aged faces in the whole photo
+
+    @classmethod
+    def of(cls, *, aligned: bool = False, mask: bool = True, faces="all", min_face: int = 0,
+           paste_back: bool = False) -> "FaceOptions":
+        from agetool.faces import check_faces
+
+        aligned = validate.flag("aligned", aligned)
+        paste_back = validate.flag("paste_back", paste_back)
+        if paste_back and aligned:
+            raise UsageError(f"{arg('paste_back')} needs the original photo", hint=f"drop {arg('aligned')}")
+        return cls(aligned=aligned, mask=validate.flag("mask", mask), faces=check_faces(faces),
+                   min_face=validate.integer("min_face", min_face, low=0), paste_back=paste_back)
+
+    @property
+    def parse(self) -> bool:
+        """Whether faces are parsed: for the mask, and for paste-back's blend."""
+        return self.mask or self.paste_back
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """The ages to render (parsed), the class codes' seed and noise, and the upscaling factor."""
+
+    targets: tuple = ()  # agetool.ages.AgeTarget, in the order asked; () = the six classes
+    seed: int = DEFAULT_SEED
+    noise: float = DEFAULT_NOISE
+    upscale: int = 1  # 1 (none), 2 or 4
+
+    @classmethod
+    def of(cls, ages=None, *, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
+           upscale: int | None = None) -> "RenderOptions":
+        from agetool import ages as age_rules
+        from agetool.upscale import check_factor
+
+        targets = age_rules.parse_ages(ages) or age_rules.class_targets()
+        return cls(targets=tuple(targets), seed=validate.seed(seed),
+                   noise=validate.finite("noise", noise, low=0, high=MAX_NOISE), upscale=check_factor(upscale))
+
+    @property
+    def labels(self) -> list[str]:
+        return [t.entry for t in self.targets]
+
+    @property
+    def relative(self) -> bool:
+        """Whether an age is relative to the face's estimated age (``+20``)."""
+        return any(t.kind == "relative" for t in self.targets)
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """The numbers of a video, all checked before any frame is rendered."""
+
+    fps: float = DEFAULT_FPS
+    steps: int = DEFAULT_STEPS
+    from_age: float | None = None
+    to_age: float | None = None
+    seconds: float | None = None
+    hold: float = 0.0
+    crf: int = DEFAULT_CRF
+    caption: bool = False
+    max_size: int | None = None
+
+    @classmethod
+    def of(cls, *, fps: float = DEFAULT_FPS, steps: int = DEFAULT_STEPS, from_age: float | None = None,
+           to_age: float | None = None, seconds: float | None = None, hold: float = 0.0, crf: int = DEFAULT_CRF,
+           caption: bool = False, max_size: int | None = None) -> "VideoOptions":
+        from agetool.ages import MAX_AGE
+        from agetool.video import MAX_FPS, MAX_FRAMES, MAX_HOLD, MAX_STEPS, MIN_FPS
+
+        steps = validate.integer("steps", steps, low=1, high=MAX_STEPS)
+        fps = validate.finite("fps", fps, low=MIN_FPS, high=MAX_FPS) + 0.0
+        hold = validate.finite("hold", hold, low=0, high=MAX_HOLD) + 0.0
+        ends = [None if v is None else validate.finite(name, v, low=0, high=MAX_AGE)
+                for name, v in (("from_age", from_age), ("to_age", to_age))]
+        if seconds is not None:
+            seconds = validate.finite("seconds", seconds, low=0, high=MAX_FRAMES / MAX_FPS, low_open=True)
+        if max_size is not None:
+            max_size = validate.integer("max_size", max_size, low=16, high=16384)
+        return cls(fps=fps, steps=steps, from_age=ends[0], to_age=ends[1], seconds=seconds, hold=hold,
+                   crf=validate.integer("crf", crf, low=0, high=MAX_CRF), caption=validate.flag("caption", caption),
+                   max_size=max_size)
+
+    @property
+    def in_years(self) -> bool:
+        """Ages spaced in years (``from_age`` / ``to_age`` / ``seconds``) rather than the class traversal."""
+        return self.from_age is not None or self.to_age is not None or self.seconds is not None
+
+    @property
+    def frame_count(self) -> int | None:
+        """Frames of a video of ``seconds`` (None: as many as the ages need)."""
+        return None if self.seconds is None else max(2, round(self.seconds * self.fps))
+
+    @property
+    def hold_frames(self) -> int:
+        return int(round(self.hold * self.fps))
