@@ -406,9 +406,8 @@ class FaceReference:
             from agetool.errors import NoMatchError
 
             rule = f"{'<=' if identity.metric == DISTANCE else '>='} {self.threshold:g}"
-            raise NoMatchError(f"no face in {name} matches the reference {self}: closest "
-                               f"{identity.describe(identity.best(values))} ({len(faces)} face(s); same person "
-                               f"at {identity.metric} {rule})",
-                               hint=f"a {'higher' if identity.metric == DISTANCE else 'lower'} "
-                                    f"{arg('ref_threshold')}, or another reference photo")
+            raise NoMatchError(f"none of the {len(faces)} face(s) in {name} is the person of {self}: closest "
+                               f"{identity.describe(identity.best(values))}, same person at {identity.metric} {rule}",
+                               hint=f"{'raise' if identity.metric == DISTANCE else 'lower'} {arg('ref_threshold')}, "
+                                    "or use another reference photo")
         return kept

@@ -208,3 +208,30 @@ def test_eval_measures_identity_offline_with_dlib(tmp_path, capsys):
         assert [r["identity_max"] for r in report["summary"]] == pytest.approx(ids)
         md = (out / "report.md").read_text()
         assert "Euclidean distance" in md and sha[:16] in md and "identity max" in md
+
+
+def test_clip_ages_only_the_reference_person(tmp_path, photos, weights):
+    """A still clip of the group: with the reference, one tracked face per frame, on the reference's side."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from agetool import AgingPipeline
+
+    group = Image.open(photos["group"])
+    still = tmp_path / "group_small.png"
+    group.resize((group.width * 3 // 4 // 2 * 2, 300), Image.LANCZOS).save(still)
+    clip = tmp_path / "group.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-loop", "1", "-framerate", "10",
+                    "-i", str(still), "-frames:v", "3", "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv444p",
+                    str(clip)], check=True)
+    pipe = AgingPipeline.from_pretrained(weights=weights, landmarks="dlib", device="cpu")
+    source = np.asarray(Image.open(still).convert("RGB")).astype(np.int16)
+    half = source.shape[1] // 2
+    for who, side in (("hopper", 0), ("collins", 1)):
+        frames = list(pipe.clip_frames(clip, ages=[60], faces=FaceReference(photos[who]), mask=False))
+        assert len(frames) == 3 and [f.faces for f in frames] == [1, 1, 1]
+        changed = np.abs(frames[-1].image.astype(np.int16) - source).sum(axis=2) > 40
+        left, right = changed[:, :half].sum(), changed[:, half:].sum()
+        assert (left, right)[side] > 20 * max(1, (left, right)[1 - side])  # only that person's face was aged
+    assert [f.faces for f in pipe.clip_frames(clip, ages=[60], mask=False)] == [2, 2, 2]

@@ -69,9 +69,9 @@ def clip_frames(pipe, src: str | os.PathLike, ages=None, *, from_age: float | No
                 info: ClipInfo | None = None) -> Iterator[ClipFrame]:
     """The aged frames of ``src``, one ``ClipFrame`` at a time (``.image``; ``.images`` per age)."""
     from agetool import validate
-    from agetool.faces import FACES
+    from agetool.faces import check_faces
 
-    validate.choice("faces", faces, FACES)
+    faces = check_faces(faces)  # a reference person: only the tracks of that person's faces
     validate.integer("min_face", min_face, low=0)
     seed = validate.seed(seed)
     noise = validate.finite("noise", noise, low=0, high=10)

@@ -136,6 +136,8 @@ class ClipRunner:
                     self.tracks.remove(t)
             if self.faces == "largest":
                 new = new[:1] if not self.tracks else []
+            elif not isinstance(self.faces, str) and new:  # a FaceReference: only that person's faces
+                new = self._of_reference(image, new)
             for det in new:
                 t = Track.start(self._ids, det)
                 self._ids += 1
@@ -146,6 +148,17 @@ class ClipRunner:
                 t.landmarks = followed[t.id][0]
         self.tracks.sort(key=lambda t: t.box()[0] + t.box()[2])  # left to right, as photos number faces
         return [self._crop(index, time, image, t) for t in self.tracks]
+
+    def _of_reference(self, image: np.ndarray, found: list) -> list:
+        """The new detections of the reference person: each face is embedded once, when its track
+        would start (tracks then follow it without embedding again); frames without them pass through."""
+        from agetool.errors import NoMatchError
+
+        with self.models.timer("identity"):
+            try:
+                return self.faces.match(image, found)
+            except NoMatchError:
+                return []
 
     def _seen(self, t: Track, image: np.ndarray, det) -> None:
         from agetool.clip.tracks import box_offset
