@@ -71,6 +71,7 @@ class AgingPipeline:
                         classifier_weights: str | os.PathLike | None = None,
                         age_anchors: dict[str, float] | str | os.PathLike | None = None,
                         batch: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                        upscale_weights: str | os.PathLike | None = None,
                         report: Callable[[str], None] | None = None, progress=None) -> "AgingPipeline":
         """A pipeline with the released models (downloaded once, verified, cached) or your files.
 
@@ -87,6 +88,9 @@ class AgingPipeline:
             classifier_weights: the gender / age classifier (``genderage.onnx``; default: the registry's).
             age_anchors: the age in years of each class (a mapping or a JSON file) for ages in years.
             batch: frames decoded at once (default: chosen from the device's memory).
+            upscale_weights: the super-resolution model for ``upscale=2|4``: a registered name
+                (default ``realesr-general-x4v3``; ``realesrgan-x4plus``, ``realesrgan-x2plus``) or a
+                file (Real-ESRGAN, or any model spandrel loads with the ``agetool[upscale]`` extra).
             report: receives one-line notices (model choices, licenses, warnings prefixed ``warning: ``).
             progress: ``progress(description, total) -> advance(n)`` for downloads and long work.
         """
@@ -109,11 +113,16 @@ class AgingPipeline:
                 from agetool.errors import CheckpointError
 
                 raise CheckpointError(f"{arg(name, str(path))}: no such file", hint="check the path")
+        if upscale_weights is not None:
+            from agetool.upscale import resolve
+
+            resolve(upscale_weights)  # a missing file fails here, before any work
         models = Models(weights=None if weights is None else Path(weights),
                         parser_weights=None if parser_weights is None else Path(parser_weights),
                         classifier_weights=None if classifier_weights is None else Path(classifier_weights),
                         landmarks=landmarks, offline=offline, device=dev, dtype=dt, batch=batch,
-                        report=report or (lambda message: None), progress=progress, timer=Timer(dev))
+                        report=report or (lambda message: None), progress=progress, timer=Timer(dev),
+                        upscale_weights=upscale_weights)
         return cls(models, model="custom" if weights is not None else model, age_anchors=age_anchors,
                    max_pixels=max_pixels)
 
@@ -285,8 +294,10 @@ class AgingPipeline:
         return [t.years(self.anchor_ages, est) for t in targets]
 
     def paste_back(self, encoded: EncodedPhoto, tiles: Sequence[np.ndarray | None]) -> np.ndarray:
-        """The photo with ``tiles[i]`` ([256, 256, 3], or None to keep it) blended over face i."""
+        """The photo with ``tiles[i]`` ([S, S, 3]: 256 px, or upscaled; None to keep it) blended over
+        face i; an upscaled tile is shown at the face's own size in the photo."""
         from agetool.face.paste import paste_back
+        from agetool.upscale import fit_face
 
         if len(tiles) != len(encoded.faces):
             raise UsageError(f"{arg('tiles')}: expected one tile per face ({len(encoded.faces)}), got {len(tiles)}")
@@ -296,19 +307,25 @@ class AgingPipeline:
                 if tile is not None:
                     if face.crop is None or face.crop.alignment is None:
                         raise UsageError(f"{arg('paste_back')} needs the original photo, not an aligned crop")
+                    tile = fit_face(tile, face.crop.alignment)  # a 256 px tile stays as it is
                     canvas = paste_back(canvas, tile, face.crop.alignment, face.crop.labels)
         return canvas
 
     def __call__(self, image: Image, ages=None, aligned: bool = False, mask: bool = True, seed: int = 0,
                  noise: float = DEFAULT_NOISE, paste_back: bool = False, faces: str = "all",
-                 min_face: int = 0) -> AgingResult:
+                 min_face: int = 0, upscale: int | None = None) -> AgingResult:
         """Render every face of ``image`` at ``ages`` (default: the six classes, youngest first).
 
         ``image``: a path, an RGB uint8 array [H, W, 3] or a PIL image. ``ages``: years (``20.5``),
         class labels (``"30-39"``) and relative ages (``"+20"``, from the face's estimated age), as
-        a list or a comma-separated string. Returns an ``AgingResult`` (``result.grid()`` is the
+        a list or a comma-separated string. ``upscale`` 2 or 4: the aged faces (and the input
+        column, re-aligned from the photo) come out at 512 / 1024 px, and paste-back shows them at
+        the face's own size in the photo. Returns an ``AgingResult`` (``result.grid()`` is the
         image ``agetool age`` writes).
         """
+        from agetool.upscale import check_factor
+
+        factor = check_factor(upscale)
         targets = self.targets(ages)
         seed = validate.seed(seed)
         noise = validate.finite("noise", noise, low=0, high=10)
@@ -325,8 +342,14 @@ class AgingPipeline:
                 if face.estimate is None and any(t.kind == "relative" for t in targets):
                     raise EstimateError(f"{arg('ages')}: relative ages need an age estimate of each face")
                 images = self.render(face, seed=seed, noise=noise, targets=targets)
+                shown = face.aligned
+                if factor > 1:
+                    from agetool.upscale import input_tile
+
+                    images = self.upscale(images, factor)
+                    shown = input_tile(enc.image, face, images.shape[1])
                 aged.append(AgedFace(face.index, images, list(labels), self.target_years(targets, face), face.box,
-                                     face.landmarks, face.crop_landmarks, face.model, face.aligned, face.estimate))
+                                     face.landmarks, face.crop_landmarks, face.model, shown, face.estimate))
             pasted = None
             if paste_back:
                 for i, a in enumerate(aged):
@@ -334,6 +357,19 @@ class AgingPipeline:
                                 for t in a.images]
                 pasted = [self.paste_back(enc, [a.images[k] for a in aged]) for k in range(len(targets))]
             return AgingResult(enc.image, enc.name, aged, labels, pasted)
+
+    def upscale(self, tiles: np.ndarray, factor: int = 4) -> np.ndarray:
+        """Aged face tiles ([256, 256, 3] or [N, 256, 256, 3] uint8) at ``factor`` x their size with
+        the pipeline's super-resolution model (loaded on first use); ``paste_back`` takes the result."""
+        from agetool.upscale import check_factor
+
+        factor = check_factor(factor)
+        if factor == 1:
+            return tiles
+        with self._lock:
+            upscaler = self.models.upscaler
+            with self.models.timer("upscale"):
+                return upscaler.upscale(np.asarray(tiles), factor)
 
     # ------------------------------------------------------------------ video
     def frame_ages(self, steps: int = DEFAULT_STEPS, *, from_age: float | None = None,
@@ -367,14 +403,19 @@ class AgingPipeline:
     def frames(self, image: Image | EncodedPhoto, steps: int = DEFAULT_STEPS, *, from_age: float | None = None,
                to_age: float | None = None, frames: int | None = None, aligned: bool = False, mask: bool = True,
                seed: int = 0, noise: float = DEFAULT_NOISE, paste_back: bool = False, faces: str = "all",
-               min_face: int = 0, max_size: int | None = DEFAULT_MAX_SIZE) -> Iterator[np.ndarray]:
+               min_face: int = 0, max_size: int | None = DEFAULT_MAX_SIZE,
+               upscale: int | None = None) -> Iterator[np.ndarray]:
         """Continuous aging, youngest to oldest, one RGB uint8 frame at a time (never all in memory).
 
         A frame is the faces side by side ([256, 256 x faces, 3]) or, with ``paste_back``, the whole
         photo with every face aged, its long side capped at ``max_size`` (None: no cap) and both
         sides even. Without ``from_age`` / ``to_age`` the frames follow the class traversal exactly
-        (frame j of transition i blends w_i and w_(i+1) with weight 1 - j / steps).
+        (frame j of transition i blends w_i and w_(i+1) with weight 1 - j / steps). ``upscale`` 2
+        or 4 upscales every face of every frame (tiles of 512 / 1024 px) before it is shown.
         """
+        from agetool.upscale import check_factor
+
+        factor = check_factor(upscale)
         seed = validate.seed(seed)
         noise = validate.finite("noise", noise, low=0, high=10)
         steps = validate.integer("steps", steps, low=1, high=MAX_STEPS)
@@ -383,9 +424,11 @@ class AgingPipeline:
         years = None
         if from_age is not None or to_age is not None or frames is not None:
             years = self.frame_ages(steps, from_age=from_age, to_age=to_age, frames=frames)
-        return self._frames(image, steps, years, aligned, mask, seed, noise, paste_back, faces, min_face, max_size)
+        return self._frames(image, steps, years, aligned, mask, seed, noise, paste_back, faces, min_face, max_size,
+                            factor)
 
-    def _frames(self, image, steps, years, aligned, mask, seed, noise, paste_back, faces, min_face, max_size):
+    def _frames(self, image, steps, years, aligned, mask, seed, noise, paste_back, faces, min_face, max_size,
+                factor=1):
         from agetool.images import even_size, fit
 
         with self._lock:
@@ -397,6 +440,8 @@ class AgingPipeline:
                 streams.append(self._tiles(face, w))
             capped = False
             for tiles in zip(*streams):
+                if factor > 1:
+                    tiles = [self.upscale(t, factor) for t in tiles]
                 if paste_back:
                     frame = self.paste_back(enc, list(tiles))
                     if max_size is not None and max(frame.shape[:2]) > max_size:

@@ -48,6 +48,7 @@ def eval_command(
     aligned: OPTION.aligned = False, no_mask: OPTION.no_mask = False, faces: OPTION.faces = "all",
     ref_threshold: OPTION.ref_threshold = None,
     min_face: OPTION.min_face = 0, seed: OPTION.seed = 0, noise: OPTION.noise = 0.2,
+    upscale: OPTION.upscale = None, upscale_weights: OPTION.upscale_weights = None,
 ) -> int:
     """Measure the outputs: how old they look, and whether they are still the same person.
 
@@ -64,6 +65,8 @@ def eval_command(
       agetool eval photos/ --out eval/ --compare runs/a/generator.safetensors runs/b/generator.safetensors
 
       agetool eval photos/ --out eval/ --calibrate && agetool age me.jpg --ages 5,20,45 --age-anchors eval/anchors.json
+
+      agetool eval photos/ --out eval/ --upscale 4
 
       torchrun --nproc_per_node 4 -m agetool eval photos/ --out eval/ --skip-existing
     """
@@ -82,7 +85,7 @@ def eval_command(
             faces=faces_argument(faces, ref_threshold),
             min_face=min_face, calibrate=calibrate, calibrate_steps=calibrate_steps, out=out,
             skip_existing=skip_existing, dist=dist, report=report if dist.main else None,
-            progress=progress_factory(bar))
+            progress=progress_factory(bar), upscale=upscale, upscale_weights=upscale_weights)
     if not dist.main:
         return 0
     print_summary(result)
@@ -101,10 +104,10 @@ def print_summary(result: dict) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from agetool.eval.report import table_rows
+    from agetool.eval.report import generators, table_rows
 
     header, rows = table_rows(result)
-    text_columns = len(header) - 6  # generator and target; the rest are numbers
+    text_columns = 2 if len(generators(result)) > 1 else 1  # generator and target; the rest are numbers
     table = Table(title="evaluation", show_edge=False)
     for i, name in enumerate(header):
         if i < text_columns:  # names stay whole; the number columns wrap their headers

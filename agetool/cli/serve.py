@@ -20,7 +20,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on. 127.0.0.1 keeps the app on this computer; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=1, max=65535)] = 7860,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Refuse uploaded photos larger than this many megabytes.", min=0.01)] = 20.0,
-    seed: OPTION.seed = 0, noise: OPTION.noise = 0.2,
+    seed: OPTION.seed = 0, noise: OPTION.noise = 0.2, upscale: OPTION.upscale = None,
 ) -> int:
     """Start the web app: drop a photo, move an age slider, render the grid and the aging video.
 
@@ -34,6 +34,8 @@ def serve(
       agetool serve --port 8080 --model female
 
       agetool serve --weights males.safetensors --device cuda
+
+      agetool serve --upscale 2
     """
     from agetool.serve.server import require_gradio
 
@@ -56,7 +58,8 @@ def serve(
         limits = Limits(max_pixels=pipe.max_pixels, max_bytes=int(max_upload_mb * 2**20))
         weights = pipe.models.weights
         server = Server(pipe, host=host, port=port, limits=limits,
-                        fixed_model=None if weights is None else weights.name, seed=seed, noise=noise)
+                        fixed_model=None if weights is None else weights.name, seed=seed, noise=noise,
+                        upscale=upscale)
     with server:
         url = server.start()
         console.info(f"agetool serve: {url}  (Ctrl-C to stop)")

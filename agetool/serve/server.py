@@ -44,7 +44,8 @@ class Server:
     file it wrote (uploads, grids, videos), all of which lie in one temporary folder."""
 
     def __init__(self, pipeline, host: str = "127.0.0.1", port: int = 7860, limits=None,
-                 fixed_model: str | None = None, seed: int = 0, noise: float = 0.2, warm_up: bool = True):
+                 fixed_model: str | None = None, seed: int = 0, noise: float = 0.2, warm_up: bool = True,
+                 upscale: int | None = None):
         if not 1 <= port <= 65535:
             raise UsageError(f"{arg('port', port)}: expected 1 to 65535")
         require_gradio()
@@ -66,7 +67,7 @@ class Server:
 
         self.limits = limits or Limits()
         self.studio = Studio(pipeline, self.folder / "tmp" / "results", self.limits, fixed_model=fixed_model,
-                             seed=seed, noise=noise)
+                             seed=seed, noise=noise, upscale=upscale)
         self.example = example_photo(self.folder)
         if warm_up:
             self.studio.warm_up(self.example)

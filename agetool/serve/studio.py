@@ -88,13 +88,16 @@ class Studio:
     """The model set shared by every request, plus the folder results are written to."""
 
     def __init__(self, pipeline, workdir: str | os.PathLike, limits: Limits | None = None,
-                 fixed_model: str | None = None, seed: int = 0, noise: float = 0.2):
+                 fixed_model: str | None = None, seed: int = 0, noise: float = 0.2, upscale: int | None = None):
+        from agetool.upscale import check_factor
+
         self.pipe = pipeline
         self.model = pipeline.model  # the choice the server started with
         self.workdir = Path(workdir)
         self.limits = limits or Limits()
         self.fixed_model = fixed_model  # the name of the user's own checkpoint: no model choice
         self.seed, self.noise = seed, noise
+        self.upscale = check_factor(upscale)  # grids, tile archives and videos; the slider stays 256 px
         self._lock = threading.RLock()
         self._pipes = {self.model: pipeline}
 
@@ -179,24 +182,42 @@ class Studio:
             tiles = [self.render(session, f, ages)[0] for f in faces]
             return self.pipe.paste_back(session.encoded, tiles)
 
-    def rows(self, session: Session, ages: list | None, paste_back: bool = False) -> list[list]:
-        """Captioned grid rows: per face [input, one tile per age]; with paste-back one row of whole photos."""
+    def aged(self, session: Session, entries: list) -> list[list[np.ndarray]]:
+        """Per face [input, one tile per entry], upscaled when the server upscales."""
+        from agetool.upscale import input_tile
+
+        out = []
+        with self._lock:
+            for f in session.encoded.faces:
+                tiles = self.render(session, f, entries)
+                if self.upscale > 1:
+                    tiles = self.pipe.upscale(tiles, self.upscale)
+                    out.append([input_tile(session.encoded.image, f, tiles.shape[1]), *tiles])
+                else:
+                    out.append([f.aligned, *tiles])
+        return out
+
+    def rows(self, session: Session, ages: list | None, paste_back: bool = False,
+             aged: list | None = None) -> list[list]:
+        """Captioned grid rows: per face [input, one tile per age]; with paste-back one row of whole photos.
+        ``aged``: what ``aged()`` returned for these ages, if already at hand."""
         from agetool.images import caption
 
         entries = list(AGE_CLASSES) if ages is None else ages
         labels = [entry_label(e) for e in entries]
         faces = session.encoded.faces
         with self._lock:
-            tiles = [self.render(session, f, entries) for f in faces]
+            aged = aged if aged is not None else self.aged(session, entries)
+            tiles = [row[1:] for row in aged]
             if paste_back:
                 whole = [self.pipe.paste_back(session.encoded, [t[k] for t in tiles]) for k in range(len(entries))]
                 row = [fit(t, GRID_PHOTO_SIDE) for t in (session.encoded.image, *whole)]
                 return [[caption(t, h) for t, h in zip(row, ["input", *labels])]]
         rows = []
-        for f, t in zip(faces, tiles):
+        for f, row in zip(faces, aged):
             estimate = getattr(f, "estimate", None)
             head = "input" if estimate is None else f"input, ~{estimate.age:.0f}"
-            rows.append([caption(tile, h) for tile, h in zip([f.aligned, *t], [head, *labels])])
+            rows.append([caption(tile, h) for tile, h in zip(row, [head, *labels])])
         return rows
 
     def grid(self, session: Session, ages: list | None = None, paste_back: bool = False) -> tuple[Path, Path]:
@@ -204,14 +225,14 @@ class Studio:
         from agetool.images import grid
 
         entries = list(AGE_CLASSES) if ages is None else ages
-        rows = self.rows(session, ages, paste_back)
+        with self._lock:
+            aged = self.aged(session, entries)
+        rows = self.rows(session, ages, paste_back, aged)
         folder = self.new_folder()
         png = write_image(folder / f"{session.name}_ages.png", grid(rows))
         archive = folder / f"{session.name}_tiles.zip"
         tmp = folder / ".tiles.zip.part"
-        with self._lock:
-            faces = session.encoded.faces
-            tiles = {f"face{f.index}": [f.aligned, *self.render(session, f, entries)] for f in faces}
+        tiles = {f"face{f.index}": row for f, row in zip(session.encoded.faces, aged)}
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             for name, row in tiles.items():
                 for label, tile in zip(["input", *(entry_label(e) for e in entries)], row):
@@ -225,7 +246,8 @@ class Studio:
         with self._lock:
             pipe = self.pipe_for(session.model_choice)
             return Path(pipe.video(session.encoded, out, fps=fps, steps=steps, paste_back=paste_back,
-                                   mask=session.mask, seed=self.seed, noise=self.noise))
+                                   mask=session.mask, seed=self.seed, noise=self.noise,
+                                   upscale=self.upscale))
 
     def new_folder(self) -> Path:
         """A fresh folder for one request's results; those of earlier requests go after ``KEEP_S``."""

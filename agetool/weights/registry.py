@@ -18,7 +18,7 @@ REGISTRY_ENV = "AGETOOL_REGISTRY"
 _ROOT_REGISTRY = Path(__file__).resolve().parents[2] / "weights.toml"
 DEFAULT_REGISTRY = _ROOT_REGISTRY if _ROOT_REGISTRY.is_file() else Path(__file__).resolve().parents[1] / "data" / "weights.toml"
 
-KINDS = ("generator", "parser", "landmarks", "detector", "classifier", "recognition")
+KINDS = ("generator", "parser", "landmarks", "detector", "classifier", "recognition", "upscaler")
 REPO_TYPES = ("model", "space", "dataset")
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 FILENAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
@@ -29,7 +29,7 @@ RESERVED_SUFFIXES = (".part", ".json", ".lock", ".tmp")
 #: imports of unsized entries stop there, and zip members are never read past MAX_MEMBER_BYTES
 #: (a few times the largest known checkpoint, the 464 MB face parser).
 KIND_MAX_BYTES = {"generator": 1 << 30, "parser": 1 << 30, "landmarks": 512 << 20, "detector": 512 << 20,
-                  "classifier": 512 << 20, "recognition": 1 << 30}
+                  "classifier": 512 << 20, "recognition": 1 << 30, "upscaler": 512 << 20}
 DEFAULT_MAX_BYTES = 2 << 30
 MAX_MEMBER_BYTES = 2 << 30
 #: The Python argument that takes a file of this kind instead of the registry's (the command line
