@@ -269,10 +269,11 @@ class AgingPipeline:
     def targets(self, ages) -> list[AgeTarget]:
         """``ages`` as targets (``None`` -> the six classes); warns once for ages over 69."""
         targets = parse_ages(ages) or class_targets()
-        old = [t.entry for t in targets if t.kind == "years" and t.value > OLDEST_MODELLED]
-        if old:
-            self._warn_once(f"warning: ages over {OLDEST_MODELLED:g} ({', '.join(old)}) render the oldest class "
-                         f"({AGE_CLASSES[-1]}): the model knows no older faces")
+        from agetool.ages import old_age_warning
+
+        warning = old_age_warning(targets)
+        if warning:
+            self._warn_once(f"warning: {warning}")
         return targets
 
     def render(self, face: EncodedFace, ages=None, *, seed: int = 0, noise: float = DEFAULT_NOISE,

@@ -70,6 +70,16 @@ def test_slider_paste_back_grid_and_video(page):
     page.wait_for_function("document.querySelector('#status').innerText.includes('1 face found')")
     src0, young = image_of(page, "#aged")
     assert young.shape == (256, 256, 3)
+    # "Faces found" shows the whole aligned crop (the generator's input), not a strip cut from it
+    _, thumb = image_of(page, "#faces")
+    assert thumb.shape == (128, 128, 3)
+    crop = np.asarray(Image.fromarray(_aligned_example()).resize((128, 128), Image.BILINEAR)).astype(int)
+    above_caption = slice(0, 96)
+    assert np.abs(thumb[above_caption].astype(int) - crop[above_caption]).mean() < 6
+    width, height, fit = page.evaluate("() => { const i = document.querySelector('#faces img');"
+                                       " const r = i.getBoundingClientRect();"
+                                       " return [r.width, r.height, getComputedStyle(i).objectFit]; }")
+    assert height >= 100 and (fit == "contain" or abs(width / height - 1) < 0.05), (width, height, fit)
     shot(page, "1_uploaded")
 
     # drag the slider to the far left: a younger face, re-rendered from the cached identity features
@@ -93,11 +103,24 @@ def test_slider_paste_back_grid_and_video(page):
     assert 0.01 < changed.mean() < 0.6  # the face changed, the rest of the photo did not
     shot(page, "3_paste_back")
 
-    # the six-class grid, with paste-back on: the whole photo at each age
+    # the grid tab has its own paste-back switch: the slider's does not turn the grid into whole photos;
+    # an age past the oldest class is said in the page, not only in the server's terminal
     page.get_by_role("tab", name="Six ages").click()
+    page.locator("#ages textarea, #ages input").first.fill("5, 80")
     page.locator("#grid-button").click()
-    _, grid = image_of(page, "#grid")
-    assert grid.shape[1] == 7 * grid.shape[0]
+    src_grid, grid = image_of(page, "#grid")
+    assert grid.shape == (256, 3 * 256, 3)
+    warning = page.locator("#grid-warnings").filter(has_text="ages over 69 (80)")
+    warning.wait_for(state="visible")
+    assert "render the oldest class (50-69)" in warning.inner_text()
+    shot(page, "4_grid_warning")
+    # with the grid's own switch on: the whole photo at each age
+    page.locator("#ages textarea, #ages input").first.fill("")
+    page.locator("#grid-paste-back input[type=checkbox]").check()
+    page.locator("#grid-button").click()
+    _, grid = image_of(page, "#grid", previous=src_grid)
+    assert grid.shape[1] == 7 * grid.shape[0] and grid.shape[0] == photo.shape[0]
+    assert page.locator("#grid-warnings").inner_text().strip() == ""
     shot(page, "4_grid")
 
     # the aging video renders and plays
@@ -112,6 +135,17 @@ def test_slider_paste_back_grid_and_video(page):
     shot(page, "5_video")
     assert len(list(ARTIFACTS.glob("*.png"))) >= 5
     print(f"screenshots: {ARTIFACTS}")
+
+
+def _aligned_example() -> np.ndarray:
+    """The example's face aligned as the server aligns it (dlib landmarks, 256 px)."""
+    from agetool.face.align import align_face
+    from agetool.face.detect import DlibDetector
+    from agetool.images import read_image
+
+    photo = read_image(EXAMPLE)
+    (face, *_) = DlibDetector().detect(photo)
+    return align_face(photo, face.landmarks, size=256).image
 
 
 def test_errors_show_as_a_short_message(page, tmp_path):

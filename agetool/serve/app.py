@@ -102,8 +102,8 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                     model = gr.Dropdown(list(MODELS), value=studio.model if studio.model in MODELS else "auto", label="Model", interactive=not fixed,
                                         visible=not fixed, elem_id="model")
                     mask = gr.Checkbox(True, label="Mask background", elem_id="mask")
-                faces = gr.Gallery(label="Faces found", columns=6, height=130, object_fit="contain", allow_preview=False,
-                                   elem_id="faces")
+                faces = gr.Image(label="Faces found (aligned crops, as the generator sees them)", type="numpy",
+                                 format="png", interactive=False, height=150, buttons=[], elem_id="faces")
                 face = gr.Dropdown(choices=[("face 0", 0)], value=0, label="Face", elem_id="face")
                 status = gr.Markdown("No photo yet.", elem_id="status")
             with gr.Column(scale=1):
@@ -111,7 +111,7 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                     with gr.Tab("Age slider", id="slider"):
                         age = gr.Slider(MIN_AGE, MAX_AGE, value=START_AGE, step=0.5, label="Age (years)",
                                         elem_id="age")
-                        paste_back = gr.Checkbox(False, label="Paste back into the whole photo",
+                        paste_back = gr.Checkbox(False, label="Paste back into the whole photo (this tab)",
                                                  elem_id="paste-back")
                         aged = gr.Image(label="At this age", type="numpy", format="png", interactive=False,
                                         height=400, elem_id="aged")
@@ -119,7 +119,10 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                         ages = gr.Textbox("", label="Ages", elem_id="ages",
                                           placeholder="years and/or classes, e.g. 5, 20.5, 45 (empty: "
                                                       + ", ".join(AGE_CLASSES) + ")")
+                        grid_paste_back = gr.Checkbox(False, label="Whole photos: paste the aged faces back "
+                                                      "(this tab)", elem_id="grid-paste-back")
                         grid_button = gr.Button("Render grid", variant="primary", elem_id="grid-button")
+                        grid_notes = gr.Markdown("", elem_id="grid-warnings")
                         grid_image = gr.Image(label="Grid", type="filepath", format="png", interactive=False,
                                               elem_id="grid")
                         with gr.Row():
@@ -127,6 +130,8 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                             tiles_file = gr.DownloadButton("Download tiles (zip)", interactive=False,
                                                            elem_id="tiles-download")
                     with gr.Tab("Video", id="video"):
+                        video_paste_back = gr.Checkbox(False, label="Whole photo: paste the aged faces back "
+                                                       "(this tab)", elem_id="video-paste-back")
                         video_button = gr.Button("Render video", variant="primary", elem_id="video-button")
                         video = gr.Video(label="Aging video", interactive=False, autoplay=True, loop=True,
                                          elem_id="video")
@@ -143,9 +148,9 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
         @guarded
         def on_photo(path, model_choice, masked, at, whole):
             if path is None:
-                return None, [], gr.update(choices=[("face 0", 0)], value=0), "No photo yet.", None
+                return None, None, gr.update(choices=[("face 0", 0)], value=0), "No photo yet.", None
             s = studio.encode(path, model_choice, masked)
-            gallery = [(f.aligned, f"face {f.index}") for f in s.encoded.faces]
+            gallery = studio.thumbnails(s)
             choices = [(f"face {f.index}", i) for i, f in enumerate(s.encoded.faces)]
             n = len(choices)
             text = f"{n} face{'s' if n != 1 else ''} found.  \n" + "  \n".join(studio.describe(s))
@@ -161,9 +166,11 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
         def on_grid(s: Session | None, text, whole):
             if s is None:
                 raise gr.Error("drop a photo first", print_exception=False)
-            png, archive = studio.grid(s, parse_ages(text), whole)
-            return str(png), gr.update(value=str(png), interactive=True), gr.update(value=str(archive),
-                                                                                    interactive=True)
+            ages = parse_ages(text)
+            png, archive = studio.grid(s, ages, whole)
+            notes = "  \n".join(f"**Warning:** {w}" for w in studio.warnings(ages))
+            return (str(png), gr.update(value=str(png), interactive=True),
+                    gr.update(value=str(archive), interactive=True), notes)
 
         @guarded
         def on_video(s: Session | None, whole):
@@ -182,9 +189,9 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                    **private)
         for control in (face, paste_back):
             control.input(on_age, slider_inputs, aged, trigger_mode="always_last", **slot, **private)
-        grid_button.click(on_grid, [session, ages, paste_back], [grid_image, grid_file, tiles_file], **slot,
-                          **private)
-        video_button.click(on_video, [session, paste_back], [video, video_file], **slot, **private)
+        grid_button.click(on_grid, [session, ages, grid_paste_back], [grid_image, grid_file, tiles_file, grid_notes],
+                          **slot, **private)
+        video_button.click(on_video, [session, video_paste_back], [video, video_file], **slot, **private)
 
         # ---------------------------------------------------------------- endpoints for programs
         @guarded

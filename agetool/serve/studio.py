@@ -28,6 +28,8 @@ MIN_AGE, MAX_AGE = 0, 69
 WHOLE_PHOTO_SIDE = 1280
 #: long side of the whole photos in a paste-back grid
 GRID_PHOTO_SIDE = 512
+#: side of each face's thumbnail under "Faces found"
+THUMB = 128
 #: seconds a request's results stay on disk (the page links to them meanwhile)
 KEEP_S = 3600
 
@@ -152,6 +154,20 @@ class Studio:
                 models.engine(model)
 
     # ------------------------------------------------------------------ outputs
+    def thumbnails(self, session: Session) -> np.ndarray:
+        """The aligned face crops (what the generator sees) side by side, ``THUMB`` px each, numbered."""
+        from agetool.images import caption
+
+        tiles = [caption(resize(f.aligned, (THUMB, THUMB)), f"face {f.index}") for f in session.encoded.faces]
+        return np.concatenate(tiles, axis=1)
+
+    def warnings(self, ages: list | None) -> list[str]:
+        """What the page says about ``ages`` besides the images (ages past the oldest class)."""
+        from agetool.ages import old_age_warning, parse_ages as targets
+
+        warning = old_age_warning(targets(ages)) if ages is not None else None
+        return [warning] if warning else []
+
     def describe(self, session: Session) -> list[str]:
         """One line per face: which model renders it and the estimated input age."""
         lines = []
