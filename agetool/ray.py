@@ -7,7 +7,8 @@
     write_results   grid, tiles (CPU tasks)
 
 and the stages overlap: faces of the next photos are found while the generator renders. Each actor
-loads its models once. A photo that fails (unreadable, no face) becomes a row with an error and the
+loads its models once; an actor whose process dies is restarted and its batch retried (Ray Data's
+defaults for actor pools). A photo that fails (unreadable, no face) becomes a row with an error and the
 job goes on; ``Summary.failed`` lists them. A photo whose grid exists is skipped, so a rerun of a
 job that stopped finishes it. The outputs are those of ``agetool age`` on the same machine, byte
 for byte (the actors use the same number of torch threads as a plain run).
@@ -350,7 +351,8 @@ def age_photos(jobs: Sequence[Job], *, pipeline: dict | None = None, ages=None, 
     if started:
         _start(ray, address, cpus, gpus)
     try:
-        ds = build_dataset(ray, todo, pipeline=pipeline, ages=ages, labels=labels, options=options, cpus=cpus, gpus=gpus, threads=default_threads() if threads is None else threads,
+        ds = build_dataset(ray, todo, pipeline=pipeline, ages=ages, labels=labels, options=options, cpus=cpus,
+                           gpus=gpus, threads=default_threads() if threads is None else threads,
                            batch_size=batch_size)
         for row in ds.iter_rows():
             for note in filter(None, _text(row[NOTES]).split("\n")):
