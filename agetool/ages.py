@@ -7,7 +7,6 @@ traversal uses between consecutive classes.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os

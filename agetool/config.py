@@ -127,6 +127,10 @@ def _read_file(file: Path) -> dict:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{file}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise UsageError(f"{file}: not valid TOML (nested too deeply)") from None
+    except ValueError as e:  # a whole number of more digits than Python converts
+        raise UsageError(f"{file}: not valid TOML ({str(e)[:80]})") from None
     for key in table:
         if key not in KEYS:
             raise UsageError(f"{file}: {key}: unknown key", hint=f"known keys: {', '.join(KEYS)}")

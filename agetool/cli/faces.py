@@ -14,18 +14,12 @@ from agetool.cli.options import OPTION, report
 
 def _read_landmarks(path: Path):
     """68 [x, y] pairs from JSON: a bare list, or an object with a "landmarks" list."""
-    import json
-
     import numpy as np
 
     from agetool.errors import InputError
+    from agetool.userfiles import read_json
 
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise InputError(f"{path}: can't read ({e.strerror or e})", hint="check --landmarks-json") from None
-    except ValueError as e:
-        raise InputError(f"{path}: not valid JSON ({e})", hint="expected a list of 68 [x, y] pairs") from None
+    data = read_json(path, "landmarks_json")  # a regular file, of a bounded size, with finite numbers
     if isinstance(data, dict):
         data = data.get("landmarks")
     try:

@@ -3,7 +3,8 @@
 Accepted generator files:
 - the released flat state dict (``latest_net_g_running.pth``; tensors may be CUDA-tagged),
   read with ``torch.load(map_location="cpu", weights_only=True)``;
-- the released zip (``males_model.zip`` / ``females_model.zip``), the member read in memory
+- the released zip (``males_model.zip`` / ``females_model.zip``), the member streamed to a
+  temporary file and its tensors memory-mapped from there, so the member is never held in memory
   (never more than its declared size, and never more than ``MAX_MEMBER_BYTES``);
 - agetool's format: safetensors with the network config as JSON in the header metadata
   (and optionally a ``<file>.json`` sidecar).
@@ -14,10 +15,12 @@ weight shapes (:func:`generator_config_from_state_dict`), live here too.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -58,13 +61,29 @@ def _load_mapped(path: str):
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
-def read_zip_member(path: Path, member_suffix: str, *, limit: int | None = None) -> bytes:
-    """Bytes of the first zip member whose name ends with ``member_suffix`` (never extracted to disk).
+@contextlib.contextmanager
+def extracted_member(path: Path, member_suffix: str, *, limit: int | None = None) -> Iterator[Path]:
+    """The first zip member whose name ends with ``member_suffix``, streamed in chunks to a
+    temporary file that is removed when the block ends (tensors mapped from it stay valid).
 
-    The member is read in chunks up to its declared size, itself at most ``limit`` (default
-    ``MAX_MEMBER_BYTES``): a member that declares or inflates to more is refused without being
-    read whole."""
-    limit = min(limit or MAX_MEMBER_BYTES, MAX_MEMBER_BYTES)
+    At most its declared size, itself at most ``limit`` (default ``MAX_MEMBER_BYTES``), is read: a
+    member that declares or inflates to more is refused without being read whole."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="agetool-member-", suffix=".pth")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _copy_member(path, member_suffix, min(limit or MAX_MEMBER_BYTES, MAX_MEMBER_BYTES), out)
+        yield tmp
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:  # pragma: no cover - a platform that keeps mapped files
+            pass
+
+
+def _copy_member(path: Path, member_suffix: str, limit: int, out) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = [i for i in zf.infolist() if member_matches(i.filename, member_suffix)]
@@ -75,16 +94,19 @@ def read_zip_member(path: Path, member_suffix: str, *, limit: int | None = None)
             if info.file_size > limit:
                 raise CheckpointError(f"{path}: {info.filename} declares {info.file_size} bytes, more than the "
                                       f"{limit} a checkpoint may have", hint="is this the released zip?")
-            out = bytearray()
+            copied = 0
             with zf.open(info) as f:
-                while chunk := f.read(min(1 << 20, info.file_size + 1 - len(out))):
-                    out += chunk
-                    if len(out) > info.file_size:
+                while chunk := f.read(min(1 << 20, info.file_size + 1 - copied)):
+                    copied += len(chunk)
+                    if copied > info.file_size:
                         raise CheckpointError(f"{path}: {info.filename} inflates past its declared "
                                               f"{info.file_size} bytes", hint="download it again")
-            return bytes(out)
+                    out.write(chunk)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as e:
         raise CheckpointError(f"{path}: damaged zip file ({type(e).__name__})", hint="download it again") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: can't unpack {member_suffix} ({e.strerror or e})",
+                              hint="check free space in the temporary folder (TMPDIR)") from None
 
 
 def member_matches(name: str, member_suffix: str) -> bool:
@@ -110,7 +132,8 @@ def read_state_dict(path: str | os.PathLike, member: str = GENERATOR_MEMBER) -> 
     if suffix == ".safetensors":
         return _read_safetensors(path)
     if suffix == ".zip" and zipfile.is_zipfile(path):
-        sd = _torch_load(read_zip_member(path, member), f"{path}:{member}")
+        with extracted_member(path, member) as unpacked:
+            sd = _torch_load(unpacked, f"{path}:{member}")
         return _tensors_only(sd, path), {}
     sd = _torch_load(path, str(path))
     if "state_dict" in sd and isinstance(sd["state_dict"], dict):
@@ -140,21 +163,20 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         config = _json(meta[CONFIG_KEY], f"{path} (its {CONFIG_KEY} metadata)")
     else:
         sidecar = path.with_suffix(path.suffix + ".json")
-        if sidecar.is_file():
-            try:
-                text = sidecar.read_text("utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise CheckpointError(f"{sidecar}: unreadable ({type(e).__name__})") from None
-            config = _json(text, str(sidecar))
+        if sidecar.exists():
+            from agetool.userfiles import read_text
+
+            config = _json(read_text(sidecar, error=CheckpointError), str(sidecar))
     return sd, {"format": meta.get(FORMAT_KEY), "config": config}
 
 
 def _json(text: str, what: str) -> dict:
+    from agetool.userfiles import parse_json
+
     try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise CheckpointError(f"{what}: not valid JSON ({str(e).splitlines()[0][:80]})",
-                              hint="remove or repair it") from None
+        value = parse_json(text, what, error=CheckpointError)
+    except CheckpointError as e:
+        raise CheckpointError(e.message, hint="remove or repair it") from None
     if not isinstance(value, dict):
         raise CheckpointError(f"{what}: expected a JSON object, found {type(value).__name__}",
                               hint="remove or repair it")

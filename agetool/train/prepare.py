@@ -102,6 +102,9 @@ def _float(value: str, column: str) -> float:
 def _open_csv(path: Path, required: Iterable[str]) -> tuple[csv.DictReader, object]:
     """A reader of ``path`` whose text is UTF-8 (a BOM allowed); bytes that aren't come through as
     surrogates, so the rows holding them can be reported (``_not_utf8``) instead of failing the file."""
+    from agetool.userfiles import MAX_CSV_BYTES, check_regular
+
+    check_regular(path, limit=MAX_CSV_BYTES)  # a pipe would block, a device never end
     try:
         f = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
     except OSError as e:
