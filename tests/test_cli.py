@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +16,16 @@ from tests.helpers import common, cli, face_like
 
 
 def test_help_is_fast_and_lists_commands():
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "agetool", "--help"], capture_output=True, text=True, timeout=60)
-    elapsed = time.perf_counter() - t0
-    assert r.returncode == 0
+    # the help page in a process of its own, which reports what it imported and how long it took
+    script = ("import sys, time; t0 = time.perf_counter(); from agetool.cli import run; code = run(['--help']); "
+              "print(code, 'torch' in sys.modules, round(time.perf_counter() - t0, 3), file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    code, torch_loaded, seconds = r.stderr.split()[-3:]
+    assert code == "0"
     for name in ("age", "video"):
         assert name in r.stdout
-    assert "torch" not in sys.modules or elapsed < 30  # sanity; speed itself is in benchmarks
-    r = subprocess.run([sys.executable, "-c", "import agetool.cli, sys; print('torch' in sys.modules)"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.stdout.strip() == "False", "importing the CLI must not import torch"
+    assert torch_loaded == "False", "the help page must not import torch"
+    assert float(seconds) < 10  # about 0.3 s on a quiet 2-core machine; the imports of torch alone take 2 s
 
 
 def test_age_grid_and_tiles(tmp_path, crop, weights, capsys):
