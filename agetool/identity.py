@@ -178,6 +178,24 @@ class _ArcFace:
         return self.embedder.embed(images, [self._five(im, s) for im, s in zip(images, specs)])
 
 
+class _HogBoxes:
+    """dlib's frontal HOG detector, one upsampling, weak boxes dropped (``agetool.face.detect``'s rules):
+    ``detect(image)`` -> FaceSpecs with boxes, largest first."""
+
+    def __init__(self):
+        import dlib
+
+        self._detector = dlib.get_frontal_face_detector()
+
+    def detect(self, image: np.ndarray) -> list[FaceSpec]:
+        from agetool.face.detect import DLIB_UPSAMPLE, confident_boxes
+
+        rects, scores, _ = self._detector.run(np.ascontiguousarray(image), DLIB_UPSAMPLE, 0.0)
+        specs = [FaceSpec(box=(float(r.left()), float(r.top()), float(r.right()), float(r.bottom())))
+                 for r, _ in confident_boxes(rects, scores)]
+        return sorted(specs, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+
+
 class FaceIdentity:
     """An identity model: ``embed`` faces, compare them with ``similarity`` / ``same_person``.
     Build one with ``from_pretrained``; it is reused across every photo (models load once)."""
@@ -257,11 +275,11 @@ class FaceIdentity:
     # ------------------------------------------------------------------ embeddings
     @property
     def detector(self):
+        """What ``embed(image)`` finds faces with: the one given to ``from_pretrained``, else dlib's
+        HOG detector with the rules of agetool's dlib backend (boxes only: the embedders need no more)."""
         with self._lock:
             if self._detector is None:
-                from agetool.face.detect import LandmarkDetector
-
-                self._detector = LandmarkDetector.create("dlib")
+                self._detector = _HogBoxes()
             return self._detector
 
     def embed(self, image, face=None) -> list[Embedding] | Embedding:

@@ -117,6 +117,15 @@ def dlib_predictor_path(*, offline: bool = False, report=None, progress=None) ->
     return Path(weights.fetch("dlib-landmarks68", offline=offline, progress=progress, report=report))
 
 
+def confident_boxes(rects, scores, min_score: float = DLIB_MIN_SCORE) -> list:
+    """dlib HOG detections as (rect, score), those under ``min_score`` dropped when a stronger one
+    exists; with nothing confident, the largest box alone (the reference's choice)."""
+    boxes = list(zip(rects, scores))
+    if any(score >= min_score for _, score in boxes):
+        return [(r, score) for r, score in boxes if score >= min_score]
+    return sorted(boxes, key=lambda b: -(b[0].right() - b[0].left()) * (b[0].bottom() - b[0].top()))[:1]
+
+
 class DlibDetector(LandmarkDetector):
     name = "dlib (HOG + 68-point shape predictor)"
 
@@ -138,11 +147,7 @@ class DlibDetector(LandmarkDetector):
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         image = _rgb(image)
         rects, scores, _ = self._timed("detect", self._detector.run, image, self.upsample, 0.0)
-        boxes = list(zip(rects, scores))
-        if any(score >= self.min_score for _, score in boxes):
-            boxes = [(r, score) for r, score in boxes if score >= self.min_score]
-        else:  # nothing confident: keep the reference's choice, the largest box
-            boxes = sorted(boxes, key=lambda b: -(b[0].right() - b[0].left()) * (b[0].bottom() - b[0].top()))[:1]
+        boxes = confident_boxes(rects, scores, self.min_score)
         faces = []
         t0 = time.perf_counter()
         for rect, score in boxes:
