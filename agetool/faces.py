@@ -20,18 +20,21 @@ def check_faces(faces):
     (made from ``"ref:PHOTO"``, a photo path / array / PIL image, or an ``Embedding``)."""
     import os
 
-    from agetool import validate
+    from agetool.errors import UsageError
     from agetool.identity import Embedding, FaceReference
 
     if isinstance(faces, FaceReference):
         return faces
     if isinstance(faces, str):
-        return FaceReference(faces) if faces.startswith("ref:") else validate.choice("faces", faces, FACES)
+        if faces.startswith("ref:"):
+            return FaceReference(faces)
+        if faces not in FACES:
+            raise UsageError(f"{arg('faces', faces)}: expected {', '.join(FACES)} or ref:PHOTO")
+        return faces
     if isinstance(faces, (os.PathLike, np.ndarray, Embedding)) or type(faces).__module__.startswith("PIL."):
         return FaceReference(faces)
-    from agetool.errors import UsageError
-
     raise UsageError(f"{arg('faces', faces)}: expected all, largest, ref:PHOTO, a photo or an Embedding")
+
 
 @dataclass
 class FaceCrop:
