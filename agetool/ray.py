@@ -349,7 +349,7 @@ def age_photos(jobs: Sequence[Job], *, pipeline: dict | None = None, ages=None, 
         return summary
     started = not ray.is_initialized()
     if started:
-        _start(ray, address, cpus, gpus)
+        _start(ray, address, cpus)
     try:
         ds = build_dataset(ray, todo, pipeline=pipeline, ages=ages, labels=labels, options=options, cpus=cpus,
                            gpus=gpus, threads=default_threads() if threads is None else threads,
@@ -369,11 +369,11 @@ def age_photos(jobs: Sequence[Job], *, pipeline: dict | None = None, ages=None, 
     return summary
 
 
-def _start(ray, address: str | None, cpus: int | None, gpus: int | None) -> None:
+def _start(ray, address: str | None, cpus: int | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     options = dict(include_dashboard=False, log_to_driver=True, logging_level="warning")
-    if address is None:  # a Ray of our own, on this machine
-        options.update(num_cpus=cpus, num_gpus=gpus)
+    if address is None:  # a Ray of our own, on this machine, with the GPUs it finds
+        options.update(num_cpus=cpus)
     ray.init(address=address, **options)
 
 
@@ -381,15 +381,21 @@ def build_dataset(ray, jobs: Sequence[Job], *, pipeline: dict | None, ages, labe
                   cpus: int | None, gpus: int | None, threads: int | None, batch_size: int):
     """The job's dataset (lazy): rows of ``jobs`` -> FaceStage -> GeneratorStage -> write_results."""
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0)) if gpus is None else gpus
-    cpus = max(1, int(resources.get("CPU", 1))) if cpus is None else cpus
+    has_gpus, has_cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if gpus is not None and gpus > has_gpus:
+        raise errors.UsageError(f"{errors.arg('gpus', gpus)}: the Ray cluster has {has_gpus} GPU(s)",
+                                hint="start Ray with more GPUs, or ask for fewer")
+    gpus = has_gpus if gpus is None else gpus
+    cpus = has_cpus if cpus is None else min(cpus, has_cpus)
     generators = max(1, gpus)
-    face_workers = max(1, cpus - generators)  # each generator actor holds a CPU too
+    # each actor holds one CPU, or a share where there are fewer CPUs than actors (never waits forever)
+    unit = min(1.0, cpus / (generators + 1))
+    face_workers = max(1, int((cpus - generators * unit) / unit + 1e-9))
     ds = ray.data.from_items([job.row() for job in jobs], override_num_blocks=len(jobs))
-    ds = ds.map_batches(FaceStage, batch_size=batch_size, batch_format="numpy", num_cpus=1,
+    ds = ds.map_batches(FaceStage, batch_size=batch_size, batch_format="numpy", num_cpus=unit,
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=face_workers),
                         fn_constructor_kwargs=dict(pipeline=pipeline, ages=ages, options=options, threads=threads))
-    ds = ds.map_batches(GeneratorStage, batch_size=batch_size, batch_format="numpy", num_cpus=1,
+    ds = ds.map_batches(GeneratorStage, batch_size=batch_size, batch_format="numpy", num_cpus=unit,
                         num_gpus=1 if gpus else 0, compute=ray.data.ActorPoolStrategy(size=generators),
                         fn_constructor_kwargs=dict(pipeline=pipeline, ages=ages, options=options, threads=threads))
     # writing is light (PNG encoding, I/O): it takes no CPU of its own, so it never waits on the actors

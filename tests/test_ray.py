@@ -145,3 +145,52 @@ def test_stages_are_plain_callables_for_your_own_pipeline(tmp_path, weights):
     for i in range(3):
         assert np.array_equal(np.asarray(Image.open(tmp_path / f"g{i}.png")), want.grid_array(labels=False))
     assert sorted(p.name for p in (tmp_path / "t0").iterdir())[0] == "face0_0-2.png"
+
+
+class _FakeRay:
+    """Enough of ``ray`` to see what ``build_dataset`` asks of a cluster of ``resources``."""
+
+    def __init__(self, resources: dict):
+        from types import SimpleNamespace
+
+        self.resources, self.stages = resources, []
+        fake = self
+
+        class Dataset:
+            def map_batches(self, fn, **kwargs):
+                fake.stages.append((getattr(fn, "__name__", fn), kwargs))
+                return self
+
+        self.data = SimpleNamespace(from_items=lambda rows, **kw: Dataset(),
+                                    ActorPoolStrategy=lambda **kw: ("actors", kw),
+                                    TaskPoolStrategy=lambda **kw: ("tasks", kw))
+
+    def cluster_resources(self) -> dict:
+        return self.resources
+
+
+@pytest.mark.parametrize("resources, cpus, gpus, want", [
+    ({"CPU": 16, "GPU": 4}, None, None, (4, 1, 1.0, 12)),   # one generator per GPU, the face stages the rest
+    ({"CPU": 2}, None, None, (1, 0, 1.0, 1)),               # no GPU: one generator on a CPU
+    ({"CPU": 1}, None, None, (1, 0, 0.5, 1)),               # fewer CPUs than actors: shares, never a wait
+    ({"CPU": 64, "GPU": 8}, 10, 2, (2, 1, 1.0, 8)),         # capped by --cpus and --gpus
+])
+def test_resources_of_the_stages(resources, cpus, gpus, want):
+    from agetool.ray import Job, build_dataset
+
+    fake = _FakeRay(resources)
+    build_dataset(fake, [Job("a.png", "a_ages.png")], pipeline=None, ages=None, labels=True, options=None,
+                  cpus=cpus, gpus=gpus, threads=None, batch_size=1)
+    (face, f), (gen, g), (write, w) = fake.stages
+    assert (face, gen, write) == ("FaceStage", "GeneratorStage", "write_results")
+    assert (g["compute"][1]["size"], g["num_gpus"], g["num_cpus"], f["compute"][1]["max_size"]) == want
+    assert f["num_cpus"] == g["num_cpus"] and w["num_cpus"] == 0
+
+
+def test_more_gpus_than_the_cluster_has_is_a_usage_error():
+    from agetool.errors import UsageError
+    from agetool.ray import Job, build_dataset
+
+    with pytest.raises(UsageError, match="gpus=2: the Ray cluster has 0 GPU"):
+        build_dataset(_FakeRay({"CPU": 4}), [Job("a.png", "a_ages.png")], pipeline=None, ages=None, labels=True,
+                      options=None, cpus=None, gpus=2, threads=None, batch_size=1)
