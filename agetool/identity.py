@@ -424,7 +424,8 @@ class FaceReference:
             from agetool.errors import NoMatchError
 
             rule = f"{'<=' if identity.metric == DISTANCE else '>='} {self.threshold:g}"
-            raise NoMatchError(f"none of the {len(faces)} face(s) in {name} is the person of {self}: closest "
+            who = f"the face in {name} is not" if len(faces) == 1 else f"none of the {len(faces)} faces in {name} is"
+            raise NoMatchError(f"{who} the person of {self}: closest "
                                f"{identity.describe(identity.best(values))}, same person at {identity.metric} {rule}",
                                hint=f"{'raise' if identity.metric == DISTANCE else 'lower'} {arg('ref_threshold')}, "
                                     "or use another reference photo")
