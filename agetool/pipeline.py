@@ -211,6 +211,12 @@ class AgingPipeline:
             crops = prepare_faces(self.models, array, aligned=aligned, mask=mask, parse=mask or paste_back,
                                   faces=faces, min_face=min_face, name=name)
             prepared = []
+            # a readable photo: every missing model in one error, before any loads
+            self.check_models(aligned=aligned, mask=mask, paste_back=paste_back, estimate=estimate is True,
+                              generate=generate)
+            # the parser and a known generator load while the faces are found
+            self.models.preload(parser=mask or paste_back,
+                                model=None if self.model == "auto" or not generate else self.model)
             for crop in crops:
                 est = self._estimate_face(array, crop, estimate)
                 model = self._choose_model(name, crop, est)
@@ -586,13 +592,13 @@ class AgingPipeline:
                  min_face: int = 0) -> list[FaceEstimate]:
         """Each face's estimated age (years) and gender, with the probability of that gender."""
         faces = check_faces(faces)
-        self.check_models(aligned=aligned, mask=False, estimate=True, generate=False)
         with self._lock:
             with self.models.timer("read"):
                 array, name = load_image(image, self.max_pixels)
             crops = prepare_faces(self.models, array, aligned=aligned, mask=False, faces=faces,
                                   min_face=min_face, name=name)
             classifier = self._estimator()
+            self.check_models(aligned=aligned, mask=False, estimate=True, generate=False)
             out = []
             for crop in crops:
                 with self.models.timer("classify"):

@@ -4,6 +4,7 @@ message that names every missing model, with advice that works, before anything 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -43,8 +44,8 @@ def photo(tmp_path) -> Path:
 def _agetool(args, env_dir: Path, **env) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AGETOOL_")}
     environ.update(PYTHONPATH=str(ROOT), AGETOOL_CACHE=str(env_dir / "cache"), HF_HOME=str(env_dir / "hf"),
-                   TORCH_HOME=str(env_dir / "torch"), XDG_CONFIG_HOME=str(env_dir / "config"), COLUMNS="1000",
-                   **env)
+                   TORCH_HOME=str(env_dir / "torch"), XDG_CONFIG_HOME=str(env_dir / "config"), COLUMNS="1000")
+    environ.update(env)
     return subprocess.run([sys.executable, "-m", "agetool", *map(str, args)], capture_output=True, text=True,
                           env=environ, timeout=120)
 
@@ -100,8 +101,9 @@ def test_own_parser_registered_with_trust_then_used_without_flags(home, photo, c
     assert code == 0, err
     assert "registered as your own file" in err and "CC BY-NC" not in err
     code, out, _ = cli(["weights", "list"], capsys)
-    row = next(line for line in out.splitlines() if line.lstrip().startswith("deeplab-parser"))
-    assert "your file" in row, row
+    row = next(line for line in out.splitlines() if line.startswith("deeplab-parser "))
+    assert " yes, yours " in row, row
+    assert re.search(r"^deeplab-parser: .*own\.pth \(your file\)$", out, re.M), out
     labels = home / "labels.png"
     code, out, err = cli(["parse", photo, "--aligned", "--out", labels, "--offline"], capsys)
     assert code == 0 and labels.is_file(), err
@@ -216,3 +218,53 @@ def test_training_names_the_folders_it_ignores(tmp_path, capsys):
         show(TrainEvent("start", info={"classes": data.summary(), "ignored": data.ignored()}))
     err = capsys.readouterr().err
     assert "warning: not used for training" in err and "train40-49/ (2 images)" in err and "train70-120/" in err
+
+
+def test_model_tables_read_at_80_columns_through_a_pipe(home):
+    done = _agetool(["weights", "list"], home, COLUMNS="80")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    table = lines[:lines.index(next(line for line in lines if re.match(r"\S+: ", line)))]  # then "name: path"
+    assert max(len(line.rstrip()) for line in table) <= 80
+    from agetool import weights
+
+    for name in weights.load_registry():  # each name whole on its row, each row at most three lines
+        start = next(i for i, line in enumerate(table) if line.startswith(name + " "))
+        rest = [i for i, line in enumerate(table) if i > start and line[:1] not in (" ", "")]
+        assert (rest[0] if rest else len(table)) - start <= 3, table[start:start + 5]
+
+
+def test_progress_lines_where_stderr_is_not_a_terminal(tmp_path, weights, crop, capsys, monkeypatch):
+    monkeypatch.setattr(console, "LOG_EVERY_S", 0.0)
+    code, _, err = cli(["video", crop, "--aligned", "--no-mask", "--weights", weights, "--device", "cpu",
+                        "--steps", "2", "--out", tmp_path / "v.mp4"], capsys)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("rendering 11 frames: ")]
+    assert lines and lines[-1].startswith("rendering 11 frames: 11/11, "), err
+
+
+def test_help_pages_list_debug_and_only_the_options_a_command_uses(capsys):
+    code, out, _ = cli(["--help"], capsys)
+    assert "--debug" in out
+    code, out, _ = cli(["estimate", "--help"], capsys)
+    assert code == 0 and "--age-model" in out
+    for generator_option in ("--weights", "--dtype", "--batch-size", "--parser-weights", "--age-anchors", "--noise"):
+        assert generator_option not in out, generator_option
+
+
+def test_shared_options_read_the_same_in_every_help_page():
+    """One metavar and one shown default per option where it means the same thing."""
+    from collections import defaultdict
+
+    from agetool.cli import command
+    from agetool.cli.helptext import walk
+
+    shown = defaultdict(set)
+    for path, cmd in walk(command()):
+        for p in cmd.params:
+            if getattr(p, "param_type_name", "") == "option":
+                default = p.default if p.show_default and p.default not in (None, False) else None
+                shown[max(p.opts, key=len)].add((p.metavar, default))
+    for flag in ("--device", "--landmarks", "--offline", "--aligned", "--min-face", "--faces", "--batch-size",
+                 "--seed", "--weights", "--parser-weights", "--age-model", "--debug"):
+        assert len(shown[flag]) <= 1, (flag, shown[flag])

@@ -92,6 +92,7 @@ def test_limits_and_a_clean_stop(tmp_path, stand_in_generator, seeded_parser_fil
     log = served.log.read_text()
     assert code == 130, log
     assert "Traceback" not in log
+    assert "agetool serve: stopped (Ctrl-C)" in log and "error:" not in log, log  # a stop, not a failure
     assert list(served.tmp.iterdir()) == []  # uploads and results removed
     assert list(served.home.iterdir()) == []  # nothing written to the working folder or HOME
 
@@ -100,6 +101,7 @@ def test_sigterm_stops_cleanly(tmp_path, stand_in_generator, seeded_parser_file)
     served = start_server(tmp_path, stand_in_generator, seeded_parser_file)
     code = served.stop(signal.SIGTERM)
     assert code == 143, served.log.read_text()
+    assert "agetool serve: stopped (SIGTERM)" in served.log.read_text()
     assert list(served.tmp.iterdir()) == []
 
 

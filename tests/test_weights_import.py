@@ -67,8 +67,10 @@ def test_unzipped_generator_then_offline_by_name(env, monkeypatch, capsys, wide,
     assert not (env / "cache" / "files" / "lats-male" / "males_model.zip").exists()
 
     assert run(["weights", "list"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("lats-male"))
-    assert " yes " in row and str(dest) in row and "CC BY-NC-SA 4.0 [non-commercial]" in row  # the marker is text, not markup
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.lstrip().startswith("lats-male"))
+    assert " yes " in row and "CC BY-NC-SA 4.0 [non-commercial]" in row  # the marker is text, not markup
+    assert f"lats-male: {dest}" in out
 
     from PIL import Image
 

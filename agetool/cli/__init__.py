@@ -43,6 +43,8 @@ def _print_version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
                                  callback=_print_version),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (accepted anywhere "
+                               "on the command line)."),
 ) -> None:
     """Age progression across the lifespan from one photo."""
 
@@ -55,6 +57,11 @@ def _register() -> None:
 
 
 _register()
+
+
+class Stopped(int):
+    """The exit code of a command that a signal stops by design (``serve``): it has said so in its
+    own words, so no ``error: interrupted`` line follows."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -153,6 +160,8 @@ def _run(args: list[str], debug: bool) -> int:
             rv = command().main(args=args, prog_name="agetool", standalone_mode=False, default_map=_defaults(args))
         except KeyboardInterrupt as e:
             return _interrupted(e)
+        if isinstance(rv, Stopped):  # a command that stops on a signal by design (serve) said so itself
+            return int(rv)
         if rv == 130:  # the parser turns Ctrl-C inside a command into a return value of 130
             return _interrupted(None)
         return rv if isinstance(rv, int) else 0

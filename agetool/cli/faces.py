@@ -42,7 +42,7 @@ def _pipeline(**kwargs):
 def align(
     inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the crops: <stem>_face<i>.png (<stem>_2 ... for a stem seen before).", file_okay=False)],
-    size: Annotated[int, typer.Option("--size", help="Side of the aligned crops in pixels.", min=16, max=4096)] = 256,
+    size: Annotated[int, typer.Option("--size", metavar="PX", help="Side of the aligned crops in pixels.", min=16, max=4096)] = 256,
     landmarks_json: Annotated[Optional[Path], typer.Option("--landmarks-json", help="JSON list of the 68 (x, y) landmark pairs of one face (iBUG order): skips detection. One input only.", dir_okay=False)] = None,
     landmarks: OPTION.landmarks = "auto", faces: OPTION.faces = "all", ref_threshold: OPTION.ref_threshold = None,
     min_face: OPTION.min_face = 0, offline: OPTION.offline = False, device: OPTION.device = "auto",
@@ -97,7 +97,7 @@ def align(
 def parse(
     input: Annotated[Path, typer.Argument(help="A photo, or an aligned crop with --aligned.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Label map PNG: one uint8 class id per pixel (0 = background).", dir_okay=False)],
-    aligned: Annotated[bool, typer.Option("--aligned", help="Input is already an aligned crop: parse it as it is.")] = False,
+    aligned: Annotated[bool, typer.Option("--aligned", help="Input is already an aligned crop: parse it as it is.", show_default=False)] = False,
     overlay: Annotated[Optional[Path], typer.Option("--overlay", help="Also write the crop with the classes coloured in.", dir_okay=False)] = None,
     parser_weights: OPTION.parser_weights = None, landmarks: OPTION.landmarks = "auto",
     offline: OPTION.offline = False, device: OPTION.device = "auto",

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from agetool.cli import app, console
-from agetool.cli.options import OPTION, face_options, pipeline_options, print_profile
+from agetool.cli.options import ESTIMATE_OPTIONS, OPTION, face_options, pipeline_options, print_profile
 
 RAY_PANEL = "Ray options"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -54,7 +54,7 @@ def age(
       agetool age photos/ --out grids/ --engine ray --gpus 4
     """
     from agetool.ages import parse_ages
-    from agetool.errors import AgetoolError, UsageError
+    from agetool.errors import AgetoolError, MissingModelsError, UsageError
     from agetool.images import distinct_outputs, find_images, unique_stems, write_image
 
     parse_ages(ages)  # a malformed --ages fails before any work
@@ -93,8 +93,6 @@ def age(
     with console.progress() as bar:
         pipe = build(bar)
         parsed = pipe.targets(ages)  # a malformed --ages fails before any work
-        pipe.check_models(aligned=face_kwargs["aligned"], mask=face_kwargs["mask"],
-                          paste_back=face_kwargs["paste_back"], estimate=any(t.kind == "relative" for t in parsed))
         task = bar.add_task("ageing", total=len(mine))
         for path, stem, target in mine:
             bar.update(task, description=f"ageing {path.name}")
@@ -111,7 +109,7 @@ def age(
                 console.info(f"{path} -> {target}  ({n} face{'s' if n != 1 else ''}, {models} model)")
                 done += 1
             except AgetoolError as e:
-                if not several or e.exit_code != 1:
+                if not several or e.exit_code != 1 or isinstance(e, MissingModelsError):  # said once, for all
                     raise
                 console.error(console.message(e))
                 failed += 1
@@ -244,13 +242,13 @@ def video(
 
 # ---------------------------------------------------------------- estimate
 @app.command(no_args_is_help=True)
-@pipeline_options
+@pipeline_options(only=ESTIMATE_OPTIONS)
 def estimate(
     inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False)],
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per face on stdout.")] = False,
-    aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are aligned face crops.")] = False,
+    aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are aligned face crops.", show_default=False)] = False,
     faces: OPTION.faces = "all", ref_threshold: OPTION.ref_threshold = None,
-    min_face: Annotated[int, typer.Option("--min-face", metavar="PX", help="Skip faces smaller than this.")] = 0,
+    min_face: Annotated[int, typer.Option("--min-face", metavar="PX", help="Skip faces smaller than this many pixels.", show_default=False)] = 0,
     *, build,
 ) -> int:
     """Estimated age and gender of each face (insightface's genderage classifier).
@@ -266,7 +264,7 @@ def estimate(
     import json
 
     from agetool.cli.options import faces_argument
-    from agetool.errors import AgetoolError, UsageError
+    from agetool.errors import AgetoolError, MissingModelsError, UsageError
     from agetool.images import find_images
 
     faces = faces_argument(faces, ref_threshold)
@@ -275,12 +273,11 @@ def estimate(
         raise UsageError("no images found in the given folders")
     failed = 0
     pipe = build()
-    pipe.check_models(aligned=aligned, mask=False, estimate=True, generate=False)  # every missing file at once
     for path in paths:
         try:
             found = pipe.estimate(path, aligned=aligned, faces=faces, min_face=min_face)
         except AgetoolError as e:
-            if len(paths) == 1 or e.exit_code != 1:
+            if len(paths) == 1 or e.exit_code != 1 or isinstance(e, MissingModelsError):
                 raise
             console.error(console.message(e))
             failed += 1

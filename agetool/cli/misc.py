@@ -58,10 +58,7 @@ def info() -> None:
 
       AGETOOL_CACHE=/data/agetool agetool info
     """
-    from rich.table import Table
-
     from agetool import __version__, weights
-    from agetool.cli.weights import human_size
 
     out = console.out
     out.print(f"agetool {__version__}", markup=False)
@@ -76,13 +73,7 @@ def info() -> None:
     if not cached:
         out.print("cached model files: none (they are fetched on first use)", markup=False)
         return
-    from agetool.cli.weights import _cells
+    from agetool.cli.weights import print_models
 
-    table = Table(title="cached model files", show_edge=False, title_justify="left")
-    for column in ("name", "size", "license", "cached", "path"):
-        table.add_column(column, overflow="fold")
-    for st in cached:
-        art = st.artifact
-        table.add_row(*_cells(art.name, human_size(st.record.get("size") or art.size),
-                              f"{art.license} {art.license_url}".strip(), st.where, st.path or st.bundled))
-    out.print(table)
+    out.print("cached model files:", markup=False)
+    print_models(cached, kind=False)

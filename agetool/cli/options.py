@@ -161,9 +161,18 @@ def faces_argument(faces: str, ref_threshold: float | None):
     return FaceReference(faces, ref_threshold=ref_threshold)
 
 
-def pipeline_options(fn):
-    """Adds the model options; the command gets ``build``: ``build(bar=None) -> AgingPipeline``."""
-    return _with_params(fn, PIPELINE, "build", _builder)
+def pipeline_options(fn=None, *, only: tuple[str, ...] | None = None):
+    """Adds the model options (``only``: just these, the others at their defaults); the command gets
+    ``build``: ``build(bar=None) -> AgingPipeline``."""
+    if fn is None:
+        return functools.partial(pipeline_options, only=only)
+    params = PIPELINE if only is None else [p for p in PIPELINE if p.name in only]
+    defaults = {p.name: p.default for p in PIPELINE if p not in params}
+    return _with_params(fn, params, "build", lambda chosen: _builder({**defaults, **chosen}))
+
+
+#: the model options of commands that estimate ages and genders (no generator, no parser)
+ESTIMATE_OPTIONS = ("age_model", "landmarks", "offline", "device", "max_pixels")
 
 
 def face_options(fn):

@@ -60,10 +60,20 @@ def serve(
         server = Server(pipe, host=host, port=port, limits=limits,
                         fixed_model=None if weights is None else weights.name, seed=seed, noise=noise,
                         upscale=upscale)
+    interrupted = False
     with server:
         url = server.start()
         console.info(f"agetool serve: {url}  (Ctrl-C to stop)")
-        while not stop.wait(0.5):
-            pass
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:  # Ctrl-C is how this command is meant to end
+            interrupted = True
+    from agetool.cli import Stopped
+
+    if interrupted or terminated:
+        how = "Ctrl-C" if interrupted else signal.Signals(terminated[0]).name
+        console.info(f"agetool serve: stopped ({how}); temporary files removed")
+        return Stopped(128 + (signal.SIGINT if interrupted else terminated[0]))
     console.info("server stopped")
-    return 128 + terminated[0] if terminated else 0
+    return 0

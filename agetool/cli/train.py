@@ -132,10 +132,10 @@ def train(
     ctx: typer.Context,
     data: Annotated[Optional[Path], typer.Option("--data", help="One gender's folder: DIR/train<class>/*.png with parsings/ (resuming: the run's).", file_okay=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder: checkpoints/, samples/, config.json, TensorBoard logs.", file_okay=False)] = None,
-    size: Annotated[Optional[int], typer.Option("--size", help="Training resolution: 256 (released), 128 or 64. The discriminator's depth follows it.", show_default=_default("size"))] = None,
+    size: Annotated[Optional[int], typer.Option("--size", metavar="PX", help="Training resolution: 256 (released), 128 or 64. The discriminator's depth follows it.", show_default=_default("size"))] = None,
     ngf: Annotated[Optional[int], typer.Option("--ngf", help="Generator width (64 released; 8-16 for quick experiments).", show_default=_default("ngf"))] = None,
     ndf: Annotated[Optional[int], typer.Option("--ndf", help="Discriminator width (64 released).", show_default="64 or --ngf when that is smaller, or the resumed run's")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Pairs per process and step (each pair = 2 images of different ages).", show_default=_default("batch_size"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="N", help="Pairs per process and step (each pair = 2 images of different ages).", show_default=_default("batch_size"))] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (one epoch = images / 2 pairs).", show_default=_default("epochs"))] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop at this total step count (counting resumed steps).", show_default="no limit, or the resumed run's")] = None,
     save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (and always at the end).", show_default=_default("save_every"))] = None,
@@ -145,16 +145,16 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in --out, with the run's settings.")] = False,
     init_from: Annotated[Optional[str], typer.Option("--init-from", help="Fine-tune from male, female (released models), a released zip or folder, a run, or a generator file.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate (the mapping MLP uses 0.01 x).", show_default=_default("lr"))] = None,
-    noise: Annotated[Optional[float], typer.Option("--noise", help="Sigma of the class-code noise.", show_default=_default("noise"))] = None,
+    noise: Annotated[Optional[float], typer.Option("--noise", metavar="SIGMA", help="Sigma of the class-code noise.", show_default=_default("noise"))] = None,
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Random horizontal flips.", show_default="flip, or the resumed run's")] = None,
     mask: Annotated[Optional[bool], typer.Option("--mask/--no-mask", help="Mask the background with the parsings (--no-mask: none are needed).", show_default="mask, or the resumed run's")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N (torchrun: each process takes cuda:LOCAL_RANK).")] = "auto",
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N (torchrun: each process takes cuda:LOCAL_RANK).")] = "auto",
     amp: Annotated[Optional[str], typer.Option("--amp", help="Mixed precision: none or bfloat16 (GPUs; bf16 is accepted too).", show_default=_default("amp"))] = None,
     grad_checkpoint: Annotated[Optional[bool], typer.Option("--grad-checkpoint/--no-grad-checkpoint", help="Recompute activations in the backward pass: same results, much less memory, about a third more compute.", show_default="off, or the resumed run's")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of weights, pairs, flips and code noise.", show_default=_default("seed"))] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Seed of weights, pairs, flips and code noise.", show_default=_default("seed"))] = None,
     workers: Annotated[int, typer.Option("--workers", help="Data-loading processes per training process.", min=0)] = 2,
     tensorboard: Annotated[bool, typer.Option("--tensorboard/--no-tensorboard", help="Write TensorBoard logs to RUN/tb when tensorboard is installed.")] = True,
-    offline: Annotated[bool, typer.Option("--offline", help="Never use the network (for --init-from male|female).")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never use the network (for --init-from male|female).", show_default=False)] = False,
 ) -> None:
     """Train or fine-tune the LATS generator.
 
@@ -283,11 +283,11 @@ def prepare(
 def from_photos(
     csv_file: Annotated[Path, typer.Option("--csv", help="CSV with columns path, age (years) or age_group, gender (male/female).", dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: <out>/<males|females>/train<group>/.", file_okay=False)],
-    landmarks: Annotated[str, typer.Option("--landmarks", help="Landmark backend: auto, fan or dlib.")] = "auto",
+    landmarks: Annotated[str, typer.Option("--landmarks", metavar="auto|fan|dlib", help="Landmark backend: auto, fan or dlib.")] = "auto",
     parser_weights: Annotated[Optional[Path], typer.Option("--parser-weights", help="Face-parser checkpoint (default: the registry's deeplab-parser).", dir_okay=False)] = None,
     phase: Annotated[str, typer.Option("--phase", help="train or test folders.")] = "train",
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
-    offline: Annotated[bool, typer.Option("--offline", help="Never use the network; fail if a model file is not cached.")] = False,
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or mps.")] = "auto",
+    offline: Annotated[bool, typer.Option("--offline", help="Never use the network; fail if a model file is not cached.", show_default=False)] = False,
 ) -> None:
     """Align and parse your own photos into the training layout (largest face of each photo), with the
     same face preparation as `agetool age`.

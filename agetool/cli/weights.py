@@ -90,14 +90,41 @@ def list_() -> None:
 
     from agetool import weights
 
-    caption = Text(f"registry: {weights.registry_path()}  cache: {weights.cache_dir()}")
-    table = _table("name", "kind", "size", "license", "cached", "path", caption=caption)
-    for st in weights.statuses():
+    print_models(weights.statuses())
+    console.out.print(Text(f"registry: {weights.registry_path()}\ncache: {weights.cache_dir()}"))
+
+
+def _cached_word(st) -> str:
+    """Short enough for a table column at 80 columns; ``st.where`` in full goes under the table."""
+    if st.path is not None:
+        return ("yes, yours" if st.own else "yes") if st.verified else "not verified"
+    if st.bundled is not None:
+        return "bundled"
+    return f"partial {human_size(st.partial)}" if st.partial else "no"
+
+
+def print_models(statuses, *, kind: bool = True) -> None:
+    """Model files as a table that reads at 80 columns and through a pipe (names whole, licenses
+    wrapped at words), then one line per file at hand with its path."""
+    from rich.table import Table
+
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    for column in ("name", *(["kind"] if kind else []), "size", "cached"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("license", ratio=1)
+    for st in statuses:
         art = st.artifact
-        size = art.size or st.record.get("size")
         license_ = art.license + (" [non-commercial]" if art.non_commercial and "commercial" not in art.license else "")
-        table.add_row(*_cells(art.name, art.kind, human_size(size), license_, st.where, st.path or st.bundled or ""))
+        table.add_row(*_cells(art.name, *([art.kind] if kind else []), human_size(art.size or st.record.get("size")),
+                              _cached_word(st), license_))
     console.out.print(table)
+    for st in statuses:
+        where = st.path or st.bundled
+        if where is not None:
+            package = (st.artifact.bundled or ("",))[0].replace("_", "-")
+            note = {"yes, yours": " (your file)", "bundled": f" (bundled with the {package} package)",
+                    "not verified": " (not yet verified)"}.get(_cached_word(st), "")
+            console.out.print(_cells(f"{st.artifact.name}: {where}{note}")[0])
 
 
 @weights_app.command("download")
