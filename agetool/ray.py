@@ -96,7 +96,7 @@ def _error_fields(e: errors.AgetoolError) -> str:
 
 
 def error_from(text: str) -> errors.AgetoolError:
-    """The agetool error that ``text`` (an ``error`` column) describes."""
+    """The agetool error that ``text`` (a ``failure`` column) describes."""
     name, message, hint = (text.split("\x00") + ["", ""])[:3]
     cls = getattr(errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, errors.AgetoolError)):
@@ -186,7 +186,8 @@ class FaceStage(_Stage):
     and gender estimated and each face's generator chosen: all CPU work, models loaded once per actor.
 
     Use it with ``Dataset.map_batches(FaceStage, fn_constructor_kwargs=..., num_cpus=1, batch_size=...)``.
-    Rows need ``photo`` (and may carry ``bytes``); each comes out with ``prepared`` (the faces, for
+    Rows need ``photo`` (and may carry ``bytes``; ``path`` and ``bytes``, as
+    ``ray.data.read_binary_files(..., include_paths=True)`` makes them, do too); each comes out with ``prepared`` (the faces, for
     ``GeneratorStage``), ``error`` ("" or what failed, one line), ``failure`` and ``notes`` (the
     pipeline's notices). Rows that failed in an earlier stage pass through untouched.
 
@@ -212,6 +213,8 @@ class FaceStage(_Stage):
         rows = []
         for row in _rows(batch):
             row = dict(row)
+            if PHOTO not in row:  # rows of ray.data.read_binary_files(..., include_paths=True)
+                row[PHOTO] = row.get("path", "")
             if not _text(row.get(ERROR, "")):
                 try:
                     prepared = self.pipe.prepare(_read(row, self.pipe.max_pixels), **self.options)

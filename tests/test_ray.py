@@ -145,6 +145,12 @@ def test_stages_are_plain_callables_for_your_own_pipeline(tmp_path, weights):
     for i in range(3):
         assert np.array_equal(np.asarray(Image.open(tmp_path / f"g{i}.png")), want.grid_array(labels=False))
     assert sorted(p.name for p in (tmp_path / "t0").iterdir())[0] == "face0_0-2.png"
+    # rows as ray.data.read_binary_files(..., include_paths=True) makes them: path and bytes
+    read = {"path": np.array(["bucket/me.png"], dtype=object), "bytes": np.array([photo.read_bytes()], dtype=object),
+            "grid": np.array([str(tmp_path / "g4.png")], dtype=object)}
+    out = write_results(GeneratorStage(models, options=options)(faces(read)), labels=False)
+    assert list(out["photo"]) == ["bucket/me.png"] and list(out["error"]) == [""]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "g4.png")), want.grid_array(labels=False))
 
 
 class _FakeRay:
