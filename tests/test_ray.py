@@ -100,6 +100,8 @@ def test_engine_options_are_checked_before_any_work(tmp_path, weights, crop, cap
     assert code == 2 and "--gpus applies to --engine ray" in err
     code, _, err = cli(["age", crop, "--engine", "spark", *common(weights)], capsys)
     assert code == 2 and "--engine spark" in err
+    code, out, _ = cli(["age", "--help"], capsys)
+    assert code == 0 and 'pip install "agetool[ray]"' in " ".join(out.replace("│", " ").split())
 
 
 def test_without_ray_the_error_names_the_extra(tmp_path, weights, crop):

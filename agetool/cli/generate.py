@@ -28,7 +28,7 @@ def age(
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose grid already exists (resume a folder run).")] = False,
     crf: Annotated[int, typer.Option("--crf", metavar="Q", help="Clips: H.264 quality, 0 lossless ... 51 worst; 18 is visually lossless.")] = 18,
     profile: Annotated[bool, typer.Option("--profile", help="Print the time spent in each stage.")] = False,
-    engine: Annotated[str, typer.Option("--engine", metavar="local|ray", help="local: this process (or each torchrun rank); ray: a Ray Data job (pip install \"agetool[ray]\"), same outputs; grids already written are skipped.", rich_help_panel=RAY_PANEL)] = "local",
+    engine: Annotated[str, typer.Option("--engine", metavar="local|ray", help="local: this process (or each torchrun rank); ray: a Ray Data job (pip install \"agetool\\[ray]\"), same outputs; grids already written are skipped.", rich_help_panel=RAY_PANEL)] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, ray://HOST:10001, ...). Default: RAY_ADDRESS, else a Ray started here for the job.", rich_help_panel=RAY_PANEL)] = None,
     gpus: Annotated[Optional[int], typer.Option("--gpus", metavar="N", help="GPUs to use, one generator worker each; 0: one generator worker on a CPU. Default: all the cluster has.", rich_help_panel=RAY_PANEL)] = None,
     cpus: Annotated[Optional[int], typer.Option("--cpus", metavar="N", help="CPUs to use (face stages, writing; each generator worker holds one). Default: all the cluster has.", rich_help_panel=RAY_PANEL)] = None,
