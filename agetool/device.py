@@ -129,3 +129,40 @@ def cpu_has_native_bf16() -> bool:
         except RuntimeError:
             pass
     return False
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads counted once); the CPU count if unknown."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+                cores.add(f.read().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def tune_process(device, dtype) -> None:
+    """Process-wide torch settings that suit agetool's work, for programs that own their process
+    (the command line applies them; the library itself leaves them alone):
+
+    - CPU: one intra-op thread per physical core (convs gain nothing from hyper-threads), unless
+      OMP_NUM_THREADS is set or fewer threads were chosen already;
+    - CUDA: cuDNN picks its fastest convolution once (decode chunks repeat one shape), and float32
+      means float32 (no TF32 convolutions or matrix products).
+    """
+    import torch
+
+    if device.type == "cpu":
+        if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > physical_cores():
+            torch.set_num_threads(physical_cores())
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        if dtype == torch.float32:
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -10,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from agetool.device import physical_cores
 from agetool.ages import all_class_codes, traversal_latents, transition_alphas
 from agetool.nn.generator import Generator
 
@@ -30,13 +30,6 @@ class AgingEngine:
         self.dtype = dtype
         self.chunk = max(1, int(chunk))
         self._decoder = None
-        if device.type == "cpu":
-            use_physical_cores()
-        elif device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # chunks repeat one shape: pick the fastest conv once
-            if dtype == torch.float32:  # float32 means float32: no TF32 convs or matmuls
-                torch.backends.cudnn.allow_tf32 = False
-                torch.backends.cuda.matmul.allow_tf32 = False
 
     @property
     def decoder(self):
@@ -155,32 +148,6 @@ def frame_pool() -> FramePool | None:
         if workers not in _FRAME_POOLS:
             _FRAME_POOLS[workers] = FramePool(workers)
         return _FRAME_POOLS[workers]
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads counted once); the CPU count if unknown."""
-    try:
-        cpus = os.sched_getaffinity(0)
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-    cores = set()
-    for cpu in cpus:
-        try:
-            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
-                cores.add(f.read().strip())
-        except OSError:
-            cores.add(str(cpu))
-    return max(1, len(cores))
-
-
-def use_physical_cores() -> None:
-    """One intra-op thread per physical core (convs gain nothing from hyper-threads), unless the
-    user set OMP_NUM_THREADS or torch.set_num_threads already chose fewer."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return
-    n = physical_cores()
-    if torch.get_num_threads() > n:
-        torch.set_num_threads(n)
 
 
 #: decoder activations alive at once per frame, in 64-channel maps of the output size (measured peak

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from agetool import validate
-from agetool.ages import (AGE_CLASSES, DEFAULT_ANCHORS, DEFAULT_NOISE, DEFAULT_STEPS, OLDEST_MODELLED, AgeTarget,
+from agetool.options import DEFAULT_NOISE, DEFAULT_STEPS
+from agetool.ages import (AGE_CLASSES, DEFAULT_ANCHORS, OLDEST_MODELLED, AgeTarget,
                           check_anchors, class_targets, parse_ages, target_latents, traversal_ages, year_frame_count,
                           year_schedule, year_weights, blend)
 from agetool.errors import EstimateError, UsageError, arg
@@ -126,6 +127,13 @@ class AgingPipeline:
         return cls(models, model="custom" if weights is not None else model, age_anchors=age_anchors,
                    max_pixels=max_pixels)
 
+    @classmethod
+    def from_pipe(cls, pipe: "AgingPipeline", *, model: str | None = None) -> "AgingPipeline":
+        """A sibling of ``pipe`` that shares its loaded models (nothing is loaded twice) and settings,
+        with another generator choice (``"auto"``, ``"male"`` or ``"female"``; None keeps ``pipe``'s)."""
+        return cls(pipe.models, model=pipe.model if model is None else model, age_anchors=pipe.age_anchors,
+                   max_pixels=pipe.max_pixels)
+
     # ------------------------------------------------------------------ properties
     @property
     def device(self):
@@ -199,24 +207,19 @@ class AgingPipeline:
                                      (("aligned", aligned), ("mask", mask), ("paste_back", paste_back)))
         if paste_back and aligned:
             raise UsageError(f"{arg('paste_back')} needs the original photo", hint=f"drop {arg('aligned')}")
-        self.check_models(aligned=aligned, mask=mask, paste_back=paste_back, estimate=estimate is True,
-                          generate=generate)
         with self._lock:
             timer = self.models.timer
-            # the parser and a known generator load while the photo is read and its faces found
-            self.models.preload(parser=mask or paste_back,
-                                model=None if self.model == "auto" or not generate else self.model)
             with timer("read"):
                 array, name = load_image(image, self.max_pixels)
-            crops = prepare_faces(self.models, array, aligned=aligned, mask=mask, parse=mask or paste_back,
-                                  faces=faces, min_face=min_face, name=name)
-            prepared = []
             # a readable photo: every missing model in one error, before any loads
             self.check_models(aligned=aligned, mask=mask, paste_back=paste_back, estimate=estimate is True,
                               generate=generate)
             # the parser and a known generator load while the faces are found
             self.models.preload(parser=mask or paste_back,
                                 model=None if self.model == "auto" or not generate else self.model)
+            crops = prepare_faces(self.models, array, aligned=aligned, mask=mask, parse=mask or paste_back,
+                                  faces=faces, min_face=min_face, name=name)
+            prepared = []
             for crop in crops:
                 est = self._estimate_face(array, crop, estimate)
                 model = self._choose_model(name, crop, est)
@@ -595,10 +598,10 @@ class AgingPipeline:
         with self._lock:
             with self.models.timer("read"):
                 array, name = load_image(image, self.max_pixels)
+            self.check_models(aligned=aligned, mask=False, estimate=True, generate=False)
             crops = prepare_faces(self.models, array, aligned=aligned, mask=False, faces=faces,
                                   min_face=min_face, name=name)
             classifier = self._estimator()
-            self.check_models(aligned=aligned, mask=False, estimate=True, generate=False)
             out = []
             for crop in crops:
                 with self.models.timer("classify"):

@@ -179,6 +179,9 @@ class Bench:
         self.generator = Generator().eval()
         self.generator.load_state_dict(seeded_state_dict(self.generator, 1, "generator"))
         self.chunk = default_chunk(device, dtype)
+        from agetool.device import tune_process
+
+        tune_process(device, dtype)  # as the command line does
         self.engine = AgingEngine(self.generator, device, dtype, chunk=self.chunk)
         self.face = self._aligned_tensor()
         self.features = self.engine.encode(self.face)
@@ -384,7 +387,7 @@ def cpu_name() -> str:
 
 def machine() -> str:
     cpu = cpu_name()
-    from agetool.engine import physical_cores
+    from agetool.device import physical_cores
 
     text = f"{cpu}, {physical_cores()} cores, {torch.get_num_threads()} threads; torch {torch.__version__}"
     if torch.cuda.is_available():

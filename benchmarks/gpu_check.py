@@ -300,6 +300,9 @@ def main(argv=None) -> int:
     parts = set(args.parts.split(","))
     start = time.perf_counter()
     device = torch.device(args.device)
+    from agetool.device import tune_process
+
+    tune_process(device, torch.float32)  # as the command line does
     if device.type == "cuda":
         if not torch.cuda.is_available():
             print("no CUDA device: nothing to check", file=sys.stderr)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 import agetool.device as device_mod
 from agetool.device import cpu_has_native_bf16, pick_dtype
-from agetool.engine import AgingEngine, physical_cores
+from agetool.device import physical_cores
+from agetool.engine import AgingEngine
 from agetool.nn.generator import Generator
 from agetool.nn.prepared import PreparedDecoder, subpixel_kernels
 from tests.seeding import seeded_state_dict

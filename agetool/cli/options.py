@@ -133,8 +133,12 @@ def _builder(chosen: dict):
         # the image decoder's own (process-wide) limit, set by the program: --max-pixels decides here
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, options["max_pixels"])
 
-        return AgingPipeline.from_pretrained(**options, report=report,
+        from agetool.device import tune_process
+
+        pipe = AgingPipeline.from_pretrained(**options, report=report,
                                              progress=None if bar is None else progress_factory(bar))
+        tune_process(pipe.device, pipe.dtype)  # this process is the command's own
+        return pipe
 
     build.options = options  # from_pretrained's arguments, for pipelines made elsewhere (Ray's workers)
     return build

@@ -17,8 +17,9 @@ def require_matplotlib() -> None:
         raise UsageError("the evaluation plot needs matplotlib", hint=MATPLOTLIB_HINT) from None
 
 
-def plot(report: dict, path: Path, names: list[str]) -> Path:
-    """Draw the report's plot of generators ``names`` to ``path`` (PNG, written through a temporary name)."""
+def plot(report: dict, path: Path, names: list[str], metric: str = "cosine") -> Path:
+    """Draw the report's plot of generators ``names`` to ``path`` (PNG, written through a temporary
+    name); ``metric``: what the identity numbers are (``"cosine"`` or ``"distance"``)."""
     require_matplotlib()
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
@@ -56,9 +57,7 @@ def plot(report: dict, path: Path, names: list[str]) -> Path:
                title="Age: estimated against target")
     ax_age.legend(loc="upper left", fontsize=8)
     ax_id.set_xticks(range(len(targets)), targets)
-    from agetool.eval.report import identity_metric
-
-    distance = identity_metric(report.get("models") or {}) == "distance"
+    distance = metric == "distance"
     ax_id.set(xlabel="target", ylabel="identity (distance to the input: lower is more alike)" if distance else
               "identity (cosine similarity to the input)", title="Identity per target",
               ylim=(min(0.0, *[o["identity"] for f in report["faces"] for o in f["outputs"]] or [0.0]) - 0.02, top + 0.02))

@@ -204,8 +204,10 @@ def write(report: dict, out: Path) -> list[Path]:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    metric = identity_metric(report.get("models") or {})
     written = [write_text(out / "report.json", json.dumps(report, indent=1) + "\n"),
-               write_text(out / "report.md", markdown(report)), plot(report, out / "report.png", generators(report))]
+               write_text(out / "report.md", markdown(report)),
+               plot(report, out / "report.png", generators(report), metric)]
     if report.get("calibration"):
         written.append(write_text(out / "anchors.json", json.dumps(report["calibration"]["anchors"], indent=1) + "\n"))
     return written

@@ -58,10 +58,14 @@ class Session:
 
 
 def load_pipeline(**options):
-    """``agetool.AgingPipeline.from_pretrained(**options)``: the model set the server shares."""
+    """``agetool.AgingPipeline.from_pretrained(**options)``: the model set the server shares (the
+    server's process is its own: torch's process-wide settings are tuned for it)."""
+    from agetool.device import tune_process
     from agetool.pipeline import AgingPipeline
 
-    return AgingPipeline.from_pretrained(**options)
+    pipe = AgingPipeline.from_pretrained(**options)
+    tune_process(pipe.device, pipe.dtype)
+    return pipe
 
 
 def parse_ages(text: str | None) -> list | None:
@@ -124,7 +128,7 @@ class Studio:
             raise UsageError(f"{arg('model', model)}: expected one of {', '.join(MODELS)}")
         if model not in self._pipes:
             p = self.pipe
-            self._pipes[model] = type(p)(p.models, model=model, age_anchors=p.age_anchors, max_pixels=p.max_pixels)
+            self._pipes[model] = type(p).from_pipe(p, model=model)
         return self._pipes[model]
 
     def encode(self, path, model: str | None = None, mask: bool = True) -> Session:

@@ -1,0 +1,152 @@
+"""The shape of the code: the import graph (every import, also those inside functions) has no
+circle and no upward import; the library leaves process-wide state alone; sibling pipelines share
+their models; a request is validated once per run."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT, cli, common
+
+PACKAGE = ROOT / "agetool"
+
+#: what each part of the package may import from agetool (prefixes; a module may always import
+#: its own part). Data flows one way: cli -> pipeline -> models / faces -> nn / images / video.
+LAYERS = {
+    "agetool.nn": ("agetool.errors", "agetool.files", "agetool.validate", "agetool.userfiles"),
+    "agetool.files": ("agetool.errors",),
+    "agetool.errors": (),
+    "agetool.validate": ("agetool.errors",),
+    "agetool.userfiles": ("agetool.errors",),
+    "agetool.weights": ("agetool.errors", "agetool.files", "agetool.validate", "agetool.userfiles", "agetool.nn"),
+    "agetool.face": ("agetool.errors", "agetool.files", "agetool.validate", "agetool.userfiles", "agetool.nn",
+                     "agetool.weights", "agetool.images", "agetool.device"),
+}
+#: parts no library module may import (only the command line and the web app sit above the library)
+TOP = ("agetool.cli", "agetool.serve")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, name: str, modules) -> set[str]:
+    """Every agetool module ``path`` imports, at the top or inside functions. ``from agetool.weights
+    import store`` imports the module ``agetool.weights.store``; ``from agetool.weights import fetch``
+    the package ``agetool.weights``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                keep = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(keep + ([base] if base else []))
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+    return {m for m in found if m == "agetool" or m.startswith("agetool.")}
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges = {}
+    for name, path in modules.items():
+        targets = set()
+        for target in _imports(path, name, modules):
+            while target not in modules and "." in target:  # a name inside a module
+                target = target.rpartition(".")[0]
+            if target in modules and target != name and target != "agetool":
+                targets.add(target)
+        edges[name] = targets
+    return edges
+
+
+def test_import_graph_has_no_circle(graph):
+    # Tarjan's strongly connected components: any component of more than one module is a circle
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert circles == []
+
+
+def _within(module: str, part: str) -> bool:
+    return module == part or module.startswith(part + ".")
+
+
+def test_no_upward_import(graph):
+    wrong = []
+    for name, targets in graph.items():
+        for target in targets:
+            if any(_within(target, top) for top in TOP) and not any(_within(name, top) for top in TOP) \
+                    and name not in ("agetool.__main__",):
+                wrong.append(f"{name} -> {target}")
+            for part, allowed in LAYERS.items():
+                if _within(name, part) and not (_within(target, part) or any(_within(target, a) for a in allowed)):
+                    wrong.append(f"{name} -> {target}")
+    assert wrong == []
+
+
+def test_library_leaves_process_wide_state_alone():
+    """No warning filters, PIL limits, signal handlers or global torch settings outside the command line."""
+    needles = ("warnings.simplefilter", "warnings.filterwarnings", "catch_warnings", "MAX_IMAGE_PIXELS =",
+               "signal.signal(", "torch.set_num_threads", "sys.exit(", "os._exit(")
+    allowed = {("agetool/device.py", "torch.set_num_threads"),  # tune_process: for programs owning their process
+               ("agetool/engine.py", "torch.set_num_threads")}  # the frame workers' own per-thread setting
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith(("agetool/cli/", "agetool/train/")) or rel in ("agetool/__main__.py", "agetool/ray.py"):
+            continue  # the command line, training's own process setup and Ray's worker actors own their process
+        text = path.read_text(encoding="utf-8")
+        found += [f"{rel}: {n}" for n in needles if n in text and (rel, n) not in allowed]
+    assert found == []
+
+
+def test_no_module_is_far_over_500_lines():
+    long = {p.relative_to(ROOT).as_posix(): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 560}
+    assert long == {}
+
+
+def test_sibling_pipelines_share_their_models(weights):
+    import agetool
+
+    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu")
+    sibling = agetool.AgingPipeline.from_pipe(pipe, model="female")
+    assert sibling.models is pipe.models and sibling.model == "female" and pipe.model == "custom"
+    assert agetool.AgingPipeline.from_pipe(pipe).model == "custom"
+    face = np.asarray(pipe(np.full((256, 256, 3), 120, np.uint8), aligned=True, mask=False).faces[0].images)
+    engine = pipe.models.engine("custom")
+    assert sibling.models.engine("custom") is engine and face.shape == (6, 256, 256, 3)
