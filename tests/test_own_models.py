@@ -200,6 +200,15 @@ def test_eval_report_names_the_registry_generator_file_and_its_sha256(home, phot
     md = (out / "report.md").read_text()
     assert "| generator | lats-male | lats-male.safetensors | " + generator[0]["sha256"][:16] in md
     assert "None" not in md
+    # the summary table reads at 80 columns: one line per row, header words whole
+    from agetool.cli.eval import print_summary
+
+    console.out.width = 80
+    print_summary(json.loads((out / "report.json").read_text()))
+    table = capsys.readouterr().out.splitlines()
+    assert max(map(len, table)) <= 80 and "estimated" in table[1] and "identity" in table[1]
+    rows = [line.split()[0] for line in table[2:]]
+    assert rows == ["0-2", "3-6", "7-9", "15-19", "30-39", "50-69", "input"], table  # one line each
 
 
 def test_training_names_the_folders_it_ignores(tmp_path, capsys):

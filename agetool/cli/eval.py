@@ -108,12 +108,12 @@ def print_summary(result: dict) -> None:
 
     header, rows = table_rows(result)
     text_columns = 2 if len(generators(result)) > 1 else 1  # generator and target; the rest are numbers
-    table = Table(title="evaluation", show_edge=False)
+    table = Table(title="evaluation", show_edge=False, box=None, title_justify="left")  # 80 columns: no rules
     for i, name in enumerate(header):
         if i < text_columns:  # names stay whole; the number columns wrap their headers
             table.add_column(name, no_wrap=True, min_width=max(len(r[i]) for r in [header, *rows]))
         else:
-            table.add_column(name, justify="right")
+            table.add_column(name, justify="right", min_width=max(map(len, name.split())))  # words whole
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     console.out.print(table)
