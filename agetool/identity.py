@@ -103,10 +103,13 @@ def face_spec(face) -> FaceSpec:
         if lm is None and box is None:
             raise UsageError(f"{arg('face')}: has neither a box nor landmarks")
         return FaceSpec(None if box is None else tuple(float(v) for v in box), lm)
-    a = np.asarray(face, dtype=np.float64)
-    if a.size == 136:
+    try:
+        a = np.asarray(face, dtype=np.float64)
+    except (TypeError, ValueError):
+        a = np.zeros(0)
+    if a.size == 136 and np.isfinite(a).all():
         return FaceSpec(landmarks=a.reshape(68, 2))
-    if a.shape == (5, 2):
+    if a.shape == (5, 2) and np.isfinite(a).all():
         return FaceSpec(five=a)
     if a.size == 4:
         x0, y0, x1, y1 = (float(v) for v in a.ravel())
