@@ -16,6 +16,7 @@ uses them as the defaults of its flags (a flag given on the command line wins).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -27,13 +28,14 @@ CONFIG_ENV = "AGETOOL_CONFIG"
 ENV_PREFIX = "AGETOOL_"
 MAX_BYTES = 64 << 10  # a config file is a few lines; anything larger is not one
 
-#: key -> (kind, help); kind is "file", "bool" or a tuple of the accepted words ("text": any word)
+#: key -> (kind, help); kind is "file", "file-or-name", "bool", "text" (any word) or a tuple of the
+#: accepted words
 KEYS: dict[str, tuple] = {
     "weights": ("file", "generator checkpoint used instead of --model"),
     "parser-weights": ("file", "face-parser checkpoint"),
     "age-model": ("file", "gender / age classifier (ONNX)"),
-    "identity-model": ("file", "identity embedder for eval (ONNX)"),
-    "upscale-weights": ("file", "super-resolution model"),
+    "identity-model": ("file-or-name", "identity embedder: a file or a registered name"),
+    "upscale-weights": ("file-or-name", "super-resolution model: a file or a registered name"),
     "model": (("auto", "male", "female"), "generator choice"),
     "landmarks": (("auto", "fan", "dlib"), "landmark backend"),
     "device": ("text", "auto, cpu, cuda, cuda:N or mps"),
@@ -147,13 +149,15 @@ def _check(key: str, value: object, where: str, base: Path | None):
         raise UsageError(f"{where}: expected true or false, got {value!r}")
     if not isinstance(value, str) or not value.strip() or len(value) > 4096 or "\x00" in value:
         raise UsageError(f"{where}: expected a text value, got {value!r}")
-    if kind == "file":
+    if kind in ("file", "file-or-name"):
         path = Path(value).expanduser()
         if base is not None and not path.is_absolute():
             path = base / path  # relative to the config file, not to where a command runs
-        if not path.is_file():
-            raise UsageError(f"{where}: {path}: no such file")
-        return path
+        if path.is_file():
+            return path
+        if kind == "file-or-name" and re.fullmatch(r"[a-z0-9][a-z0-9._-]*", value) and "." not in value:
+            return value  # a registered name (checked where it is used)
+        raise UsageError(f"{where}: {path}: no such file")
     if isinstance(kind, tuple) and value not in kind:
         raise UsageError(f"{where}: {value!r}: expected {', '.join(kind)}")
     return value

@@ -277,3 +277,17 @@ def test_shared_options_read_the_same_in_every_help_page():
     for flag in ("--device", "--landmarks", "--offline", "--aligned", "--min-face", "--faces", "--batch-size",
                  "--seed", "--weights", "--parser-weights", "--age-model", "--debug"):
         assert len(shown[flag]) <= 1, (flag, shown[flag])
+
+
+def test_settings_reach_only_the_options_that_mean_the_same(tmp_path):
+    from agetool.cli import command
+    from agetool.cli.defaults import default_map
+
+    settings = load_settings(tmp_path / "none.toml", environ={"AGETOOL_MODEL": "female", "AGETOOL_DEVICE": "cpu",
+                                                              "AGETOOL_IDENTITY_MODEL": "dlib"})
+    assert settings.values["identity-model"] == "dlib"  # a registered name, not a file
+    defaults = default_map(command(), settings)
+    assert defaults["age"]["model"] == "female" and defaults["train"]["device"] == "cpu"
+    assert "model" not in defaults.get("compare", {})  # compare --model names an identity model
+    with pytest.raises(UsageError, match="AGETOOL_IDENTITY_MODEL: .*no such file"):
+        load_settings(tmp_path / "none.toml", environ={"AGETOOL_IDENTITY_MODEL": "missing.onnx"})

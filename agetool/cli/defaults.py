@@ -9,11 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 
 
+#: settings whose option name means something else on some command: applied only where the
+#: option reads this way (``compare --model`` names an identity model, not the generator)
+SAME_MEANING = {"model": "auto|male|female"}
+
+
 def default_map(command, settings) -> dict:
     """click's ``default_map`` for ``command`` and its subcommands from ``settings``."""
     out = {}
     for param in command.params:
         key = (param.name or "").replace("_", "-")
+        if key in SAME_MEANING and param.metavar != SAME_MEANING[key]:
+            continue
         if getattr(param, "param_type_name", "") == "option" and key in settings.values:
             value = settings.values[key]
             out[param.name] = str(value) if isinstance(value, Path) else value
