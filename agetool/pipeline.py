@@ -330,8 +330,9 @@ class AgingPipeline:
         class labels (``"30-39"``) and relative ages (``"+20"``, from the face's estimated age), as
         a list or a comma-separated string. ``upscale`` 2 or 4: the aged faces (and the input
         column, re-aligned from the photo) come out at 512 / 1024 px, and paste-back shows them at
-        the face's own size in the photo. Returns an ``AgingResult`` (``result.grid()`` is the
-        image ``agetool age`` writes).
+        the face's own size in the photo. ``faces``: ``"all"``, ``"largest"``, or only the faces of one
+        person: ``"ref:PHOTO"``, a photo, an ``agetool.identity.Embedding`` or a ``FaceReference``.
+        Returns an ``AgingResult`` (``result.grid()`` is the image ``agetool age`` writes).
         """
         from agetool.upscale import check_factor
 
