@@ -86,6 +86,17 @@ class Upscaler:
 
     __call__ = upscale
 
+    def for_paste(self, tile: np.ndarray, alignment, factor: int, mask: np.ndarray | None = None):
+        """``(tile, mask)`` ready for ``agetool.face.paste.paste_back``: one aged 256 px face upscaled,
+        shown at its own size in the photo (``fit_face``), with its blend ``mask`` (if any) resized
+        to match. For callers that paste frame by frame (clips)."""
+        import cv2
+
+        out = fit_face(self.upscale(tile, factor), alignment)
+        if mask is not None and mask.shape[0] != out.shape[0]:
+            mask = cv2.resize(mask, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_LINEAR)
+        return out, mask
+
     def _tiled(self, image: np.ndarray) -> np.ndarray:
         import torch
 

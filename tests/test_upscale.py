@@ -171,6 +171,15 @@ def test_the_upscaled_face_lands_where_the_256_px_one_did(reference_dir, zoom):
     expected = al.crop_to_photo(np.array([[150.3, 97.6]]), 256)[0]
     assert np.linalg.norm(at_256 - expected) < 1.0
     assert np.linalg.norm(at_1024 - at_256) < 1.0
+    # frame by frame (clips): the tile and its held blend mask, both at the pasted size
+    from agetool.face.paste import paste_back, paste_mask
+
+    held = paste_mask(crop.labels, 256)
+    tile_p, mask_p = upscaler.for_paste(tile, al, 4, held)
+    gray_p, _ = upscaler.for_paste(gray, al, 4, held)
+    assert tile_p.shape[:2] == mask_p.shape == (max(256, int(np.ceil(native))),) * 2
+    at_clip = _centroid(paste_back(photo, gray_p, al, mask=mask_p), paste_back(photo, tile_p, al, mask=mask_p))
+    assert np.linalg.norm(at_clip - at_256) < 1.0
 
 
 # ------------------------------------------------------------------------ memory
@@ -297,3 +306,25 @@ def test_eval_reports_the_upscaled_outputs_next_to_the_256_px_ones(tmp_path, wei
         assert row["upscaled_estimated_age_mean"] < row["estimated_age_mean"] - 10
     assert "estimated age x4" in (tmp_path / "eval" / "report.md").read_text()
     assert all(f"{row['upscaled_estimated_age_mean']:.1f}" in out for row in report["summary"])  # printed too
+
+
+# ------------------------------------------------------------------------ web app
+
+def test_the_web_app_upscales_grids_and_tile_archives(tmp_path, crop, weights, small_sr):
+    import zipfile
+
+    from agetool import AgingPipeline
+    from agetool.serve.studio import Session, Studio
+
+    pipe = AgingPipeline.from_pretrained(weights=weights, device="cpu", upscale_weights=small_sr)
+    session = Session(pipe.encode(crop, aligned=True, mask=False), "custom", False, name="crop")
+    studio = Studio(pipe, tmp_path / "work", upscale=2)
+    png, archive = studio.grid(session, ages=[30])
+    assert Image.open(png).size == (2 * 512, 512)
+    with zipfile.ZipFile(archive) as z:
+        assert sorted(z.namelist()) == ["face0_30.png", "face0_input.png"]
+        for name in z.namelist():
+            assert Image.open(z.open(name)).size == (512, 512)
+    assert studio.at_age(session, 0, 30.0).shape == (256, 256, 3)  # the slider stays at 256 px
+    with pytest.raises(UsageError):
+        Studio(pipe, tmp_path / "work", upscale=3)
