@@ -14,7 +14,8 @@ from agetool.errors import MissingModelsError, arg
 
 #: what each kind of file is, in a message
 ROLES = {"generator": "generator", "parser": "face parser", "classifier": "age and gender classifier",
-         "landmarks": "landmark model", "detector": "face detector", "recognition": "identity embedder"}
+         "landmarks": "landmark model", "detector": "face detector", "recognition": "identity embedder",
+         "upscaler": "super-resolution model"}
 
 
 def at_hand(name: str) -> bool:
@@ -40,8 +41,20 @@ def landmark_files(backend: str) -> list[str]:
     return ["dlib-landmarks68"]
 
 
+def upscaler_files(models) -> list[str]:
+    """The registry file ``upscale=2|4`` loads: the default, or the registered name given (a file: none)."""
+    from pathlib import Path
+
+    from agetool.upscale import DEFAULT_WEIGHTS, registered
+
+    given = getattr(models, "upscale_weights", None)
+    if given is None:
+        return [DEFAULT_WEIGHTS]
+    return [str(given)] if not Path(given).is_file() and str(given) in registered() else []
+
+
 def pipeline_files(models, model: str, *, generate: bool = True, landmarks: bool = True, parser: bool = False,
-                   classifier: bool = False) -> list[list[str]]:
+                   classifier: bool = False, upscale: bool = False) -> list[list[str]]:
     """The registry files a pipeline call needs, as groups of alternatives (one of each group must be
     at hand): ``models`` is the pipeline's ``Models`` (files given by path need nothing)."""
     groups: list[list[str]] = []
@@ -55,6 +68,8 @@ def pipeline_files(models, model: str, *, generate: bool = True, landmarks: bool
         groups.append([f"lats-{model}"])
     elif generate and model == "auto":
         groups.append(["lats-male", "lats-female"])  # each face takes one; with neither, none can be aged
+    if upscale:
+        groups += [[name] for name in upscaler_files(models)]
     return groups
 
 

@@ -160,14 +160,16 @@ class AgingPipeline:
         self.close()
 
     def check_models(self, *, aligned: bool = False, mask: bool = True, paste_back: bool = False,
-                     estimate: bool = False, generate: bool = True) -> None:
+                     estimate: bool = False, generate: bool = True, upscale: bool = False) -> None:
         """Before anything loads: with network access off, one ``MissingModelsError`` naming every
         model file a call with these options needs and does not have (``estimate``: each face's
-        estimated age is required; ``generate=False``: no generator, as ``estimate()``)."""
+        estimated age is required; ``generate=False``: no generator, as ``estimate()``; ``upscale``:
+        the super-resolution model of ``upscale=2|4``)."""
         from agetool.needs import pipeline_files, require
 
         require(pipeline_files(self.models, self.model, generate=generate, landmarks=not aligned,
-                               parser=mask or paste_back, classifier=estimate), offline=self.models.offline)
+                               parser=mask or paste_back, classifier=estimate, upscale=upscale),
+                offline=self.models.offline)
 
     def _report(self, message: str) -> None:
         self.models.report(message)
@@ -337,6 +339,8 @@ class AgingPipeline:
         from agetool.upscale import check_factor
 
         factor = check_factor(upscale)
+        if factor > 1:  # every missing file in one error, before any work
+            self.check_models(aligned=aligned, mask=mask, paste_back=paste_back, upscale=True)
         targets = self.targets(ages)
         seed = validate.seed(seed)
         noise = validate.finite("noise", noise, low=0, high=10)
@@ -427,6 +431,8 @@ class AgingPipeline:
         from agetool.upscale import check_factor
 
         factor = check_factor(upscale)
+        if factor > 1:
+            self.check_models(aligned=aligned, mask=mask, paste_back=paste_back, upscale=True)
         seed = validate.seed(seed)
         noise = validate.finite("noise", noise, low=0, high=10)
         steps = validate.integer("steps", steps, low=1, high=MAX_STEPS)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from agetool.errors import CheckpointError, UsageError
+from agetool.errors import CheckpointError, OfflineError, UsageError
 from agetool.nn.realesrgan import RRDBNet, SRVGGNetCompact, recognise
 from agetool.upscale import Upscaler, fit_face, load_upscaler, native_side
 from tests.helpers import ROOT, cli, face_like
@@ -237,9 +237,15 @@ def test_offline_without_the_file_names_weights_import_and_the_flag(crop, weight
     code, _, err = cli(["age", crop, "--aligned", "--no-mask", "--weights", weights, "--device", "cpu",
                         "--upscale", "4", "--offline"], capsys)
     assert code == 1
-    line = err.strip().splitlines()[-1]
-    assert "realesr-general-x4v3" in line and "agetool weights import FILE --as realesr-general-x4v3" in line
-    assert "--upscale-weights FILE" in line and "Traceback" not in err
+    line = err.strip().splitlines()[-1]  # before any work: every missing file in one line
+    assert "realesr-general-x4v3 (super-resolution model, or --upscale-weights FILE)" in line
+    assert "agetool weights import FILE --as NAME" in line and "Traceback" not in err
+    from agetool.weights import fetch
+
+    with pytest.raises(OfflineError) as e:  # the library's own call names the same ways out
+        fetch("realesr-general-x4v3", offline=True)
+    assert "agetool weights import FILE --as realesr-general-x4v3" in str(e.value)
+    assert "upscale_weights='FILE'" in str(e.value)
 
 
 def test_unknown_architectures_need_spandrel(tmp_path, monkeypatch):
