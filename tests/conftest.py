@@ -35,6 +35,11 @@ def _isolated_env(tmp_path_factory):
     mp.setenv("TORCH_HOME", str(base / "torch"))
     mp.setenv("HF_HUB_OFFLINE", "1")
     mp.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    mp.setenv("XDG_CONFIG_HOME", str(base / "config"))  # no user's config file or defaults
+    from agetool.config import CONFIG_ENV, KEYS, env_name
+
+    for name in (CONFIG_ENV, *map(env_name, KEYS)):
+        mp.delenv(name, raising=False)
     yield
     mp.undo()
 
