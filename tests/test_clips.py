@@ -239,3 +239,11 @@ def test_filters_and_links():
     assert [(t.id, d.box[0]) for t, d in pairs] == [(0, 3), (1, 104)] or \
            sorted((t.id, d.box[0]) for t, d in pairs) == [(0, 3), (1, 104)]
     assert not left and [d.box[0] for d in new] == [300]
+
+
+def test_faces_by_reference_on_the_command_line(tmp_path, photo, weights, capsys):
+    src = make_clip(photo, tmp_path / "ref.mp4", 4)
+    code, _, err = cli(["age", src, "--ages", "60", "--faces", f"ref:{photo}", "--out", tmp_path / "r.mp4",
+                        "--weights", weights, *FAST], capsys)
+    assert code == 0, err
+    assert not np.array_equal(decoded(tmp_path / "r.mp4")[0], decoded(src)[0])  # the person was found and aged

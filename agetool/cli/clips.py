@@ -26,10 +26,7 @@ def _clip_options(face_kwargs: dict) -> dict:
         raise UsageError(f"{arg('aligned')} takes aligned photos; a clip's faces are found in every frame")
     if face_kwargs.get("upscale"):
         raise UsageError(f"{arg('upscale')} is not available for clips")
-    faces = face_kwargs.get("faces", "all")
-    if not isinstance(faces, str):
-        raise UsageError(f"{arg('faces')}: clips take all or largest")
-    return {"mask": face_kwargs.get("mask", True), "faces": faces, "min_face": face_kwargs.get("min_face", 0),
+    return {"mask": face_kwargs.get("mask", True), "faces": face_kwargs.get("faces", "all"), "min_face": face_kwargs.get("min_face", 0),
             "seed": face_kwargs.get("seed", 0), "noise": face_kwargs.get("noise", 0.2)}
 
 

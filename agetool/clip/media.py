@@ -241,7 +241,9 @@ class ClipWriter:
             self._box.close()
         except av.FFmpegError as e:
             self.abort()
-            raise OutputError(f"finishing {self.path} failed: {str(e).splitlines()[0][:160]}") from None
+            hint = (f"the audio ({', '.join(self.info.audio)}) may not fit {self.path.suffix}: try "
+                    f"{arg('out')} NAME.mkv") if self.info.audio and self.path.suffix.lower() != ".mkv" else None
+            raise OutputError(f"finishing {self.path} failed: {str(e).splitlines()[0][:160]}", hint=hint) from None
         self._box = None
         self._close_source()
         os.replace(self._tmp, self.path)
