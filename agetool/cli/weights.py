@@ -115,8 +115,8 @@ def print_models(statuses, *, kind: bool = True) -> None:
     for st in statuses:
         art = st.artifact
         license_ = art.license + (" [non-commercial]" if art.non_commercial and "commercial" not in art.license else "")
-        table.add_row(*_cells(art.name, *([art.kind] if kind else []), human_size(art.size or st.record.get("size")),
-                              _cached_word(st), license_))
+        size = human_size(art.size or st.record.get("size"))
+        table.add_row(*_cells(art.name, *([art.kind] if kind else []), size, _cached_word(st), license_))
     console.out.print(table)
     for st in statuses:
         where = st.path or st.bundled

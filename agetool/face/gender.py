@@ -24,7 +24,8 @@ GENDERS = ("female", "male")
 BOX_SCALE = 1.5
 #: Face box in an aligned crop, as fractions of its side (x0, y0, x1, y1).
 ALIGNED_BOX = (0.235, 0.22, 0.77, 0.91)
-_HINT = f"pass {arg('model', 'male')} or {arg('model', 'female')}, or the classifier as {arg('classifier_weights', 'FILE')}"
+_HINT = (f"pass {arg('model', 'male')} or {arg('model', 'female')}, or the classifier as "
+         f"{arg('classifier_weights', 'FILE')}")
 
 
 def face_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
