@@ -25,7 +25,9 @@ problems. An unreachable host fails over to the next source at once; see
 
 Files a user already has are placed with :func:`import_file` / :func:`import_folder`
 (``agetool.weights.importing``: the released zip, the unzipped generator ``.pth``, agetool
-``.safetensors``). Converting checkpoints is ``agetool.nn.checkpoint``'s job.
+``.safetensors``); ``trust=True`` registers a file of the user's own for a name (it must load, its
+sha256 is pinned). Converting checkpoints is ``agetool.nn.checkpoint``'s job. Which registered files
+a call needs and which are not at hand is ``agetool.needs``'s.
 
 Environment: ``AGETOOL_REGISTRY`` (a registry file replacing the bundled one), ``AGETOOL_CACHE``
 (default ``$XDG_CACHE_HOME/agetool``), ``HF_ENDPOINT``, ``HF_HOME`` / ``HF_HUB_CACHE``,
