@@ -178,7 +178,8 @@ def _import(src: Path, art: Artifact, progress, say, *, trust: bool = False) -> 
         base = record if record.get("form", RELEASED) == form else {k: v for k, v in record.items() if k in ("placed",)}
         _remember(art, dest, digest, base, say, source=f"import {src}", form=form)
     if form == OWN:
-        checked = "loads into its network" if art.kind in _LOADERS or art.kind in _ONNX_KINDS else "was not checked"
+        checked = ("loads into its network" if art.kind in _LOADERS else
+                   "opens as an ONNX model" if art.kind in _ONNX_KINDS else "not checked: no loader for its kind")
         say(f"{name}: {src.name} registered as your own file ({checked}); recorded sha256 {digest.sha256}")
     elif form in LOCAL_FORMS:
         what = "the unzipped generator" if form == MEMBER else "an agetool safetensors file"
