@@ -55,7 +55,7 @@ PIPELINE = [
     _opt("max_pixels", int, 40_000_000, "--max-pixels", "Refuse images with more pixels than this.", MODEL_PANEL,
          metavar="N"),
     _opt("upscale_weights", Optional[str], None, "--upscale-weights", "Super-resolution model for --upscale: a "
-         "file (Real-ESRGAN .pth; other architectures with the agetool[upscale] extra) or a registered name "
+         "file (Real-ESRGAN .pth; other architectures with the agetool\\[upscale] extra) or a registered name "
          "(realesr-general-x4v3, the default; realesrgan-x4plus; realesrgan-x2plus).", MODEL_PANEL,
          metavar="FILE"),
 ]
@@ -78,7 +78,7 @@ FACES = [
     _opt("noise", float, 0.2, "--noise", "Sigma of the class-code noise (0 = clean codes).", FACE_PANEL,
          metavar="SIGMA"),
     _opt("upscale", Optional[int], None, "--upscale", "Upscale the aged faces 2x or 4x (512 / 1024 px tiles) with "
-         "a super-resolution network that keeps wrinkles (Real-ESRGAN); pasted back at the face's own size.",
+         "a super-resolution network without a face prior (Real-ESRGAN); pasted back at the face's own size.",
          FACE_PANEL, metavar="2|4"),
 ]
 
