@@ -36,12 +36,13 @@ def photo(tmp_path_factory) -> Path:
 
 
 def make_clip(photo: Path, out: Path, frames: int = 12, *, motion: bool = True, vfr: bool = False,
-              gray_frame: int | None = None, crf: int = 12) -> Path:
+              gray_frame: int | None = None, crf: int = 12, gray_until: int | None = None) -> Path:
     """A 160x128 clip cut from ``photo`` (panning 2 px a frame unless still) with a 440 Hz AAC track."""
     x = "30+2*n" if motion else "30"
     filters = [f"crop=160:128:x='{x}':y=0"]
     if gray_frame is not None:
-        filters.append(f"drawbox=x=0:y=0:w=iw:h=ih:color=gray:t=fill:enable='eq(n,{gray_frame})'")
+        last = gray_frame if gray_until is None else gray_until
+        filters.append(f"drawbox=x=0:y=0:w=iw:h=ih:color=gray:t=fill:enable='between(n,{gray_frame},{last})'")
     if vfr:  # 0.1 s apart for 4 frames, then 0.25 s apart
         filters += ["settb=1/1000", "setpts='if(lt(N,4),N*100,400+(N-4)*250)/1000/TB'"]
     seconds = frames / 10 if not vfr else 0.4 + (frames - 4) * 0.25
@@ -247,3 +248,11 @@ def test_faces_by_reference_on_the_command_line(tmp_path, photo, weights, capsys
                         "--weights", weights, *FAST], capsys)
     assert code == 0, err
     assert not np.array_equal(decoded(tmp_path / "r.mp4")[0], decoded(src)[0])  # the person was found and aged
+
+
+def test_a_person_who_comes_back_keeps_their_track(tmp_path, photo, pipe):
+    """Gone for eight frames (longer than a missed detection is bridged), the same person is picked up
+    again by their identity embedding: the same track, so the same model, estimate and noise draw."""
+    src = make_clip(photo, tmp_path / "back.mp4", 20, gray_frame=6, gray_until=13)
+    frames = list(pipe.clip_frames(src, ages=60, mask=False))
+    assert [f.people for f in frames] == [[0]] * 6 + [[]] * 8 + [[0]] * 6

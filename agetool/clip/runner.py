@@ -48,6 +48,7 @@ class ClipFrame:
     time: float  # seconds
     images: list[np.ndarray]
     faces: int  # faces aged in this frame
+    people: list[int] = field(default_factory=list)  # the track number of each, left to right
 
     @property
     def image(self) -> np.ndarray:
@@ -88,6 +89,8 @@ class ClipRunner:
         self.detect_every = detect_every
         self.batch = batch or 8
         self.tracks: list[Track] = []
+        self._ended: list[Track] = []  # tracks that ended lately: a face of the same person picks one up
+        self._identity_model = None
         self._ids = 0
         self._last_detect = -10**9
         self._need_estimate = pipe.model == "auto" or any(getattr(s, "kind", None) == "relative" for s in self.specs)
@@ -134,10 +137,13 @@ class ClipRunner:
                     t.landmarks = lm
                 else:
                     self.tracks.remove(t)
+                    t.ended = time
+                    self._ended.append(t)
             if self.faces == "largest":
                 new = new[:1] if not self.tracks else []
             elif not isinstance(self.faces, str) and new:  # a FaceReference: only that person's faces
                 new = self._of_reference(image, new)
+            new = self._pick_up(image, time, new)
             for det in new:
                 t = Track.start(self._ids, det)
                 self._ids += 1
@@ -160,6 +166,49 @@ class ClipRunner:
             except NoMatchError:
                 return []
 
+    def _pick_up(self, image: np.ndarray, time: float, found: list) -> list:
+        """Give new detections of a person whose track ended lately (same identity embedding) their
+        old track back; returns the detections that start new tracks."""
+        from agetool.clip.tracks import REID_SECONDS
+
+        self._ended = [t for t in self._ended if time - t.ended <= REID_SECONDS and t.patch is not None]
+        if not found or not self._ended:
+            return found
+        identity = self._identity()
+        with self.models.timer("identity"):
+            for t in self._ended:
+                if t.embedding is None:
+                    t.embedding = identity.embed_faces(t.patch[0], [t.patch[1]])[0]
+            embeddings = [getattr(d, "embedding", None) for d in found]
+            missing = [d for d, e in zip(found, embeddings) if e is None or e.model != identity.name]
+            made = iter(identity.embed_faces(image, missing)) if missing else iter(())
+            embeddings = [e if d not in missing else next(made) for d, e in zip(found, embeddings)]
+        left = []
+        for det, e in zip(found, embeddings):
+            scores = [(identity.similarity(t.embedding, e), t) for t in self._ended]
+            best = identity.best([v for v, _ in scores])
+            track = next((t for v, t in scores if v == best), None)
+            if track is not None and identity.is_match(best, None):
+                self._ended.remove(track)
+                track.restart(det)
+                self._seen(track, image, det)
+                self.tracks.append(track)
+            else:
+                left.append(det)
+        return left
+
+    def _identity(self):
+        """The identity model of ``faces=ref:...``, else dlib's descriptor (offline), made once."""
+        if self._identity_model is None:
+            if not isinstance(self.faces, str):
+                self._identity_model = self.faces.identity
+            else:
+                from agetool.identity import FaceIdentity
+
+                with self.models.timer("load identity"):
+                    self._identity_model = FaceIdentity.from_pretrained("dlib", argument="faces")
+        return self._identity_model
+
     def _seen(self, t: Track, image: np.ndarray, det) -> None:
         from agetool.clip.tracks import box_offset
 
@@ -168,6 +217,7 @@ class ClipRunner:
         t.missed = 0
         with self.models.timer("track"):
             t.reference = thumbnail(fast_align(image, t.landmarks, CHECK_SIZE).image)
+            t.keep_patch(image, det)
         if self._need_estimate and t.model is None:
             from agetool.face.gender import face_box
 
@@ -292,7 +342,7 @@ class ClipRunner:
                     owner = f.same_as if f.same_as is not None and key in f.same_as.tiles else f
                     canvas = paste_back(canvas, owner.tiles[key], f.alignment, mask=f.mask)
                 images.append(canvas)
-        return ClipFrame(fr.index, fr.pts, fr.time, images, len(fr.faces))
+        return ClipFrame(fr.index, fr.pts, fr.time, images, len(fr.faces), [f.track.id for f in fr.faces])
 
     # ---------------------------------------------------------------- the run
     def __iter__(self) -> Iterator[ClipFrame]:

@@ -3,7 +3,9 @@
 Between detections a track follows its face with the landmark model alone, in a box moved and
 scaled with the face's last landmarks; a thumbnail of the aligned crop, compared with the one of the
 last detection, tells when the face was lost (a cut, the person left). A track that a detection
-misses keeps going on its landmarks for a few detections (``GAP``) before it ends.
+misses keeps going on its landmarks for a few detections (``GAP``) before it ends. A face of the
+same person (identity embeddings, dlib's descriptor or the ``faces=ref:...`` model) found within
+``REID_SECONDS`` of the end takes the ended track back.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ MIN_IOU = 0.3
 #: least correlation of the aligned crop's thumbnail with the last detection's: below it the face is lost
 MIN_MATCH = 0.6
 THUMB = 24
+#: seconds after its end during which a track is picked up again by a face of the same person
+#: (identity embeddings): the person keeps their model, age estimate and track number
+REID_SECONDS = 4.0
 
 
 def landmark_box(points: np.ndarray) -> np.ndarray:
@@ -77,6 +82,9 @@ class Track:
     estimates: list = field(default_factory=list)  # (gender, p, age) per classified frame
     estimate: object | None = None  # agetool.results.AgeEstimate, once decided
     latents: dict = field(default_factory=dict)  # per age: w [1, 256]
+    patch: tuple | None = None  # (image region, detection in it) of the last detection, to embed if lost
+    embedding: object | None = None  # identity embedding of ``patch``, made only once the track ends
+    ended: float | None = None  # clip time of its end
 
     @classmethod
     def start(cls, id: int, detection) -> "Track":
@@ -90,6 +98,28 @@ class Track:
 
     def box(self) -> np.ndarray:
         return landmark_box(self.landmarks)
+
+
+    def keep_patch(self, image: np.ndarray, detection) -> None:
+        """Keep the region around a detection (twice the box), to embed the face if the track ends."""
+        from agetool.face.detect import DetectedFace
+
+        x0, y0, x1, y1 = detection.box
+        w, h = x1 - x0, y1 - y0
+        left, top = int(max(0, x0 - w / 2)), int(max(0, y0 - h / 2))
+        right, bottom = int(min(image.shape[1], x1 + w / 2)), int(min(image.shape[0], y1 + h / 2))
+        shifted = DetectedFace(detection.score, (x0 - left, y0 - top, x1 - left, y1 - top),
+                               np.asarray(detection.landmarks, np.float32) - np.float32([left, top]))
+        self.patch = (np.ascontiguousarray(image[top:bottom, left:right]), shifted)
+        self.embedding = None
+
+    def restart(self, detection) -> None:
+        """Pick the person up again after a gap: what was held for them stays, the place starts afresh."""
+        self.landmarks = np.asarray(detection.landmarks, np.float64)
+        self.box_offset = box_offset(detection.box, detection.landmarks)
+        self.smooth, self.mask = OneEuro(), Ema(0.35)
+        self.labels = self.parsed = self.target_mask = None
+        self.parsed_at, self.missed, self.ended = -1, 0, None
 
 
 def box_offset(box, landmarks) -> np.ndarray:
