@@ -334,3 +334,15 @@ def test_the_web_app_upscales_grids_and_tile_archives(tmp_path, crop, weights, s
     assert studio.at_age(session, 0, 30.0).shape == (256, 256, 3)  # the slider stays at 256 px
     with pytest.raises(UsageError):
         Studio(pipe, tmp_path / "work", upscale=3)
+
+
+def test_eval_offline_names_the_missing_upscaler_before_any_work(tmp_path, weights, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(face_like(256, seed=0)).save(photos / "p0.png")
+    code, _, err = cli(["eval", photos, "--out", tmp_path / "eval", "--aligned", "--no-mask", "--device", "cpu",
+                        "--weights", weights, "--identity-model", "dlib", "--upscale", "4", "--offline"], capsys)
+    assert code == 1
+    line = err.strip().splitlines()[-1]
+    assert "genderage" in line and "realesr-general-x4v3 (super-resolution model, or --upscale-weights FILE)" in line
+    assert not (tmp_path / "eval" / "report.json").exists()

@@ -105,7 +105,7 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
     first = generators[0].pipeline
     targets = first.targets(ages)
     _require_models(generators, age_model=age_model, identity_model=identity_model, identity=identity,
-                    aligned=aligned, mask=mask, offline=offline)
+                    aligned=aligned, mask=mask, offline=offline, upscale=factor > 1)
     measurer = Measurer.load(age_model=age_model, identity_model=identity_model, identity=identity, device=dev,
                              offline=offline, report=report, progress=progress)
     models = {"generator": [g.info for g in generators], **measurer.models}
@@ -185,14 +185,15 @@ class _Run:
 
 
 def _require_models(generators, *, age_model, identity_model, identity, aligned: bool, mask: bool,
-                    offline: bool) -> None:
+                    offline: bool, upscale: bool = False) -> None:
     """Every model file the evaluation needs and does not have, in one error, before any loads."""
     from agetool import weights
     from agetool.errors import UnknownWeightsError
     from agetool.needs import pipeline_files, require
 
     groups = [group for g in generators for group in pipeline_files(g.pipeline.models, g.pipeline.model,
-                                                                     landmarks=not aligned, parser=mask)]
+                                                                     landmarks=not aligned, parser=mask,
+                                                                     upscale=upscale)]
     if age_model is None:
         groups.append(["genderage"])
     if identity_model is None:
