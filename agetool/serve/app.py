@@ -102,7 +102,7 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                     model = gr.Dropdown(list(MODELS), value=studio.model if studio.model in MODELS else "auto", label="Model", interactive=not fixed,
                                         visible=not fixed, elem_id="model")
                     mask = gr.Checkbox(True, label="Mask background", elem_id="mask")
-                faces = gr.Image(label="Faces found (aligned crops, as the generator sees them)", type="numpy",
+                faces = gr.Image(label="Faces found (aligned crops)", type="numpy",
                                  format="png", interactive=False, height=150, buttons=[], elem_id="faces")
                 face = gr.Dropdown(choices=[("face 0", 0)], value=0, label="Face", elem_id="face")
                 status = gr.Markdown("No photo yet.", elem_id="status")

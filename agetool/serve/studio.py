@@ -159,7 +159,7 @@ class Studio:
 
     # ------------------------------------------------------------------ outputs
     def thumbnails(self, session: Session) -> np.ndarray:
-        """The aligned face crops (what the generator sees) side by side, ``THUMB`` px each, numbered."""
+        """The aligned face crops side by side, ``THUMB`` px each, numbered."""
         from agetool.images import caption
 
         tiles = [caption(resize(f.aligned, (THUMB, THUMB)), f"face {f.index}") for f in session.encoded.faces]
