@@ -256,3 +256,17 @@ def test_a_person_who_comes_back_keeps_their_track(tmp_path, photo, pipe):
     src = make_clip(photo, tmp_path / "back.mp4", 20, gray_frame=6, gray_until=13)
     frames = list(pipe.clip_frames(src, ages=60, mask=False))
     assert [f.people for f in frames] == [[0]] * 6 + [[]] * 8 + [[0]] * 6
+
+
+def test_landmarks_in_a_box_are_the_detectors(photo):
+    """Following a face between detections gives, in the detection's own box, the detection's landmarks."""
+    from PIL import Image
+
+    from agetool.face.detect import DlibDetector
+
+    image = np.asarray(Image.open(photo))
+    detector = DlibDetector()
+    face = detector.detect(image)[0]
+    assert np.array_equal(detector.landmarks_in(image, face.box), face.landmarks)
+    moved = detector.landmarks_in(image, tuple(v + 3 for v in face.box))
+    assert 0 < np.abs(moved - face.landmarks).mean() < 5
