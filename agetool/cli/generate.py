@@ -20,7 +20,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 @pipeline_options
 @face_options
 def age(
-    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False)],
+    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively), or video clips (one clip per age).", show_default=False)],
     out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="PATH", help="Grid image (one input), or folder (several inputs, an existing folder, or a path ending in /) for <stem>_ages.png. Default: here.")] = None,
     ages: Annotated[Optional[str], typer.Option("--ages", metavar="LIST", help="Ages to render instead of the six classes: years, class labels and relative ages, comma-separated (5,20.5,30-39,+20).")] = None,
     tiles: Annotated[Optional[Path], typer.Option("--tiles", metavar="DIR", help="Also write every tile as DIR/<stem>/face<i>_<label>.png.", file_okay=False)] = None,
@@ -175,7 +175,7 @@ def _targets(stems: list[str], out: str | None, several: bool, suffix: str) -> l
 @pipeline_options
 @face_options
 def video(
-    input: Annotated[Path, typer.Argument(help="A photo (or an aligned crop with --aligned).", show_default=False)],
+    input: Annotated[Path, typer.Argument(help="A photo (or an aligned crop with --aligned), or a video clip: its people aged from --from to --to over its length.", show_default=False)],
     out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="FILE.mp4", help="MP4 file, or a folder (existing, or ending in /) for <stem>_aging.mp4. Default: here.")] = None,
     fps: Annotated[float, typer.Option("--fps", metavar="N", help="Frames per second.")] = 30.0,
     steps: Annotated[int, typer.Option("--steps", metavar="N", help="Frames per transition between age classes: 5 x N + 1 frames (with --from/--to: the same density in years).")] = 20,
