@@ -179,6 +179,9 @@ def test_clip_usage_errors(tmp_path, photo, weights, capsys):
     code, _, err = cli(["age", src, "--ages", "60,70", "--out", tmp_path / "x.mp4", "--weights", weights, *FAST],
                        capsys)
     assert code == 2 and "folder" in err
+    code, _, err = cli(["age", src, "--ages", "+20", "--out", tmp_path / "rel.mp4", "--weights", weights, *FAST],
+                       capsys)
+    assert code == 1 and "relative age" in err and not (tmp_path / "rel.mp4").exists() and not partials(tmp_path)
     disguised = tmp_path / "clip.dat"  # recognised by its bytes, not its name
     disguised.write_bytes(src.read_bytes())
     code, _, err = cli(["age", disguised, "--ages", "60", "--out", tmp_path / "d.mp4", "--weights", weights, *FAST],
@@ -270,3 +273,16 @@ def test_landmarks_in_a_box_are_the_detectors(photo):
     assert np.array_equal(detector.landmarks_in(image, face.box), face.landmarks)
     moved = detector.landmarks_in(image, tuple(v + 3 for v in face.box))
     assert 0 < np.abs(moved - face.landmarks).mean() < 5
+
+
+def test_relative_ages_use_one_estimate_per_person(tmp_path, photo, weights):
+    """'+20' on a person the classifier puts at 30 renders every frame at 50 years: one estimate held."""
+    import agetool
+    from tests.helpers import genderage_standin
+
+    src = make_clip(photo, tmp_path / "rel.mp4", 6)
+    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib",
+                                                 classifier_weights=genderage_standin(tmp_path / "ga.onnx", age=30))
+    relative = [f.image for f in pipe.clip_frames(src, ages="+20", mask=False)]
+    years = [f.image for f in pipe.clip_frames(src, ages=50, mask=False)]
+    assert all(np.array_equal(a, b) for a, b in zip(relative, years)) and len(relative) == 6

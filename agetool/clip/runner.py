@@ -3,7 +3,7 @@
 Per frame: faces are followed (``tracks``), their landmarks smoothed over time (One-Euro), the crop
 cut from the smoothed landmarks, parsed only when the face's look changed (labels held per track
 otherwise), and the paste-back mask eased between parses. Per batch: each new person's model and
-age estimate are decided over the frames seen so far and then held; the crops of all frames are
+age estimate are decided over their frames in the batch (up to eight) and then held; the crops of all frames are
 encoded together and decoded with the person's latent (one noise draw per run, as for photos), a
 crop identical to the previous frame's reusing that frame's work. A frame without a face is passed
 through as it is.
@@ -218,19 +218,23 @@ class ClipRunner:
         with self.models.timer("track"):
             t.reference = thumbnail(fast_align(image, t.landmarks, CHECK_SIZE).image)
             t.keep_patch(image, det)
-        if self._need_estimate and t.model is None:
-            from agetool.face.gender import face_box
 
-            classifier = self.models.classifier if self.pipe.model == "auto" else self.models.classifier_if_available()
-            if classifier is not None:
-                with self.models.timer("classify"):
-                    t.estimates.append(classifier.estimate_at(image, face_box(t.landmarks)))
+    def _estimate(self, image: np.ndarray, t: Track) -> None:
+        """One more age and gender estimate of a person whose model is not decided yet."""
+        from agetool.face.gender import face_box
+
+        classifier = self.models.classifier if self.pipe.model == "auto" else self.models.classifier_if_available()
+        if classifier is not None:
+            with self.models.timer("classify"):
+                t.estimates.append(classifier.estimate_at(image, face_box(t.landmarks)))
 
     def _crop(self, index: int, time: float, image: np.ndarray, t: Track) -> _Face:
         from agetool.clip.tracks import frame_of
         from agetool.face.paste import paste_mask
 
         timer = self.models.timer
+        if self._need_estimate and t.model is None:  # every frame until the batch decides
+            self._estimate(image, t)
         with timer("align"):
             _, scale = frame_of(t.landmarks)
             smoothed = t.smooth(t.landmarks, time, scale)
@@ -264,6 +268,13 @@ class ClipRunner:
             gender, p = ("male", male) if male >= 0.5 else ("female", 1 - male)
             age = float(np.median([a for _, _, a in t.estimates]))
             t.estimate = AgeEstimate(age, gender, p)
+        if t.estimate is None and any(getattr(s, "kind", None) == "relative" for s in self.specs):
+            from agetool.errors import EstimateError, arg
+
+            raise EstimateError(f"{arg('ages')}: a relative age needs each face's estimated age, and the age "
+                                "classifier (genderage) is not at hand",
+                                hint=f"give ages in years, pass {arg('age_model')} FILE, or run "
+                                     "`agetool weights download genderage`")
         if self.pipe.model == "auto":
             t.model = t.estimate.gender
         else:
