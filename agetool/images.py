@@ -49,8 +49,15 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, *,
             im.seek(0)
             im = ImageOps.exif_transpose(im)
             return to_rgb_array(im)
-    except Image.DecompressionBombError as e:
-        raise InputError(f"{path}: over the image decoder's pixel limit ({_short(e)})",
+    except Image.DecompressionBombError as e:  # over twice PIL's own limit: refused before its size is known here
+        import re
+
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)):,} pixels" if found else "the image"
+        if max_pixels <= 2 * (Image.MAX_IMAGE_PIXELS or 0):
+            raise InputError(f"{path}: {size} is over the limit of {max_pixels:,}",
+                             hint=f"raise {arg('max_pixels')} if the image is genuine") from None
+        raise InputError(f"{path}: {size} is over the image decoder's limit of {2 * Image.MAX_IMAGE_PIXELS:,}",
                          hint="raise PIL.Image.MAX_IMAGE_PIXELS in your program if the image is genuine") from None
     except UnidentifiedImageError as e:
         raise InputError(f"{path}: not a readable image ({_short(e)})") from None

@@ -28,6 +28,8 @@ DEFAULT_FPS = 30.0
 #: H.264 constant rate factor (visually lossless for most content)
 DEFAULT_CRF = 18
 MAX_CRF = 51
+#: long side of paste-back video frames
+DEFAULT_MAX_SIZE = 1080
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,22 @@ class RenderOptions:
 
 
 @dataclass(frozen=True)
+class AgeRequest:
+    """One call's worth of options: which faces and how they are prepared, and what is rendered."""
+
+    face: FaceOptions = FaceOptions()
+    render: RenderOptions = RenderOptions()
+
+
+def request(ages=None, *, aligned: bool = False, mask: bool = True, faces="all", min_face: int = 0,
+            paste_back: bool = False, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
+            upscale: int | None = None) -> AgeRequest:
+    """The options of one aging call as one value, every argument checked here, once."""
+    return AgeRequest(FaceOptions.of(aligned=aligned, mask=mask, faces=faces, min_face=min_face, paste_back=paste_back),
+                      RenderOptions.of(ages, seed=seed, noise=noise, upscale=upscale))
+
+
+@dataclass(frozen=True)
 class VideoOptions:
     """The numbers of a video, all checked before any frame is rendered."""
 
@@ -99,36 +117,42 @@ class VideoOptions:
     hold: float = 0.0
     crf: int = DEFAULT_CRF
     caption: bool = False
-    max_size: int | None = None
+    max_size: int | None = DEFAULT_MAX_SIZE  # paste-back frames' long side; None: no cap
+    frames: int | None = None  # frames of an age schedule in years (instead of ``seconds``)
 
     @classmethod
     def of(cls, *, fps: float = DEFAULT_FPS, steps: int = DEFAULT_STEPS, from_age: float | None = None,
            to_age: float | None = None, seconds: float | None = None, hold: float = 0.0, crf: int = DEFAULT_CRF,
-           caption: bool = False, max_size: int | None = None) -> "VideoOptions":
+           caption: bool = False, max_size: int | None = DEFAULT_MAX_SIZE, frames: int | None = None) -> "VideoOptions":
         from agetool.ages import MAX_AGE
-        from agetool.video import MAX_FPS, MAX_FRAMES, MAX_HOLD, MAX_STEPS, MIN_FPS
+        from agetool.video import MAX_FPS, MAX_FRAMES, MAX_HOLD, MAX_STEPS, MIN_FPS, frame_total
 
         steps = validate.integer("steps", steps, low=1, high=MAX_STEPS)
         fps = validate.finite("fps", fps, low=MIN_FPS, high=MAX_FPS) + 0.0
         hold = validate.finite("hold", hold, low=0, high=MAX_HOLD) + 0.0
+        frame_total(steps, fps, hold)  # the traversal and its holds within the frame limit
         ends = [None if v is None else validate.finite(name, v, low=0, high=MAX_AGE)
                 for name, v in (("from_age", from_age), ("to_age", to_age))]
         if seconds is not None:
             seconds = validate.finite("seconds", seconds, low=0, high=MAX_FRAMES / MAX_FPS, low_open=True)
+        if frames is not None:
+            frames = validate.integer("frames", frames, low=2, high=MAX_FRAMES)
         if max_size is not None:
             max_size = validate.integer("max_size", max_size, low=16, high=16384)
         return cls(fps=fps, steps=steps, from_age=ends[0], to_age=ends[1], seconds=seconds, hold=hold,
                    crf=validate.integer("crf", crf, low=0, high=MAX_CRF), caption=validate.flag("caption", caption),
-                   max_size=max_size)
+                   max_size=max_size, frames=frames)
 
     @property
     def in_years(self) -> bool:
-        """Ages spaced in years (``from_age`` / ``to_age`` / ``seconds``) rather than the class traversal."""
-        return self.from_age is not None or self.to_age is not None or self.seconds is not None
+        """Ages spaced in years (``from_age`` / ``to_age`` / a length) rather than the class traversal."""
+        return any(v is not None for v in (self.from_age, self.to_age, self.seconds, self.frames))
 
     @property
     def frame_count(self) -> int | None:
-        """Frames of a video of ``seconds`` (None: as many as the ages need)."""
+        """Frames of the age schedule in years when its length is given (None: the traversal's density)."""
+        if self.frames is not None:
+            return self.frames
         return None if self.seconds is None else max(2, round(self.seconds * self.fps))
 
     @property

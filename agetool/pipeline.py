@@ -24,32 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from agetool import validate
-from agetool.options import DEFAULT_NOISE, DEFAULT_STEPS
-from agetool.ages import (AGE_CLASSES, DEFAULT_ANCHORS, OLDEST_MODELLED, AgeTarget,
-                          check_anchors, class_targets, parse_ages, target_latents, traversal_ages, year_frame_count,
-                          year_schedule, year_weights, blend)
+from agetool.ages import DEFAULT_ANCHORS, AgeTarget, check_anchors, target_latents
 from agetool.errors import EstimateError, UsageError, arg
-from agetool.images import DEFAULT_MAX_PIXELS, load_image, to_tensor, to_uint8
-from agetool.results import (AgedFace, AgeEstimate, AgingResult, EncodedFace, EncodedPhoto, FaceEstimate)
 from agetool.faces import check_faces, prepare_faces
+from agetool.images import DEFAULT_MAX_PIXELS, load_image, to_tensor, to_uint8
 from agetool.models import LANDMARKS, MODELS, Models, Timer
-from agetool.video import MAX_FPS, MAX_FRAMES, MAX_STEPS
+from agetool.options import (DEFAULT_CRF, DEFAULT_FPS, DEFAULT_MAX_SIZE, DEFAULT_NOISE, DEFAULT_SEED, DEFAULT_STEPS,
+                             AgeRequest, FaceOptions, RenderOptions, VideoOptions, request as build_request)
+from agetool.results import AgedFace, AgeEstimate, AgingResult, EncodedFace, EncodedPhoto, FaceEstimate
 
 Image = "str | os.PathLike | np.ndarray | PIL.Image.Image"
-DEFAULT_MAX_SIZE = 1080
-
-
-def check_video_numbers(*, fps: float, steps: int, hold: float = 0.0, from_age: float | None = None,
-                        to_age: float | None = None, seconds: float | None = None) -> int:
-    """Validate a video's numbers before any work; returns the frames of the class traversal."""
-    from agetool.video import frame_total
-
-    for name, value in (("from_age", from_age), ("to_age", to_age)):
-        if value is not None:
-            validate.finite(name, value, low=0, high=150)
-    if seconds is not None:
-        validate.finite("seconds", seconds, low=0, high=MAX_FRAMES / MAX_FPS, low_open=True)
-    return frame_total(steps, fps, hold)
 
 
 class AgingPipeline:
@@ -188,8 +172,8 @@ class AgingPipeline:
         ``estimate``: ``"auto"`` estimates each face's age and gender where the classifier is at
         hand without a download (always with ``model="auto"``), ``True`` requires it, ``False`` skips it.
         """
-        return self._encode(image, aligned=aligned, mask=mask, faces=faces, min_face=min_face, estimate=estimate,
-                            paste_back=paste_back, generate=True)
+        options = FaceOptions.of(aligned=aligned, mask=mask, faces=faces, min_face=min_face, paste_back=paste_back)
+        return self._encode(image, options, estimate, generate=True)
 
     def prepare(self, image: Image, *, aligned: bool = False, mask: bool = True, faces: str = "all",
                 min_face: int = 0, estimate: bool | str = "auto", paste_back: bool = False) -> EncodedPhoto:
@@ -197,30 +181,25 @@ class AgingPipeline:
         model, with ``features`` left None. ``encode``, ``render`` and ``__call__`` take the result and
         run the generator; a pipeline that never runs the generator never loads one, so the face
         stages and the generator can run in different processes (``agetool.ray``)."""
-        return self._encode(image, aligned=aligned, mask=mask, faces=faces, min_face=min_face, estimate=estimate,
-                            paste_back=paste_back, generate=False)
+        options = FaceOptions.of(aligned=aligned, mask=mask, faces=faces, min_face=min_face, paste_back=paste_back)
+        return self._encode(image, options, estimate, generate=False)
 
-    def _encode(self, image, *, aligned, mask, faces, min_face, estimate, paste_back, generate) -> EncodedPhoto:
+    def _encode(self, image, options: FaceOptions, estimate, *, generate: bool) -> EncodedPhoto:
         if isinstance(image, EncodedPhoto):
+            _check_encoded(image, options)
             return self._with_features(image) if generate else image
-        faces = check_faces(faces)
-        validate.integer("min_face", min_face, low=0)
-        aligned, mask, paste_back = (validate.flag(name, value) for name, value in
-                                     (("aligned", aligned), ("mask", mask), ("paste_back", paste_back)))
-        if paste_back and aligned:
-            raise UsageError(f"{arg('paste_back')} needs the original photo", hint=f"drop {arg('aligned')}")
         with self._lock:
             timer = self.models.timer
             with timer("read"):
                 array, name = load_image(image, self.max_pixels)
             # a readable photo: every missing model in one error, before any loads
-            self.check_models(aligned=aligned, mask=mask, paste_back=paste_back, estimate=estimate is True,
-                              generate=generate)
+            self.check_models(aligned=options.aligned, mask=options.mask, paste_back=options.paste_back,
+                              estimate=estimate is True, generate=generate)
             # the parser and a known generator load while the faces are found
-            self.models.preload(parser=mask or paste_back,
+            self.models.preload(parser=options.parse,
                                 model=None if self.model == "auto" or not generate else self.model)
-            crops = prepare_faces(self.models, array, aligned=aligned, mask=mask, parse=mask or paste_back,
-                                  faces=faces, min_face=min_face, name=name)
+            crops = prepare_faces(self.models, array, aligned=options.aligned, mask=options.mask, parse=options.parse,
+                                  faces=options.faces, min_face=options.min_face, name=name)
             prepared = []
             for crop in crops:
                 est = self._estimate_face(array, crop, estimate)
@@ -279,24 +258,38 @@ class AgingPipeline:
     # ------------------------------------------------------------------ render
     def targets(self, ages) -> list[AgeTarget]:
         """``ages`` as targets (``None`` -> the six classes); warns once for ages over 69."""
-        targets = parse_ages(ages) or class_targets()
+        render = RenderOptions.of(ages)
+        self._warn_old(render)
+        return list(render.targets)
+
+    def request(self, ages=None, *, aligned: bool = False, mask: bool = True, faces="all", min_face: int = 0,
+                paste_back: bool = False, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
+                upscale: int | None = None) -> AgeRequest:
+        """The options of a call (see ``__call__``) as one value, validated once: build it once and
+        pass it to ``age`` for any number of photos (the command line does, for a folder)."""
+        return build_request(ages, aligned=aligned, mask=mask, faces=faces, min_face=min_face,
+                             paste_back=paste_back, seed=seed, noise=noise, upscale=upscale)
+
+    def _warn_old(self, render: RenderOptions) -> None:
+        """Once per pipeline: ages past the oldest class render that class."""
         from agetool.ages import old_age_warning
 
-        warning = old_age_warning(targets)
+        warning = old_age_warning(render.targets)
         if warning:
             self._warn_once(f"warning: {warning}")
-        return targets
 
-    def render(self, face: EncodedFace, ages=None, *, seed: int = 0, noise: float = DEFAULT_NOISE,
+    def render(self, face: EncodedFace, ages=None, *, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
                targets: list[AgeTarget] | None = None) -> np.ndarray:
-        """One encoded face at ``ages`` -> [N, 256, 256, 3] uint8 (default: the six classes)."""
-        seed = validate.seed(seed)
-        noise = validate.finite("noise", noise, low=0, high=10)
-        targets = targets if targets is not None else self.targets(ages)
+        """One encoded face at ``ages`` (or ``targets``, from ``targets()``) -> [N, 256, 256, 3] uint8
+        (default: the six classes)."""
+        return self._render(face, RenderOptions.of(targets if targets is not None else ages, seed=seed, noise=noise))
+
+    def _render(self, face: EncodedFace, render: RenderOptions) -> np.ndarray:
+        self._warn_old(render)
         with self._lock:
-            w6 = self.models.anchors(face.model, noise, seed)
+            w6 = self.models.anchors(face.model, render.noise, render.seed)
             est = face.estimate.age if face.estimate is not None else None
-            w = target_latents(w6, targets, self.anchor_ages, est)
+            w = target_latents(w6, list(render.targets), self.anchor_ages, est)
             with self.models.timer("decode"):
                 out = self.models.engine(face.model).decode(face.features, w)
             return to_uint8(out)
@@ -323,7 +316,7 @@ class AgingPipeline:
                     canvas = paste_back(canvas, tile, face.crop.alignment, face.crop.labels)
         return canvas
 
-    def __call__(self, image: Image, ages=None, aligned: bool = False, mask: bool = True, seed: int = 0,
+    def __call__(self, image: Image, ages=None, aligned: bool = False, mask: bool = True, seed: int = DEFAULT_SEED,
                  noise: float = DEFAULT_NOISE, paste_back: bool = False, faces: str = "all",
                  min_face: int = 0, upscale: int | None = None) -> AgingResult:
         """Render every face of ``image`` at ``ages`` (default: the six classes, youngest first).
@@ -336,42 +329,37 @@ class AgingPipeline:
         person: ``"ref:PHOTO"``, a photo, an ``agetool.identity.Embedding`` or a ``FaceReference``.
         Returns an ``AgingResult`` (``result.grid()`` is the image ``agetool age`` writes).
         """
-        from agetool.upscale import check_factor
+        return self.age(image, self.request(ages, aligned=aligned, mask=mask, faces=faces, min_face=min_face,
+                                            paste_back=paste_back, seed=seed, noise=noise, upscale=upscale))
 
-        factor = check_factor(upscale)
-        if factor > 1:  # every missing file in one error, before any work
-            self.check_models(aligned=aligned, mask=mask, paste_back=paste_back, upscale=True)
-        targets = self.targets(ages)
-        seed = validate.seed(seed)
-        noise = validate.finite("noise", noise, low=0, high=10)
-        if any(t.kind == "relative" for t in targets):
-            estimate: bool | str = True
-        else:
-            estimate = "auto"
+    def age(self, image: Image | EncodedPhoto, request: AgeRequest) -> AgingResult:
+        """``__call__`` with its options as one validated value (``request()``)."""
+        options, render = request.face, request.render
+        self._warn_old(render)
+        if render.upscale > 1:  # every missing file in one error, before any work
+            self.check_models(aligned=options.aligned, mask=options.mask, paste_back=options.paste_back, upscale=True)
         with self._lock:
-            enc = self.encode(image, aligned=aligned, mask=mask, faces=faces, min_face=min_face,
-                              estimate=estimate, paste_back=paste_back)
-            labels = [t.entry for t in targets]
+            enc = self._encode(image, options, True if render.relative else "auto", generate=True)
             aged = []
             for face in enc.faces:
-                if face.estimate is None and any(t.kind == "relative" for t in targets):
+                if face.estimate is None and render.relative:
                     raise EstimateError(f"{arg('ages')}: relative ages need an age estimate of each face")
-                images = self.render(face, seed=seed, noise=noise, targets=targets)
+                images = self._render(face, render)
                 shown = face.aligned
-                if factor > 1:
+                if render.upscale > 1:
                     from agetool.upscale import input_tile
 
-                    images = self.upscale(images, factor)
+                    images = self.upscale(images, render.upscale)
                     shown = input_tile(enc.image, face, images.shape[1])
-                aged.append(AgedFace(face.index, images, list(labels), self.target_years(targets, face), face.box,
-                                     face.landmarks, face.crop_landmarks, face.model, shown, face.estimate))
+                aged.append(AgedFace(face.index, images, render.labels, self.target_years(render.targets, face),
+                                     face.box, face.landmarks, face.crop_landmarks, face.model, shown, face.estimate))
             pasted = None
-            if paste_back:
+            if options.paste_back:
                 for i, a in enumerate(aged):
                     a.pasted = [self.paste_back(enc, [t if j == i else None for j in range(len(aged))])
                                 for t in a.images]
-                pasted = [self.paste_back(enc, [a.images[k] for a in aged]) for k in range(len(targets))]
-            return AgingResult(enc.image, enc.name, aged, labels, pasted)
+                pasted = [self.paste_back(enc, [a.images[k] for a in aged]) for k in range(len(render.targets))]
+            return AgingResult(enc.image, enc.name, aged, render.labels, pasted)
 
     def upscale(self, tiles: np.ndarray, factor: int = 4) -> np.ndarray:
         """Aged face tiles ([256, 256, 3] or [N, 256, 256, 3] uint8) at ``factor`` x their size with
@@ -392,32 +380,13 @@ class AgingPipeline:
         """The age in years of each video frame: the class traversal (``steps`` frames per class
         transition, 5 x steps + 1 frames) or, with ``from_age`` / ``to_age``, ages uniformly
         spaced in years (``frames`` of them, default at the traversal's density)."""
-        steps = validate.integer("steps", steps, low=1, high=MAX_STEPS)
-        if from_age is None and to_age is None and frames is None:
-            return traversal_ages(steps, self.anchor_ages)
-        start = self.anchor_ages[0] if from_age is None else validate.finite("from_age", from_age, low=0, high=150)
-        stop = self.anchor_ages[-1] if to_age is None else validate.finite("to_age", to_age, low=0, high=150)
-        if frames is None:
-            frames = year_frame_count(start, stop, steps, self.anchor_ages)
-        frames = validate.integer("frames", frames, low=2, high=MAX_FRAMES)
-        if max(start, stop) > OLDEST_MODELLED:
-            self._warn_once(f"warning: ages over {OLDEST_MODELLED:g} render the oldest class ({AGE_CLASSES[-1]}): "
-                            "the model knows no older faces")
-        return year_schedule(start, stop, frames)
+        from agetool import morph
 
-    def _frame_latents(self, w6, steps: int, years: list[float] | None):
-        import torch
-
-        from agetool.ages import transition_alphas, traversal_latents
-
-        if years is None:
-            return traversal_latents(w6, transition_alphas(steps).to(w6.device))
-        lower, alpha = year_weights(years, self.anchor_ages)
-        return blend(w6, lower, alpha.to(torch.float32))
+        return morph.frame_ages(self, VideoOptions.of(steps=steps, from_age=from_age, to_age=to_age, frames=frames))
 
     def frames(self, image: Image | EncodedPhoto, steps: int = DEFAULT_STEPS, *, from_age: float | None = None,
                to_age: float | None = None, frames: int | None = None, aligned: bool = False, mask: bool = True,
-               seed: int = 0, noise: float = DEFAULT_NOISE, paste_back: bool = False, faces: str = "all",
+               seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE, paste_back: bool = False, faces: str = "all",
                min_face: int = 0, max_size: int | None = DEFAULT_MAX_SIZE,
                upscale: int | None = None) -> Iterator[np.ndarray]:
         """Continuous aging, youngest to oldest, one RGB uint8 frame at a time (never all in memory).
@@ -428,63 +397,18 @@ class AgingPipeline:
         (frame j of transition i blends w_i and w_(i+1) with weight 1 - j / steps). ``upscale`` 2
         or 4 upscales every face of every frame (tiles of 512 / 1024 px) before it is shown.
         """
-        from agetool.upscale import check_factor
+        from agetool import morph
 
-        factor = check_factor(upscale)
-        if factor > 1:
-            self.check_models(aligned=aligned, mask=mask, paste_back=paste_back, upscale=True)
-        seed = validate.seed(seed)
-        noise = validate.finite("noise", noise, low=0, high=10)
-        steps = validate.integer("steps", steps, low=1, high=MAX_STEPS)
-        if max_size is not None:
-            max_size = validate.integer("max_size", max_size, low=16, high=16384)
-        years = None
-        if from_age is not None or to_age is not None or frames is not None:
-            years = self.frame_ages(steps, from_age=from_age, to_age=to_age, frames=frames)
-        return self._frames(image, steps, years, aligned, mask, seed, noise, paste_back, faces, min_face, max_size,
-                            factor)
+        request = self.request(None, aligned=aligned, mask=mask, faces=faces, min_face=min_face,
+                               paste_back=paste_back, seed=seed, noise=noise, upscale=upscale)
+        video = VideoOptions.of(steps=steps, from_age=from_age, to_age=to_age, frames=frames, max_size=max_size)
+        return morph.frames(self, image, request, video)
 
-    def _frames(self, image, steps, years, aligned, mask, seed, noise, paste_back, faces, min_face, max_size,
-                factor=1):
-        from agetool.images import even_size, fit
-
-        with self._lock:
-            enc = self.encode(image, aligned=aligned, mask=mask, faces=faces, min_face=min_face,
-                              paste_back=paste_back)
-            streams = []
-            for face in enc.faces:
-                w = self._frame_latents(self.models.anchors(face.model, noise, seed), steps, years)
-                streams.append(self._tiles(face, w))
-            capped = False
-            for tiles in zip(*streams):
-                if factor > 1:
-                    tiles = [self.upscale(t, factor) for t in tiles]
-                if paste_back:
-                    frame = self.paste_back(enc, list(tiles))
-                    if max_size is not None and max(frame.shape[:2]) > max_size:
-                        if not capped:
-                            h, w = frame.shape[:2]
-                            self._report(f"{enc.name}: frames scaled from {w}x{h} to a long side of {max_size} px "
-                                         f"(raise {arg('max_size')} for more)")
-                            capped = True
-                        frame = fit(frame, max_size)
-                else:
-                    frame = np.concatenate(tiles, axis=1) if len(tiles) > 1 else tiles[0]
-                yield even_size(frame)
-
-    def _tiles(self, face: EncodedFace, w) -> Iterator[np.ndarray]:
-        chunks = self.models.engine(face.model).decode_stream(face.features, w)
-        while True:
-            with self.models.timer("decode"):
-                chunk = next(chunks, None)
-            if chunk is None:
-                return
-            yield from to_uint8(chunk)
-
-    def video(self, image: Image | EncodedPhoto, out: str | os.PathLike, fps: float = 30.0,
+    def video(self, image: Image | EncodedPhoto, out: str | os.PathLike, fps: float = DEFAULT_FPS,
               steps: int = DEFAULT_STEPS, *, from_age: float | None = None, to_age: float | None = None,
-              seconds: float | None = None, hold: float = 0.0, crf: int = 18, caption: bool = False,
-              frames_dir: str | os.PathLike | None = None, **frame_options) -> Path:
+              seconds: float | None = None, hold: float = 0.0, crf: int = DEFAULT_CRF, caption: bool = False,
+              frames_dir: str | os.PathLike | None = None, max_size: int | None = DEFAULT_MAX_SIZE,
+              **frame_options) -> Path:
         """Write the aging video to ``out`` (H.264 yuv420p MP4; temporary name, then rename).
 
         ``seconds`` sets the length (frames = seconds x fps, ages spaced in years); ``hold`` pauses
@@ -492,37 +416,16 @@ class AgingPipeline:
         ``frames_dir`` also writes every frame as ``frame_00000.png`` ... Other keyword arguments
         are those of ``frames``. Returns the path written.
         """
-        from agetool.ages import age_caption
-        from agetool.images import caption as draw_caption, write_image
-        from agetool.video import VideoWriter
+        video = VideoOptions.of(fps=fps, steps=steps, from_age=from_age, to_age=to_age, seconds=seconds, hold=hold,
+                                crf=crf, caption=caption, max_size=max_size)
+        return self.write_video(image, out, self.request(None, **frame_options), video, frames_dir=frames_dir)
 
-        check_video_numbers(fps=fps, steps=steps, hold=hold, from_age=from_age, to_age=to_age, seconds=seconds)
-        caption = validate.flag("caption", caption)
-        fps, hold = float(fps) + 0.0, float(hold) + 0.0
-        count = None if seconds is None else max(2, round(seconds * fps))
-        ages = self.frame_ages(steps, from_age=from_age, to_age=to_age, frames=count)
-        hold_n = int(round(hold * fps))
-        if len(ages) + 2 * hold_n > MAX_FRAMES:
-            raise UsageError(f"{len(ages) + 2 * hold_n:,} frames ({(len(ages) + 2 * hold_n) / fps / 60:,.0f} min of "
-                             f"video) is over the limit of {MAX_FRAMES:,}",
-                             hint=f"lower {arg('steps')}, {arg('seconds')} or {arg('hold')}")
-        frames_dir = None if frames_dir is None else Path(frames_dir)
-        advance = self._progress(f"rendering {len(ages)} frames", len(ages))
-        in_years = from_age is not None or to_age is not None or count is not None
-        with VideoWriter(out, fps=fps, crf=crf) as writer:
-            frames = self.frames(image, steps, from_age=from_age, to_age=to_age, frames=count,
-                                 **frame_options) if in_years else self.frames(image, steps, **frame_options)
-            shown = None
-            for i, (frame, age) in enumerate(zip(frames, ages)):
-                if frames_dir is not None:
-                    write_image(frames_dir / f"frame_{i:05d}.png", frame)
-                shown = draw_caption(frame, age_caption(age)) if caption else frame
-                for _ in range(1 + (hold_n if i == 0 else 0)):
-                    writer.write(shown)
-                advance(1)
-            for _ in range(hold_n):
-                writer.write(shown)
-        return writer.path
+    def write_video(self, image: Image | EncodedPhoto, out: str | os.PathLike, request: AgeRequest,
+                    video: VideoOptions, *, frames_dir: str | os.PathLike | None = None) -> Path:
+        """``video`` with its options as validated values (``request()``, ``VideoOptions.of``)."""
+        from agetool import morph
+
+        return morph.write_video(self, image, out, request, video, frames_dir=frames_dir)
 
     # ------------------------------------------------------------------ clips
     def age_clip(self, src: str | os.PathLike, out=None, ages=60, **options) -> list[Path]:
@@ -615,3 +518,17 @@ class AgingPipeline:
                     gender, p, age = classifier.estimate(array, crop)
                 out.append(FaceEstimate(crop.index, crop.box, age, gender, p))
             return out
+
+
+def _check_encoded(photo: EncodedPhoto, options: FaceOptions) -> None:
+    """Face options come with a photo to find faces in; an encoded photo has its faces already."""
+    shaping = {"aligned": options.aligned, "mask": options.mask, "faces": options.faces,
+               "min_face": options.min_face}
+    changed = [name for name, value in shaping.items() if value != getattr(FaceOptions(), name)]
+    if changed:
+        raise UsageError(f"{', '.join(arg(n) for n in changed)}: the photo is already encoded, its faces found "
+                         "and prepared", hint="pass these options to encode(), or pass the photo itself")
+    if options.paste_back and any(f.crop is None or f.crop.alignment is None or f.crop.labels is None
+                                  for f in photo.faces):
+        raise UsageError(f"{arg('paste_back')}: this encoded photo has no parsed faces to blend",
+                         hint=f"encode it with {arg('paste_back', True)}")

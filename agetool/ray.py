@@ -248,8 +248,8 @@ class GeneratorStage(_Stage):
     def __init__(self, pipeline: dict | None = None, *, ages=None, options: dict | None = None,
                  threads: int | None = None):
         super().__init__(pipeline, threads)
-        self.targets = self.pipe.targets(ages)
-        self.options = {k: v for k, v in (options or {}).items() if k not in FACE_OPTIONS or k == "paste_back"}
+        rendering = {k: v for k, v in (options or {}).items() if k not in FACE_OPTIONS or k == "paste_back"}
+        self.request = self.pipe.request(ages, **rendering)  # checked once per actor
 
     def __call__(self, batch: dict) -> dict:
         rows = []
@@ -258,7 +258,7 @@ class GeneratorStage(_Stage):
             if not _text(row.get(ERROR, "")):
                 try:
                     photo = pickle.loads(row[PREPARED])
-                    result = self.pipe(photo, ages=self.targets, **self.options)
+                    result = self.pipe.age(photo, self.request)
                     row[RESULT] = pickle.dumps(result)
                 except errors.AgetoolError as e:
                     if e.exit_code != 1:

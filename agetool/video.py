@@ -22,11 +22,9 @@ MAX_FRAMES = 200_000  # about 1 h 50 min at 30 fps
 
 def frame_total(steps: int, fps: float, hold: float = 0.0, transitions: int = 5) -> int:
     """Frames in the MP4 of a traversal with ``steps`` frames per transition and ``hold`` seconds
-    on its first and last frame. Refuses (``UsageError``) values that are not finite, out of range,
-    or that add up to more than ``MAX_FRAMES`` frames, stating the estimate."""
-    steps = validate.integer("steps", steps, 1, MAX_STEPS)
-    fps = validate.finite("fps", fps, MIN_FPS, MAX_FPS)
-    hold = validate.finite("hold", hold, 0.0, MAX_HOLD)
+    on its first and last frame (each value already checked, as ``agetool.options.VideoOptions``
+    does). Refuses (``UsageError``) values that add up to more than ``MAX_FRAMES`` frames, stating
+    the estimate."""
     total = steps * transitions + 1 + 2 * int(round(hold * fps))
     if total > MAX_FRAMES:
         minutes = total / fps / 60

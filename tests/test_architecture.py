@@ -150,3 +150,65 @@ def test_sibling_pipelines_share_their_models(weights):
     face = np.asarray(pipe(np.full((256, 256, 3), 120, np.uint8), aligned=True, mask=False).faces[0].images)
     engine = pipe.models.engine("custom")
     assert sibling.models.engine("custom") is engine and face.shape == (6, 256, 256, 3)
+
+
+def _counting(monkeypatch, module, name, counts, key, when=lambda *a, **k: True):
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        if when(*args, **kwargs):
+            counts[key] = counts.get(key, 0) + 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+
+
+def test_one_age_run_parses_its_ages_once(tmp_path, weights, monkeypatch, capsys):
+    """Three photos, tiles and a grid each: the ages are parsed (and every option checked) once."""
+    from PIL import Image
+
+    from agetool import ages, validate
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((256, 256, 3), 60 * i + 40, np.uint8)).save(folder / f"p{i}.png")
+    counts: dict = {}
+    _counting(monkeypatch, ages, "parse_ages", counts, "ages")
+    _counting(monkeypatch, validate, "finite", counts, "noise", when=lambda name, *a, **k: name == "noise")
+    code, _, err = cli(["age", folder, "--out", tmp_path / "grids/", "--tiles", tmp_path / "tiles",
+                        "--ages", "5,30-39,61", *common(weights)], capsys)
+    assert code == 0, err
+    assert len(list((tmp_path / "grids").glob("*.png"))) == 3
+    assert counts == {"ages": 1, "noise": 1}
+
+
+def test_one_video_run_checks_its_steps_once(tmp_path, weights, monkeypatch, capsys):
+    from PIL import Image
+
+    from agetool import validate
+
+    photo = tmp_path / "crop.png"
+    Image.fromarray(np.full((256, 256, 3), 90, np.uint8)).save(photo)
+    counts: dict = {}
+    _counting(monkeypatch, validate, "integer", counts, "steps", when=lambda name, *a, **k: name == "steps")
+    _counting(monkeypatch, validate, "finite", counts, "fps", when=lambda name, *a, **k: name == "fps")
+    code, _, err = cli(["video", photo, "--out", tmp_path / "v.mp4", "--steps", "2", "--frames", tmp_path / "f",
+                        *common(weights)], capsys)
+    assert code == 0, err
+    assert len(list((tmp_path / "f").glob("frame_*.png"))) == 11
+    assert counts["steps"] == 1
+    assert counts["fps"] <= 2  # the request, and the encoder it is handed to
+
+
+def test_face_options_with_an_encoded_photo_are_an_error(weights):
+    import agetool
+    from agetool.errors import UsageError
+
+    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu")
+    encoded = pipe.encode(np.full((256, 256, 3), 100, np.uint8), aligned=True, mask=False)
+    with pytest.raises(UsageError, match="min_face: the photo is already encoded"):
+        pipe(encoded, min_face=40)
+    with pytest.raises(UsageError, match="paste_back"):
+        pipe(encoded, paste_back=True)
+    assert pipe(encoded, ages=[30]).faces[0].images.shape == (1, 256, 256, 3)

@@ -153,6 +153,7 @@ def test_video_numbers_out_of_range_are_usage_errors(tmp_path, crop, weights, ca
 
 def test_frame_total_states_the_estimate():
     from agetool.errors import UsageError
+    from agetool.options import VideoOptions
     from agetool.video import MAX_FRAMES, frame_total
 
     assert frame_total(20, 30.0, 1.0) == 5 * 20 + 1 + 60
@@ -163,7 +164,9 @@ def test_frame_total_states_the_estimate():
     for steps, fps, hold in [(0, 30, 0), (20, float("inf"), 0), (20, 30, float("inf")), (20, 30, float("nan")),
                              (20, 0.0, 0), (20, 30, -1), (2.5, 30, 0)]:
         with pytest.raises(UsageError):
-            frame_total(steps, fps, hold)
+            VideoOptions.of(steps=steps, fps=fps, hold=hold)
+    with pytest.raises(UsageError, match="338,001 frames"):
+        VideoOptions.of(steps=10_000, fps=240.0, hold=600.0)
 
 
 def test_validate_helpers():

@@ -53,11 +53,11 @@ def age(
 
       agetool age photos/ --out grids/ --engine ray --gpus 4
     """
-    from agetool.ages import parse_ages
     from agetool.errors import AgetoolError, MissingModelsError, UsageError
     from agetool.images import distinct_outputs, find_images, unique_stems, write_image
+    from agetool.options import request as build_request
 
-    parse_ages(ages)  # a malformed --ages fails before any work
+    request = build_request(ages, **face_kwargs)  # every option checked once, before any work
     _check_engine(engine, ray_address=ray_address, gpus=gpus, cpus=cpus, profile=profile)
     from agetool.cli.clips import age_clips, clip_inputs
 
@@ -74,10 +74,9 @@ def age(
     if tiles is not None:  # face<i>_<label>.png: the face count is known only during the work
         import re
 
-        from agetool.ages import class_targets
         from agetool.images import outputs_clear
 
-        labels = "|".join(re.escape(t.entry) for t in (parse_ages(ages) or class_targets()))
+        labels = "|".join(re.escape(label) for label in request.render.labels)
         for stem in stems:
             outputs_clear("tiles", tiles / stem, rf"face(0|[1-9][0-9]*)_(input|{labels})\.png", paths, tiles)
     if engine == "ray":
@@ -85,14 +84,14 @@ def age(
         return _age_on_ray(jobs, ages=ages, labels=not no_labels, pipeline=build.options, options=face_kwargs,
                            address=ray_address, gpus=gpus, cpus=cpus)
 
-    from agetool.shards import env_dist, total
+    from agetool.shards import env_dist, join, total
 
     dist = env_dist()  # under torchrun each rank takes every world-th photo
+    join(dist)  # every rank running, before any work (a bounded wait)
     mine = dist.shard(list(zip(paths, stems, targets)))
     failed = done = 0
     with console.progress() as bar:
         pipe = build(bar)
-        parsed = pipe.targets(ages)  # a malformed --ages fails before any work
         task = bar.add_task("ageing", total=len(mine))
         for path, stem, target in mine:
             bar.update(task, description=f"ageing {path.name}")
@@ -100,7 +99,7 @@ def age(
                 bar.advance(task)
                 continue
             try:
-                result = pipe(path, ages=parsed, **face_kwargs)
+                result = pipe.age(path, request)
                 write_image(target, result.grid_array(labels=not no_labels))
                 if tiles is not None:
                     result.write_tiles(tiles / stem)
@@ -209,7 +208,7 @@ def video(
     """
     from agetool.errors import UsageError, arg
     from agetool.images import distinct_outputs
-    from agetool.pipeline import check_video_numbers
+    from agetool.options import VideoOptions, request as build_request
 
     if input.is_dir():
         raise UsageError(f"{input}: is a folder; one photo is expected here")
@@ -225,12 +224,13 @@ def video(
     from agetool.images import outputs_clear
 
     outputs_clear("frames_dir", frames_dir, r"frame_[0-9]{5,6}\.png", [input])
-    check_video_numbers(fps=fps, steps=steps, hold=hold, from_age=from_age, to_age=to_age, seconds=seconds)
+    # every number and option checked once, before any work
+    video_options = VideoOptions.of(fps=fps, steps=steps, from_age=from_age, to_age=to_age, seconds=seconds,
+                                    hold=hold, crf=crf, caption=caption, max_size=max_size)
+    request = build_request(None, **face_kwargs)
     with console.progress() as bar:
         pipe = build(bar)
-        written = pipe.video(input, target, fps=fps, steps=steps, from_age=from_age, to_age=to_age, seconds=seconds,
-                             hold=hold, crf=crf, caption=caption, frames_dir=frames_dir, max_size=max_size,
-                             **face_kwargs)
+        written = pipe.write_video(input, target, request, video_options, frames_dir=frames_dir)
     from agetool.video import read_video_frames
 
     n, _ = read_video_frames(written)

@@ -1,0 +1,124 @@
+"""Continuous aging of a photo: the age of each frame, the latents between the class anchors, the
+frames (streamed, never all in memory) and the MP4.
+
+``AgingPipeline.frames`` / ``video`` take loose arguments, build the request values once and call
+these functions with them; the values are trusted here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from agetool.ages import (AGE_CLASSES, OLDEST_MODELLED, blend, transition_alphas, traversal_ages, traversal_latents,
+                          year_frame_count, year_schedule, year_weights)
+from agetool.errors import UsageError, arg
+from agetool.images import to_uint8
+from agetool.options import AgeRequest, VideoOptions
+from agetool.video import MAX_FRAMES
+
+
+def frame_ages(pipe, video: VideoOptions) -> list[float]:
+    """The age in years of each frame: the class traversal (``steps`` frames per transition, 5 x
+    steps + 1 frames) or, with ages in years, ages spaced uniformly from ``from_age`` to ``to_age``
+    (``frame_count`` of them, default at the traversal's density)."""
+    anchors = pipe.anchor_ages
+    if not video.in_years:
+        return traversal_ages(video.steps, anchors)
+    start = anchors[0] if video.from_age is None else video.from_age
+    stop = anchors[-1] if video.to_age is None else video.to_age
+    count = video.frame_count or year_frame_count(start, stop, video.steps, anchors)
+    if count > MAX_FRAMES:
+        raise UsageError(f"{count:,} frames is over the limit of {MAX_FRAMES:,}",
+                         hint=f"lower {arg('steps')} or {arg('seconds')}")
+    if max(start, stop) > OLDEST_MODELLED:
+        pipe._warn_once(f"warning: ages over {OLDEST_MODELLED:g} render the oldest class ({AGE_CLASSES[-1]}): "
+                        "the model knows no older faces")
+    return year_schedule(start, stop, count)
+
+
+def frame_latents(w6, steps: int, years: list[float] | None, anchors):
+    """Latents of the frames: the traversal between consecutive anchors, or a blend per age in years."""
+    import torch
+
+    if years is None:
+        return traversal_latents(w6, transition_alphas(steps).to(w6.device))
+    lower, alpha = year_weights(years, anchors)
+    return blend(w6, lower, alpha.to(torch.float32))
+
+
+def frames(pipe, image, request: AgeRequest, video: VideoOptions) -> Iterator[np.ndarray]:
+    """The frames of ``image``'s aging, youngest first: the faces side by side, or with paste-back
+    the whole photo (long side capped at ``video.max_size``), both sides even."""
+    from agetool.images import even_size, fit
+
+    face_options, render = request.face, request.render
+    if render.upscale > 1:  # every missing file in one error, before any work
+        pipe.check_models(aligned=face_options.aligned, mask=face_options.mask, paste_back=face_options.paste_back,
+                          upscale=True)
+    years = frame_ages(pipe, video) if video.in_years else None
+    with pipe._lock:
+        enc = pipe._encode(image, face_options, "auto", generate=True)
+        streams = []
+        for face in enc.faces:
+            w6 = pipe.models.anchors(face.model, render.noise, render.seed)
+            streams.append(_tiles(pipe, face, frame_latents(w6, video.steps, years, pipe.anchor_ages)))
+        capped = False
+        for tiles in zip(*streams):
+            if render.upscale > 1:
+                tiles = [pipe.upscale(t, render.upscale) for t in tiles]
+            if face_options.paste_back:
+                frame = pipe.paste_back(enc, list(tiles))
+                if video.max_size is not None and max(frame.shape[:2]) > video.max_size:
+                    if not capped:
+                        h, w = frame.shape[:2]
+                        pipe._report(f"{enc.name}: frames scaled from {w}x{h} to a long side of {video.max_size} px "
+                                     f"(raise {arg('max_size')} for more)")
+                        capped = True
+                    frame = fit(frame, video.max_size)
+            else:
+                frame = np.concatenate(tiles, axis=1) if len(tiles) > 1 else tiles[0]
+            yield even_size(frame)
+
+
+def _tiles(pipe, face, w) -> Iterator[np.ndarray]:
+    chunks = pipe.models.engine(face.model).decode_stream(face.features, w)
+    while True:
+        with pipe.models.timer("decode"):
+            chunk = next(chunks, None)
+        if chunk is None:
+            return
+        yield from to_uint8(chunk)
+
+
+def write_video(pipe, image, out: str | os.PathLike, request: AgeRequest, video: VideoOptions, *,
+                frames_dir: str | os.PathLike | None = None) -> Path:
+    """The aging video of ``image`` as an H.264 yuv420p MP4 at ``out`` (temporary name, then
+    rename), with ``frames_dir`` also every frame as ``frame_00000.png`` ...; returns the path."""
+    from agetool.ages import age_caption
+    from agetool.images import caption as draw_caption, write_image
+    from agetool.video import VideoWriter
+
+    ages = frame_ages(pipe, video)
+    hold = video.hold_frames
+    total = len(ages) + 2 * hold
+    if total > MAX_FRAMES:
+        raise UsageError(f"{total:,} frames ({total / video.fps / 60:,.0f} min of video) is over the limit of "
+                         f"{MAX_FRAMES:,}", hint=f"lower {arg('steps')}, {arg('seconds')} or {arg('hold')}")
+    frames_dir = None if frames_dir is None else Path(frames_dir)
+    advance = pipe._progress(f"rendering {len(ages)} frames", len(ages))
+    with VideoWriter(out, fps=video.fps, crf=video.crf) as writer:
+        shown = None
+        for i, (frame, age) in enumerate(zip(frames(pipe, image, request, video), ages)):
+            if frames_dir is not None:
+                write_image(frames_dir / f"frame_{i:05d}.png", frame)
+            shown = draw_caption(frame, age_caption(age)) if video.caption else frame
+            for _ in range(1 + (hold if i == 0 else 0)):
+                writer.write(shown)
+            advance(1)
+        for _ in range(hold):
+            writer.write(shown)
+    return writer.path
