@@ -17,8 +17,7 @@ from agetool.ages import (AGE_CLASSES, OLDEST_MODELLED, blend, transition_alphas
                           year_frame_count, year_schedule, year_weights)
 from agetool.errors import UsageError, arg
 from agetool.images import to_uint8
-from agetool.options import AgeRequest, VideoOptions
-from agetool.video import MAX_FRAMES
+from agetool.options import MAX_FRAMES, AgeRequest, VideoOptions
 
 
 def frame_ages(pipe, video: VideoOptions) -> list[float]:

@@ -31,6 +31,25 @@ MAX_CRF = 51
 #: long side of paste-back video frames
 DEFAULT_MAX_SIZE = 1080
 
+#: limits of a video run: beyond them a run is a mistake (hours of frames), refused up front
+MIN_FPS = 0.01  # below about 1e-3 ffmpeg's MP4 muxer fails
+MAX_FPS = 240.0
+MAX_STEPS = 10_000
+MAX_HOLD = 600.0  # seconds
+MAX_FRAMES = 200_000  # about 1 h 50 min at 30 fps
+
+
+def frame_total(steps: int, fps: float, hold: float = 0.0, transitions: int = 5) -> int:
+    """Frames in the MP4 of a traversal with ``steps`` frames per transition and ``hold`` seconds
+    on its first and last frame (each value already checked, as ``VideoOptions.of`` does). Refuses (``UsageError``) values that add up to more than ``MAX_FRAMES`` frames, stating
+    the estimate."""
+    total = steps * transitions + 1 + 2 * int(round(hold * fps))
+    if total > MAX_FRAMES:
+        minutes = total / fps / 60
+        raise UsageError(f"{arg('steps', steps)}, {arg('fps', fps)} and {arg('hold', hold)} make {total:,} frames "
+                         f"({minutes:,.0f} min of video); the limit is {MAX_FRAMES:,} frames")
+    return total
+
 
 @dataclass(frozen=True)
 class FaceOptions:
@@ -125,7 +144,6 @@ class VideoOptions:
            to_age: float | None = None, seconds: float | None = None, hold: float = 0.0, crf: int = DEFAULT_CRF,
            caption: bool = False, max_size: int | None = DEFAULT_MAX_SIZE, frames: int | None = None) -> "VideoOptions":
         from agetool.ages import MAX_AGE
-        from agetool.video import MAX_FPS, MAX_FRAMES, MAX_HOLD, MAX_STEPS, MIN_FPS, frame_total
 
         steps = validate.integer("steps", steps, low=1, high=MAX_STEPS)
         fps = validate.finite("fps", fps, low=MIN_FPS, high=MAX_FPS) + 0.0

@@ -9,29 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from agetool import validate
-from agetool.errors import OutputError, UsageError, arg
+from agetool.errors import OutputError, UsageError
 from agetool.files import ensure_parent, temp_sibling
-
-#: limits of a video run: beyond them a run is a mistake (hours of frames), refused up front
-MIN_FPS = 0.01  # below about 1e-3 ffmpeg's MP4 muxer fails
-MAX_FPS = 240.0
-MAX_STEPS = 10_000
-MAX_HOLD = 600.0  # seconds
-MAX_FRAMES = 200_000  # about 1 h 50 min at 30 fps
-
-
-def frame_total(steps: int, fps: float, hold: float = 0.0, transitions: int = 5) -> int:
-    """Frames in the MP4 of a traversal with ``steps`` frames per transition and ``hold`` seconds
-    on its first and last frame (each value already checked, as ``agetool.options.VideoOptions``
-    does). Refuses (``UsageError``) values that add up to more than ``MAX_FRAMES`` frames, stating
-    the estimate."""
-    total = steps * transitions + 1 + 2 * int(round(hold * fps))
-    if total > MAX_FRAMES:
-        minutes = total / fps / 60
-        raise UsageError(f"{arg('steps', steps)}, {arg('fps', fps)} and {arg('hold', hold)} make {total:,} frames "
-                         f"({minutes:,.0f} min of video); the limit is {MAX_FRAMES:,} frames")
-    return total
-
+from agetool.options import DEFAULT_CRF, DEFAULT_FPS, MAX_CRF, MAX_FPS, MIN_FPS
 
 @contextmanager
 def _signals_deferred():
@@ -58,11 +38,11 @@ class VideoWriter:
     Frames are RGB uint8 [H, W, 3]; every frame must have the size of the first, with even sides.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float = 30.0, crf: int = 18):
+    def __init__(self, path: str | os.PathLike, fps: float = DEFAULT_FPS, crf: int = DEFAULT_CRF):
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
             raise UsageError(f"{self.path}: video output must end in .mp4")
-        crf = validate.integer("crf", crf, 0, 51)
+        crf = validate.integer("crf", crf, 0, MAX_CRF)
         fps = validate.finite("fps", fps, MIN_FPS, MAX_FPS)
         ensure_parent(self.path)
         self.fps, self.crf = fps, crf

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from agetool.errors import OutputError
-from agetool.video import MIN_FPS, VideoWriter
+from agetool.options import MIN_FPS
+from agetool.video import VideoWriter
 from tests.helpers import cli, common, partials
 
 

@@ -154,7 +154,7 @@ def test_video_numbers_out_of_range_are_usage_errors(tmp_path, crop, weights, ca
 def test_frame_total_states_the_estimate():
     from agetool.errors import UsageError
     from agetool.options import VideoOptions
-    from agetool.video import MAX_FRAMES, frame_total
+    from agetool.options import MAX_FRAMES, frame_total
 
     assert frame_total(20, 30.0, 1.0) == 5 * 20 + 1 + 60
     with pytest.raises(UsageError, match=r"make 338,001 frames \(.* min of video\); the limit is") as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agetool.cli import console
+from agetool.options import DEFAULT_NOISE, DEFAULT_SEED
 
 
 def clip_inputs(inputs: list[Path]) -> list[Path]:
@@ -27,7 +28,7 @@ def _clip_options(face_kwargs: dict) -> dict:
     if face_kwargs.get("upscale"):
         raise UsageError(f"{arg('upscale')} is not available for clips")
     return {"mask": face_kwargs.get("mask", True), "faces": face_kwargs.get("faces", "all"), "min_face": face_kwargs.get("min_face", 0),
-            "seed": face_kwargs.get("seed", 0), "noise": face_kwargs.get("noise", 0.2)}
+            "seed": face_kwargs.get("seed", DEFAULT_SEED), "noise": face_kwargs.get("noise", DEFAULT_NOISE)}
 
 
 def _bar_progress(bar):

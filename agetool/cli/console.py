@@ -136,5 +136,3 @@ def _log_progress():
 
     return LogProgress
 
-
-from agetool.device import cpu_has_native_bf16, pick_device, pick_dtype  # noqa: E402,F401  (moved to the library)

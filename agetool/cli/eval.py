@@ -9,6 +9,7 @@ import typer
 
 from agetool.cli import app, console
 from agetool.cli.options import OPTION
+from agetool.options import DEFAULT_NOISE, DEFAULT_SEED
 
 EVAL_PANEL = "Evaluation options"
 
@@ -47,7 +48,7 @@ def eval_command(
     dtype: OPTION.dtype = "float32", age_anchors: OPTION.age_anchors = None,
     aligned: OPTION.aligned = False, no_mask: OPTION.no_mask = False, faces: OPTION.faces = "all",
     ref_threshold: OPTION.ref_threshold = None,
-    min_face: OPTION.min_face = 0, seed: OPTION.seed = 0, noise: OPTION.noise = 0.2,
+    min_face: OPTION.min_face = 0, seed: OPTION.seed = DEFAULT_SEED, noise: OPTION.noise = DEFAULT_NOISE,
     upscale: OPTION.upscale = None, upscale_weights: OPTION.upscale_weights = None,
 ) -> int:
     """Measure the outputs: how old they look, and whether they are still the same person.

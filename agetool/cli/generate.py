@@ -10,6 +10,7 @@ import typer
 
 from agetool.cli import app, console
 from agetool.cli.options import ESTIMATE_OPTIONS, OPTION, face_options, pipeline_options, print_profile
+from agetool.options import DEFAULT_CRF, DEFAULT_FPS, DEFAULT_STEPS
 
 RAY_PANEL = "Ray options"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -26,7 +27,7 @@ def age(
     tiles: Annotated[Optional[Path], typer.Option("--tiles", metavar="DIR", help="Also write every tile as DIR/<stem>/face<i>_<label>.png.", file_okay=False)] = None,
     no_labels: Annotated[bool, typer.Option("--no-labels", help="No age captions on the grid.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose grid already exists (resume a folder run).")] = False,
-    crf: Annotated[int, typer.Option("--crf", metavar="Q", help="Clips: H.264 quality, 0 lossless ... 51 worst; 18 is visually lossless.")] = 18,
+    crf: Annotated[int, typer.Option("--crf", metavar="Q", help="Clips: H.264 quality, 0 lossless ... 51 worst; 18 is visually lossless.")] = DEFAULT_CRF,
     profile: Annotated[bool, typer.Option("--profile", help="Print the time spent in each stage.")] = False,
     engine: Annotated[str, typer.Option("--engine", metavar="local|ray", help="local: this process (or each torchrun rank); ray: a Ray Data job (pip install \"agetool\\[ray]\"), same outputs; grids already written are skipped.", rich_help_panel=RAY_PANEL)] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, ray://HOST:10001, ...). Default: RAY_ADDRESS, else a Ray started here for the job.", rich_help_panel=RAY_PANEL)] = None,
@@ -176,13 +177,13 @@ def _targets(stems: list[str], out: str | None, several: bool, suffix: str) -> l
 def video(
     input: Annotated[Path, typer.Argument(help="A photo (or an aligned crop with --aligned), or a video clip: its people aged from --from to --to over its length.", show_default=False)],
     out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="FILE.mp4", help="MP4 file, or a folder (existing, or ending in /) for <stem>_aging.mp4. Default: here.")] = None,
-    fps: Annotated[float, typer.Option("--fps", metavar="N", help="Frames per second.")] = 30.0,
-    steps: Annotated[int, typer.Option("--steps", metavar="N", help="Frames per transition between age classes: 5 x N + 1 frames (with --from/--to: the same density in years).")] = 20,
+    fps: Annotated[float, typer.Option("--fps", metavar="N", help="Frames per second.")] = DEFAULT_FPS,
+    steps: Annotated[int, typer.Option("--steps", metavar="N", help="Frames per transition between age classes: 5 x N + 1 frames (with --from/--to: the same density in years).")] = DEFAULT_STEPS,
     from_age: Annotated[Optional[float], typer.Option("--from", metavar="YEARS", help="First age in years (default: the youngest class, 1). With --from or --to, frames are spaced uniformly in years.")] = None,
     to_age: Annotated[Optional[float], typer.Option("--to", metavar="YEARS", help="Last age in years (default: the oldest class, 59.5).")] = None,
     seconds: Annotated[Optional[float], typer.Option("--seconds", metavar="S", help="Length of the video (instead of --steps): seconds x fps frames, spaced in years.")] = None,
     hold: Annotated[float, typer.Option("--hold", metavar="S", help="Seconds to hold the first and last frame in the MP4.")] = 0.0,
-    crf: Annotated[int, typer.Option("--crf", metavar="Q", help="H.264 quality: 0 lossless ... 51 worst; 18 is visually lossless.")] = 18,
+    crf: Annotated[int, typer.Option("--crf", metavar="Q", help="H.264 quality: 0 lossless ... 51 worst; 18 is visually lossless.")] = DEFAULT_CRF,
     frames_dir: Annotated[Optional[Path], typer.Option("--frames", metavar="DIR", help="Also write every frame as DIR/frame_00000.png ...", file_okay=False)] = None,
     caption: Annotated[bool, typer.Option("--caption", help="Write the age in years on each frame of the MP4.")] = False,
     max_size: Annotated[int, typer.Option("--max-size", metavar="PX", help="With --paste-back, scale frames down to this long side.")] = 1080,

@@ -18,6 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from agetool.cli import console
+from agetool.options import DEFAULT_NOISE
 
 MODEL_PANEL = "Model options"
 FACE_PANEL = "Face options"
@@ -75,7 +76,7 @@ FACES = [
          metavar="PX"),
     _opt("seed", int, 0, "--seed", "Seed of the class-code noise: the same seed gives the same output.", FACE_PANEL,
          metavar="N"),
-    _opt("noise", float, 0.2, "--noise", "Sigma of the class-code noise (0 = clean codes).", FACE_PANEL,
+    _opt("noise", float, DEFAULT_NOISE, "--noise", "Sigma of the class-code noise (0 = clean codes).", FACE_PANEL,
          metavar="SIGMA"),
     _opt("upscale", Optional[int], None, "--upscale", "Upscale the aged faces 2x or 4x (512 / 1024 px tiles) with "
          "a super-resolution network without a face prior (Real-ESRGAN); pasted back at the face's own size.",

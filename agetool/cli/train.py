@@ -89,7 +89,7 @@ class TrainDisplay:
             console.info(f"run folder: {i.get('run')}  (steps {ev.step} -> {ev.total_steps})")
             ignored = i.get("ignored") or {}
             if ignored:
-                console.warn(f"not used for training (age groups outside the six classes): "
+                console.warn("not used for training (age groups outside the six classes): "
                              + ", ".join(f"{name}/ ({n} images)" for name, n in ignored.items()))
             if self.progress is not None:
                 self.task = self.progress.add_task("train", total=ev.total_steps, completed=ev.step, rate="",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agetool.clip.media import CLIP_SUFFIXES, ClipInfo, is_clip, probe
 from agetool.clip.runner import ClipFrame, ClipRunner, Progressive
+from agetool.options import DEFAULT_CRF, DEFAULT_NOISE, DEFAULT_SEED
 
 __all__ = ["CLIP_SUFFIXES", "ClipFrame", "ClipInfo", "age_clip", "clip_frames", "clip_outputs", "is_clip", "probe"]
 
@@ -65,7 +66,7 @@ def _specs(pipe, ages, from_age, to_age) -> list:
 
 def clip_frames(pipe, src: str | os.PathLike, ages=None, *, from_age: float | None = None,
                 to_age: float | None = None, mask: bool = True, parse: bool | None = None, faces: str = "all",
-                min_face: int = 0, seed: int = 0, noise: float = 0.2, detect_every: int = 5,
+                min_face: int = 0, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE, detect_every: int = 5,
                 info: ClipInfo | None = None) -> Iterator[ClipFrame]:
     """The aged frames of ``src``, one ``ClipFrame`` at a time (``.image``; ``.images`` per age)."""
     from agetool import validate
@@ -84,7 +85,7 @@ def clip_frames(pipe, src: str | os.PathLike, ages=None, *, from_age: float | No
 
 
 def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float | None = None,
-             to_age: float | None = None, crf: int = 18, progress=None, **options) -> list[Path]:
+             to_age: float | None = None, crf: int = DEFAULT_CRF, progress=None, **options) -> list[Path]:
     """Write ``src`` with its people aged: one clip per age (``out``: a file for one age, a folder,
     or a list of files); returns the paths written. ``options`` are those of ``clip_frames``;
     ``progress(description, total) -> advance(n)`` replaces the pipeline's progress callback."""

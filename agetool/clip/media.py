@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from agetool.errors import InputError, OutputError, UsageError, arg
+from agetool.options import DEFAULT_CRF
 
 #: what a clip output may be called
 CLIP_SUFFIXES = (".mp4", ".mov", ".mkv")
@@ -149,7 +150,7 @@ class ClipWriter:
     streams copied unchanged. Writes a temporary sibling and renames it on ``close()``; ``abort()``
     (or an exception inside ``with``) removes it."""
 
-    def __init__(self, out: str | os.PathLike, info: ClipInfo, crf: int = 18, preset: str = "medium"):
+    def __init__(self, out: str | os.PathLike, info: ClipInfo, crf: int = DEFAULT_CRF, preset: str = "medium"):
         from agetool import validate
         from agetool.files import ensure_parent
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from agetool.clip.media import ClipInfo, read_frames
 from agetool.clip.tracks import MIN_MATCH, GAP, Track, fast_align, link, match, thumbnail
+from agetool.options import DEFAULT_NOISE, DEFAULT_SEED
 
 #: frames between full detections (faces are followed by their landmarks in between)
 DETECT_EVERY = 5
@@ -80,7 +81,7 @@ class ClipRunner:
     """Ages one clip with a pipeline's models. Iterate it for ``ClipFrame``s."""
 
     def __init__(self, pipe, info: ClipInfo, specs: Sequence, *, mask: bool = True, parse: bool = True,
-                 faces: str = "all", min_face: int = 0, seed: int = 0, noise: float = 0.2,
+                 faces: str = "all", min_face: int = 0, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
                  detect_every: int = DETECT_EVERY, batch: int | None = None):
         self.pipe, self.models, self.info = pipe, pipe.models, info
         self.specs = list(specs)

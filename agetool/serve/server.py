@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from agetool.errors import AgetoolError, UsageError, arg
+from agetool.options import DEFAULT_NOISE, DEFAULT_SEED
 
 INSTALL_HINT = 'pip install "agetool[ui]"'
 
@@ -44,7 +45,7 @@ class Server:
     file it wrote (uploads, grids, videos), all of which lie in one temporary folder."""
 
     def __init__(self, pipeline, host: str = "127.0.0.1", port: int = 7860, limits=None,
-                 fixed_model: str | None = None, seed: int = 0, noise: float = 0.2, warm_up: bool = True,
+                 fixed_model: str | None = None, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE, warm_up: bool = True,
                  upscale: int | None = None):
         if not 1 <= port <= 65535:
             raise UsageError(f"{arg('port', port)}: expected 1 to 65535")

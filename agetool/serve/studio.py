@@ -19,6 +19,7 @@ import numpy as np
 from agetool.ages import AGE_CLASSES
 from agetool.errors import InputError, NoFaceError, UsageError, arg
 from agetool.images import DEFAULT_MAX_PIXELS, read_image, resize, write_image
+from agetool.options import DEFAULT_FPS, DEFAULT_NOISE, DEFAULT_SEED, DEFAULT_STEPS
 
 DEFAULT_MAX_BYTES = 20 * 2**20
 MODELS = ("auto", "male", "female")
@@ -94,7 +95,7 @@ class Studio:
     """The model set shared by every request, plus the folder results are written to."""
 
     def __init__(self, pipeline, workdir: str | os.PathLike, limits: Limits | None = None,
-                 fixed_model: str | None = None, seed: int = 0, noise: float = 0.2, upscale: int | None = None):
+                 fixed_model: str | None = None, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE, upscale: int | None = None):
         from agetool.upscale import check_factor
 
         self.pipe = pipeline
@@ -260,7 +261,8 @@ class Studio:
         os.replace(tmp, archive)
         return png, archive
 
-    def video(self, session: Session, paste_back: bool = False, fps: float = 30.0, steps: int = 20) -> Path:
+    def video(self, session: Session, paste_back: bool = False, fps: float = DEFAULT_FPS,
+              steps: int = DEFAULT_STEPS) -> Path:
         """The aging MP4 of an encoded photo: faces side by side, or the whole photo with paste-back."""
         out = self.new_folder() / f"{session.name}_aging.mp4"
         with self._lock:
