@@ -179,6 +179,9 @@ def test_clip_usage_errors(tmp_path, photo, weights, capsys):
     code, _, err = cli(["age", src, "--ages", "60,70", "--out", tmp_path / "x.mp4", "--weights", weights, *FAST],
                        capsys)
     assert code == 2 and "folder" in err
+    code, _, err = cli(["video", src, "--from", "20", "--to", "60", "--caption", "--hold", "1", "--weights", weights,
+                        *FAST], capsys)
+    assert code == 2 and "--hold, --caption: only for a photo's video" in err
     code, _, err = cli(["age", src, "--ages", "+20", "--out", tmp_path / "rel.mp4", "--weights", weights, *FAST],
                        capsys)
     assert code == 1 and "relative age" in err and not (tmp_path / "rel.mp4").exists() and not partials(tmp_path)

@@ -92,9 +92,14 @@ def age_clips(clips: list[Path], out, ages, crf: int, build, face_kwargs: dict, 
     return _run(clips, out, ages, crf, build, face_kwargs, profile=profile)
 
 
-def video_clip(clip: Path, out, from_age, to_age, crf: int, build, face_kwargs: dict, profile: bool = False) -> int:
-    """`agetool video CLIP --from A --to B`: the people aged progressively over the clip."""
+def video_clip(clip: Path, out, from_age, to_age, crf: int, build, face_kwargs: dict, profile: bool = False,
+               photo_only: list[str] = ()) -> int:
+    """`agetool video CLIP --from A --to B`: the people aged progressively over the clip (``photo_only``:
+    the flags given that only a photo's video takes)."""
     from agetool.errors import UsageError, arg
+
+    if photo_only:
+        raise UsageError(f"{', '.join(photo_only)}: only for a photo's video; a clip keeps its own frames and timing")
 
     if from_age is None and to_age is None:
         raise UsageError(f"a clip is aged progressively from {arg('from_age')} to {arg('to_age')} (years)",

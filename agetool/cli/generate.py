@@ -216,7 +216,10 @@ def video(
     from agetool.cli.clips import clip_inputs, video_clip
 
     if clip_inputs([input]):  # a clip: its people aged progressively over its length
-        return video_clip(input, out, from_age, to_age, crf, build, face_kwargs, profile)
+        photo_only = {"--seconds": seconds is not None, "--hold": hold != 0.0, "--frames": frames_dir is not None,
+                      "--caption": caption}
+        return video_clip(input, out, from_age, to_age, crf, build, face_kwargs, profile,
+                          photo_only=[flag for flag, given in photo_only.items() if given])
     name = input.stem + "_aging.mp4"
     target = Path(name) if out is None else Path(out) / name if _is_folder(out) else Path(out)
     if target.suffix.lower() != ".mp4":

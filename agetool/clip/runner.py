@@ -332,7 +332,7 @@ class ClipRunner:
                     w = self._latent(f.track, k, fr)
                     key = w.detach().cpu().numpy().tobytes()
                     if f.same_as is not None and key in f.same_as.tiles:
-                        continue  # the earlier frame's tile (``_tile``)
+                        continue  # the earlier frame's tile (``_paste`` takes it from there)
                     if key not in f.tiles:
                         f.tiles[key] = None
                         jobs.setdefault(f.track.model, []).append((f, key, w))
