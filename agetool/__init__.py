@@ -18,9 +18,8 @@ __version__ = "0.2.0"
 _EXPORTS = {
     "AgingPipeline": "agetool.pipeline",
     "AgingResult": "agetool.results",
-    "AgedFace": "agetool.results",
     "AgeEstimate": "agetool.results",
-    "EncodedFace": "agetool.results",
+    "Face": "agetool.results",
     "EncodedPhoto": "agetool.results",
     "FaceEstimate": "agetool.results",
     "AGE_CLASSES": "agetool.ages",

@@ -1,15 +1,15 @@
-"""Face preparation: detect -> align -> parse -> mask, one ``FaceCrop`` per face.
+"""Face preparation: detect -> align -> parse -> mask, filling one ``agetool.results.Face`` record per face.
 ``AgingPipeline`` and ``agetool dataset from-photos`` prepare faces with the same code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 
 from agetool.errors import NoFaceError, arg
 from agetool.models import Models, Report
+from agetool.results import Face
 
 GEN_SIZE = 256
 FACES = ("all", "largest")  # or a reference: "ref:PHOTO", a photo, an Embedding (agetool.identity.FaceReference)
@@ -36,35 +36,9 @@ def check_faces(faces):
     raise UsageError(f"{arg('faces', faces)}: expected all, largest, ref:PHOTO, a photo or an Embedding")
 
 
-@dataclass
-class FaceCrop:
-    """One face on its way to the generator."""
-
-    index: int
-    aligned: np.ndarray  # [S, S, 3] uint8: the aligned crop
-    network_input: np.ndarray  # [256, 256, 3] uint8: what the generator sees (masked unless mask=False)
-    labels: np.ndarray | None = None  # [S, S] uint8 face-parsing classes, when parsed
-    detection: object | None = None  # agetool.face.detect.DetectedFace, in photo pixels
-    alignment: object | None = None  # agetool.face.align.AlignedFace, for paste-back
-
-    @property
-    def box(self):
-        return None if self.detection is None else tuple(float(v) for v in self.detection.box)
-
-    @property
-    def landmarks(self):
-        return None if self.detection is None else np.asarray(self.detection.landmarks, np.float64)
-
-    @property
-    def crop_landmarks(self):
-        if self.detection is None or self.alignment is None:
-            return None
-        return self.alignment.photo_to_crop(self.detection.landmarks, self.aligned.shape[0])
-
-
 def prepare_faces(models: Models, image: np.ndarray, *, aligned: bool = False, mask: bool = True,
                   parse: bool | None = None, faces: str = "all", min_face: int = 0, name: str = "image",
-                  report: Report | None = None) -> list[FaceCrop]:
+                  report: Report | None = None) -> list[Face]:
     """A photo [H, W, 3] -> its faces, aligned (256 px) and, with ``mask``, background painted gray.
 
     Faces are numbered left to right in the photo. ``aligned=True`` takes the photo as an aligned
@@ -129,14 +103,14 @@ def find_faces(models: Models, image: np.ndarray, *, faces: str = "all", min_fac
 
 
 def _finish(models: Models, index: int, crop: np.ndarray, detection, alignment, mask: bool,
-            parse: bool) -> FaceCrop:
-    face = FaceCrop(index, crop, crop, detection=detection, alignment=alignment)
+            parse: bool) -> Face:
+    face = Face(index, crop, crop, detection=detection, alignment=alignment)
     if mask or parse:
         parser = models.parser
         with models.timer("parse"):
-            face.labels = parser.parse(crop)
+            face.parsing = parser.parse(crop)
     if mask:
         from agetool.face.mask import mask_background
 
-        face.network_input = mask_background(crop, face.labels)
+        face.network_input = mask_background(crop, face.parsing)
     return face

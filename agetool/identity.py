@@ -92,7 +92,7 @@ class FaceSpec:
 
 def face_spec(face) -> FaceSpec:
     """``face`` as a ``FaceSpec``: a FaceSpec; an object with ``landmarks`` and/or ``box`` (a detected
-    face, ``agetool.faces.FaceCrop``, an ``Embedding``); a [68, 2] landmark array; a [5, 2] array of
+    face, ``agetool.results.Face``, an ``Embedding``); a [68, 2] landmark array; a [5, 2] array of
     the ArcFace points; or a box (x0, y0, x1, y1)."""
     if isinstance(face, FaceSpec):
         return face

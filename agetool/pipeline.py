@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from agetool.images import DEFAULT_MAX_PIXELS, load_image, to_tensor, to_uint8
 from agetool.models import LANDMARKS, MODELS, Models, Timer
 from agetool.options import (DEFAULT_CRF, DEFAULT_FPS, DEFAULT_MAX_SIZE, DEFAULT_NOISE, DEFAULT_SEED, DEFAULT_STEPS,
                              AgeRequest, FaceOptions, RenderOptions, VideoOptions, request as build_request)
-from agetool.results import AgedFace, AgeEstimate, AgingResult, EncodedFace, EncodedPhoto, FaceEstimate
+from agetool.results import AgeEstimate, AgingResult, EncodedPhoto, Face, FaceEstimate
 
 Image = "str | os.PathLike | np.ndarray | PIL.Image.Image"
 
@@ -198,21 +199,16 @@ class AgingPipeline:
             # the parser and a known generator load while the faces are found
             self.models.preload(parser=options.parse,
                                 model=None if self.model == "auto" or not generate else self.model)
-            crops = prepare_faces(self.models, array, aligned=options.aligned, mask=options.mask, parse=options.parse,
+            faces = prepare_faces(self.models, array, aligned=options.aligned, mask=options.mask, parse=options.parse,
                                   faces=options.faces, min_face=options.min_face, name=name)
-            prepared = []
-            for crop in crops:
-                est = self._estimate_face(array, crop, estimate)
-                model = self._choose_model(name, crop, est)
-                prepared.append(EncodedFace(crop.index, crop.aligned, crop.box, crop.landmarks, crop.crop_landmarks,
-                                            model, est, crop=crop))
-            photo = EncodedPhoto(array, name, prepared)
+            for face in faces:
+                face.estimate = self._estimate_face(array, face, estimate)
+                face.model = self._choose_model(name, face, face.estimate)
+            photo = EncodedPhoto(array, name, faces)
             return self._with_features(photo) if generate else photo
 
     def _with_features(self, photo: EncodedPhoto) -> EncodedPhoto:
         """``photo`` with the generator's identity features of each face that has none yet."""
-        from dataclasses import replace
-
         if all(face.features is not None for face in photo.faces):
             return photo
         with self._lock:
@@ -221,7 +217,7 @@ class AgingPipeline:
                 if face.features is None:
                     engine = self.models.engine(face.model)
                     with self.models.timer("encode"):
-                        face = replace(face, features=engine.encode(to_tensor(face.crop.network_input))[0])
+                        face = replace(face, features=engine.encode(to_tensor(face.network_input))[0])
                 faces.append(face)
             return EncodedPhoto(photo.image, photo.name, faces)
 
@@ -278,13 +274,13 @@ class AgingPipeline:
         if warning:
             self._warn_once(f"warning: {warning}")
 
-    def render(self, face: EncodedFace, ages=None, *, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
+    def render(self, face: Face, ages=None, *, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
                targets: list[AgeTarget] | None = None) -> np.ndarray:
         """One encoded face at ``ages`` (or ``targets``, from ``targets()``) -> [N, 256, 256, 3] uint8
         (default: the six classes)."""
         return self._render(face, RenderOptions.of(targets if targets is not None else ages, seed=seed, noise=noise))
 
-    def _render(self, face: EncodedFace, render: RenderOptions) -> np.ndarray:
+    def _render(self, face: Face, render: RenderOptions) -> np.ndarray:
         self._warn_old(render)
         with self._lock:
             w6 = self.models.anchors(face.model, render.noise, render.seed)
@@ -294,7 +290,7 @@ class AgingPipeline:
                 out = self.models.engine(face.model).decode(face.features, w)
             return to_uint8(out)
 
-    def target_years(self, targets: Sequence[AgeTarget], face: EncodedFace) -> list[float]:
+    def target_years(self, targets: Sequence[AgeTarget], face: Face) -> list[float]:
         est = face.estimate.age if face.estimate is not None else None
         return [t.years(self.anchor_ages, est) for t in targets]
 
@@ -310,10 +306,10 @@ class AgingPipeline:
         with self.models.timer("paste"):
             for face, tile in zip(encoded.faces, tiles):
                 if tile is not None:
-                    if face.crop is None or face.crop.alignment is None:
+                    if face.alignment is None:
                         raise UsageError(f"{arg('paste_back')} needs the original photo, not an aligned crop")
-                    tile = fit_face(tile, face.crop.alignment)  # a 256 px tile stays as it is
-                    canvas = paste_back(canvas, tile, face.crop.alignment, face.crop.labels)
+                    tile = fit_face(tile, face.alignment)  # a 256 px tile stays as it is
+                    canvas = paste_back(canvas, tile, face.alignment, face.parsing)
         return canvas
 
     def __call__(self, image: Image, ages=None, aligned: bool = False, mask: bool = True, seed: int = DEFAULT_SEED,
@@ -344,15 +340,14 @@ class AgingPipeline:
             for face in enc.faces:
                 if face.estimate is None and render.relative:
                     raise EstimateError(f"{arg('ages')}: relative ages need an age estimate of each face")
-                images = self._render(face, render)
-                shown = face.aligned
+                images, shown = self._render(face, render), None
                 if render.upscale > 1:
                     from agetool.upscale import input_tile
 
                     images = self.upscale(images, render.upscale)
                     shown = input_tile(enc.image, face, images.shape[1])
-                aged.append(AgedFace(face.index, images, render.labels, self.target_years(render.targets, face),
-                                     face.box, face.landmarks, face.crop_landmarks, face.model, shown, face.estimate))
+                aged.append(replace(face, features=None, images=images, labels=render.labels,
+                                    ages=self.target_years(render.targets, face), input_tile=shown))
             pasted = None
             if options.paste_back:
                 for i, a in enumerate(aged):
@@ -452,7 +447,7 @@ class AgingPipeline:
     # ------------------------------------------------------------------ face stages on their own
     def faces(self, image: Image, *, aligned: bool = False, mask: bool = True, parse: bool | None = None,
               faces: str = "all", min_face: int = 0) -> list:
-        """The faces of ``image`` as the generator would see them (``agetool.faces.FaceCrop``:
+        """The faces of ``image`` as the generator would see them (``agetool.results.Face``:
         aligned 256 px crop, masked input, parsing labels, detection and alignment), left to right."""
         faces = check_faces(faces)
         validate.integer("min_face", min_face, low=0)
@@ -528,7 +523,7 @@ def _check_encoded(photo: EncodedPhoto, options: FaceOptions) -> None:
     if changed:
         raise UsageError(f"{', '.join(arg(n) for n in changed)}: the photo is already encoded, its faces found "
                          "and prepared", hint="pass these options to encode(), or pass the photo itself")
-    if options.paste_back and any(f.crop is None or f.crop.alignment is None or f.crop.labels is None
+    if options.paste_back and any(f.alignment is None or f.parsing is None
                                   for f in photo.faces):
         raise UsageError(f"{arg('paste_back')}: this encoded photo has no parsed faces to blend",
                          hint=f"encode it with {arg('paste_back', True)}")

@@ -37,30 +37,65 @@ class FaceEstimate:
     gender_probability: float
 
 
-@dataclass
-class EncodedFace:
-    """A face ready to render at any age: aligned, masked and encoded once.
+@dataclass(eq=False)
+class Face:
+    """One face, from detection to result: one record that each stage fills in.
 
-    ``features`` are the generator's identity features; ``render`` reuses them, so each further
-    age costs one decode.
+    - the face stages (``agetool.faces``): ``index`` (left to right in the photo), ``detection``
+      (box and 68 landmarks in photo pixels), ``alignment`` (the crop's transform, for paste-back),
+      ``aligned`` (the crop), ``parsing`` (face-parsing classes) and ``network_input`` (the crop with
+      its background painted gray, or the crop itself without masking);
+    - the pipeline: ``estimate`` (age and gender), ``model`` (the generator that renders it) and
+      ``features`` (the generator's identity features: each further age costs one decode);
+    - rendering: ``images`` at the requested ``labels`` / ``ages`` (``input_tile``: the input column
+      when it is not ``aligned``, upscaled), and with paste-back ``pasted``;
+    - identity: ``embedding``, computed once by the stage that first needs it.
     """
 
     index: int  # faces are numbered left to right in the photo
-    aligned: np.ndarray  # [256, 256, 3] uint8: the aligned input crop
-    box: tuple[float, float, float, float] | None  # photo pixels; None for an aligned input
-    landmarks: np.ndarray | None  # [68, 2] photo pixels
-    crop_landmarks: np.ndarray | None  # [68, 2] in the aligned crop's pixels
-    model: str  # "male" | "female" | "custom"
-    estimate: AgeEstimate | None
+    aligned: np.ndarray  # [S, S, 3] uint8: the aligned crop (256 px for the generator)
+    network_input: np.ndarray | None = None  # [256, 256, 3] uint8: what the generator sees
+    parsing: np.ndarray | None = None  # [S, S] uint8 face-parsing classes, when parsed
+    detection: Any = None  # agetool.face.detect.DetectedFace, in photo pixels; None for an aligned input
+    alignment: Any = None  # agetool.face.align.AlignedFace, for paste-back
+    estimate: AgeEstimate | None = None
+    model: str | None = None  # "male" | "female" | "custom"
     features: Any = field(default=None, repr=False)  # torch.Tensor [256, 64, 64]
-    crop: Any = field(default=None, repr=False)  # agetool.faces.FaceCrop (mask, labels, alignment)
+    embedding: Any = field(default=None, repr=False)  # agetool.identity.Embedding
+    images: np.ndarray | None = None  # [N, S, S, 3] uint8: the face at each requested age
+    labels: list[str] = field(default_factory=list)  # class labels or the ages as requested
+    ages: list[float] = field(default_factory=list)  # each column's age in years (a class: its anchor age)
+    pasted: list[np.ndarray] | None = None  # with paste_back: the photo with this face aged, per column
+    input_tile: np.ndarray | None = None  # the grid's input column when not ``aligned`` (upscaled outputs)
+
+    @property
+    def box(self) -> tuple[float, float, float, float] | None:
+        """(x0, y0, x1, y1) in photo pixels; None for an aligned input."""
+        return None if self.detection is None else tuple(float(v) for v in self.detection.box)
+
+    @property
+    def landmarks(self) -> np.ndarray | None:
+        """[68, 2] in photo pixels."""
+        return None if self.detection is None else np.asarray(self.detection.landmarks, np.float64)
+
+    @property
+    def crop_landmarks(self) -> np.ndarray | None:
+        """[68, 2] in the aligned crop's pixels."""
+        if self.detection is None or self.alignment is None:
+            return None
+        return self.alignment.photo_to_crop(self.detection.landmarks, self.aligned.shape[0])
+
+    @property
+    def shown(self) -> np.ndarray:
+        """The grid's input column."""
+        return self.aligned if self.input_tile is None else self.input_tile
 
 
 @dataclass
 class EncodedPhoto:
     image: np.ndarray  # [H, W, 3] uint8, EXIF orientation applied
     name: str  # file name, or "image" for arrays
-    faces: list[EncodedFace]
+    faces: list[Face]
 
 
 def column_label(label: str, years: float | None) -> str:
@@ -72,23 +107,6 @@ def column_label(label: str, years: float | None) -> str:
 
 
 @dataclass
-class AgedFace:
-    """One face at the requested ages (``images[k]`` has the label ``labels[k]``)."""
-
-    index: int
-    images: np.ndarray  # [N, 256, 256, 3] uint8
-    labels: list[str]  # class labels or the ages as requested
-    ages: list[float]  # each column's age in years (a class gives its anchor age)
-    box: tuple[float, float, float, float] | None
-    landmarks: np.ndarray | None
-    crop_landmarks: np.ndarray | None
-    model: str
-    aligned: np.ndarray  # [256, 256, 3] uint8
-    estimate: AgeEstimate | None = None
-    pasted: list[np.ndarray] | None = None  # with paste_back: the photo with this face aged, per column
-
-
-@dataclass
 class AgingResult:
     """Every face of one photo at the requested ages.
 
@@ -97,11 +115,11 @@ class AgingResult:
 
     image: np.ndarray
     name: str
-    faces: list[AgedFace]
+    faces: list[Face]
     labels: list[str]
     pasted: list[np.ndarray] | None = None
 
-    def input_label(self, face: AgedFace) -> str:
+    def input_label(self, face: Face) -> str:
         return "input" if face.estimate is None else f"input, ~{face.estimate.age:.0f}"
 
     def rows(self) -> list[list[np.ndarray]]:
@@ -111,7 +129,7 @@ class AgingResult:
             from agetool.images import fit
 
             return [[fit(t, PASTE_GRID_SIDE) for t in (self.image, *self.pasted)]]
-        return [[f.aligned, *f.images] for f in self.faces]
+        return [[f.shown, *f.images] for f in self.faces]
 
     def grid_array(self, labels: bool = True) -> np.ndarray:
         """The grid ``agetool age`` writes, as an array [H, W, 3] uint8."""
@@ -138,7 +156,7 @@ class AgingResult:
 
         folder, written = Path(folder), []
         for face in self.faces:
-            first = face.aligned if self.pasted is None else self.image
+            first = face.shown if self.pasted is None else self.image
             shown = face.images if self.pasted is None else face.pasted
             written.append(write_image(folder / f"face{face.index}_input.png", first))
             for label, tile in zip(face.labels, shown):

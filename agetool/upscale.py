@@ -147,8 +147,7 @@ def input_tile(photo: np.ndarray, face, size: int) -> np.ndarray:
     (the photo's own pixels), or, for an aligned input, the crop enlarged (Lanczos)."""
     from agetool.images import resize
 
-    crop = getattr(face, "crop", None)
-    if crop is not None and crop.alignment is not None and face.landmarks is not None:
+    if face.alignment is not None and face.landmarks is not None:
         from agetool.face.align import align_face
 
         return align_face(photo, face.landmarks, size=size).image

@@ -24,7 +24,7 @@ def pipe(weights):
 
 
 def test_public_names():
-    for name in ("AgingPipeline", "AgingResult", "AgedFace", "EncodedFace", "AgeEstimate", "errors", "evaluate"):
+    for name in ("AgingPipeline", "AgingResult", "Face", "AgeEstimate", "errors", "evaluate"):
         assert hasattr(agetool, name), name
     assert "AgingPipeline" in dir(agetool)
     assert "Example" in __import__("agetool.pipeline").pipeline.__doc__ and "Args:" in agetool.AgingPipeline.from_pretrained.__doc__

@@ -13,7 +13,7 @@ from agetool.errors import ModelChoiceError
 from agetool.face.detect import DetectedFace
 from agetool.face.gender import GenderClassifier, face_box, input_normalization
 from agetool.pipeline import AgingPipeline
-from agetool.faces import FaceCrop
+from agetool.results import Face
 from tests.helpers import cli
 
 onnx = pytest.importorskip("onnx")
@@ -88,7 +88,7 @@ def _two_tone(shape, box, inside, outside, grow: float = 1.2) -> np.ndarray:
 def test_predict_reads_the_gender_scores(classifier, landmarks, inside, expected):
     outside = (255, 0, 0) if expected == "male" else (0, 255, 0)
     photo = _two_tone((512, 512, 3), face_box(landmarks), inside, outside)
-    face = FaceCrop(0, np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256, 3), np.uint8),
+    face = Face(0, np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256, 3), np.uint8),
                     detection=DetectedFace(1.0, (0, 0, 1, 1), landmarks))
     gender, p = classifier.predict(photo, face)
     assert gender == expected
@@ -99,7 +99,7 @@ def test_predict_reads_the_gender_scores(classifier, landmarks, inside, expected
 
 def test_predict_on_an_aligned_crop(classifier):
     crop = _two_tone((256, 256, 3), (0.235 * 256, 0.22 * 256, 0.77 * 256, 0.91 * 256), (0, 255, 0), (255, 0, 0))
-    face = FaceCrop(0, crop, crop)
+    face = Face(0, crop, crop)
     assert classifier.predict(crop, face)[0] == "male"
 
 
@@ -107,7 +107,7 @@ def test_pipeline_reports_the_choice(classifier, landmarks):
     messages: list[str] = []
     pipeline = AgingPipeline.from_pretrained(device="cpu", report=messages.append)
     image = _two_tone((512, 512, 3), face_box(landmarks), (255, 0, 0), (0, 255, 0))
-    face = FaceCrop(0, image[:256, :256], image[:256, :256], detection=DetectedFace(1.0, (0, 0, 1, 1), landmarks))
+    face = Face(0, image[:256, :256], image[:256, :256], detection=DetectedFace(1.0, (0, 0, 1, 1), landmarks))
     pipeline.models._loaded["classifier"] = classifier
     est = pipeline._estimate_face(image, face, "auto")
     assert est.gender == "female" and 0.5 < est.gender_probability <= 1 and est.age >= 0
@@ -124,7 +124,9 @@ def test_offline_without_the_classifier_asks_for_model(tmp_path, capsys):
     code, _, err = cli(["age", crop, "--aligned", "--no-mask", "--offline", "--out", tmp_path / "g.png",
                         "--device", "cpu"], capsys)
     assert code == 1
-    assert "--model male or --model female" in err and "Traceback" not in err
+    # every file the run needs, in one line, each with the option that takes a file instead
+    assert "genderage (age and gender classifier, or --age-model FILE)" in err and "Traceback" not in err
+    assert "lats-male (generator, or --weights FILE)" in err and "lats-female" in err
     assert len(err.strip().splitlines()) == 1
 
 

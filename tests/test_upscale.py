@@ -146,18 +146,20 @@ def _centroid(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("zoom", [1, 4])  # the face 174 px in the photo (below 256), then 695 px
 def test_the_upscaled_face_lands_where_the_256_px_one_did(reference_dir, zoom):
     from agetool.face.align import align_face
-    from agetool.faces import FaceCrop
+    from agetool.face.detect import DetectedFace
     from agetool.models import Models
     from agetool.pipeline import AgingPipeline
-    from agetool.results import EncodedFace, EncodedPhoto
+    from agetool.results import EncodedPhoto, Face
 
     photo = Image.open(reference_dir / "align_case0_input.png").convert("RGB")
     landmarks = np.asarray(json.loads((reference_dir / "align_case0_landmarks.json").read_text())["landmarks"])
     photo = np.asarray(photo.resize((photo.width * zoom, photo.height * zoom), Image.BICUBIC))
     landmarks = (landmarks + 0.5) * zoom - 0.5
     al = align_face(photo, landmarks)
-    crop = FaceCrop(0, al.image, al.image, labels=np.ones((256, 256), np.uint8), alignment=al)
-    enc = EncodedPhoto(photo, "photo", [EncodedFace(0, al.image, None, landmarks, None, "custom", None, crop=crop)])
+    box = (*landmarks.min(0), *landmarks.max(0))
+    face = Face(0, al.image, al.image, parsing=np.ones((256, 256), np.uint8), alignment=al, model="custom",
+                detection=DetectedFace(1.0, box, landmarks.astype(np.float32)))
+    enc = EncodedPhoto(photo, "photo", [face])
     pipe = AgingPipeline(Models())
     tile, gray = _blob(), _blob(height=0)
     upscaler = Upscaler(_nearest_net(), 4, "nearest", "SRVGGNetCompact")
@@ -174,7 +176,7 @@ def test_the_upscaled_face_lands_where_the_256_px_one_did(reference_dir, zoom):
     # frame by frame (clips): the tile and its held blend mask, both at the pasted size
     from agetool.face.paste import paste_back, paste_mask
 
-    held = paste_mask(crop.labels, 256)
+    held = paste_mask(face.parsing, 256)
     tile_p, mask_p = upscaler.for_paste(tile, al, 4, held)
     gray_p, _ = upscaler.for_paste(gray, al, 4, held)
     assert tile_p.shape[:2] == mask_p.shape == (max(256, int(np.ceil(native))),) * 2

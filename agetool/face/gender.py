@@ -111,7 +111,7 @@ class GenderClassifier:
         return np.asarray(self.session.run(None, {self.input_name: blob})[0][0], dtype=np.float64)
 
     def estimate(self, photo_image: np.ndarray, face) -> tuple[str, float, float]:
-        """(gender, probability of that gender, age in years) for ``face`` (a FaceCrop) of the photo.
+        """(gender, probability of that gender, age in years) for ``face`` (an ``agetool.results.Face``) of the photo.
 
         The photo and the face's landmarks are used where known; an aligned crop without landmarks
         uses the face's place in the crop.
@@ -126,7 +126,7 @@ class GenderClassifier:
         return self.estimate_at(image, box)
 
     def predict(self, photo_image: np.ndarray, face) -> tuple[str, float]:
-        """('male' | 'female', probability of that answer) for ``face`` (a FaceCrop) of the photo."""
+        """('male' | 'female', probability of that answer) for ``face`` (an ``agetool.results.Face``) of the photo."""
         gender, p, _ = self.estimate(photo_image, face)
         return gender, p
 

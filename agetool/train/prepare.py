@@ -429,7 +429,7 @@ def build_from_photos(rows: list[PhotoRow], out: str | os.PathLike, *, landmarks
                 folder = out / GENDER_FOLDERS[row.gender] / f"{phase}{row.group}"
                 name = f"{row.line:05d}_{row.path.stem}.png"
                 write_image(folder / name, face.aligned)
-                write_label_map(folder / "parsings" / name, face.labels)
+                write_label_map(folder / "parsings" / name, face.parsing)
                 result.kept[(GENDER_FOLDERS[row.gender], phase, row.group)] += 1
         if progress is not None:
             progress(done, len(rows))
