@@ -200,5 +200,6 @@ def test_estimated_age_captions_the_input_and_drives_relative_ages(tmp_path, cro
     # no estimate at hand: a relative age is a clear error, not a guess
     code, _, err = cli(["age", crop, "--out", tmp_path / "h.png", "--ages", "+20", "--offline", *common(weights)],
                        capsys)
-    assert code == 1 and "relative age" in err and "Traceback" not in err
+    assert code == 1 and "genderage (age and gender classifier, or --age-model FILE)" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "h.png").exists()
