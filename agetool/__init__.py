@@ -26,6 +26,8 @@ _EXPORTS = {
     "DEFAULT_ANCHORS": "agetool.ages",
     "parse_ages": "agetool.ages",
     "evaluate": "agetool.eval.run",
+    "FaceIdentity": "agetool.identity",
+    "FaceReference": "agetool.identity",
     "errors": "agetool.errors",
     "AgetoolError": "agetool.errors",
 }

@@ -387,7 +387,7 @@ class FaceReference:
     def identity(self) -> FaceIdentity:
         with self._lock:
             if self._identity is None:
-                self._identity = FaceIdentity.from_pretrained(self._model, argument="faces")
+                self._identity = FaceIdentity.from_pretrained(self._model, argument="model")
             return self._identity
 
     @property
