@@ -142,3 +142,23 @@ def link_or_copy(src: str | os.PathLike, target: str | os.PathLike) -> Path:
         except OSError:
             shutil.copyfile(src, tmp)
     return target
+
+
+class Finishing:
+    """The ``with`` shape of a writer that keeps its file with ``close()`` and removes its partial file
+    with ``abort()``: the block's success keeps it, any exception (or a stop signal) removes it."""
+
+    def close(self):  # pragma: no cover - each writer defines it
+        raise NotImplementedError
+
+    def abort(self) -> None:  # pragma: no cover - each writer defines it
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -10,7 +10,7 @@ import numpy as np
 
 from agetool import validate
 from agetool.errors import OutputError, UsageError
-from agetool.files import ensure_parent, temp_sibling
+from agetool.files import Finishing, ensure_parent, temp_sibling
 from agetool.options import DEFAULT_CRF, DEFAULT_FPS, MAX_CRF, MAX_FPS, MIN_FPS
 
 @contextmanager
@@ -30,7 +30,7 @@ def _signals_deferred():
         mask(signal.SIG_SETMASK, old)
 
 
-class VideoWriter:
+class VideoWriter(Finishing):
     """H.264 (libx264), yuv420p, +faststart, CRF quality. Writes to a temporary name and renames on
     ``close()``; ``abort()`` (or an exception inside ``with``) removes the partial file. A failure
     of the encoder is one ``OutputError`` line quoting ffmpeg's last message, and leaves no file.
@@ -151,15 +151,6 @@ class VideoWriter:
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
-
-    def __enter__(self) -> "VideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def read_video_frames(path: str | os.PathLike) -> tuple[int, tuple[int, int]]:

@@ -15,22 +15,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def median_time(fn, repeats: int) -> tuple[float, float]:
-    """(median, fastest) seconds of ``repeats`` runs after a warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
+from benchmarks.face_stages import median_time
 
 
 def photos() -> tuple[np.ndarray, np.ndarray]:

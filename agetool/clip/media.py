@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from agetool.errors import InputError, OutputError, UsageError, arg
+from agetool.files import Finishing
 from agetool.options import DEFAULT_CRF
 
 #: what a clip output may be called
@@ -145,7 +146,7 @@ def check_output(out: str | os.PathLike) -> Path:
     return out
 
 
-class ClipWriter:
+class ClipWriter(Finishing):
     """H.264 (libx264, yuv420p, CRF) with the source's timestamps and rotation, the source's audio
     streams copied unchanged. Writes a temporary sibling and renames it on ``close()``; ``abort()``
     (or an exception inside ``with``) removes it."""
@@ -268,12 +269,3 @@ class ClipWriter:
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
-
-    def __enter__(self) -> "ClipWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
