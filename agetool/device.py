@@ -33,15 +33,51 @@ class Dist:
         return list(items[self.rank::self.world])
 
 
-def env_dist() -> Dist:
-    """The rank, world size and local rank that ``torchrun`` sets in the environment."""
+#: the most processes a job may have
+MAX_WORLD = 65536
+_AS_TORCHRUN = "as torchrun sets them"
+
+
+def _env_int(name: str) -> int | None:
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return None
     try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return Dist()
-        return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+        return int(text.strip())
     except ValueError:
-        raise UsageError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (as torchrun sets them)") from None
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise UsageError(f"{name}={shown}: not a whole number ({_AS_TORCHRUN})") from None
+
+
+def env_dist() -> Dist:
+    """The rank, world size and local rank that ``torchrun`` sets in the environment; a
+    ``UsageError`` for values no job has (a rank outside the world, one set without the other)."""
+    rank, world, local = (_env_int(n) for n in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if world is None:  # a lone process: rank 0, local rank 0 (an unset or zero LOCAL_RANK)
+        given = [f"{n}={v}" for n, v in (("RANK", rank), ("LOCAL_RANK", local)) if v not in (None, 0)]
+        if rank is not None or given:
+            given = given or [f"RANK={rank}"]
+            raise UsageError(f"{' and '.join(given)} without WORLD_SIZE", hint=f"set all three, {_AS_TORCHRUN}, or none")
+        return Dist()
+    if not 1 <= world <= MAX_WORLD:
+        raise UsageError(f"WORLD_SIZE={world}: expected 1 to {MAX_WORLD:,} processes ({_AS_TORCHRUN})")
+    if rank is None and world > 1:
+        raise UsageError(f"WORLD_SIZE={world} without RANK", hint=f"set all three, {_AS_TORCHRUN}, or none")
+    rank = 0 if rank is None else rank
+    if not 0 <= rank < world:
+        raise UsageError(f"RANK={rank}: expected 0 to {world - 1} in a job of WORLD_SIZE={world} ({_AS_TORCHRUN})")
+    local = rank if local is None else local
+    if not 0 <= local <= rank:
+        raise UsageError(f"LOCAL_RANK={local}: expected 0 to RANK={rank} ({_AS_TORCHRUN})")
+    if world == 1:
+        return Dist()
+    port = _env_int("MASTER_PORT")
+    if not os.environ.get("MASTER_ADDR", "").strip() or port is None:
+        raise UsageError(f"a job of WORLD_SIZE={world} needs MASTER_ADDR and MASTER_PORT, where its processes meet",
+                         hint="start it with torchrun, which sets them")
+    if not 1 <= port <= 65535:
+        raise UsageError(f"MASTER_PORT={port}: expected 1 to 65535")
+    return Dist(rank, world, local)
 
 
 def mps_available() -> bool:

@@ -139,6 +139,10 @@ class MissingModelsError(OfflineError):
         self.missing = list(missing)
 
 
+class PeerError(AgetoolError):
+    """The processes of a multi-process job did not all meet in time (one never started, or stopped)."""
+
+
 class ModelChoiceError(AgetoolError):
     """The male / female model can't be chosen automatically."""
 

@@ -97,6 +97,10 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
         from agetool.images import outputs_clear
 
         outputs_clear("out", out, r"report\.(json|md|png)|anchors\.json", paths)
+    if dist.world > 1:
+        from agetool.shards import join
+
+        join(dist)  # every rank running, before any work (a bounded wait)
     dev = pick_device(device, dist=dist) if pipeline is None else pipeline.device
     generators = _generators(pipeline, model=model, weights=weights, compare=compare, parser_weights=parser_weights,
                              landmarks=landmarks, device=dev, dtype=dtype, offline=offline, age_anchors=age_anchors,
