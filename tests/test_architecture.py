@@ -212,3 +212,30 @@ def test_face_options_with_an_encoded_photo_are_an_error(weights):
     with pytest.raises(UsageError, match="paste_back"):
         pipe(encoded, paste_back=True)
     assert pipe(encoded, ages=[30]).faces[0].images.shape == (1, 256, 256, 3)
+
+
+def test_model_preprocessing_stands_with_its_registry_entry(tmp_path, monkeypatch):
+    """The parser's input size and normalization, the mask's classes and the classifier's crop come from
+    weights.toml; a registry of one's own without the tables takes the bundled ones."""
+    from agetool.face import mask
+    from agetool.face.parse import preprocess
+    from agetool.weights.registry import DEFAULT_REGISTRY, preprocessing
+
+    bundled = DEFAULT_REGISTRY.read_text(encoding="utf-8")
+    assert "[models.deeplab-parser.preprocess]" in bundled
+    crop = np.full((64, 64, 3), 128, np.uint8)
+    assert tuple(preprocess(crop).shape) == (1, 3, 513, 513)
+    assert mask.masking() == ((0, 14, 15, 16, 18), 128)
+    own = tmp_path / "registry.toml"
+    own.write_text(bundled.replace("size = 513", "size = 65").replace("mask_gray = 128", "mask_gray = 7"),
+                   encoding="utf-8")
+    monkeypatch.setenv("AGETOOL_REGISTRY", str(own))
+    assert preprocessing("deeplab-parser")["size"] == 65
+    assert tuple(preprocess(crop).shape) == (1, 3, 65, 65)
+    labels = np.zeros((64, 64), np.uint8)
+    assert mask.mask_background(crop, labels).max() == 7
+    bare = tmp_path / "bare.toml"  # entries without preprocess tables
+    bare.write_text('[models.deeplab-parser]\nkind = "parser"\nsources = [{ url = "https://example.org/p.pth" }]\n',
+                    encoding="utf-8")
+    monkeypatch.setenv("AGETOOL_REGISTRY", str(bare))
+    assert preprocessing("deeplab-parser")["size"] == 513 and preprocessing("genderage")["box_scale"] == 1.5

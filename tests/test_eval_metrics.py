@@ -14,9 +14,11 @@ from agetool.eval import calibrate
 from agetool.eval.measure import Measurer
 from agetool.eval.report import build, face_record, markdown, summarize, write
 from agetool.face.gender import GenderClassifier
-from agetool.face.identity import (ARCFACE_TEMPLATE, IdentityEmbedder, aligned_five_points, arcface_crop,
+from agetool.face.identity import (IdentityEmbedder, arcface_template, aligned_five_points, arcface_crop,
                                    five_points, similarity_transform)
 from tests.helpers import arcface_standin, genderage_standin, onnx_linear_model
+
+ARCFACE_TEMPLATE = arcface_template()[0]  # the registry entry's five points in a 112 px crop
 
 pytest.importorskip("onnx")
 

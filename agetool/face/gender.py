@@ -21,9 +21,9 @@ import numpy as np
 from agetool.errors import AgetoolError, ModelChoiceError, arg
 
 GENDERS = ("female", "male")
-BOX_SCALE = 1.5
-#: Face box in an aligned crop, as fractions of its side (x0, y0, x1, y1).
-ALIGNED_BOX = (0.235, 0.22, 0.77, 0.91)
+#: the registry entry whose ``preprocess`` table gives ``box_scale`` (the crop around the face box)
+#: and ``aligned_box`` (the face box in an aligned crop, as fractions of its side: x0, y0, x1, y1)
+ENTRY = "genderage"
 _HINT = (f"pass {arg('model', 'male')} or {arg('model', 'female')}, or the classifier as "
          f"{arg('classifier_weights', 'FILE')}")
 
@@ -38,7 +38,9 @@ def face_box(landmarks: np.ndarray) -> tuple[float, float, float, float]:
 
 def aligned_box(side: int) -> tuple[float, float, float, float]:
     """The face box in an aligned crop of ``side`` pixels, where no landmarks are known."""
-    return tuple(v * side for v in ALIGNED_BOX)
+    from agetool.weights.registry import preprocessing
+
+    return tuple(v * side for v in preprocessing(ENTRY)["aligned_box"])
 
 
 def input_normalization(path: str | os.PathLike) -> tuple[float, float]:
@@ -56,6 +58,9 @@ class GenderClassifier:
         self.input_size = int(inp.shape[2]) if isinstance(inp.shape[2], int) else 96
         self.mean, self.std = mean, std
         self.path = None  # the model file, when loaded from one
+        from agetool.weights.registry import preprocessing
+
+        self.box_scale = float(preprocessing(ENTRY)["box_scale"])
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, offline: bool = False,
@@ -91,7 +96,7 @@ class GenderClassifier:
 
         s = self.input_size
         x0, y0, x1, y1 = box
-        scale = s / (max(x1 - x0, y1 - y0) * BOX_SCALE)
+        scale = s / (max(x1 - x0, y1 - y0) * self.box_scale)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         m = np.array([[scale, 0.0, s / 2 - cx * scale], [0.0, scale, s / 2 - cy * scale]])
         crop = cv2.warpAffine(np.ascontiguousarray(image), m, (s, s), borderValue=0.0)  # [S, S, 3] RGB
@@ -121,8 +126,7 @@ class GenderClassifier:
             image, box = photo_image, face_box(detection.landmarks)
         else:
             image = face.aligned
-            n = image.shape[0]
-            box = tuple(v * n for v in ALIGNED_BOX)
+            box = aligned_box(image.shape[0])
         return self.estimate_at(image, box)
 
     def predict(self, photo_image: np.ndarray, face) -> tuple[str, float]:

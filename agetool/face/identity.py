@@ -17,10 +17,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-#: The ArcFace template: left eye, right eye, nose tip, left and right mouth corner in a 112 crop.
-ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                             [41.5493, 92.3655], [70.7299, 92.2041]])
-ARCFACE_SIZE = 112
+#: the registry entry whose ``preprocess`` table holds the ArcFace template (``template``: left eye,
+#: right eye, nose tip, left and right mouth corner in a crop of ``size`` pixels)
+ENTRY = "arcface-w600k"
 #: The five points in a 256 px FFHQ-aging crop of a frontal face (as the aligner places them).
 ALIGNED_FIVE = np.array([[95.5, 121.8], [159.5, 122.2], [129.5, 157.9], [95.0, 177.3], [160.8, 177.0]])
 ALIGNED_SIDE = 256
@@ -58,11 +57,24 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
-def arcface_crop(image: np.ndarray, points: np.ndarray, size: int = ARCFACE_SIZE) -> np.ndarray:
-    """The [size, size, 3] crop of RGB ``image`` with ``points`` [5, 2] on the ArcFace template."""
+def arcface_template(preprocessing: dict | None = None) -> tuple[np.ndarray, int]:
+    """(the five template points [5, 2], the side of their crop): a model's registry ``preprocess``
+    table, by default insightface's (112 px)."""
+    from agetool.weights.registry import preprocessing as registered
+
+    p = preprocessing or registered(ENTRY)
+    return np.asarray(p["template"], np.float64), int(p["size"])
+
+
+def arcface_crop(image: np.ndarray, points: np.ndarray, size: int | None = None,
+                 preprocessing: dict | None = None) -> np.ndarray:
+    """The [size, size, 3] crop of RGB ``image`` with ``points`` [5, 2] on the ArcFace template
+    (``arcface_template(preprocessing)``, scaled to ``size``; default: the template's own side)."""
     import cv2
 
-    template = ARCFACE_TEMPLATE * (size / ARCFACE_SIZE)
+    base, side = arcface_template(preprocessing)
+    size = side if size is None else size
+    template = base * (size / side)
     m = similarity_transform(points, template)
     return cv2.warpAffine(np.ascontiguousarray(image), m, (size, size), borderValue=0.0)
 
@@ -70,12 +82,14 @@ def arcface_crop(image: np.ndarray, points: np.ndarray, size: int = ARCFACE_SIZE
 class IdentityEmbedder:
     """An ArcFace-type ONNX model: ``embed(images, points)`` -> L2-normalized embeddings [N, D]."""
 
-    def __init__(self, session, mean: float, std: float):
+    def __init__(self, session, mean: float, std: float, preprocessing: dict | None = None):
         from agetool.nn.onnxrt import fixed_batch, input_side
+        from agetool.weights.registry import preprocessing as registered
 
+        self.preprocessing = dict(preprocessing or registered(ENTRY))  # the entry's template and size
         self.session = session
         self.input_name = session.get_inputs()[0].name
-        self.input_size = input_side(session, ARCFACE_SIZE)
+        self.input_size = input_side(session, int(self.preprocessing["size"]))
         self.batch = fixed_batch(session) or 16
         self.mean, self.std = mean, std
         self.path = None
@@ -91,13 +105,16 @@ class IdentityEmbedder:
         path = weights.resolve(name, path, argument=argument, offline=offline, report=report, progress=progress)
         session = onnxrt.session(path, argument=argument, device=device)
         mean, std = (0.0, 1.0) if onnxrt.graph_normalizes(path) else (127.5, 127.5)
-        embedder = cls(session, mean, std)
+        from agetool.weights.registry import preprocessing
+
+        embedder = cls(session, mean, std, preprocessing(name))
         embedder.path = path
         return embedder
 
     def prepare(self, images, points) -> np.ndarray:
         """The network input [N, 3, S, S] float32 for RGB ``images`` with their five ``points`` each."""
-        crops = np.stack([arcface_crop(im, pts, self.input_size) for im, pts in zip(images, points)])
+        crops = np.stack([arcface_crop(im, pts, self.input_size, self.preprocessing)
+                          for im, pts in zip(images, points)])
         blob = (crops.astype(np.float32) - np.float32(self.mean)) * np.float32(1.0 / self.std)
         return np.ascontiguousarray(blob.transpose(0, 3, 1, 2))
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 
 
-INPUT_SIZE = 513
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+#: the registry entry whose ``preprocess`` table says what the parser expects (size, mean, std)
+ENTRY = "deeplab-parser"
 FORMAT = "parser"
 
 
@@ -109,11 +108,14 @@ def save_parser(path: str | os.PathLike, state_dict: dict) -> Path:
 class FaceParser:
     """A loaded parser; ``parse(crop)`` gives the 19-class label map at the crop's size."""
 
-    def __init__(self, network, device=None):
+    def __init__(self, network, device=None, preprocessing: dict | None = None):
         import torch
+
+        from agetool.weights.registry import preprocessing as registered
 
         self.network = network
         self.device = device or torch.device("cpu")
+        self.preprocessing = dict(preprocessing or registered(ENTRY))  # the entry's size, mean and std
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, device=None, offline: bool = False,
@@ -132,7 +134,7 @@ class FaceParser:
         """Class scores [19, 513, 513] (float32, on the CPU) of an RGB uint8 crop [H, W, 3]."""
         import torch
 
-        x = preprocess(crop).to(self.device)
+        x = preprocess(crop, self.preprocessing).to(self.device)
         with torch.inference_mode():
             return self.network(x)[0].float().cpu()
 
@@ -141,17 +143,22 @@ class FaceParser:
         return labels_from_logits(self.logits(crop), (crop.shape[1], crop.shape[0]))
 
 
-def preprocess(crop: np.ndarray):
-    """uint8 [H, W, 3] -> normalized float32 [1, 3, 513, 513], as the reference."""
+def preprocess(crop: np.ndarray, preprocessing: dict | None = None):
+    """uint8 [H, W, 3] -> normalized float32 [1, 3, S, S], as the reference: a bilinear resize to the
+    entry's ``size`` (513), pixels / 255, then its ImageNet ``mean`` and ``std``."""
     import torch
     from PIL import Image
 
+    from agetool.weights.registry import preprocessing as registered
+
     if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 crop [H, W, 3], got {crop.dtype} {crop.shape}")
-    resized = np.array(Image.fromarray(crop).resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR))
-    x = torch.from_numpy(resized).permute(2, 0, 1).float() / 255.0  # [3, 513, 513]
-    mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
+    p = preprocessing or registered(ENTRY)
+    size = int(p["size"])
+    resized = np.array(Image.fromarray(crop).resize((size, size), Image.BILINEAR))
+    x = torch.from_numpy(resized).permute(2, 0, 1).float() / 255.0  # [3, S, S]
+    mean = torch.tensor(p["mean"], dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(p["std"], dtype=torch.float32).view(3, 1, 1)
     return ((x - mean) / std)[None]
 
 

@@ -86,6 +86,7 @@ class Artifact:
     sources: tuple[Source, ...] = ()
     config: dict = field(default_factory=dict)
     bundled: tuple[str, str] | None = None  # (Python package, path inside it) of a copy that ships installed
+    preprocess: dict = field(default_factory=dict)  # what the model expects of its input (sizes, mean, std, ...)
 
     @property
     def has_checksum(self) -> bool:
@@ -128,7 +129,8 @@ def load_registry(path: Path | None = None) -> dict[str, Artifact]:
         raise WeightsError(f"weights registry not found: {path}", hint=hint) from None
     key = (str(path), st.st_mtime_ns, st.st_size)
     if key not in _CACHE:
-        _CACHE.clear()
+        while len(_CACHE) >= 4:  # the active registry, the bundled one, and a few earlier versions
+            _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = parse_registry(path.read_bytes(), str(path))
     return _CACHE[key]
 
@@ -188,6 +190,9 @@ def _artifact(name: str, entry: object, where: str) -> Artifact:
     config = entry.get("config", {})
     if not isinstance(config, dict):
         raise WeightsError(f"{ctx}: config must be a table")
+    preprocess = entry.get("preprocess", {})
+    if not isinstance(preprocess, dict):
+        raise WeightsError(f"{ctx}: preprocess must be a table")
     bundled = entry.get("bundled")
     if bundled is not None:
         package, inside = (bundled.get("package"), bundled.get("path")) if isinstance(bundled, dict) else (None, None)
@@ -201,7 +206,7 @@ def _artifact(name: str, entry: object, where: str) -> Artifact:
         license=str(entry.get("license", "unknown")), license_url=str(entry.get("license_url", "")),
         non_commercial=bool(entry.get("non_commercial", False)), filename=filename, size=size,
         md5=sums.get("md5"), sha256=sums.get("sha256"), member=member, sources=sources, config=config,
-        bundled=bundled,
+        bundled=bundled, preprocess=preprocess,
     )
 
 
@@ -239,3 +244,16 @@ def get(name: str) -> Artifact:
     if name not in models:
         raise UnknownWeightsError(f"unknown weights {name!r}", hint=f"known: {', '.join(sorted(models))}")
     return models[name]
+
+
+def preprocessing(name: str) -> dict:
+    """What model ``name`` expects of its input (its entry's ``preprocess`` table), also for a file of
+    that role given by path. A registry of one's own (``AGETOOL_REGISTRY``) without the table takes
+    the bundled registry's: the facts of the released models have one home, ``weights.toml``."""
+    models = load_registry()
+    if name in models and models[name].preprocess:
+        return dict(models[name].preprocess)
+    bundled = load_registry(DEFAULT_REGISTRY) if registry_path() != DEFAULT_REGISTRY else models
+    if name not in bundled or not bundled[name].preprocess:
+        raise WeightsError(f"the registry has no preprocessing for {name!r}", hint="reinstall agetool")
+    return dict(bundled[name].preprocess)
