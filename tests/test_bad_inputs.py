@@ -3,6 +3,8 @@ with a specific one-line message; never a traceback, never a partial output."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -113,3 +115,36 @@ def test_fuzz_decoding_gives_an_image_or_a_clear_error(tmp_path_factory, data):
         assert str(e).startswith(str(path))
         return
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+
+
+def test_corpus_through_the_command_line_with_full_size_weights(tmp_path, released_generator_file):
+    """The whole corpus as one folder run of the real command, in its own process, with a full-size
+    generator file in the released layout (loading while the first files fail): every bad file one error line naming it, every good
+    one a grid, the summary, exit 1, no traceback, no abort, no partial file."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    folder = tmp_path / "corpus"
+    table = {c.name: c for c in corpus.build(folder)}
+    out = tmp_path / "grids"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "agetool", "age", str(folder), "--out", f"{out}/", "--ages", "30",
+                           "--aligned", "--no-mask", "--weights", str(released_generator_file), "--offline",
+                           "--device", "cpu"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    bad = [c for c in table.values() if c.exit_code]
+    good = [c for c in table.values() if not c.exit_code]
+    assert done.returncode == 1, done.stderr[-2000:]
+    for text in ("Traceback", "terminate called", "Aborted", "core dumped"):
+        assert text not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == len(bad), done.stderr
+    for case in bad:
+        assert any(case.name in line and case.message in line for line in errors), (case, errors)
+    assert f"done: {len(good)} written, {len(bad)} failed" in done.stderr
+    for case in good:
+        assert Image.open(out / f"{Path(case.name).stem}_ages.png").size == (2 * 256, 256)
+    assert not _no_partials(tmp_path)
