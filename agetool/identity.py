@@ -377,11 +377,15 @@ class FaceReference:
         self._lock = threading.Lock()
 
     def __str__(self) -> str:
+        """``ref:PATH``, or in words what the reference is (messages are plain text: no brackets)."""
         if isinstance(self.reference, Path):
             return f"ref:{self.reference}"
-        return f"ref:<{type(self.reference).__name__}>"
+        if isinstance(self.reference, Embedding):
+            return f"the reference ({self.reference.model} embedding)"
+        return "the reference photo"
 
-    __repr__ = __str__
+    def __repr__(self) -> str:
+        return f"FaceReference({self})"
 
     @property
     def identity(self) -> FaceIdentity:
@@ -401,7 +405,8 @@ class FaceReference:
                 array, _ = load_image(self.reference, what="faces")
                 found = identity.detector.detect(array)  # largest first
                 if not found:
-                    raise NoFaceError(f"{arg('faces', str(self))}: no face found in the reference photo",
+                    what = arg("faces", str(self)) if isinstance(self.reference, Path) else arg("faces")
+                    raise NoFaceError(f"{what}: no face found in the reference photo",
                                       hint="use a larger, frontal photo of the person")
                 self._embedding = identity.embed_faces(array, found[:1])[0]
             return self._embedding
@@ -428,8 +433,10 @@ class FaceReference:
 
             rule = f"{'<=' if identity.metric == DISTANCE else '>='} {self.threshold:g}"
             who = f"the face in {name} is not" if len(faces) == 1 else f"none of the {len(faces)} faces in {name} is"
-            raise NoMatchError(f"{who} the person of {self}: closest "
-                               f"{identity.describe(identity.best(values))}, same person at {identity.metric} {rule}",
-                               hint=f"{'raise' if identity.metric == DISTANCE else 'lower'} {arg('ref_threshold')}, "
-                                    "or use another reference photo")
+            error = NoMatchError(f"{who} the person of {self}: closest "
+                                 f"{identity.describe(identity.best(values))}, same person at {identity.metric} {rule}",
+                                 hint=f"{'raise' if identity.metric == DISTANCE else 'lower'} {arg('ref_threshold')}, "
+                                      "or use another reference photo")
+            error.closest, error.metric, error.threshold = identity.best(values), identity.metric, self.threshold
+            raise error
         return kept

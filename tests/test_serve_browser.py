@@ -159,3 +159,43 @@ def test_errors_show_as_a_short_message(page, tmp_path):
     text = toast.inner_text()
     assert "notes.png" in text and "Traceback" not in text and "agetool-serve-" not in text
     shot(page, "6_error")
+
+
+def test_only_faces_like_the_chosen_one(page, tmp_path):
+    """A group photo (Grace Hopper, Eileen Collins); "only faces like this one" on face 0 keeps Hopper
+    in the next photos, and a photo without her says so in one line."""
+    import matplotlib
+
+    page.get_by_role("tab", name="Age slider").click()
+    hopper = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")
+    collins = Image.open(EXAMPLE).convert("RGB").resize((400, 400), Image.LANCZOS)
+    hopper = hopper.resize((hopper.width * 400 // hopper.height, 400), Image.LANCZOS)
+    group = Image.new("RGB", (hopper.width + collins.width, 400))
+    group.paste(hopper, (0, 0))
+    group.paste(collins, (hopper.width, 0))
+    group_path = tmp_path / "group.png"
+    group.save(group_path)
+
+    def upload(path: Path) -> None:
+        remove = page.locator("#photo button[aria-label='Remove Image']").first
+        if remove.count():
+            remove.click()
+        page.locator("#photo input[type=file]").set_input_files(str(path))
+
+    upload(group_path)
+    page.wait_for_function("document.querySelector('#status').innerText.includes('2 faces found')")
+    page.locator("#like input[type=checkbox]").check()
+    page.wait_for_function("document.querySelector('#status').innerText.includes('only faces like face 0')")
+    upload(EXAMPLE)  # Eileen Collins alone: not the chosen person
+    toast = page.locator(".toast-body").filter(has_text="no face like the chosen one").first
+    toast.wait_for(state="visible")
+    text = toast.inner_text()
+    assert "astronaut.png" in text and "closest distance" in text and "untick" in text and "Traceback" not in text
+    upload(group_path)
+    page.wait_for_function("document.querySelector('#status').innerText.includes('1 face found (only the chosen person)')")
+    _, thumb = image_of(page, "#faces")
+    assert thumb.shape == (128, 128, 3)  # one face: Hopper's, the left one
+    shot(page, "7_faces_like_this_one")
+    page.locator("#like input[type=checkbox]").uncheck()
+    upload(group_path)
+    page.wait_for_function("document.querySelector('#status').innerText.includes('2 faces found')")

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from agetool.ages import AGE_CLASSES
-from agetool.errors import AgetoolError
+from agetool.errors import AgetoolError, NoMatchError
 from agetool.serve.studio import MAX_AGE, MIN_AGE, MODELS, Session, Studio, parse_ages
 
 log = logging.getLogger("agetool.serve")
@@ -91,6 +91,7 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         demo.agetool_theme, demo.agetool_css = theme, CSS  # passed to launch() by the server
         session = gr.State(None, time_to_live=3600)
+        like = gr.State(None, time_to_live=3600)  # the chosen person's Embedding, or None: every face
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1):
@@ -105,6 +106,7 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                 faces = gr.Image(label="Faces found (aligned crops)", type="numpy",
                                  format="png", interactive=False, height=150, buttons=[], elem_id="faces")
                 face = gr.Dropdown(choices=[("face 0", 0)], value=0, label="Face", elem_id="face")
+                like_box = gr.Checkbox(False, label="Next photos: only faces like this one", elem_id="like")
                 status = gr.Markdown("No photo yet.", elem_id="status")
             with gr.Column(scale=1):
                 with gr.Tabs():
@@ -146,15 +148,30 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
 
         # ---------------------------------------------------------------- page events
         @guarded
-        def on_photo(path, model_choice, masked, at, whole):
+        def on_photo(path, model_choice, masked, at, whole, person):
             if path is None:
                 return None, None, gr.update(choices=[("face 0", 0)], value=0), "No photo yet.", None
-            s = studio.encode(path, model_choice, masked)
+            try:
+                s = studio.encode(path, model_choice, masked, like=person)
+            except NoMatchError as e:  # the page's own way out: the switch, not a threshold
+                raise gr.Error(f"{Path(path).name}: no face like the chosen one (closest {e.metric} {e.closest:.3f}, "
+                               f"same person at {e.threshold:g}); untick \"Next photos: only faces like this one\" "
+                               "to see every face", print_exception=False) from None
             gallery = studio.thumbnails(s)
             choices = [(f"face {f.index}", i) for i, f in enumerate(s.encoded.faces)]
             n = len(choices)
-            text = f"{n} face{'s' if n != 1 else ''} found.  \n" + "  \n".join(studio.describe(s))
+            text = (f"{n} face{'s' if n != 1 else ''} found{' (only the chosen person)' if person else ''}.  \n"
+                    + "  \n".join(studio.describe(s)))
             return s, gallery, gr.update(choices=choices, value=0), text, studio.at_age(s, 0, at, whole)
+
+        @guarded
+        def on_like(s: Session | None, index, on):
+            if not on:
+                return None, gr.update()
+            if s is None:
+                raise gr.Error("drop a photo first", print_exception=False)
+            index = int(index or 0)
+            return studio.like(s, index), f"Next photos: only faces like face {index} of this one."
 
         @guarded
         def on_age(s: Session | None, index, at, whole):
@@ -179,11 +196,13 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
             mp4 = studio.video(s, whole)
             return str(mp4), gr.update(value=str(mp4), interactive=True)
 
-        encode_inputs = [photo, model, mask, age, paste_back]
+        encode_inputs = [photo, model, mask, age, paste_back, like]
         encode_outputs = [session, faces, face, status, aged]
         photo.change(on_photo, encode_inputs, encode_outputs, trigger_mode="always_last", **slot, **private)
         for control in (model, mask):
             control.input(on_photo, encode_inputs, encode_outputs, trigger_mode="always_last", **slot, **private)
+        for control in (like_box, face):
+            control.input(on_like, [session, face, like_box], [like, status], **slot, **private)
         slider_inputs = [session, face, age, paste_back]
         age.change(on_age, slider_inputs, aged, trigger_mode="always_last", show_progress="hidden", **slot,
                    **private)

@@ -107,6 +107,7 @@ class Studio:
         self.upscale = check_factor(upscale)  # grids, tile archives and videos; the slider stays 256 px
         self._lock = threading.RLock()
         self._pipes = {self.model: pipeline}
+        self._identity = None  # dlib's face descriptor, for "only faces like this one"
 
     # ------------------------------------------------------------------ inputs
     def read(self, path: str | os.PathLike | None) -> np.ndarray:
@@ -132,15 +133,36 @@ class Studio:
             self._pipes[model] = type(p).from_pipe(p, model=model)
         return self._pipes[model]
 
-    def encode(self, path, model: str | None = None, mask: bool = True) -> Session:
-        return self.encode_image(self.read(path), model, mask, name=Path(path).stem)
+    def encode(self, path, model: str | None = None, mask: bool = True, like=None) -> Session:
+        """The photo at ``path``, encoded; ``like`` (an ``Embedding`` from ``like``) keeps only the
+        faces of that person."""
+        return self.encode_image(self.read(path), model, mask, name=Path(path).stem, like=like)
 
     def encode_image(self, image: np.ndarray, model: str | None = None, mask: bool = True,
-                     name: str = "photo") -> Session:
+                     name: str = "photo", like=None) -> Session:
         model = model or self.model
         with self._lock:
-            encoded = self.pipe_for(model).encode(image, mask=mask, paste_back=True)
+            encoded = self.pipe_for(model).encode(image, mask=mask, paste_back=True,
+                                                  faces="all" if like is None else like)
         return Session(encoded, model, mask, name=name)
+
+    def like(self, session: Session, face: int):
+        """The identity (``agetool.identity.Embedding``, dlib's face descriptor) of face ``face`` of
+        the session's photo: ``encode(..., like=it)`` then keeps only the faces of that person."""
+        faces = session.encoded.faces
+        if not 0 <= face < len(faces):
+            raise UsageError(f"{arg('face', face)}: the photo has {len(faces)} face(s)")
+        chosen = faces[face]
+        with self._lock:
+            if self._identity is None:
+                from agetool.identity import FaceIdentity
+
+                self._identity = FaceIdentity.from_pretrained("dlib")
+            known = getattr(chosen, "embedding", None)
+            if known is not None and known.model == self._identity.name:
+                return known  # embedded already (faces chosen by a reference)
+            where = chosen.landmarks if chosen.landmarks is not None else chosen.box
+            return self._identity.embed(session.encoded.image, face=where)
 
     def warm_up(self, example: Path | None) -> None:
         """Load every model the server may need now, not on the first request."""
