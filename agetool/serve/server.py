@@ -68,7 +68,7 @@ class Server:
 
         self.limits = limits or Limits()
         self.studio = Studio(pipeline, self.folder / "tmp" / "results", self.limits, fixed_model=fixed_model,
-                             seed=seed, noise=noise, upscale=upscale)
+                             seed=seed, noise=noise, upscale=upscale, uploads=self.folder / "uploads")
         self.example = example_photo(self.folder)
         if warm_up:
             self.studio.warm_up(self.example)

@@ -33,6 +33,12 @@ GRID_PHOTO_SIDE = 512
 THUMB = 128
 #: seconds a request's results stay on disk (the page links to them meanwhile)
 KEEP_S = 3600
+#: most ages one request renders (the page and programs alike)
+MAX_REQUEST_AGES = 16
+#: seconds of decoding one request may take; it stops between two decodes after that
+REQUEST_BUDGET_S = 120.0
+#: bytes of uploads kept at once; the oldest go first
+UPLOAD_QUOTA = 1 << 30
 
 
 @dataclass
@@ -74,6 +80,8 @@ def parse_ages(text: str | None) -> list | None:
     entries = [t.strip() for t in (text or "").split(",")]
     if not any(entries):
         return None
+    if len(entries) > MAX_REQUEST_AGES:
+        raise UsageError(f"{arg('ages', text)}: {len(entries)} ages; at most {MAX_REQUEST_AGES} a request")
     if not all(entries):
         raise UsageError(f"{arg('ages', text)}: an empty entry between commas")
     out: list = []
@@ -95,7 +103,9 @@ class Studio:
     """The model set shared by every request, plus the folder results are written to."""
 
     def __init__(self, pipeline, workdir: str | os.PathLike, limits: Limits | None = None,
-                 fixed_model: str | None = None, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE, upscale: int | None = None):
+                 fixed_model: str | None = None, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE, upscale: int | None = None,
+                 budget_s: float = REQUEST_BUDGET_S, uploads: str | os.PathLike | None = None,
+                 upload_quota: int = UPLOAD_QUOTA):
         from agetool.upscale import check_factor
 
         self.pipe = pipeline
@@ -107,6 +117,9 @@ class Studio:
         self.upscale = check_factor(upscale)  # grids, tile archives and videos; the slider stays 256 px
         self._lock = threading.RLock()
         self._pipes = {self.model: pipeline}
+        self.budget_s = budget_s  # per request, checked between decodes
+        self.uploads = None if uploads is None else Path(uploads)  # Gradio's upload folder, kept in quota
+        self.upload_quota = upload_quota
         self._identity = None  # dlib's face descriptor, for "only faces like this one"
 
     # ------------------------------------------------------------------ inputs
@@ -120,6 +133,8 @@ class Studio:
         if size > self.limits.max_bytes:
             raise InputError(f"the photo is {size / 2**20:.1f} MB, over the limit of "
                              f"{self.limits.max_bytes / 2**20:.1f} MB")
+        if self.uploads is not None:
+            evict_oldest(self.uploads, self.upload_quota, keep=path)
         return fit(read_image(path, max_pixels=self.limits.max_pixels))
 
     def pipe_for(self, model: str):
@@ -225,14 +240,37 @@ class Studio:
             tiles = [self.render(session, f, ages)[0] for f in faces]
             return self.pipe.paste_back(session.encoded, tiles)
 
-    def aged(self, session: Session, entries: list) -> list[list[np.ndarray]]:
-        """Per face [input, one tile per entry], upscaled when the server upscales."""
+    def checker(self, stop=None):
+        """A check to call between decodes: a ``ResourceError`` once the request has used its
+        ``budget_s`` seconds, a ``UsageError`` once ``stop()`` (a cancelled job) returns true."""
+        import time
+
+        from agetool.errors import ResourceError
+
+        end = time.monotonic() + self.budget_s
+
+        def check() -> None:
+            if stop is not None and stop():
+                raise UsageError("the request was cancelled")
+            if time.monotonic() > end:
+                raise ResourceError(f"the request took more than {self.budget_s:g} s", hint="ask for fewer ages")
+
+        return check
+
+    def aged(self, session: Session, entries: list, check=None) -> list[list[np.ndarray]]:
+        """Per face [input, one tile per entry], upscaled when the server upscales: one decode per
+        face and entry, with ``check()`` (default: ``checker()``) between two decodes."""
         from agetool.upscale import input_tile
 
+        check = check or self.checker()
         out = []
         with self._lock:
             for f in session.encoded.faces:
-                tiles = self.render(session, f, entries)
+                tiles = []
+                for entry in entries:
+                    check()
+                    tiles.append(self.render(session, f, [entry])[0])
+                tiles = np.stack(tiles)
                 if self.upscale > 1:
                     tiles = self.pipe.upscale(tiles, self.upscale)
                     out.append([input_tile(session.encoded.image, f, tiles.shape[1]), *tiles])
@@ -263,13 +301,16 @@ class Studio:
             rows.append([caption(tile, h) for tile, h in zip(row, [head, *labels])])
         return rows
 
-    def grid(self, session: Session, ages: list | None = None, paste_back: bool = False) -> tuple[Path, Path]:
-        """(grid PNG, ZIP of every tile as face<i>_<label>.png), both in a fresh folder of the workdir."""
+    def grid(self, session: Session, ages: list | None = None, paste_back: bool = False,
+             stop=None) -> tuple[Path, Path]:
+        """(grid PNG, ZIP of every tile as face<i>_<label>.png), both in a fresh folder of the workdir;
+        every age decoded once for both. A repeated age's tiles are ``face<i>_<label>_2.png`` ...;
+        ``stop()`` returning true (a cancelled job) ends the request between two decodes."""
         from agetool.images import grid
 
         entries = list(AGE_CLASSES) if ages is None else ages
         with self._lock:
-            aged = self.aged(session, entries)
+            aged = self.aged(session, entries, self.checker(stop))
         rows = self.rows(session, ages, paste_back, aged)
         folder = self.new_folder()
         png = write_image(folder / f"{session.name}_ages.png", grid(rows))
@@ -278,7 +319,7 @@ class Studio:
         tiles = {f"face{f.index}": row for f, row in zip(session.encoded.faces, aged)}
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             for name, row in tiles.items():
-                for label, tile in zip(["input", *(entry_label(e) for e in entries)], row):
+                for label, tile in zip(unique_labels(["input", *(entry_label(e) for e in entries)]), row):
                     z.writestr(f"{name}_{label}.png", png_bytes(tile))
         os.replace(tmp, archive)
         return png, archive
@@ -315,6 +356,44 @@ def fit(image: np.ndarray, side: int = WHOLE_PHOTO_SIDE) -> np.ndarray:
     if scale == 1.0 and not (w % 2 or h % 2):
         return image
     return resize(image, (max(2, int(w * scale) // 2 * 2), max(2, int(h * scale) // 2 * 2)))
+
+
+def unique_labels(labels: list[str]) -> list[str]:
+    """``labels`` with repeats told apart: the second ``5`` becomes ``5_2`` (never another label)."""
+    taken, out = set(labels), []
+    for label in labels:
+        name, k = label, 1
+        while name in out or (k > 1 and name in taken):
+            k += 1
+            name = f"{label}_{k}"
+        out.append(name)
+    return out
+
+
+def evict_oldest(folder: Path, quota: int, keep=None) -> None:
+    """Remove the oldest files under ``folder`` until they hold at most ``quota`` bytes (``keep``,
+    the upload being read, stays)."""
+    keep = None if keep is None else os.path.abspath(keep)
+    files = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            files.append((st.st_mtime, st.st_size, path))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files):
+        if total <= quota:
+            break
+        if os.path.abspath(path) == keep:
+            continue
+        try:
+            os.unlink(path)
+            total -= size
+        except OSError:
+            pass
 
 
 def png_bytes(image: np.ndarray) -> bytes:

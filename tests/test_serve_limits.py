@@ -1,0 +1,98 @@
+"""The web app's work per request is bounded: ages per request, one decode per age shared by the grid
+and the tiles archive, a time budget and cancellation checked between decodes, unique archive member
+names, and a quota on uploads kept (the oldest go first)."""
+
+from __future__ import annotations
+
+import os
+import time
+import zipfile
+
+import pytest
+
+from agetool.errors import ResourceError, UsageError
+from agetool.serve.studio import MAX_REQUEST_AGES, Session, Studio, parse_ages, unique_labels
+
+
+@pytest.fixture(scope="module")
+def pipe(weights):
+    from agetool import AgingPipeline
+
+    return AgingPipeline.from_pretrained(weights=weights, device="cpu")
+
+
+@pytest.fixture()
+def studio(pipe, tmp_path):
+    return Studio(pipe, tmp_path / "work")
+
+
+@pytest.fixture()
+def session(pipe, crop):
+    return Session(pipe.encode(crop, aligned=True, mask=False), "custom", False, name="crop")
+
+
+def _count_decodes(studio, monkeypatch) -> list:
+    seen = []
+    render = studio.render
+
+    def counting(session, face, ages):
+        seen.append(list(ages))
+        return render(session, face, ages)
+
+    monkeypatch.setattr(studio, "render", counting)
+    return seen
+
+
+def test_ages_per_request_are_bounded():
+    assert len(parse_ages(",".join(["5"] * MAX_REQUEST_AGES))) == MAX_REQUEST_AGES
+    with pytest.raises(UsageError, match=f"at most {MAX_REQUEST_AGES} a request"):
+        parse_ages(",".join(["5"] * (MAX_REQUEST_AGES + 1)))
+
+
+def test_each_age_is_decoded_once_for_the_grid_and_the_tiles(studio, session, monkeypatch):
+    seen = _count_decodes(studio, monkeypatch)
+    studio.grid(session, [5.0, 30.0, "50-69"])
+    assert seen == [[5.0], [30.0], ["50-69"]]
+
+
+def test_repeated_ages_get_their_own_archive_members(studio, session):
+    _, archive = studio.grid(session, [5.0, 5.0, 30.0])
+    with zipfile.ZipFile(archive) as z:
+        names = z.namelist()
+    assert sorted(names) == ["face0_30.png", "face0_5.png", "face0_5_2.png", "face0_input.png"]
+    assert unique_labels(["input", "5", "5_2", "5"]) == ["input", "5", "5_2", "5_3"]
+
+
+def test_a_request_over_its_time_budget_stops_between_decodes(studio, session, monkeypatch):
+    seen = _count_decodes(studio, monkeypatch)
+    studio.budget_s = 0.0
+    with pytest.raises(ResourceError, match="took more than 0 s"):
+        studio.grid(session, [5.0, 30.0, 45.0])
+    assert len(seen) <= 1
+    assert not list((studio.workdir).glob("out-*/*.zip"))
+
+
+def test_a_cancelled_request_stops_between_decodes(studio, session, monkeypatch):
+    seen = _count_decodes(studio, monkeypatch)
+    with pytest.raises(UsageError, match="cancelled"):
+        studio.grid(session, [5.0, 30.0, 45.0], stop=lambda: len(seen) >= 1)
+    assert len(seen) == 1
+
+
+def test_uploads_are_kept_within_a_quota_oldest_first(pipe, tmp_path, crop):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    now = time.time()
+    for k in range(4):  # four old uploads of 1000 bytes, oldest first
+        old = uploads / f"u{k}" / "photo.bin"
+        old.parent.mkdir()
+        old.write_bytes(b"x" * 1000)
+        os.utime(old, (now - 100 + k, now - 100 + k))
+    current = uploads / "new" / "crop.png"
+    current.parent.mkdir()
+    current.write_bytes(crop.read_bytes())
+    quota = current.stat().st_size + 2000
+    studio = Studio(pipe, tmp_path / "work", uploads=uploads, upload_quota=quota)
+    assert studio.read(current).shape == (256, 256, 3)
+    left = sorted(p.parent.name for p in uploads.rglob("*") if p.is_file())
+    assert left == ["new", "u2", "u3"]
