@@ -82,9 +82,39 @@ class Measurer:
             boxes.append(box)
             specs.append(FaceSpec(box=box, five=five))  # one geometry: outputs share the input's
         ages = [self.age_model.estimate_at(image, box)[2] for image, box in zip(images, boxes)]
+        self._check("age", ages)
         emb = self.identity_model.embed_images(images, specs)  # the input's embedding serves every output
+        self._check_embeddings(emb)
         sims = [self.identity_model.similarity(emb[0], e) for e in emb]
+        self._check("identity", sims)
         return FaceMeasures(ages[0], float(sims[0]), ages[1:], [float(s) for s in sims[1:]])
+
+    def _name(self, which: str) -> str:
+        info = self.models.get(which) or {}
+        model = self.age_model if which == "age" else self.identity_model
+        path = info.get("file") or getattr(model, "path", None) or getattr(model, "name", None)
+        return f"the {which} model {Path(str(path)).name}" if path else f"the {which} model"
+
+    def _check(self, which: str, values: Sequence[float]) -> None:
+        """Refuse (``CheckpointError`` naming the model) outputs that are not finite numbers."""
+        from agetool.errors import CheckpointError
+
+        bad = [v for v in values if not np.isfinite(v)]
+        if bad:
+            raise CheckpointError(f"{self._name(which)} gave {bad[0]} for {len(bad)} of {len(values)} images; "
+                                  "its outputs must be finite numbers", hint="is it the right model file?")
+
+    def _check_embeddings(self, embeddings) -> None:
+        from agetool.errors import CheckpointError
+
+        shapes = {np.shape(e.vector) for e in embeddings}
+        if len(shapes) != 1 or not all(len(s) == 1 and s[0] > 0 for s in shapes):
+            raise CheckpointError(f"{self._name('identity')} gave embeddings of shapes "
+                                  f"{', '.join(str(list(s)) for s in sorted(shapes))}; expected one vector per face",
+                                  hint="is it the right model file?")
+        if not all(np.isfinite(e.vector).all() for e in embeddings):
+            raise CheckpointError(f"{self._name('identity')} gave embeddings that are not finite",
+                                  hint="is it the right model file?")
 
     def ages(self, crop: np.ndarray, outputs: Sequence[np.ndarray], landmarks: np.ndarray | None = None) -> list[float]:
         """The estimated age of each of ``outputs`` (tiles of the face in ``crop``), without identities."""
@@ -92,6 +122,7 @@ class Measurer:
         for image in outputs:
             box, _ = self._geometry(image.shape[0], crop.shape[0], landmarks)
             out.append(self.age_model.estimate_at(np.asarray(image), box)[2])
+        self._check("age", out)
         return out
 
     @staticmethod

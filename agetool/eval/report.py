@@ -16,6 +16,7 @@ identity model's metric is a distance (dlib), ``identity_max``: the least alike 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -197,17 +198,47 @@ def markdown(report: dict, plot: str | None = "report.png") -> str:
 
 
 
+def without_nan(value) -> tuple[object, int]:
+    """``value`` (nested dicts and lists) with every number that is not finite as None, and how many."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, 1
+    if isinstance(value, dict):
+        pairs = [(k, without_nan(v)) for k, v in value.items()]
+        return {k: v for k, (v, _) in pairs}, sum(n for _, (_, n) in pairs)
+    if isinstance(value, (list, tuple)):
+        items = [without_nan(v) for v in value]
+        return [v for v, _ in items], sum(n for _, n in items)
+    return value, 0
+
+
 def write(report: dict, out: Path) -> list[Path]:
-    """``out/report.json``, ``out/report.md``, ``out/report.png`` (and ``anchors.json`` when calibrated)."""
+    """``out/report.json``, ``out/report.md``, ``out/report.png`` (and ``anchors.json`` when calibrated):
+    the whole set, or none of it (each is made under a temporary name, then all are renamed).
+    Numbers that are not finite are written as null (JSON has no NaN)."""
+    import os
+
     from agetool.eval.plot import plot
-    from agetool.files import write_text
+    from agetool.files import temp_sibling, write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    report, _ = without_nan(report)
     metric = identity_metric(report.get("models") or {})
-    written = [write_text(out / "report.json", json.dumps(report, indent=1) + "\n"),
-               write_text(out / "report.md", markdown(report)),
-               plot(report, out / "report.png", generators(report), metric)]
+    makers = {"report.json": lambda p: write_text(p, json.dumps(report, indent=1, allow_nan=False) + "\n"),
+              "report.md": lambda p: write_text(p, markdown(report)),
+              "report.png": lambda p: plot(report, p, generators(report), metric)}
     if report.get("calibration"):
-        written.append(write_text(out / "anchors.json", json.dumps(report["calibration"]["anchors"], indent=1) + "\n"))
-    return written
+        anchors = json.dumps(report["calibration"]["anchors"], indent=1, allow_nan=False) + "\n"
+        makers["anchors.json"] = lambda p: write_text(p, anchors)
+    made: list[tuple[Path, Path]] = []
+    try:
+        for name, make in makers.items():
+            tmp = temp_sibling(out / name)
+            made.append((tmp, out / name))
+            make(tmp)
+        for tmp, target in made:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in made:
+            tmp.unlink(missing_ok=True)
+    return [target for _, target in made]

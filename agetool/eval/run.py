@@ -142,7 +142,7 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
         barrier(dist)
         results = {i: _load_part(parts_dir, i, p, key) or _missing(p, key) for i, p in enumerate(paths)}
     models["generator"] = [info for g in generators for info in _used_info(g)]  # files fetched meanwhile
-    return _finish(results, paths, models, settings, first, out if dist.main else None)
+    return _finish(results, paths, models, settings, first, out if dist.main else None, report=report)
 
 
 class _Run:
@@ -285,7 +285,7 @@ def _missing(path: Path, key: str) -> dict:
 
 
 def _finish(results: dict[int, dict], paths: list[Path], models: dict, settings: dict, pipeline,
-            out: str | os.PathLike | None) -> dict:
+            out: str | os.PathLike | None, report: Callable[[str], None] | None = None) -> dict:
     from agetool.eval import report as rep
 
     parts = [results[i] for i in sorted(results)]
@@ -301,6 +301,10 @@ def _finish(results: dict[int, dict], paths: list[Path], models: dict, settings:
         estimated = [e for fr in frames for e in fr["estimated"]]
         calibration = fit(positions, estimated, list(AGE_CLASSES), list(pipeline.anchor_ages))
     result = rep.build(faces, models=models, settings=settings, failed=failed, calibration=calibration)
+    result, missing = rep.without_nan(result)
+    if missing and report is not None:
+        report(f"warning: {missing} value(s) of the report are not numbers (too few faces to measure?); "
+               "they read as null")
     if out is not None:
         rep.write(result, Path(out))
     return result

@@ -113,7 +113,17 @@ class GenderClassifier:
         return GENDERS[k], float(p[k]), float(max(0.0, out[2] * 100.0))
 
     def scores(self, blob: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input_name: blob})[0][0], dtype=np.float64)
+        """The model's raw output for one face: two gender logits and the age / 100 (a
+        ``CheckpointError`` naming the model for any other shape, or values that are not finite)."""
+        out = np.asarray(self.session.run(None, {self.input_name: blob})[0], dtype=np.float64).reshape(-1)
+        if out.shape != (3,) or not np.isfinite(out).all():
+            from agetool.errors import CheckpointError
+
+            name = os.path.basename(str(self.path)) if self.path is not None else "the age and gender classifier"
+            found = f"{out.size} values" if out.shape != (3,) else "values that are not finite numbers"
+            raise CheckpointError(f"{name}: the age and gender classifier gave {found} (expected 3 finite numbers: "
+                                  "two gender scores and the age)", hint="is it insightface's genderage.onnx?")
+        return out
 
     def estimate(self, photo_image: np.ndarray, face) -> tuple[str, float, float]:
         """(gender, probability of that gender, age in years) for ``face`` (an ``agetool.results.Face``) of the photo.
