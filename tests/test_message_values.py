@@ -35,3 +35,26 @@ def test_flags_spelled_as_typed():
                        ("batch", "--batch-size f")):
         value = "1e+309" if "age" in name else "f"
         assert message(UsageError(f"{arg(name, value)}: bad")) == f"{flag}: bad"
+
+
+def test_the_command_line_shows_values_as_typed(tmp_path, crop, weights, capsys):
+    from tests.helpers import cli, common
+
+    out = tmp_path / "v.mp4"
+    for args, shown in ((["--noise", "1e309"], "--noise 1e309: must be a finite number"),
+                        (["--noise=-1e999"], "--noise -1e999: must be a finite number"),
+                        (["--fps", "1e-5"], "--fps 1e-5: must be between"),
+                        (["--from", "1e309"], "--from 1e309: must be a finite number"),
+                        (["--to", "-0.5e3"], "--to -0.5e3: must be between 0 and 150")):
+        code, _, err = cli(["video", crop, "--out", out, *args, *common(weights)], capsys)
+        assert code == 2 and err.count("\n") == 1 and shown in err, err
+    assert not out.exists()
+
+
+def test_an_empty_folder_reads_as_its_name(tmp_path, capsys, monkeypatch):
+    from tests.helpers import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli(["eval", "empty", "--out", "report", "--offline"], capsys)
+    assert code != 0 and "PosixPath" not in err and "empty" in err, err

@@ -142,6 +142,7 @@ def run(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     _console.DEBUG = debug
+    _console.TYPED = args  # messages show values as typed (1e309, not inf)
     _quiet_dependencies()
     global _received
     _received = None

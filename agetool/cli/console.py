@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 DEBUG = False
+#: the command line as typed, for messages that show a value as the user wrote it
+TYPED: list[str] = []
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 out = Console(highlight=False, soft_wrap=True, markup=False)
 
@@ -35,7 +37,28 @@ def flag_style(name: str, python: str | None, plain: str | None) -> str:
         return flag
     if plain == "False":
         return "--no-" + name.replace("_", "-")
-    return f"{flag} {plain}"
+    return f"{flag} {as_typed(flag, plain)}"
+
+
+def as_typed(flag: str, plain: str) -> str:
+    """``plain`` as the user typed it after ``flag`` (``1e309`` rather than ``inf``, ``1e-5`` rather
+    than ``1e-05``) when that is the same number; else ``plain``."""
+    import math
+
+    typed = None
+    for i, token in enumerate(TYPED):
+        if token == flag and i + 1 < len(TYPED):
+            typed = TYPED[i + 1]
+        elif token.startswith(flag + "="):
+            typed = token[len(flag) + 1:]
+    if typed is None or typed == plain:
+        return plain
+    try:
+        a, b = float(typed), float(plain)
+    except (ValueError, OverflowError):
+        return plain
+    same = a == b or (math.isnan(a) and math.isnan(b))
+    return typed if same and len(typed) <= 80 else plain
 
 
 def message(e) -> str:
