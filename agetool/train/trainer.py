@@ -313,10 +313,12 @@ class Trainer:
         return self.update(reals, class_a, class_b, codes_d, codes_g)
 
     def update(self, reals: torch.Tensor, class_a: torch.Tensor, class_b: torch.Tensor,
-               codes_d: Codes, codes_g: Codes) -> dict:
+               codes_d: Codes, codes_g: Codes, probe: dict | None = None) -> dict:
         """One discriminator update, one generator update, one EMA update on ``reals`` = cat(A, B).
 
-        Returns the loss terms, each computed before its own network's update.
+        Returns the loss terms, each computed before its own network's update. ``probe``, when given,
+        receives what the update computed on the way (detached): ``real_logits``, ``r1_grad`` and the
+        generator pass's ``gen``, ``rec``, ``cyc``, ``age_real``, ``age_fake``.
         """
         dev = self.device
         reals = reals.to(dev, non_blocking=True)
@@ -336,8 +338,11 @@ class Trainer:
         reals_d = reals.detach().requires_grad_(True)
         with self._autocast():
             real_logits = self.d_train(reals_d)
-        loss_real, loss_r1, _ = discriminator_real_losses(real_logits, reals_d, class_a, class_b, self.weights)
+        loss_real, loss_r1, r1_grad = discriminator_real_losses(real_logits, reals_d, class_a, class_b, self.weights)
         (loss_real + loss_r1).backward()
+        if probe is not None:
+            probe.update(real_logits=real_logits.detach(), r1_grad=r1_grad.detach())
+        del r1_grad
         self.opt_d.step()
         loss_fake, loss_real, loss_r1 = loss_fake.detach(), loss_real.detach(), loss_r1.detach()
         terms_d = {"D_real": loss_real, "D_fake": loss_fake, "D_r1": loss_r1, "D": loss_real + loss_fake + loss_r1}
@@ -350,6 +355,8 @@ class Trainer:
             out = GeneratorPass(*self.g_train(reals, codes_g.gen, codes_g.cyc, codes_g.orig))
             fake_logits_g = discriminate(self.d, out.gen, self.cfg.grad_checkpoint)
         loss_g, terms_g = generator_losses(out, fake_logits_g, reals, codes_g, class_a, class_b, self.weights)
+        if probe is not None:
+            probe.update({k: getattr(out, k).detach() for k in ("gen", "rec", "cyc", "age_real", "age_fake")})
         loss_g.backward()
         self.opt_g.step()
         self.d.requires_grad_(True)
