@@ -96,3 +96,33 @@ def test_uploads_are_kept_within_a_quota_oldest_first(pipe, tmp_path, crop):
     assert studio.read(current).shape == (256, 256, 3)
     left = sorted(p.parent.name for p in uploads.rglob("*") if p.is_file())
     assert left == ["new", "u2", "u3"]
+
+
+def test_client_mistakes_are_one_log_line_and_none_after_the_stop(caplog):
+    import logging
+    import sys
+
+    from agetool.serve.server import ClientNoise
+
+    noise = ClientNoise()
+    try:
+        {}[999]  # what Gradio meets with a request for an event that does not exist
+    except KeyError:
+        record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, "Exception in ASGI application\n",
+                                   None, sys.exc_info())
+    assert noise.filter(record) and record.exc_info is None
+    assert record.getMessage() == "Exception in ASGI application (KeyError: 999)"
+    with caplog.at_level(logging.WARNING, logger="agetool.serve"):
+        try:
+            raise ValueError("1 validation error for ImageData\n  Input should be a valid dictionary")
+        except ValueError:
+            noise.print_exc()  # in place of Gradio's traceback.print_exc()
+    assert [r.getMessage() for r in caplog.records] == ["rejected a request: ValueError: 1 validation error for ImageData"]
+    noise.stopped = True
+    assert not noise.filter(logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, "late", None, None))
+    caplog.clear()
+    try:
+        raise ValueError("late")
+    except ValueError:
+        noise.print_exc()
+    assert not caplog.records

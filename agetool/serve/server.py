@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,6 +40,49 @@ def example_photo(folder: Path) -> Path | None:
         return write_image(target, data.astronaut())
     except ImportError:
         return None
+
+
+class ClientNoise(logging.Filter):
+    """What the web server and Gradio report about clients, one line each: a malformed request's
+    exception joins its message instead of a traceback under it (the ASGI server's errors come from
+    requests that failed before any handler ran); nothing once the server stopped. Failures inside
+    the app's handlers keep their traceback (``agetool.serve``'s log)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stopped = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.stopped:
+            return False
+        if record.exc_info and (record.levelno <= logging.WARNING or record.name == "uvicorn.error"):
+            record.msg = f"{record.getMessage().strip().rstrip('.')} ({_one_line(record.exc_info[1])})"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+    def print_exc(self, *args, **kwargs) -> None:
+        """Gradio's queue prints the traceback of a request that failed before any handler ran
+        (data no component accepts): one warning line instead."""
+        if not self.stopped:
+            log.warning("rejected a request: %s", _one_line(sys.exc_info()[1]))
+
+    def __getattr__(self, name):  # the rest of the traceback module, for Gradio's queue
+        import traceback
+
+        return getattr(traceback, name)
+
+
+def _one_line(e: BaseException | None) -> str:
+    if e is None:
+        return "no details"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
+log = logging.getLogger("agetool.serve")
+#: the loggers of the web server that report on clients
+CLIENT_LOGGERS = ("uvicorn.error", "uvicorn.access", "python_multipart.multipart")
 
 
 class Server:
@@ -76,6 +121,12 @@ class Server:
         self.url: str | None = None
 
     def start(self) -> str:
+        import gradio.queueing
+
+        self._noise = ClientNoise()
+        for name in CLIENT_LOGGERS:  # silenced by close(): nothing is logged after "stopped"
+            logging.getLogger(name).addFilter(self._noise)
+        gradio.queueing.traceback = self._noise  # the app's own process: its queue reports in one line
         self.demo.queue(default_concurrency_limit=1, max_size=64)
         try:
             _, url, _ = self.demo.launch(
@@ -98,6 +149,9 @@ class Server:
             except Exception:  # noqa: BLE001 - stopping: nothing left to report to
                 pass
         shutil.rmtree(self.folder, ignore_errors=True)
+        noise = getattr(self, "_noise", None)
+        if noise is not None:  # requests still in flight report nothing after the server stopped
+            noise.stopped = True
         tempfile.tempdir = self._saved_tempdir
         for key, value in self._saved_env.items():
             if value is None:
