@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 
@@ -18,17 +19,17 @@ def arg(name: str, value: object = _NO_VALUE) -> str:
     if value is _NO_VALUE:
         return f"\x1f{name}\x1f"
     python, plain = _shown(value)
-    return f"\x1f{name}\x1e{_cut(python)}\x1d{_cut(plain)}\x1f"
+    if not isinstance(value, os.PathLike):  # a path is shown whole: it says which file to look at
+        python, plain = _cut(python), _cut(plain)
+    return f"\x1f{name}\x1e{_marks_out(python)}\x1d{_marks_out(plain)}\x1f"
 
 
-#: longest value shown in a message; longer ones are cut with an ellipsis
-SHOWN_CHARS = 80
+#: longest value shown in a message (paths excepted); longer ones are cut with an ellipsis
+SHOWN_CHARS = 200
 
 
 def _shown(value: object) -> tuple[str, str]:
     """(Python, plain) text of an argument's value: paths as their text, never ``PosixPath('x')``."""
-    import os
-
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     elif isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, os.PathLike)) for v in value):
@@ -38,8 +39,11 @@ def _shown(value: object) -> tuple[str, str]:
 
 
 def _cut(text: str) -> str:
-    text = text.translate({0x1D: "?", 0x1E: "?", 0x1F: "?"})  # the marks that delimit a reference
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
+
+
+def _marks_out(text: str) -> str:
+    return text.translate({0x1D: "?", 0x1E: "?", 0x1F: "?"})  # the marks that delimit a reference
 
 
 def python_style(name: str, python: str | None, plain: str | None) -> str:

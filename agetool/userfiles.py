@@ -23,7 +23,7 @@ MAX_DIGITS = 40
 
 
 def _where(path: Path, name: str | None) -> str:
-    return arg(name, str(path)) if name else str(path)
+    return arg(name, path) if name else str(path)
 
 
 def check_regular(path: str | os.PathLike, name: str | None = None, *, limit: int | None = None,
