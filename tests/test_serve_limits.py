@@ -126,3 +126,17 @@ def test_client_mistakes_are_one_log_line_and_none_after_the_stop(caplog):
     except ValueError:
         noise.print_exc()
     assert not caplog.records
+
+
+def test_a_job_gradio_gave_up_on_stops_the_work():
+    from types import SimpleNamespace
+
+    from agetool.serve.app import cancelled
+
+    mine = SimpleNamespace(session_hash="s1", alive=True)
+    other = SimpleNamespace(session_hash="s2", alive=False)
+    demo = SimpleNamespace(_queue=SimpleNamespace(active_jobs=[None, [mine, other]]))
+    stop = cancelled(demo, SimpleNamespace(session_hash="s1"))
+    assert not stop()  # another session's cancelled job is not this one
+    mine.alive = False  # what Gradio does when the page is closed or the job cancelled
+    assert stop()

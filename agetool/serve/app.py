@@ -64,6 +64,19 @@ def guarded(fn):
     return run
 
 
+def cancelled(demo, request):
+    """``stop()`` for a request's work: true once Gradio has given up on the session's running job
+    (the page was closed or the job cancelled), so the work ends between two decodes."""
+    session = getattr(request, "session_hash", None)
+
+    def stop() -> bool:
+        queue = getattr(demo, "_queue", None)
+        jobs = [event for job in (getattr(queue, "active_jobs", None) or []) if job for event in job]
+        return any(event.session_hash == session and not event.alive for event in jobs)
+
+    return stop
+
+
 def tolerant(component):
     """Let ``component`` pass an upload it can't open on as a path, so that reading it (with its
     size and pixel limits) reports what is wrong in one line instead of Gradio's generic error."""
@@ -180,11 +193,11 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
             return studio.at_age(s, int(index or 0), at, whole)
 
         @guarded
-        def on_grid(s: Session | None, text, whole):
+        def on_grid(s: Session | None, text, whole, request: gr.Request):
             if s is None:
                 raise gr.Error("drop a photo first", print_exception=False)
             ages = parse_ages(text)
-            png, archive = studio.grid(s, ages, whole)
+            png, archive = studio.grid(s, ages, whole, stop=cancelled(demo, request))
             notes = "  \n".join(f"**Warning:** {w}" for w in studio.warnings(ages))
             return (str(png), gr.update(value=str(png), interactive=True),
                     gr.update(value=str(archive), interactive=True), notes)
@@ -214,10 +227,10 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
 
         # ---------------------------------------------------------------- endpoints for programs
         @guarded
-        def age_endpoint(path, text):
+        def age_endpoint(path, text, request: gr.Request):
             """The grid for the photo: the input and one column per age ("5,45"; empty: the six classes)."""
             ages = parse_ages(text)  # before any model runs
-            png, _ = studio.grid(studio.encode(path), ages)
+            png, _ = studio.grid(studio.encode(path), ages, stop=cancelled(demo, request))
             return str(png)
 
         @guarded
