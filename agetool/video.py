@@ -76,9 +76,10 @@ class VideoWriter(Finishing):
             try:  # its own session: a Ctrl-C at the terminal reaches this process only, which ends ffmpeg
                 self._proc = subprocess.Popen(self._command(width, height), stdin=subprocess.PIPE,
                                               stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True)
-            except OSError as e:
+            except (OSError, RuntimeError) as e:  # RuntimeError: imageio-ffmpeg found no ffmpeg program
                 self.abort()
-                raise OutputError(f"can't start ffmpeg to write {self.path}: {e.strerror or e}") from None
+                reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:160]
+                raise OutputError(f"can't start ffmpeg to write {self.path}: {reason}") from None
 
     def _failure(self) -> str:
         """ffmpeg's last message (without its ``[component @ address]`` prefix), or its exit status."""

@@ -73,3 +73,17 @@ def test_rates_pass_to_the_encoder_exactly(tmp_path):
         assert writer._command(64, 64)[writer._command(64, 64).index("-r") + 1] == "2997/100"
         _frames(writer, 3)
     assert read_video_frames(out) == (3, (64, 64))
+
+
+def test_no_encoder_program_is_one_line_and_no_file(tmp_path, monkeypatch):
+    import imageio_ffmpeg
+
+    def missing():
+        raise RuntimeError("No ffmpeg exe could be found. Install ffmpeg on your system.")
+
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", missing)
+    out = tmp_path / "v.mp4"
+    with pytest.raises(OutputError, match="can't start ffmpeg to write .*: No ffmpeg exe could be found"):
+        with VideoWriter(out, fps=30) as writer:
+            _frames(writer, 1)
+    assert not out.exists() and not partials(tmp_path)
