@@ -40,7 +40,7 @@ def test_pickle_with_code_is_refused(tmp_path, capsys):
     assert not marker.exists()
 
 
-def test_zip_members_are_read_in_memory_only(tmp_path):
+def test_zip_members_never_land_beside_the_archive(tmp_path):
     from agetool.nn.generator import Generator, GeneratorConfig
 
     sd = Generator(GeneratorConfig(ngf=8)).state_dict()
