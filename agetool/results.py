@@ -6,6 +6,7 @@ Images are RGB uint8 arrays [H, W, 3]; tiles are [256, 256, 3], stacks [N, 256, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -147,21 +148,40 @@ class AgingResult:
                      for f in self.faces]
         return grid([[caption(t, h) for t, h in zip(row, head)] for row, head in zip(rows, heads)])
 
-    def write_tiles(self, folder) -> list:
-        """Every tile as a PNG in ``folder``: ``face<i>_input.png`` and ``face<i>_<label>.png`` per face
-        (with paste-back, whole photos). These are the files ``agetool age --tiles`` writes; returns their paths."""
-        from pathlib import Path
-
-        from agetool.images import write_image
-
-        folder, written = Path(folder), []
+    def tiles(self) -> list[tuple[str, np.ndarray]]:
+        """(file name, tile) of every tile: ``face<i>_input.png`` and ``face<i>_<label>.png`` per face
+        (with paste-back, whole photos); a repeated label's tiles are ``face<i>_<label>_2.png`` ...
+        ``write_tiles`` and the web app's archive are made from this list."""
+        out = []
         for face in self.faces:
             first = face.shown if self.pasted is None else self.image
             shown = face.images if self.pasted is None else face.pasted
-            written.append(write_image(folder / f"face{face.index}_input.png", first))
-            for label, tile in zip(face.labels, shown):
-                written.append(write_image(folder / f"face{face.index}_{label}.png", tile))
-        return written
+            names = unique_labels(["input", *face.labels])
+            out += [(f"face{face.index}_{name}.png", tile) for name, tile in zip(names, [first, *shown])]
+        return out
+
+    def write_tiles(self, folder) -> list:
+        """Every tile of ``tiles()`` as a PNG in ``folder``: the files ``agetool age --tiles`` writes;
+        returns their paths."""
+        from agetool.images import write_image
+
+        return [write_image(Path(folder) / name, tile) for name, tile in self.tiles()]
+
+    def write_zip(self, path) -> Path:
+        """Every tile of ``tiles()`` as a PNG member of the ZIP archive ``path`` (written atomically)."""
+        import io
+        import zipfile
+
+        from PIL import Image as PILImage
+
+        from agetool.files import replacing
+
+        with replacing(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, tile in self.tiles():
+                buf = io.BytesIO()
+                PILImage.fromarray(tile).save(buf, format="PNG")
+                z.writestr(name, buf.getvalue())
+        return Path(path)
 
     def grid(self, labels: bool = True) -> Image:
         """The grid ``agetool age`` writes, as a ``PIL.Image``: one row per face (left to right),
@@ -169,3 +189,15 @@ class AgingResult:
         from PIL import Image as PILImage
 
         return PILImage.fromarray(self.grid_array(labels))
+
+
+def unique_labels(labels: list[str]) -> list[str]:
+    """``labels`` with repeats told apart: the second ``5`` becomes ``5_2`` (never another label)."""
+    taken, out = set(labels), []
+    for label in labels:
+        name, k = label, 1
+        while name in out or (k > 1 and name in taken):
+            k += 1
+            name = f"{label}_{k}"
+        out.append(name)
+    return out

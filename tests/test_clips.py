@@ -85,8 +85,10 @@ def pipe(weights):
     return agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib")
 
 
-def test_age_clip_keeps_frames_timing_size_and_audio(tmp_path, photo, weights):
+def test_age_clip_keeps_frames_timing_size_and_audio(tmp_path, photo, weights, monkeypatch):
     src = make_clip(photo, tmp_path / "walk.mp4", 10, vfr=True)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")  # the default output folder is here: a folder of this test's own
     code = cli(["age", src, "--ages", "60", "--weights", weights, *FAST], None)[0]
     out = Path("walk_age60.mp4")  # the default: here
     try:
