@@ -11,7 +11,8 @@ import zipfile
 import pytest
 
 from agetool.errors import ResourceError, UsageError
-from agetool.serve.studio import MAX_REQUEST_AGES, Session, Studio, parse_ages, unique_labels
+from agetool.results import unique_labels
+from agetool.serve.studio import MAX_REQUEST_AGES, Session, Studio, parse_ages
 
 
 @pytest.fixture(scope="module")

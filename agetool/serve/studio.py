@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +26,6 @@ MODELS = ("auto", "male", "female")
 MIN_AGE, MAX_AGE = 0, 69
 #: long side of photos as the app works on them (pasted-back results and videos)
 WHOLE_PHOTO_SIDE = 1280
-#: long side of the whole photos in a paste-back grid
-GRID_PHOTO_SIDE = 512
 #: side of each face's thumbnail under "Faces found"
 THUMB = 128
 #: seconds a request's results stay on disk (the page links to them meanwhile)
@@ -278,51 +275,40 @@ class Studio:
                     out.append([f.aligned, *tiles])
         return out
 
-    def rows(self, session: Session, ages: list | None, paste_back: bool = False,
-             aged: list | None = None) -> list[list]:
-        """Captioned grid rows: per face [input, one tile per age]; with paste-back one row of whole photos.
-        ``aged``: what ``aged()`` returned for these ages, if already at hand."""
-        from agetool.images import caption
+    def result(self, session: Session, entries: list, aged: list, paste_back: bool = False):
+        """``aged()``'s tiles as the ``AgingResult`` the command line makes: its grid and its tiles are
+        the page's grid and archive (with paste-back, whole photos)."""
+        from dataclasses import replace
 
-        entries = list(AGE_CLASSES) if ages is None else ages
+        from agetool.results import AgingResult
+
         labels = [entry_label(e) for e in entries]
-        faces = session.encoded.faces
-        with self._lock:
-            aged = aged if aged is not None else self.aged(session, entries)
-            tiles = [row[1:] for row in aged]
-            if paste_back:
-                whole = [self.pipe.paste_back(session.encoded, [t[k] for t in tiles]) for k in range(len(entries))]
-                row = [fit(t, GRID_PHOTO_SIDE) for t in (session.encoded.image, *whole)]
-                return [[caption(t, h) for t, h in zip(row, ["input", *labels])]]
-        rows = []
-        for f, row in zip(faces, aged):
-            estimate = getattr(f, "estimate", None)
-            head = "input" if estimate is None else f"input, ~{estimate.age:.0f}"
-            rows.append([caption(tile, h) for tile, h in zip(row, [head, *labels])])
-        return rows
+        targets = self.pipe.targets(entries)
+        faces = [replace(f, features=None, images=np.stack(row[1:]), labels=labels,
+                         ages=self.pipe.target_years(targets, f), input_tile=None if row[0] is f.aligned else row[0])
+                 for f, row in zip(session.encoded.faces, aged)]
+        pasted = None
+        if paste_back:
+            with self._lock:
+                for i, face in enumerate(faces):
+                    face.pasted = [self.pipe.paste_back(session.encoded, [t if j == i else None for j in range(len(faces))])
+                                   for t in face.images]
+                pasted = [self.pipe.paste_back(session.encoded, [f.images[k] for f in faces])
+                          for k in range(len(entries))]
+        return AgingResult(session.encoded.image, session.name, faces, labels, pasted)
 
     def grid(self, session: Session, ages: list | None = None, paste_back: bool = False,
              stop=None) -> tuple[Path, Path]:
         """(grid PNG, ZIP of every tile as face<i>_<label>.png), both in a fresh folder of the workdir;
         every age decoded once for both. A repeated age's tiles are ``face<i>_<label>_2.png`` ...;
         ``stop()`` returning true (a cancelled job) ends the request between two decodes."""
-        from agetool.images import grid
-
         entries = list(AGE_CLASSES) if ages is None else ages
         with self._lock:
             aged = self.aged(session, entries, self.checker(stop))
-        rows = self.rows(session, ages, paste_back, aged)
+        result = self.result(session, entries, aged, paste_back)
         folder = self.new_folder()
-        png = write_image(folder / f"{session.name}_ages.png", grid(rows))
-        archive = folder / f"{session.name}_tiles.zip"
-        tmp = folder / ".tiles.zip.part"
-        tiles = {f"face{f.index}": row for f, row in zip(session.encoded.faces, aged)}
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            for name, row in tiles.items():
-                for label, tile in zip(unique_labels(["input", *(entry_label(e) for e in entries)]), row):
-                    z.writestr(f"{name}_{label}.png", png_bytes(tile))
-        os.replace(tmp, archive)
-        return png, archive
+        png = write_image(folder / f"{session.name}_ages.png", result.grid_array())
+        return png, result.write_zip(folder / f"{session.name}_tiles.zip")
 
     def video(self, session: Session, paste_back: bool = False, fps: float = DEFAULT_FPS,
               steps: int = DEFAULT_STEPS) -> Path:
@@ -349,6 +335,7 @@ class Studio:
                 pass
         return Path(tempfile.mkdtemp(prefix="out-", dir=self.workdir))
 
+
 def fit(image: np.ndarray, side: int = WHOLE_PHOTO_SIDE) -> np.ndarray:
     """``image`` scaled down so that its long side is at most ``side``, with even sides."""
     h, w = image.shape[:2]
@@ -356,18 +343,6 @@ def fit(image: np.ndarray, side: int = WHOLE_PHOTO_SIDE) -> np.ndarray:
     if scale == 1.0 and not (w % 2 or h % 2):
         return image
     return resize(image, (max(2, int(w * scale) // 2 * 2), max(2, int(h * scale) // 2 * 2)))
-
-
-def unique_labels(labels: list[str]) -> list[str]:
-    """``labels`` with repeats told apart: the second ``5`` becomes ``5_2`` (never another label)."""
-    taken, out = set(labels), []
-    for label in labels:
-        name, k = label, 1
-        while name in out or (k > 1 and name in taken):
-            k += 1
-            name = f"{label}_{k}"
-        out.append(name)
-    return out
 
 
 def evict_oldest(folder: Path, quota: int, keep=None) -> None:
@@ -394,13 +369,3 @@ def evict_oldest(folder: Path, quota: int, keep=None) -> None:
             total -= size
         except OSError:
             pass
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
