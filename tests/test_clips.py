@@ -147,11 +147,16 @@ def test_frame_without_a_face_passes_through(tmp_path, photo, pipe):
 
 
 def test_two_runs_give_identical_files(tmp_path, photo, weights):
+    """Two runs of the command, each in a process of its own as a user runs them. (Within one process
+    that has run other work, CPU kernels may pick other code paths for differently aligned buffers,
+    and a decoded pixel can round one level apart.)"""
     src = make_clip(photo, tmp_path / "twice.mp4", 8)
     outs = []
     for k in range(2):
         out = tmp_path / f"run{k}.mp4"
-        assert cli(["age", src, "--ages", "60", "--out", out, "--weights", weights, *FAST], None)[0] == 0
+        proc = spawn(["age", src, "--ages", "60", "--out", out, "--weights", weights, *FAST], tmp_path)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
 

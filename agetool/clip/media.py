@@ -222,7 +222,7 @@ class ClipWriter(Finishing):
         if image.shape[:2] != (self.info.height, self.info.width):
             raise OutputError(f"frame {self.frames} is {image.shape[1]}x{image.shape[0]}, expected "
                               f"{self.info.width}x{self.info.height}")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        frame = _video_frame(np.ascontiguousarray(image))
         frame.pts = int(pts)
         frame.time_base = self.info.time_base
         try:
@@ -269,3 +269,17 @@ class ClipWriter(Finishing):
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
+
+
+def _video_frame(image: np.ndarray):
+    """An RGB uint8 frame as the encoder's input: converted here to YUV 4:2:0 (BT.601, limited range,
+    as the encoder's own converter does) when both sides are even, so that the same frames give the
+    same bytes on every run (the converter in the encoder's path gave runs that differed)."""
+    import av
+
+    h, w = image.shape[:2]
+    if h % 2 or w % 2:
+        return av.VideoFrame.from_ndarray(image, format="rgb24")
+    import cv2
+
+    return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
