@@ -216,12 +216,14 @@ class FaceIdentity:
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = "dlib", *, device=None, offline: bool = False,
                         detector=None, report: Callable[[str], None] | None = None, progress=None,
-                        argument: str = "model") -> "FaceIdentity":
+                        argument: str = "model", file_argument: str | None = None) -> "FaceIdentity":
         """``"dlib"`` (offline), ``"auraface"`` / ``"arcface-w600k"`` (registry ONNX files, downloaded
         once unless ``offline``), or a file: ``.onnx`` (ArcFace-type) or ``.dat`` (a dlib descriptor).
 
         ``detector``: an ``agetool.face.detect.LandmarkDetector`` for ``embed(image)`` without a face
-        (default: dlib's, made on first use). ``argument`` names the argument in error messages.
+        (default: dlib's, made on first use). ``argument`` names the argument in error messages;
+        ``file_argument`` the one that takes a file in place of a registry download (default:
+        ``identity_model``).
         """
         text = str(model)
         is_file = Path(text).is_file()
@@ -245,7 +247,7 @@ class FaceIdentity:
         from agetool.face.identity import IdentityEmbedder
 
         embedder = IdentityEmbedder.open(name or "auraface", path, device=device, offline=offline, report=report,
-                                         progress=progress, argument=argument)
+                                         progress=progress, argument=argument, file_argument=file_argument)
         return cls(_ArcFace(embedder), name=name or path.name, path=embedder.path, detector=detector)
 
     # ------------------------------------------------------------------ description

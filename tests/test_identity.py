@@ -235,3 +235,17 @@ def test_clip_ages_only_the_reference_person(tmp_path, photos, weights):
         left, right = changed[:, :half].sum(), changed[:, half:].sum()
         assert (left, right)[side] > 20 * max(1, (left, right)[1 - side])  # only that person's face was aged
     assert [f.faces for f in pipe.clip_frames(clip, ages=[60], mask=False)] == [2, 2, 2]
+
+
+def test_compare_offline_names_its_own_option_for_a_file(tmp_path):
+    """compare's --model takes a file as well: offline without the file, that is the option named."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    photo = ROOT / "examples" / "astronaut.png"
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "agetool", "compare", photo, photo, "--model", "auraface", "--offline"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "pass it as --model FILE" in done.stderr and "--identity-model" not in done.stderr

@@ -48,7 +48,8 @@ def compare(
     if threshold is not None:
         threshold = validate.finite("threshold", threshold, low=-1, high=100)
     dev = pick_device(device) if model not in ("dlib",) and not model.endswith(".dat") else None
-    identity = FaceIdentity.from_pretrained(model, device=dev, offline=offline, report=report)
+    identity = FaceIdentity.from_pretrained(model, device=dev, offline=offline, report=report,
+                                            file_argument="model")  # compare's --model takes a file too
     faces = {}
     for path in (a, b):
         if path not in faces:

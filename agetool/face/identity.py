@@ -97,12 +97,14 @@ class IdentityEmbedder:
     @classmethod
     def open(cls, name: str, path: str | os.PathLike | None = None, *, device=None, offline: bool = False,
              report: Callable[[str], None] | None = None, progress=None,
-             argument: str = "identity_model") -> "IdentityEmbedder":
-        """From ``path``, or the registry artifact ``name``, on ``device``'s onnxruntime provider."""
+             argument: str = "identity_model", file_argument: str | None = None) -> "IdentityEmbedder":
+        """From ``path``, or the registry artifact ``name``, on ``device``'s onnxruntime provider
+        (``file_argument``: the caller's argument that takes the file instead, for messages)."""
         from agetool import weights
         from agetool.nn import onnxrt
 
-        path = weights.resolve(name, path, argument=argument, offline=offline, report=report, progress=progress)
+        path = weights.resolve(name, path, argument=argument, offline=offline, report=report, progress=progress,
+                               file_argument=file_argument)
         session = onnxrt.session(path, argument=argument, device=device)
         mean, std = (0.0, 1.0) if onnxrt.graph_normalizes(path) else (127.5, 127.5)
         from agetool.weights.registry import preprocessing

@@ -40,10 +40,11 @@ def human_size(n: int | None) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def ways_out(art: Artifact) -> str:
-    """How to do without a download: import a copy, or pass the file directly; then stay offline."""
+def ways_out(art: Artifact, argument: str | None = None) -> str:
+    """How to do without a download: import a copy, or pass the file directly (as ``argument``, by
+    default the one that takes a file of the artifact's kind); then stay offline."""
     text = f"have the file? `{art.import_command}`"
-    argument = ARGUMENT_FOR_KIND.get(art.kind)
+    argument = argument or ARGUMENT_FOR_KIND.get(art.kind)
     if argument:
         text += f", or pass it as {arg(argument, 'FILE')}"
     return text + f"; {arg('offline', True)} never uses the network"
@@ -116,18 +117,21 @@ def _cached(art: Artifact, progress, say) -> Path | None:
 
 
 def resolve(name: str, path: str | os.PathLike | None, *, argument: str, offline: bool = False,
-            report: Callable[[str], None] | None = None, progress=None) -> Path:
-    """``path`` if given (it must exist), else the registry artifact ``name`` (downloaded if needed)."""
+            report: Callable[[str], None] | None = None, progress=None, file_argument: str | None = None) -> Path:
+    """``path`` if given (it must exist), else the registry artifact ``name`` (downloaded if needed);
+    ``file_argument``: the caller's argument that takes a file instead, named when it is missing
+    (default: the one of the artifact's kind)."""
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{arg(argument, path)}: no such file")
         return path
-    return fetch(name, offline=offline, progress=progress, report=report)
+    return fetch(name, offline=offline, progress=progress, report=report, argument=file_argument)
 
 
-def fetch(name: str, *, offline: bool = False, progress=None, report=None) -> Path:
-    """A verified local copy of artifact ``name``, downloaded if needed (see the module docstring)."""
+def fetch(name: str, *, offline: bool = False, progress=None, report=None, argument: str | None = None) -> Path:
+    """A verified local copy of artifact ``name``, downloaded if needed (see the module docstring).
+    ``argument``: the caller's argument that takes the file instead, for messages."""
     art = get(name)
     say = _say(report)
     found = _cached(art, progress, say)
@@ -136,7 +140,7 @@ def fetch(name: str, *, offline: bool = False, progress=None, report=None) -> Pa
     if is_offline(offline):
         why = arg("offline", True) if offline else "HF_HUB_OFFLINE=1"
         raise OfflineError(f"{name} is not in the cache and network access is off ({why})",
-                           hint=f"run `agetool weights download {name}` while online; {ways_out(art)}")
+                           hint=f"run `agetool weights download {name}` while online; {ways_out(art, argument)}")
     with store.locked(art), store.writing():
         store.clean_stale(art)
         found = _cached(art, progress, say)  # another process may have finished meanwhile
