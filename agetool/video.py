@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,37 @@ def _signals_deferred():
         yield
     finally:
         mask(signal.SIG_SETMASK, old)
+
+
+#: what x264 requires of a CPU before it uses its AVX-512 code (Linux /proc/cpuinfo names)
+_X264_AVX512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+#: what every CPU with those has, and what x264's "AVX2" level (with FMA3, BMI1/2, LZCNT) assumes
+_X264_AVX2 = {"avx2", "fma", "bmi1", "bmi2", "abm"}
+
+
+@functools.cache
+def x264_options() -> dict:
+    """x264 options that keep its output a function of its input on this CPU (read once).
+
+    x264's AVX-512 routines read memory that holds no defined value for some frame sizes (150x100,
+    for one), so the bytes of a clip depended on what the process had allocated before: two runs of
+    the same command could give different files. Where x264 would pick them, its instruction set is
+    capped at AVX2 (measured here: the same size then gives the same bytes whatever the heap holds;
+    sizes the AVX-512 code handles well give the very same bytes either way). Elsewhere x264 decides.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return {}
+    return x264_cpu_options(flags)
+
+
+def x264_cpu_options(flags: set[str]) -> dict:
+    """The options of ``x264_options`` for a CPU with these /proc/cpuinfo flags."""
+    if _X264_AVX512 <= flags and _X264_AVX2 <= flags:
+        return {"x264-params": "asm=AVX2,SSE2Fast,Cache64"}
+    return {}
 
 
 class VideoWriter(Finishing):
@@ -61,6 +93,7 @@ class VideoWriter(Finishing):
         return [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
                 "-s", f"{width}x{height}", "-pix_fmt", "rgb24", "-r", str(rate), "-i", "-", "-an",
                 "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(self.crf), "-preset", "medium",
+                *(arg for key, value in x264_options().items() for arg in (f"-{key}", value)),
                 "-movflags", "+faststart", "-v", "error", "-f", "mp4", str(self._tmp)]
 
     def _open(self, width: int, height: int) -> None:

@@ -171,7 +171,7 @@ class ClipWriter(Finishing):
         import av
 
         from agetool.files import temp_sibling
-        from agetool.video import _signals_deferred
+        from agetool.video import _signals_deferred, x264_options
 
         with _signals_deferred():
             self._tmp = temp_sibling(self.path)
@@ -181,7 +181,7 @@ class ClipWriter(Finishing):
         vs.width, vs.height, vs.pix_fmt = info.width, info.height, "yuv420p"
         vs.time_base = info.time_base
         vs.codec_context.time_base = info.time_base
-        vs.options = {"crf": str(self.crf), "preset": self.preset}
+        vs.options = {"crf": str(self.crf), "preset": self.preset, **x264_options()}
         if info.rotation:
             vs.set_display_rotation(info.rotation)
         self._video = vs
@@ -273,8 +273,7 @@ class ClipWriter(Finishing):
 
 def _video_frame(image: np.ndarray):
     """An RGB uint8 frame as the encoder's input: converted here to YUV 4:2:0 (BT.601, limited range,
-    as the encoder's own converter does) when both sides are even, so that the same frames give the
-    same bytes on every run (the converter in the encoder's path gave runs that differed)."""
+    as the encoder's own converter does) when both sides are even, in one conversion of our own."""
     import av
 
     h, w = image.shape[:2]
