@@ -108,7 +108,8 @@ class FramePool:
         ready = threading.Barrier(workers + 1, timeout=60)
 
         def start() -> None:
-            torch.set_num_threads(1)  # this thread's OpenMP setting; the main thread's is restored below
+            torch.get_num_threads()  # this thread's first call settles its OpenMP setting from the process's ...
+            torch.set_num_threads(1)  # ... which is then this thread's own; the main thread's is restored below
             ready.wait()
 
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="agetool-frames", initializer=start)

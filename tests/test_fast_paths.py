@@ -158,6 +158,9 @@ def test_frame_pool_keeps_order_and_stops_early():
     before = torch.get_num_threads()
     pool = FramePool(2)
     assert torch.get_num_threads() == before  # the workers' single thread does not leak out
+    seen = set(pool.imap(lambda i: time.sleep(0.05) or torch.get_num_threads(), range(4), ahead=4))
+    assert seen == {1}  # each worker computes with one intra-op thread (not the process's setting)
+    assert torch.get_num_threads() == before
     out = list(pool.imap(lambda i: (time.sleep(0.01 * (i % 3)), i)[1], range(12), ahead=4))
     assert out == list(range(12))
     started = []
