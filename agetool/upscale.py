@@ -87,15 +87,9 @@ class Upscaler:
     __call__ = upscale
 
     def for_paste(self, tile: np.ndarray, alignment, factor: int, mask: np.ndarray | None = None):
-        """``(tile, mask)`` ready for ``agetool.face.paste.paste_back``: one aged 256 px face upscaled,
-        shown at its own size in the photo (``fit_face``), with its blend ``mask`` (if any) resized
-        to match. For callers that paste frame by frame (clips)."""
-        import cv2
-
-        out = fit_face(self.upscale(tile, factor), alignment)
-        if mask is not None and mask.shape[0] != out.shape[0]:
-            mask = cv2.resize(mask, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_LINEAR)
-        return out, mask
+        """``(tile, mask)`` ready for ``agetool.face.paste.paste_back``: one aged 256 px face upscaled
+        and shown at its own size in the photo (``fit_paste``)."""
+        return fit_paste(self.upscale(tile, factor), alignment, mask)
 
     def _tiled(self, image: np.ndarray) -> np.ndarray:
         import torch
@@ -140,6 +134,17 @@ def fit_face(tile: np.ndarray, alignment, least: int = 256) -> np.ndarray:
     if tile.shape[0] <= side:
         return tile
     return cv2.resize(tile, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def fit_paste(tile: np.ndarray, alignment, mask: np.ndarray | None = None):
+    """``(tile, mask)`` for ``paste_back``: an upscaled tile at its native size (``fit_face``), its
+    blend ``mask`` (if any; weights of the 256 px crop) resized to match. A 256 px tile passes as is."""
+    import cv2
+
+    out = fit_face(tile, alignment)
+    if mask is not None and mask.shape[0] != out.shape[0]:
+        mask = cv2.resize(mask, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return out, mask
 
 
 def input_tile(photo: np.ndarray, face, size: int) -> np.ndarray:

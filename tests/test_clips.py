@@ -146,6 +146,56 @@ def test_frame_without_a_face_passes_through(tmp_path, photo, pipe):
     assert not np.array_equal(frames[4].images[0], frames[4].images[1])  # two ages, two renders
 
 
+def _nearest_upscaler(path: Path, scale: int = 2) -> Path:
+    """The real compact super-resolution architecture (small) whose last convolution is zero: it
+    enlarges by repeating pixels, so the face shown at its size in the frame is the 256 px one again."""
+    import torch
+
+    from agetool.nn.realesrgan import SRVGGNetCompact
+
+    torch.manual_seed(0)
+    net = SRVGGNetCompact(num_feat=4, num_conv=1, upscale=scale)
+    with torch.no_grad():
+        net.body[-1].weight.zero_()
+        net.body[-1].bias.zero_()
+    torch.save({"params": net.state_dict()}, path)
+    return path
+
+
+def test_upscaled_clip_faces_land_where_the_256_px_ones_did(tmp_path, photo, weights, pipe):
+    import agetool
+
+    src = make_clip(photo, tmp_path / "up.mp4", 6)
+    upscaling = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib",
+                                                      upscale_weights=_nearest_upscaler(tmp_path / "nearest_x2.pth"))
+    plain = [f.image for f in pipe.clip_frames(src, ages=60, mask=False)]
+    upscaled = [f.image for f in upscaling.clip_frames(src, ages=60, mask=False, upscale=2)]
+    assert upscaling.models.timer.seconds.get("upscale", 0) > 0  # the network ran
+    assert len(upscaled) == len(plain) == 6
+    for a, b in zip(plain, upscaled):  # a 512 px tile shown at the face's size: the same pixels, same place
+        assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_age_clip_upscale_on_the_command_line(tmp_path, photo, weights, capsys):
+    import torch
+
+    from agetool.nn.realesrgan import SRVGGNetCompact
+
+    src = make_clip(photo, tmp_path / "sharp.mp4", 4)
+    torch.manual_seed(1)
+    sr = tmp_path / "small_x4.pth"
+    torch.save({"params": SRVGGNetCompact(num_feat=8, num_conv=2).state_dict()}, sr)
+    out = tmp_path / "sharp_old.mp4"
+    code, _, err = cli(["age", src, "--ages", "60", "--out", out, "--weights", weights, "--upscale", "4",
+                        "--upscale-weights", sr, *FAST], capsys)
+    assert code == 0, err
+    a, b = video_facts(src), video_facts(out)
+    assert b["size"] == a["size"] and len(b["times"]) == len(a["times"]) == 4
+    code, _, err = cli(["age", src, "--ages", "60", "--out", tmp_path / "x.mp4", "--weights", weights,
+                        "--upscale", "3", *FAST], capsys)
+    assert code == 2 and "--upscale 3" in err and not (tmp_path / "x.mp4").exists()
+
+
 def test_encoder_bytes_do_not_depend_on_what_the_process_allocated(tmp_path, photo):
     """The same frames give the same file although the heap holds other leftovers each time. (x264's
     AVX-512 code read undefined memory at 150x100 for these frames: without the cap nearly every file

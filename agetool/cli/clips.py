@@ -25,10 +25,9 @@ def _clip_options(face_kwargs: dict) -> dict:
 
     if face_kwargs.get("aligned"):
         raise UsageError(f"{arg('aligned')} takes aligned photos; a clip's faces are found in every frame")
-    if face_kwargs.get("upscale"):
-        raise UsageError(f"{arg('upscale')} is not available for clips")
     return {"mask": face_kwargs.get("mask", True), "faces": face_kwargs.get("faces", "all"), "min_face": face_kwargs.get("min_face", 0),
-            "seed": face_kwargs.get("seed", DEFAULT_SEED), "noise": face_kwargs.get("noise", DEFAULT_NOISE)}
+            "seed": face_kwargs.get("seed", DEFAULT_SEED), "noise": face_kwargs.get("noise", DEFAULT_NOISE),
+            "upscale": face_kwargs.get("upscale")}
 
 
 def _bar_progress(bar):

@@ -67,21 +67,27 @@ def _specs(pipe, ages, from_age, to_age) -> list:
 def clip_frames(pipe, src: str | os.PathLike, ages=None, *, from_age: float | None = None,
                 to_age: float | None = None, mask: bool = True, parse: bool | None = None, faces: str = "all",
                 min_face: int = 0, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE, detect_every: int = 5,
-                info: ClipInfo | None = None) -> Iterator[ClipFrame]:
-    """The aged frames of ``src``, one ``ClipFrame`` at a time (``.image``; ``.images`` per age)."""
+                upscale: int | None = None, info: ClipInfo | None = None) -> Iterator[ClipFrame]:
+    """The aged frames of ``src``, one ``ClipFrame`` at a time (``.image``; ``.images`` per age).
+    ``upscale`` 2 or 4: each aged face is rendered at 512 / 1024 px by the super-resolution model
+    and pasted at its own size in the frame."""
     from agetool import validate
     from agetool.faces import check_faces
+    from agetool.upscale import check_factor
 
     faces = check_faces(faces)  # a reference person: only the tracks of that person's faces
     validate.integer("min_face", min_face, low=0)
     seed = validate.seed(seed)
     noise = validate.finite("noise", noise, low=0, high=10)
     detect_every = validate.integer("detect_every", detect_every, low=1, high=1000)
+    factor = check_factor(upscale)
     specs = _specs(pipe, ages, from_age, to_age)
+    if factor > 1:  # every missing file in one error, before any work
+        pipe.check_models(mask=mask, upscale=True)
     info = info or probe(src)
     return iter(ClipRunner(pipe, info, specs, mask=mask, parse=mask if parse is None else parse, faces=faces,
                            min_face=min_face, seed=seed, noise=noise, detect_every=detect_every,
-                           batch=pipe.models.batch))
+                           batch=pipe.models.batch, upscale=factor))
 
 
 def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float | None = None,

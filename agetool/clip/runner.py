@@ -65,7 +65,7 @@ class _Face:
     key: bytes
     same_as: "_Face | None" = None
     features: object = None
-    tiles: dict = field(default_factory=dict)  # latent bytes -> [256, 256, 3]
+    tiles: dict = field(default_factory=dict)  # latent bytes -> [S, S, 3] (256 px, or upscaled)
 
 
 @dataclass(eq=False)
@@ -82,13 +82,14 @@ class ClipRunner:
 
     def __init__(self, pipe, info: ClipInfo, specs: Sequence, *, mask: bool = True, parse: bool = True,
                  faces: str = "all", min_face: int = 0, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
-                 detect_every: int = DETECT_EVERY, batch: int | None = None):
+                 detect_every: int = DETECT_EVERY, batch: int | None = None, upscale: int = 1):
         self.pipe, self.models, self.info = pipe, pipe.models, info
         self.specs = list(specs)
         self.mask, self.parse = mask, parse or mask
         self.faces, self.min_face, self.seed, self.noise = faces, min_face, seed, noise
         self.detect_every = detect_every
         self.batch = batch or 8
+        self.upscale = upscale  # 2 or 4: each new tile upscaled once, shown at the face's size in each frame
         self.tracks: list[Track] = []
         self._ended: list[Track] = []  # tracks that ended lately: a face of the same person picks one up
         self._identity_model = None
@@ -341,9 +342,14 @@ class ClipRunner:
             with timer("decode"), torch.inference_mode():
                 for (f, key, _), out in zip(group, _decode(engine, [(f.features, w) for f, _, w in group])):
                     f.tiles[key] = to_uint8(out[None])[0]
+        new = [(f, key) for group in jobs.values() for f, key, _ in group]
+        if self.upscale > 1 and new:
+            for (f, key), tile in zip(new, self.pipe.upscale(np.stack([f.tiles[k] for f, k in new]), self.upscale)):
+                f.tiles[key] = tile
 
     def _paste(self, fr: _Frame) -> ClipFrame:
         from agetool.face.paste import paste_back
+        from agetool.upscale import fit_paste
 
         images = []
         with self.models.timer("paste"):
@@ -352,7 +358,8 @@ class ClipRunner:
                 for f in fr.faces:
                     key = self._latent(f.track, k, fr).detach().cpu().numpy().tobytes()
                     owner = f.same_as if f.same_as is not None and key in f.same_as.tiles else f
-                    canvas = paste_back(canvas, owner.tiles[key], f.alignment, mask=f.mask)
+                    tile, mask = fit_paste(owner.tiles[key], f.alignment, f.mask)
+                    canvas = paste_back(canvas, tile, f.alignment, mask=mask)
                 images.append(canvas)
         return ClipFrame(fr.index, fr.pts, fr.time, images, len(fr.faces), [f.track.id for f in fr.faces])
 
