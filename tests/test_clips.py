@@ -8,21 +8,14 @@ with a sine audio track; the generator is the tiny seeded one, and most runs ski
 from __future__ import annotations
 
 import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, cli, partials, spawn, wait_for
+from tests.helpers import ROOT, cli, ffmpeg, make_clip, partials, spawn, wait_for
 
 FAST = ["--no-mask", "--device", "cpu", "--landmarks", "dlib"]
-
-
-def ffmpeg(*args) -> None:
-    import imageio_ffmpeg
-
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *map(str, args)], check=True)
 
 
 @pytest.fixture(scope="module")
@@ -33,23 +26,6 @@ def photo(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("clips") / "astronaut256.png"
     Image.open(ROOT / "examples" / "astronaut.png").convert("RGB").resize((256, 256), Image.LANCZOS).save(p)
     return p
-
-
-def make_clip(photo: Path, out: Path, frames: int = 12, *, motion: bool = True, vfr: bool = False,
-              gray_frame: int | None = None, crf: int = 12, gray_until: int | None = None) -> Path:
-    """A 160x128 clip cut from ``photo`` (panning 2 px a frame unless still) with a 440 Hz AAC track."""
-    x = "30+2*n" if motion else "30"
-    filters = [f"crop=160:128:x='{x}':y=0"]
-    if gray_frame is not None:
-        last = gray_frame if gray_until is None else gray_until
-        filters.append(f"drawbox=x=0:y=0:w=iw:h=ih:color=gray:t=fill:enable='between(n,{gray_frame},{last})'")
-    if vfr:  # 0.1 s apart for 4 frames, then 0.25 s apart
-        filters += ["settb=1/1000", "setpts='if(lt(N,4),N*100,400+(N-4)*250)/1000/TB'"]
-    seconds = frames / 10 if not vfr else 0.4 + (frames - 4) * 0.25
-    ffmpeg("-loop", "1", "-framerate", "10", "-i", photo, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000",
-           "-vf", ",".join(filters), "-frames:v", frames, "-t", f"{seconds:.2f}", *(["-fps_mode", "passthrough"] if vfr else []),
-           "-c:v", "libx264", "-crf", crf, "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", out)
-    return out
 
 
 def video_facts(path: Path) -> dict:

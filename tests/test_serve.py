@@ -49,6 +49,19 @@ def test_video_endpoint_returns_the_mp4(client):
     assert frames == 5 * 20 + 1 and size == (256, 256)
 
 
+def test_clip_endpoint_returns_the_aged_clip(client, tmp_path):
+    from agetool.clip import probe
+    from tests.helpers import astronaut_clip
+
+    src = astronaut_clip(tmp_path)
+    path = client.predict(gradio_client.handle_file(src), 60, api_name="/clip")
+    assert str(path).endswith("walk_age60.mp4")
+    a, b = probe(src), probe(path)
+    assert (b.frames, b.width, b.height, b.audio) == (a.frames, a.width, a.height, a.audio) == (6, 160, 128, ["aac"])
+    with pytest.raises(Exception, match="not a video clip"):
+        client.predict(gradio_client.handle_file(EXAMPLE), 60, api_name="/clip")
+
+
 @pytest.mark.parametrize("make, ages, expected", [
     (lambda p: p.write_text("not a picture"), "", "not a readable image"),
     (lambda p: Image.fromarray(np.full((300, 300, 3), 128, np.uint8)).save(p), "", "no face found"),

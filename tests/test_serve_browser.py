@@ -199,3 +199,21 @@ def test_only_faces_like_the_chosen_one(page, tmp_path):
     page.locator("#like input[type=checkbox]").uncheck()
     upload(group_path)
     page.wait_for_function("document.querySelector('#status').innerText.includes('2 faces found')")
+
+
+def test_a_short_clip_in_the_video_tab(page, tmp_path):
+    from tests.helpers import astronaut_clip
+
+    src = astronaut_clip(tmp_path, frames=8)
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#clip input[type=file]").set_input_files(str(src))
+    page.wait_for_function("document.querySelector('#clip').innerText.includes('walk')")  # uploaded
+    page.locator("#clip-button").click()
+    page.wait_for_function("() => { const v = document.querySelector('#clip-video video');"
+                           " return v && v.readyState >= 2 && v.duration > 0.5; }")
+    duration = page.evaluate("document.querySelector('#clip-video video').duration")
+    assert 0.7 < duration < 0.9  # 8 frames at 10 fps, timing kept
+    src_url = page.locator("#clip-video video").first.get_attribute("src")
+    body = page.request.get(src_url).body()
+    assert body[4:8] == b"ftyp"  # an MP4 from the server
+    shot(page, "8_clip")

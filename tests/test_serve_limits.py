@@ -141,3 +141,54 @@ def test_a_job_gradio_gave_up_on_stops_the_work():
     assert not stop()  # another session's cancelled job is not this one
     mine.alive = False  # what Gradio does when the page is closed or the job cancelled
     assert stop()
+
+
+# ------------------------------------------------------------------------ short clips
+
+@pytest.fixture(scope="module")
+def clip_studio_pipe(weights):
+    from agetool import AgingPipeline
+
+    return AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib")
+
+
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory):
+    from tests.helpers import astronaut_clip
+
+    return astronaut_clip(tmp_path_factory.mktemp("page-clip"))
+
+
+def test_the_page_ages_a_short_clip(clip_studio_pipe, short_clip, tmp_path):
+    from agetool.clip import probe
+
+    studio = Studio(clip_studio_pipe, tmp_path / "work", fixed_model="tiny.safetensors")
+    out = studio.clip(short_clip, 60, mask=False)
+    assert out.name == "walk_age60.mp4" and (tmp_path / "work") in out.parents
+    a, b = probe(short_clip), probe(out)
+    assert (b.frames, b.width, b.height, b.audio) == (a.frames, a.width, a.height, a.audio) == (6, 160, 128, ["aac"])
+
+
+def test_the_page_refuses_what_is_not_a_short_clip(clip_studio_pipe, short_clip, tmp_path, crop, monkeypatch):
+    import agetool.serve.studio as studio_module
+    from agetool.errors import InputError
+
+    studio = Studio(clip_studio_pipe, tmp_path / "work", fixed_model="tiny.safetensors")
+    with pytest.raises(InputError, match="crop.png: not a video clip"):
+        studio.clip(crop, 60)
+    monkeypatch.setattr(studio_module, "MAX_CLIP_FRAMES", 5)
+    with pytest.raises(InputError, match="walk.mp4: 6 frames.*up to 5 frames"):
+        studio.clip(short_clip, 60)
+    monkeypatch.undo()
+    with pytest.raises(UsageError, match="age=80.0"):
+        studio.clip(short_clip, 80)
+    assert not list((tmp_path / "work").rglob("*.mp4"))
+
+
+def test_a_cancelled_clip_leaves_no_file(clip_studio_pipe, short_clip, tmp_path):
+    studio = Studio(clip_studio_pipe, tmp_path / "work", fixed_model="tiny.safetensors")
+    calls = []
+    with pytest.raises(UsageError, match="cancelled"):
+        studio.clip(short_clip, 60, mask=False, stop=lambda: calls.append(1) or len(calls) > 2)
+    assert len(calls) == 3  # checked frame by frame
+    assert not [p for p in (tmp_path / "work").rglob("*") if p.is_file()]

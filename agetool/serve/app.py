@@ -1,8 +1,8 @@
 """The page: photo in, faces found, an age slider, the grid of six ages, the aging video.
 
-Built with Gradio Blocks on a ``Studio``. Two events are named for programs (``gradio_client``):
-``age`` (photo, ages text) -> grid PNG and ``video`` (photo) -> MP4; the page's own events are
-private. Every event that runs a network shares one queue slot: one model set, one job at a time.
+Built with Gradio Blocks on a ``Studio``. Three events are named for programs (``gradio_client``):
+``age`` (photo, ages text) -> grid PNG, ``video`` (photo) -> MP4 and ``clip`` (clip, age) -> MP4;
+the page's own events are private. Every event that runs a network shares one queue slot: one model set, one job at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agetool.ages import AGE_CLASSES
 from agetool.errors import AgetoolError, NoMatchError
-from agetool.serve.studio import MAX_AGE, MIN_AGE, MODELS, Session, Studio, parse_ages
+from agetool.serve.studio import MAX_AGE, MAX_CLIP_SECONDS, MIN_AGE, MODELS, Session, Studio, parse_ages
 
 log = logging.getLogger("agetool.serve")
 
@@ -152,12 +152,23 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                                          elem_id="video")
                         video_file = gr.DownloadButton("Download video", interactive=False,
                                                        elem_id="video-download")
+                        gr.Markdown(f"**Or age a short clip** (up to {MAX_CLIP_SECONDS:g} s): every face in "
+                                    "every frame, the audio kept. The photo above is not used.")
+                        clip_in = gr.File(label="Clip (MP4, MOV, MKV, WebM or AVI)", type="filepath",
+                                          file_types=["video"], elem_id="clip")
+                        clip_age = gr.Slider(MIN_AGE, MAX_AGE, value=60, step=0.5, label="Age (years)",
+                                             elem_id="clip-age")
+                        clip_button = gr.Button("Age clip", variant="primary", elem_id="clip-button")
+                        clip_out = gr.Video(label="Aged clip", interactive=False, autoplay=True, loop=True,
+                                            elem_id="clip-video")
+                        clip_file = gr.DownloadButton("Download clip", interactive=False, elem_id="clip-download")
         with gr.Column(visible=False):  # the endpoints for programs
             api_photo = tolerant(gr.Image(type="filepath", image_mode=None))
             api_ages = gr.Textbox()
             api_grid = gr.Image(type="filepath", format="png")
             api_video = gr.File()
-            api_age_button, api_video_button = gr.Button(), gr.Button()
+            api_clip, api_clip_age, api_clip_out = gr.File(type="filepath"), gr.Number(), gr.File()
+            api_age_button, api_video_button, api_clip_button = gr.Button(), gr.Button(), gr.Button()
 
         # ---------------------------------------------------------------- page events
         @guarded
@@ -209,6 +220,11 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
             mp4 = studio.video(s, whole)
             return str(mp4), gr.update(value=str(mp4), interactive=True)
 
+        @guarded
+        def on_clip(path, model_choice, masked, at, request: gr.Request):
+            mp4 = studio.clip(path, at, model_choice, masked, stop=cancelled(demo, request))
+            return str(mp4), gr.update(value=str(mp4), interactive=True)
+
         encode_inputs = [photo, model, mask, age, paste_back, like]
         encode_outputs = [session, faces, face, status, aged]
         photo.change(on_photo, encode_inputs, encode_outputs, trigger_mode="always_last", **slot, **private)
@@ -224,6 +240,7 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
         grid_button.click(on_grid, [session, ages, grid_paste_back], [grid_image, grid_file, tiles_file, grid_notes],
                           **slot, **private)
         video_button.click(on_video, [session, video_paste_back], [video, video_file], **slot, **private)
+        clip_button.click(on_clip, [clip_in, model, mask, clip_age], [clip_out, clip_file], **slot, **private)
 
         # ---------------------------------------------------------------- endpoints for programs
         @guarded
@@ -238,6 +255,12 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
             """The aging MP4 of the photo, youngest to oldest."""
             return str(studio.video(studio.encode(path)))
 
+        @guarded
+        def clip_endpoint(path, at, request: gr.Request):
+            """The clip with every face aged to ``at`` years (up to 10 s; audio kept), as MP4."""
+            return str(studio.clip(path, 60.0 if at is None else at, stop=cancelled(demo, request)))
+
         api_age_button.click(age_endpoint, [api_photo, api_ages], api_grid, api_name="age", **slot)
+        api_clip_button.click(clip_endpoint, [api_clip, api_clip_age], api_clip_out, api_name="clip", **slot)
         api_video_button.click(video_endpoint, [api_photo], api_video, api_name="video", **slot)
     return demo

@@ -36,6 +36,10 @@ MAX_REQUEST_AGES = 16
 REQUEST_BUDGET_S = 120.0
 #: bytes of uploads kept at once; the oldest go first
 UPLOAD_QUOTA = 1 << 30
+#: what a clip for the page may be: seconds, frames, pixels per frame, bytes
+MAX_CLIP_SECONDS, MAX_CLIP_FRAMES, MAX_CLIP_PIXELS, MAX_CLIP_BYTES = 10.0, 300, 1920 * 1080, 100 * 2**20
+#: seconds one clip may take to age; it stops between two frames after that (no file is left)
+CLIP_BUDGET_S = 600.0
 
 
 @dataclass
@@ -319,6 +323,50 @@ class Studio:
             return Path(pipe.video(session.encoded, out, fps=fps, steps=steps, paste_back=paste_back,
                                    mask=session.mask, seed=self.seed, noise=self.noise,
                                    upscale=self.upscale))
+
+    def clip(self, path, age: float = 60.0, model: str | None = None, mask: bool = True, stop=None) -> Path:
+        """A short clip (``MAX_CLIP_SECONDS``, ``MAX_CLIP_FRAMES``, ``MAX_CLIP_PIXELS``) with every face
+        aged to ``age`` years, its audio kept: an MP4 in a fresh folder of the workdir. The work stops
+        between two frames once ``stop()`` returns true or after ``CLIP_BUDGET_S`` seconds."""
+        import time
+
+        from agetool.clip import is_clip, probe
+        from agetool.errors import ResourceError
+
+        if path is None:
+            raise InputError("no clip given", hint="drop a video clip (MP4, MOV, MKV, WebM or AVI)")
+        path = Path(path)
+        size = path.stat().st_size if path.is_file() else 0
+        if size > MAX_CLIP_BYTES or not is_clip(path):
+            raise InputError(f"{path.name}: not a video clip" if size <= MAX_CLIP_BYTES else
+                             f"{path.name}: {size / 2**20:.1f} MB, over the limit of {MAX_CLIP_BYTES / 2**20:.0f} MB for clips",
+                             hint="MP4, MOV, MKV, WebM or AVI; the command line takes longer clips")
+        if self.uploads is not None:
+            evict_oldest(self.uploads, self.upload_quota, keep=path)
+        info = probe(path)
+        seconds = info.end - info.start
+        if info.frames > MAX_CLIP_FRAMES or seconds > MAX_CLIP_SECONDS or info.width * info.height > MAX_CLIP_PIXELS:
+            raise InputError(f"{path.name}: {info.frames} frames, {seconds:.1f} s, {info.width}x{info.height}; "
+                             f"the page takes up to {MAX_CLIP_FRAMES} frames, {MAX_CLIP_SECONDS:g} s and 1920x1080",
+                             hint="trim it, or run agetool age CLIP --ages N on the command line")
+        age = float(age)
+        if not MIN_AGE <= age <= MAX_AGE:
+            raise UsageError(f"{arg('age', age)}: expected {MIN_AGE} to {MAX_AGE} years")
+        end = time.monotonic() + CLIP_BUDGET_S
+
+        def progress(description, total):
+            def advance(n: int) -> None:
+                if stop is not None and stop():
+                    raise UsageError("the request was cancelled")
+                if time.monotonic() > end:
+                    raise ResourceError(f"the clip took more than {CLIP_BUDGET_S:g} s", hint="try a shorter clip")
+            return advance
+
+        out = self.new_folder() / f"{path.stem}_age{age:g}.mp4"
+        with self._lock:
+            pipe = self.pipe_for(model or self.model)
+            return Path(pipe.age_clip(path, out, ages=[age], mask=mask, seed=self.seed, noise=self.noise,
+                                      upscale=self.upscale, progress=progress)[0])
 
     def new_folder(self) -> Path:
         """A fresh folder for one request's results; those of earlier requests go after ``KEEP_S``."""
