@@ -173,6 +173,50 @@ def _read(row: dict, max_pixels: int):
     return read_image(photo, max_pixels, data=bytes(data))
 
 
+def is_uri(text: str | os.PathLike) -> bool:
+    """Whether ``text`` is a URI of a filesystem Ray reads (``s3://bucket/photos``, ``gs://...``,
+    ``file:///data``), not a local path."""
+    import re
+
+    return isinstance(text, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) is not None
+
+
+def list_photos(uri: str) -> list[str]:
+    """The photos at ``uri``: the file itself, or every image under the folder (recursively, sorted,
+    hidden files left out) as URIs of the same filesystem. ``InputError`` when nothing is there or
+    the filesystem can't be reached (a missing extra such as ``s3fs`` is not needed: pyarrow's own)."""
+    import posixpath
+
+    import pyarrow.fs
+
+    from agetool.images import IMAGE_SUFFIXES
+
+    scheme = uri.split("://", 1)[0]
+    try:
+        fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(root)
+        if info.type == pyarrow.fs.FileType.File:
+            return [uri]
+        if info.type != pyarrow.fs.FileType.Directory:
+            raise errors.InputError(f"{uri}: no such file or folder")
+        found = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    except (OSError, ValueError) as e:
+        raise errors.InputError(f"{uri}: can't list ({' '.join(str(e).split())[:200]})",
+                                hint="check the URI and the filesystem's credentials") from None
+    names = sorted(f.path for f in found if f.type == pyarrow.fs.FileType.File
+                   and posixpath.splitext(f.path)[1].lower() in IMAGE_SUFFIXES
+                   and not posixpath.basename(f.path).startswith("."))
+    return [f"{scheme}://{name}" for name in names]
+
+
+def local_path(uri: str) -> str | None:
+    """The local path a ``file://`` URI names (None for other filesystems)."""
+    from urllib.parse import unquote, urlparse
+
+    parts = urlparse(uri)
+    return unquote(parts.path) if parts.scheme == "file" else None
+
+
 def _fail(row: dict, e: errors.AgetoolError) -> None:
     """Mark ``row`` failed with ``e`` (whose message then names the photo)."""
     photo = _text(row[PHOTO])

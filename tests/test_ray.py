@@ -94,6 +94,14 @@ def test_ray_folder_run_matches_the_plain_run_and_resumes(tmp_path, weights, ray
     assert _files(out) == grids
     assert _files(tiles) == _files(tmp_path / "plain_tiles")
 
+    # the same folder given as a URI (as s3://bucket/photos would be): listed here, read by the workers
+    uri_out = tmp_path / "from_uri"
+    by_uri = _agetool(["age", src.as_uri(), "--out", uri_out, *opts, "--engine", "ray", "--cpus", "2"], ray_env)
+    assert by_uri.returncode == 1, by_uri.stderr[-3000:]
+    assert "done: 11 written, 1 failed, 0 skipped" in by_uri.stderr, by_uri.stderr[-3000:]
+    assert f"{src.as_uri()}/broken.png" in by_uri.stderr
+    assert _files(uri_out) == grids
+
 
 def test_engine_options_are_checked_before_any_work(tmp_path, weights, crop, capsys):
     code, _, err = cli(["age", crop, "--gpus", "1", *common(weights)], capsys)
@@ -102,6 +110,26 @@ def test_engine_options_are_checked_before_any_work(tmp_path, weights, crop, cap
     assert code == 2 and "--engine spark" in err
     code, out, _ = cli(["age", "--help"], capsys)
     assert code == 0 and 'pip install "agetool[ray]"' in " ".join(out.replace("│", " ").split())
+
+
+def test_uris_are_listed_before_any_work_and_need_the_ray_engine(tmp_path, weights, crop, capsys):
+    from agetool.ray import list_photos
+
+    folder = tmp_path / "in"
+    (folder / "deep").mkdir(parents=True)
+    for name in ("b.png", "deep/a.JPG", ".hidden.png", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    assert list_photos(folder.as_uri()) == [f"{folder.as_uri()}/b.png", f"{folder.as_uri()}/deep/a.JPG"]
+    assert list_photos(f"{folder.as_uri()}/b.png") == [f"{folder.as_uri()}/b.png"]
+    code, _, err = cli(["age", folder.as_uri(), *common(weights)], capsys)
+    assert code == 2 and "a URI is read by --engine ray only" in err
+    code, _, err = cli(["age", folder.as_uri(), crop, "--engine", "ray", *common(weights)], capsys)
+    assert code == 2 and "separate runs" in err
+    code, _, err = cli(["age", (tmp_path / "none").as_uri(), "--engine", "ray", *common(weights)], capsys)
+    assert code == 1 and "no such file or folder" in err
+    code, _, err = cli(["age", f"{folder.as_uri()}/b.png", "--out", folder / "b.png", "--engine", "ray", *common(weights)],
+                       capsys)
+    assert code == 2 and "is an input" in err  # the local file a file:// URI names, refused before any work
 
 
 def test_without_ray_the_error_names_the_extra(tmp_path, weights, crop):

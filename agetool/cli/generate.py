@@ -21,7 +21,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 @pipeline_options
 @face_options
 def age(
-    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively), or video clips (one clip per age).", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="Photos or folders (searched recursively), or video clips (one clip per age); with --engine ray also URIs Ray reads (s3://bucket/photos).", show_default=False)],
     out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="PATH", help="Grid image (one input), or folder (several inputs, an existing folder, or a path ending in /) for <stem>_ages.png. Default: here.")] = None,
     ages: Annotated[Optional[str], typer.Option("--ages", metavar="LIST", help="Ages to render instead of the six classes: years, class labels and relative ages, comma-separated (5,20.5,30-39,+20).")] = None,
     tiles: Annotated[Optional[Path], typer.Option("--tiles", metavar="DIR", help="Also write every tile as DIR/<stem>/face<i>_<label>.png.", file_okay=False)] = None,
@@ -53,6 +53,8 @@ def age(
       agetool age photos/ --out grids/ --tiles tiles/
 
       agetool age photos/ --out grids/ --engine ray --gpus 4
+
+      agetool age s3://bucket/photos --out grids/ --engine ray
     """
     from agetool.errors import AgetoolError, MissingModelsError, UsageError
     from agetool.images import distinct_outputs, find_images, unique_stems, write_image
@@ -60,18 +62,24 @@ def age(
 
     request = build_request(ages, **face_kwargs)  # every option checked once, before any work
     _check_engine(engine, ray_address=ray_address, gpus=gpus, cpus=cpus, profile=profile)
-    from agetool.cli.clips import age_clips, clip_inputs
+    from agetool.ray import is_uri
 
-    clips = clip_inputs(inputs)  # video clips (by content): <stem>_age<entry>.mp4 per age
-    if clips:
-        return age_clips(clips, out, ages, crf, build, face_kwargs, profile)
-    paths = find_images(inputs)
-    if not paths:
-        raise UsageError("no images found in the given folders")
-    several = len(paths) > 1 or any(p.is_dir() for p in inputs)
+    if any(map(is_uri, inputs)):  # photos in object storage: listed here, read by the Ray workers
+        paths, several, sources = _uri_photos(inputs, engine)
+    else:
+        from agetool.cli.clips import age_clips, clip_inputs
+
+        inputs = [Path(i) for i in inputs]
+        clips = clip_inputs(inputs)  # video clips (by content): <stem>_age<entry>.mp4 per age
+        if clips:
+            return age_clips(clips, out, ages, crf, build, face_kwargs, profile)
+        paths = sources = find_images(inputs)
+        if not paths:
+            raise UsageError("no images found in the given folders")
+        several = len(paths) > 1 or any(p.is_dir() for p in inputs)
     stems = unique_stems(paths)  # a.jpg + a.png + a_2.png: three grids and three tile folders
     targets = _targets(stems, out, several, "_ages.png")
-    distinct_outputs([("out", t) for t in targets], paths)
+    distinct_outputs([("out", t) for t in targets], sources)
     if tiles is not None:  # face<i>_<label>.png: the face count is known only during the work
         import re
 
@@ -79,7 +87,7 @@ def age(
 
         labels = "|".join(re.escape(label) for label in request.render.labels)
         for stem in stems:
-            outputs_clear("tiles", tiles / stem, rf"face(0|[1-9][0-9]*)_(input|{labels})\.png", paths, tiles)
+            outputs_clear("tiles", tiles / stem, rf"face(0|[1-9][0-9]*)_(input|{labels})\.png", sources, tiles)
     if engine == "ray":
         jobs = [(path, target, None if tiles is None else tiles / stem) for path, stem, target in zip(paths, stems, targets)]
         return _age_on_ray(jobs, ages=ages, labels=not no_labels, pipeline=build.options, options=face_kwargs,
@@ -122,6 +130,25 @@ def age(
     return 1 if failed else 0
 
 
+def _uri_photos(inputs: list[str], engine: str) -> tuple[list[str], bool, list[str]]:
+    """(photo URIs, whether there are several outputs, local paths among them to keep outputs off)
+    for inputs given as URIs; those need ``--engine ray``, and can't be mixed with local paths."""
+    from agetool.errors import UsageError
+    from agetool.ray import is_uri, list_photos, local_path
+
+    uri = next(i for i in inputs if is_uri(i))
+    if engine != "ray":
+        raise UsageError(f"{uri}: a URI is read by --engine ray only", hint="add --engine ray, or copy the photos here")
+    if not all(map(is_uri, inputs)):
+        raise UsageError("give URIs and local paths in separate runs")
+    listed = [list_photos(i) for i in inputs]
+    photos = [p for found in listed for p in found]
+    if not photos:
+        raise UsageError(f"no images found at {', '.join(inputs)}")
+    several = len(photos) > 1 or any(found != [i] for i, found in zip(inputs, listed))
+    return photos, several, [p for p in map(local_path, photos) if p is not None]
+
+
 def _check_engine(engine: str, *, profile: bool, **ray_options) -> None:
     from agetool.errors import UsageError
 
@@ -140,7 +167,10 @@ def _age_on_ray(jobs, *, address, gpus, cpus, **kwargs) -> int:
     from agetool.cli.options import report
     from agetool.ray import Job, age_photos
 
-    summary = age_photos([Job(os.path.abspath(p), os.path.abspath(t), "" if d is None else os.path.abspath(d))
+    from agetool.ray import is_uri
+
+    summary = age_photos([Job(p if is_uri(p) else os.path.abspath(p), os.path.abspath(t),
+                              "" if d is None else os.path.abspath(d))
                           for p, t, d in jobs], address=address, gpus=gpus, cpus=cpus, report=report, **kwargs)
     for _, error in summary.failed:
         console.error(console.message(error))
