@@ -143,6 +143,32 @@ def memory(folder: Path, gen: Path, parser: Path, frames: int) -> tuple[float, f
     return float(out.stdout.split()[-1]), time.perf_counter() - t0
 
 
+def upscale_cost(clip: Path, gen: Path, parser: Path, folder: Path) -> dict:
+    """Seconds per frame of ``age_clip`` without ``--upscale``, at x2 and at x4, with the default
+    super-resolution network (realesr-general-x4v3's architecture at its released size, randomly
+    initialised: a convolution costs the same whatever its weights), side by side in one process."""
+    import torch
+
+    import agetool
+    from agetool.nn.realesrgan import SRVGGNetCompact
+
+    torch.manual_seed(0)
+    sr = folder / "realesr-general-x4v3.pth"
+    torch.save({"params": SRVGGNetCompact(num_feat=64, num_conv=32, upscale=4).state_dict()}, sr)
+    pipe = agetool.AgingPipeline.from_pretrained(weights=gen, parser_weights=parser, device="cpu", landmarks="dlib",
+                                                 upscale_weights=sr)
+    warm = folder / "warm.mp4"
+    make_clip(warm, 2)
+    for _ in pipe.clip_frames(warm, ages=60, upscale=4):  # every model loaded before timing
+        pass
+    out = {}
+    for factor in (None, 2, 4):
+        t0 = time.perf_counter()
+        n = sum(1 for _ in pipe.clip_frames(clip, ages=60, upscale=factor))
+        out[factor or 1] = (time.perf_counter() - t0) / n
+    return out
+
+
 def readme_strip(path: Path, gen: Path, parser: Path, folder: Path, frames: int = 8) -> None:
     """Frames of a small panning clip (320x256, cut from the photo) above the same frames aged to 60,
     captioned: the README's picture of a clip run."""
@@ -179,6 +205,8 @@ def main() -> None:
     ap.add_argument("--strip", type=Path, default=None, help="also save source / photo path / clip path frames")
     ap.add_argument("--readme-strip", type=Path, default=None,
                     help="only write the README's strip (a small clip and its aged frames) to this PNG")
+    ap.add_argument("--upscale", action="store_true",
+                    help="only the cost of --upscale 2 and 4 per clip frame (against none), on --frames frames")
     ap.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -196,6 +224,14 @@ def main() -> None:
             return
         clip = folder / "pan_zoom.mp4"
         make_clip(clip, args.frames)
+        if args.upscale:
+            cost = upscale_cost(clip, gen, parser, folder)
+            print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}; {args.frames} frames of "
+                  f"{W}x{H}; load {os.getloadavg()[0]:.1f}")
+            print("| --upscale | s per frame | added per frame |\n|---|---:|---:|")
+            for factor, secs in cost.items():
+                print(f"| {factor if factor > 1 else 'none'} | {secs:.2f} | {secs - cost[1]:+.2f} |")
+            return
         r = compare(clip, gen, parser, args.frames)
         print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads; {W}x{H}, {r['frames']} frames, stand-in weights")
