@@ -48,6 +48,19 @@ def shot(page, name: str) -> Path:
     return path
 
 
+def fill_and_hold(page, selector: str, text: str) -> None:
+    """Type ``text`` into the text field inside ``selector`` and wait until it holds there: a tab's
+    fields are mounted when the tab is first shown, and a field filled while that settles can be
+    reset to its initial value."""
+    field = page.locator(f"{selector} textarea, {selector} input").first
+    for _ in range(10):
+        field.fill(text)
+        page.wait_for_timeout(300)
+        if field.input_value() == text:
+            return
+    raise AssertionError(f"{selector} did not keep {text!r}")
+
+
 def image_of(page, selector: str, previous: str | None = None, width: int = 0) -> tuple[str, np.ndarray]:
     """The (src, pixels) of the image inside ``selector``, waiting for a src other than ``previous``
     (and for an image ``width`` pixels wide, where given)."""
@@ -106,7 +119,7 @@ def test_slider_paste_back_grid_and_video(page):
     # the grid tab has its own paste-back switch: the slider's does not turn the grid into whole photos;
     # an age past the oldest class is said in the page, not only in the server's terminal
     page.get_by_role("tab", name="Six ages").click()
-    page.locator("#ages textarea, #ages input").first.fill("5, 80")
+    fill_and_hold(page, "#ages", "5, 80")
     page.locator("#grid-button").click()
     src_grid, grid = image_of(page, "#grid")
     assert grid.shape == (256, 3 * 256, 3)
@@ -115,7 +128,7 @@ def test_slider_paste_back_grid_and_video(page):
     assert "render the oldest class (50-69)" in warning.inner_text()
     shot(page, "4_grid_warning")
     # with the grid's own switch on: the whole photo at each age
-    page.locator("#ages textarea, #ages input").first.fill("")
+    fill_and_hold(page, "#ages", "")
     page.locator("#grid-paste-back input[type=checkbox]").check()
     page.locator("#grid-button").click()
     _, grid = image_of(page, "#grid", previous=src_grid)
