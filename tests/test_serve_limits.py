@@ -12,7 +12,7 @@ import pytest
 
 from agetool.errors import ResourceError, UsageError
 from agetool.results import unique_labels
-from agetool.serve.studio import MAX_REQUEST_AGES, Session, Studio, parse_ages
+from agetool.serve.studio import MAX_REQUEST_AGES, Limits, Session, Studio, parse_ages
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +182,9 @@ def test_the_page_refuses_what_is_not_a_short_clip(clip_studio_pipe, short_clip,
     monkeypatch.undo()
     with pytest.raises(UsageError, match="age=80.0"):
         studio.clip(short_clip, 80)
+    small = Studio(clip_studio_pipe, tmp_path / "work", fixed_model="tiny.safetensors", limits=Limits(max_bytes=4096))
+    with pytest.raises(InputError, match="walk.mp4: .* MB, over the limit of 0.0 MB"):
+        small.clip(short_clip, 60)
     assert not list((tmp_path / "work").rglob("*.mp4"))
 
 

@@ -20,7 +20,7 @@ def serve(
     build,
     host: Annotated[str, typer.Option("--host", help="Address to listen on. 127.0.0.1 keeps the app on this computer; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=1, max=65535)] = 7860,
-    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Refuse uploaded photos larger than this many megabytes.", min=0.01)] = 20.0,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Refuse uploaded photos and clips larger than this many megabytes.", min=0.01)] = 20.0,
     seed: OPTION.seed = DEFAULT_SEED, noise: OPTION.noise = DEFAULT_NOISE, upscale: OPTION.upscale = None,
 ) -> int:
     """Start the web app: drop a photo, move an age slider, render the grid and the aging video.

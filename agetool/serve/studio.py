@@ -36,8 +36,8 @@ MAX_REQUEST_AGES = 16
 REQUEST_BUDGET_S = 120.0
 #: bytes of uploads kept at once; the oldest go first
 UPLOAD_QUOTA = 1 << 30
-#: what a clip for the page may be: seconds, frames, pixels per frame, bytes
-MAX_CLIP_SECONDS, MAX_CLIP_FRAMES, MAX_CLIP_PIXELS, MAX_CLIP_BYTES = 10.0, 300, 1920 * 1080, 100 * 2**20
+#: what a clip for the page may be: seconds, frames, pixels per frame (bytes: the upload limit)
+MAX_CLIP_SECONDS, MAX_CLIP_FRAMES, MAX_CLIP_PIXELS = 10.0, 300, 1920 * 1080
 #: seconds one clip may take to age; it stops between two frames after that (no file is left)
 CLIP_BUDGET_S = 600.0
 
@@ -336,10 +336,10 @@ class Studio:
         if path is None:
             raise InputError("no clip given", hint="drop a video clip (MP4, MOV, MKV, WebM or AVI)")
         path = Path(path)
-        size = path.stat().st_size if path.is_file() else 0
-        if size > MAX_CLIP_BYTES or not is_clip(path):
-            raise InputError(f"{path.name}: not a video clip" if size <= MAX_CLIP_BYTES else
-                             f"{path.name}: {size / 2**20:.1f} MB, over the limit of {MAX_CLIP_BYTES / 2**20:.0f} MB for clips",
+        size, limit = (path.stat().st_size if path.is_file() else 0), self.limits.max_bytes
+        if size > limit or not is_clip(path):
+            raise InputError(f"{path.name}: not a video clip" if size <= limit else
+                             f"{path.name}: {size / 2**20:.1f} MB, over the limit of {limit / 2**20:.1f} MB",
                              hint="MP4, MOV, MKV, WebM or AVI; the command line takes longer clips")
         if self.uploads is not None:
             evict_oldest(self.uploads, self.upload_quota, keep=path)
