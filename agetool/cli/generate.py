@@ -165,9 +165,7 @@ def _check_engine(engine: str, *, profile: bool, **ray_options) -> None:
 def _age_on_ray(jobs, *, address, gpus, cpus, **kwargs) -> int:
     """``--engine ray``: the same files, made by a Ray Data job (agetool.ray); Ray shows its progress."""
     from agetool.cli.options import report
-    from agetool.ray import Job, age_photos
-
-    from agetool.ray import is_uri
+    from agetool.ray import Job, age_photos, is_uri
 
     summary = age_photos([Job(p if is_uri(p) else os.path.abspath(p), os.path.abspath(t),
                               "" if d is None else os.path.abspath(d))

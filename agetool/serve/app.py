@@ -2,7 +2,8 @@
 
 Built with Gradio Blocks on a ``Studio``. Three events are named for programs (``gradio_client``):
 ``age`` (photo, ages text) -> grid PNG, ``video`` (photo) -> MP4 and ``clip`` (clip, age) -> MP4;
-the page's own events are private. Every event that runs a network shares one queue slot: one model set, one job at a time.
+the page's own events are private. Every event that runs a network shares one queue slot: one
+model set, one job at a time.
 """
 
 from __future__ import annotations
