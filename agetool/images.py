@@ -186,19 +186,30 @@ WRITE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"
                  ".tif": "TIFF", ".tiff": "TIFF"}
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write RGB uint8 atomically (temporary name, then rename); format from the suffix."""
+def encode_image(image: np.ndarray, name: str | os.PathLike) -> bytes:
+    """RGB uint8 as the bytes of an image file, the format from ``name``'s suffix (what
+    ``write_image`` writes)."""
+    import io
+
     from PIL import Image
 
-    path = Path(path)
-    fmt = WRITE_FORMATS.get(path.suffix.lower())
+    suffix = os.path.splitext(str(name))[1]
+    fmt = WRITE_FORMATS.get(suffix.lower())
     if fmt is None:
-        raise OutputError(f"{path}: unsupported image suffix {path.suffix or '(none)'}",
+        raise OutputError(f"{name}: unsupported image suffix {suffix or '(none)'}",
                           hint="use .png, .jpg or .webp")
     extra = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format=fmt, **extra)
+    return buffer.getvalue()
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write RGB uint8 atomically (temporary name, then rename); format from the suffix."""
+    data = encode_image(image, path)
     with replacing(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(image)).save(tmp, format=fmt, **extra)
-    return path
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def read_label_map(path: str | os.PathLike) -> np.ndarray:

@@ -162,10 +162,8 @@ def _read(row: dict, max_pixels: int):
     if data is None and "://" not in photo:
         return photo
     if data is None:
-        import pyarrow.fs
-
         try:
-            fs, inner = pyarrow.fs.FileSystem.from_uri(photo)
+            fs, inner = _filesystem(photo)
             with fs.open_input_stream(inner) as stream:
                 data = stream.read()
         except (OSError, ValueError) as e:
@@ -193,7 +191,7 @@ def list_photos(uri: str) -> list[str]:
 
     scheme = uri.split("://", 1)[0]
     try:
-        fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+        fs, root = _filesystem(uri)
         info = fs.get_file_info(root)
         if info.type == pyarrow.fs.FileType.File:
             return [uri]
@@ -207,6 +205,52 @@ def list_photos(uri: str) -> list[str]:
                    and posixpath.splitext(f.path)[1].lower() in IMAGE_SUFFIXES
                    and not posixpath.basename(f.path).startswith("."))
     return [f"{scheme}://{name}" for name in names]
+
+
+def _filesystem(uri: str):
+    """(pyarrow filesystem, path inside it) of ``uri``."""
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def store(target: str, data: bytes) -> None:
+    """``data`` as the file ``target``: a local path (or ``file://`` URI) written atomically, or an
+    object of the URI's filesystem (an object store publishes it whole when the stream closes)."""
+    from agetool.files import write_bytes
+
+    local = local_path(target) if is_uri(target) else target
+    if local is not None:
+        write_bytes(local, data)
+        return
+    try:
+        fs, inner = _filesystem(target)
+        parent = inner.rsplit("/", 1)[0]
+        if parent and parent != inner:
+            fs.create_dir(parent, recursive=True)
+        with fs.open_output_stream(inner) as stream:
+            stream.write(data)
+    except (OSError, ValueError) as e:
+        raise errors.OutputError(f"{target}: can't write ({' '.join(str(e).split())[:200]})") from None
+
+
+def exists(target: str) -> bool:
+    """Whether the file ``target`` (a local path or a URI) is there."""
+    local = local_path(target) if is_uri(target) else target
+    if local is not None:
+        return Path(local).exists()
+    import pyarrow.fs
+
+    try:
+        fs, inner = _filesystem(target)
+        return fs.get_file_info(inner).type == pyarrow.fs.FileType.File
+    except (OSError, ValueError):
+        return False
+
+
+def join(folder: str, name: str) -> str:
+    """``name`` inside ``folder`` (a local path or a URI)."""
+    return f"{folder.rstrip('/')}/{name}" if is_uri(folder) else os.path.join(folder, name)
 
 
 def local_path(uri: str) -> str | None:
@@ -318,7 +362,7 @@ def write_results(batch: dict, *, labels: bool = True) -> dict:
     unless ``labels=False``) and, where ``tiles`` names a folder, every tile there: the files
     ``agetool age`` writes, byte for byte. Tiles come first, so a grid on disk means a finished photo.
     Rows come out with ``photo``, ``grid``, ``error``, ``failure``, ``notes``, ``faces`` and ``models``."""
-    from agetool.images import write_image
+    from agetool.images import encode_image
 
     rows = []
     for row in _rows(batch):
@@ -328,8 +372,9 @@ def write_results(batch: dict, *, labels: bool = True) -> dict:
             try:
                 result = pickle.loads(row[RESULT])
                 if _text(row.get(TILES, "")):
-                    result.write_tiles(_text(row[TILES]))
-                write_image(out[GRID], result.grid_array(labels=labels))
+                    for name, tile in result.tiles():
+                        store(join(_text(row[TILES]), name), encode_image(tile, name))
+                store(out[GRID], encode_image(result.grid_array(labels=labels), out[GRID]))
                 out["faces"] = len(result.faces)
                 out["models"] = ", ".join(sorted({f.model for f in result.faces}))
             except errors.AgetoolError as e:
@@ -391,7 +436,7 @@ def age_photos(jobs: Sequence[Job], *, pipeline: dict | None = None, ages=None, 
     summary = Summary()
     todo = []
     for job in jobs:
-        (summary.skipped if skip_existing and Path(job.grid).exists() else todo).append(job)
+        (summary.skipped if skip_existing and exists(job.grid) else todo).append(job)
     if not todo:
         return summary
     started = not ray.is_initialized()

@@ -95,12 +95,15 @@ def test_ray_folder_run_matches_the_plain_run_and_resumes(tmp_path, weights, ray
     assert _files(tiles) == _files(tmp_path / "plain_tiles")
 
     # the same folder given as a URI (as s3://bucket/photos would be): listed here, read by the workers
-    uri_out = tmp_path / "from_uri"
-    by_uri = _agetool(["age", src.as_uri(), "--out", uri_out, *opts, "--engine", "ray", "--cpus", "2"], ray_env)
+    # and the outputs as URIs too: grids and tiles where the URIs say
+    uri_out, uri_tiles = tmp_path / "from_uri", tmp_path / "from_uri_tiles"
+    by_uri = _agetool(["age", src.as_uri(), "--out", uri_out.as_uri() + "/", "--tiles", uri_tiles.as_uri(), *opts,
+                       "--engine", "ray", "--cpus", "2"], ray_env)
     assert by_uri.returncode == 1, by_uri.stderr[-3000:]
     assert "done: 11 written, 1 failed, 0 skipped" in by_uri.stderr, by_uri.stderr[-3000:]
     assert f"{src.as_uri()}/broken.png" in by_uri.stderr
     assert _files(uri_out) == grids
+    assert _files(uri_tiles) == _files(tmp_path / "plain_tiles")
 
 
 def test_engine_options_are_checked_before_any_work(tmp_path, weights, crop, capsys):
@@ -123,6 +126,11 @@ def test_uris_are_listed_before_any_work_and_need_the_ray_engine(tmp_path, weigh
     assert list_photos(f"{folder.as_uri()}/b.png") == [f"{folder.as_uri()}/b.png"]
     code, _, err = cli(["age", folder.as_uri(), *common(weights)], capsys)
     assert code == 2 and "a URI is read by --engine ray only" in err
+    code, _, err = cli(["age", crop, "--out", "s3://bucket/grids/", *common(weights)], capsys)
+    assert code == 2 and "s3://bucket/grids/: a URI is written by --engine ray only" in err
+    code, _, err = cli(["age", f"{folder.as_uri()}/b.png", "--out", f"{folder.as_uri()}/b.png", "--engine", "ray",
+                        *common(weights)], capsys)
+    assert code == 2 and "is an input" in err
     code, _, err = cli(["age", folder.as_uri(), crop, "--engine", "ray", *common(weights)], capsys)
     assert code == 2 and "separate runs" in err
     code, _, err = cli(["age", (tmp_path / "none").as_uri(), "--engine", "ray", *common(weights)], capsys)
@@ -181,6 +189,38 @@ def test_stages_are_plain_callables_for_your_own_pipeline(tmp_path, weights):
     out = write_results(GeneratorStage(models, options=options)(faces(read)), labels=False)
     assert list(out["photo"]) == ["bucket/me.png"] and list(out["error"]) == [""]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "g4.png")), want.grid_array(labels=False))
+
+
+def test_results_go_to_object_storage(tmp_path, weights, monkeypatch):
+    """Grids and tiles written to URIs of a filesystem that is not local (pyarrow's in-memory one
+    stands in for s3://): the same bytes as the local files, and a rerun sees them as done."""
+    import numpy as np
+
+    pyarrow_fs = pytest.importorskip("pyarrow.fs")
+    import agetool.ray as agetool_ray
+    from agetool.ray import FaceStage, GeneratorStage, Job, exists, write_results
+
+    bucket = pyarrow_fs._MockFileSystem()
+    monkeypatch.setattr(agetool_ray, "_filesystem", lambda uri: (bucket, uri.split("://", 1)[1]))
+    photo = tmp_path / "me.png"
+    Image.fromarray(face_like(seed=5)).save(photo)
+    rows = [Job(str(photo), "mock://bucket/grids/me_ages.png", "mock://bucket/tiles/me").row(),
+            Job(str(photo), str(tmp_path / "me_ages.png"), str(tmp_path / "tiles" / "me")).row()]
+    batch = {key: np.array([r[key] for r in rows], dtype=object) for key in rows[0]}
+    models, options = {"weights": weights, "device": "cpu"}, {"aligned": True, "mask": False}
+    out = write_results(GeneratorStage(models, options=options)(FaceStage(models, options=options)(batch)))
+    assert list(out["error"]) == ["", ""]
+    assert exists("mock://bucket/grids/me_ages.png") and not exists("mock://bucket/grids/other.png")
+
+    def read(path: str) -> bytes:
+        with bucket.open_input_stream(path) as stream:
+            return stream.read()
+
+    assert read("bucket/grids/me_ages.png") == (tmp_path / "me_ages.png").read_bytes()
+    local = sorted((tmp_path / "tiles" / "me").iterdir())
+    assert len(local) == 7
+    for tile in local:
+        assert read(f"bucket/tiles/me/{tile.name}") == tile.read_bytes()
 
 
 class _FakeRay:

@@ -24,7 +24,7 @@ def age(
     inputs: Annotated[list[str], typer.Argument(help="Photos or folders (searched recursively), or video clips (one clip per age); with --engine ray also URIs Ray reads (s3://bucket/photos).", show_default=False)],
     out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="PATH", help="Grid image (one input), or folder (several inputs, an existing folder, or a path ending in /) for <stem>_ages.png. Default: here.")] = None,
     ages: Annotated[Optional[str], typer.Option("--ages", metavar="LIST", help="Ages to render instead of the six classes: years, class labels and relative ages, comma-separated (5,20.5,30-39,+20).")] = None,
-    tiles: Annotated[Optional[Path], typer.Option("--tiles", metavar="DIR", help="Also write every tile as DIR/<stem>/face<i>_<label>.png.", file_okay=False)] = None,
+    tiles: Annotated[Optional[str], typer.Option("--tiles", metavar="DIR", help="Also write every tile as DIR/<stem>/face<i>_<label>.png (with --engine ray also a URI).")] = None,
     no_labels: Annotated[bool, typer.Option("--no-labels", help="No age captions on the grid.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose grid already exists (resume a folder run).")] = False,
     crf: Annotated[int, typer.Option("--crf", metavar="Q", help="Clips: H.264 quality, 0 lossless ... 51 worst; 18 is visually lossless.")] = DEFAULT_CRF,
@@ -54,7 +54,7 @@ def age(
 
       agetool age photos/ --out grids/ --engine ray --gpus 4
 
-      agetool age s3://bucket/photos --out grids/ --engine ray
+      agetool age s3://bucket/photos --out s3://bucket/grids/ --engine ray
     """
     from agetool.errors import AgetoolError, MissingModelsError, UsageError
     from agetool.images import distinct_outputs, find_images, unique_stems, write_image
@@ -64,6 +64,9 @@ def age(
     _check_engine(engine, ray_address=ray_address, gpus=gpus, cpus=cpus, profile=profile)
     from agetool.ray import is_uri
 
+    to_uris = [o for o in (out, tiles) if o is not None and is_uri(o)]  # outputs in object storage
+    if to_uris and engine != "ray":
+        raise UsageError(f"{to_uris[0]}: a URI is written by --engine ray only", hint="add --engine ray")
     if any(map(is_uri, inputs)):  # photos in object storage: listed here, read by the Ray workers
         paths, several, sources = _uri_photos(inputs, engine)
     else:
@@ -72,24 +75,35 @@ def age(
         inputs = [Path(i) for i in inputs]
         clips = clip_inputs(inputs)  # video clips (by content): <stem>_age<entry>.mp4 per age
         if clips:
+            if to_uris:
+                raise UsageError(f"{to_uris[0]}: clips are written to local or shared folders")
             return age_clips(clips, out, ages, crf, build, face_kwargs, profile)
         paths = sources = find_images(inputs)
         if not paths:
             raise UsageError("no images found in the given folders")
         several = len(paths) > 1 or any(p.is_dir() for p in inputs)
     stems = unique_stems(paths)  # a.jpg + a.png + a_2.png: three grids and three tile folders
-    targets = _targets(stems, out, several, "_ages.png")
-    distinct_outputs([("out", t) for t in targets], sources)
-    if tiles is not None:  # face<i>_<label>.png: the face count is known only during the work
+    if out is not None and is_uri(out):
+        targets = _uri_targets(stems, out, several, "_ages.png", paths)
+    else:
+        targets = _targets(stems, out, several, "_ages.png")
+        distinct_outputs([("out", t) for t in targets], sources)
+    if tiles is not None and not is_uri(tiles):  # face<i>_<label>.png: the face count is known only during the work
         import re
 
         from agetool.images import outputs_clear
 
+        tiles = Path(tiles)
+        if tiles.is_file():
+            raise UsageError(f"--tiles {tiles}: is a file; expected a folder")
         labels = "|".join(re.escape(label) for label in request.render.labels)
         for stem in stems:
             outputs_clear("tiles", tiles / stem, rf"face(0|[1-9][0-9]*)_(input|{labels})\.png", sources, tiles)
     if engine == "ray":
-        jobs = [(path, target, None if tiles is None else tiles / stem) for path, stem, target in zip(paths, stems, targets)]
+        from agetool.ray import join as inside
+
+        jobs = [(path, target, None if tiles is None else inside(str(tiles), stem))
+                for path, stem, target in zip(paths, stems, targets)]
         return _age_on_ray(jobs, ages=ages, labels=not no_labels, pipeline=build.options, options=face_kwargs,
                            address=ray_address, gpus=gpus, cpus=cpus)
 
@@ -149,6 +163,22 @@ def _uri_photos(inputs: list[str], engine: str) -> tuple[list[str], bool, list[s
     return photos, several, [p for p in map(local_path, photos) if p is not None]
 
 
+def _uri_targets(stems: list[str], out: str, several: bool, suffix: str, inputs: list) -> list[str]:
+    """``_targets`` for an ``--out`` URI: the URI itself for one input when it names an image file,
+    else ``<out>/<stem><suffix>`` per input; none of them may be an input."""
+    from agetool.errors import UsageError, arg
+
+    if not several and not out.endswith("/") and os.path.splitext(out)[1].lower() in IMAGE_SUFFIXES:
+        targets = [out]
+    else:
+        targets = [f"{out.rstrip('/')}/{stem}{suffix}" for stem in stems]
+    clash = set(targets) & set(map(str, inputs))
+    if clash:
+        raise UsageError(f"{arg('out', out)}: {sorted(clash)[0]} is an input; it would be overwritten",
+                         hint="choose another output path")
+    return targets
+
+
 def _check_engine(engine: str, *, profile: bool, **ray_options) -> None:
     from agetool.errors import UsageError
 
@@ -167,9 +197,11 @@ def _age_on_ray(jobs, *, address, gpus, cpus, **kwargs) -> int:
     from agetool.cli.options import report
     from agetool.ray import Job, age_photos, is_uri
 
-    summary = age_photos([Job(p if is_uri(p) else os.path.abspath(p), os.path.abspath(t),
-                              "" if d is None else os.path.abspath(d))
-                          for p, t, d in jobs], address=address, gpus=gpus, cpus=cpus, report=report, **kwargs)
+    def where(path) -> str:
+        return path if is_uri(str(path)) else os.path.abspath(path)
+
+    summary = age_photos([Job(where(p), where(t), "" if d is None else where(d)) for p, t, d in jobs],
+                         address=address, gpus=gpus, cpus=cpus, report=report, **kwargs)
     for _, error in summary.failed:
         console.error(console.message(error))
     if len(jobs) > 1 or summary.skipped:
