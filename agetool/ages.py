@@ -12,10 +12,12 @@ import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from agetool.errors import UsageError, arg
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: checking ages needs no torch
+    import torch
 
 AGE_CLASSES: tuple[str, ...] = ("0-2", "3-6", "7-9", "15-19", "30-39", "50-69")
 N_CLASSES = len(AGE_CLASSES)
@@ -28,6 +30,8 @@ def class_codes(classes: torch.Tensor | list[int], noise: float,
                 code_per_class: int = CODE_PER_CLASS) -> torch.Tensor:
     """Class codes [N, n_classes * code_per_class] (released: [N, 300]): sigma * N(0, 1) everywhere,
     +1 on entries [50k, 50k + 50) of class k. Rows draw their noise in order, from ``generator``."""
+    import torch
+
     classes = torch.as_tensor(classes, dtype=torch.long).reshape(-1).cpu()
     if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= n_classes):
         raise ValueError(f"class index out of range 0..{n_classes - 1}")
@@ -41,17 +45,23 @@ def class_codes(classes: torch.Tensor | list[int], noise: float,
 
 def all_class_codes(noise: float, seed: int) -> torch.Tensor:
     """The six anchor codes [6, 300], youngest first, with seeded noise."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     return class_codes(list(range(N_CLASSES)), noise=noise, generator=g)
 
 
 def reference_alphas(step: float) -> torch.Tensor:
     """[ceil(1/step)] float32 weights of the younger anchor, from 1 down (torch's arange kernel)."""
+    import torch
+
     return torch.arange(1, 0, -step, dtype=torch.float32)
 
 
 def transition_alphas(steps: int) -> torch.Tensor:
     """Frame j of a transition has alpha = 1 - j/steps (weight of the younger anchor). [steps]"""
+    import torch
+
     if steps < 1:
         raise ValueError("steps must be >= 1")
     alphas = reference_alphas(1.0 / steps)
@@ -67,6 +77,8 @@ def blend(w: torch.Tensor, lower: torch.Tensor, alpha: torch.Tensor) -> torch.Te
     Row n is alpha_n * w_k + (1 - alpha_n) * w_(k+1) with k = lower_n, in the dtype of w: the one
     blend behind video frames and ages in years, so an age on a frame reproduces that frame.
     """
+    import torch
+
     lower = torch.as_tensor(lower, dtype=torch.long, device=w.device).reshape(-1)
     a = torch.as_tensor(alpha).to(w.dtype).to(w.device).reshape(-1, 1)
     upper = torch.clamp(lower + 1, max=w.shape[0] - 1)
@@ -78,6 +90,8 @@ def traversal_latents(w: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
 
     Frame (i, j) is alpha_j * w_i + (1 - alpha_j) * w_(i+1) in the dtype of w; the last is w_(K-1).
     """
+    import torch
+
     alphas = alphas.to(w.dtype).to(w.device)
     frames = [blend(w, torch.full((alphas.numel(),), i), alphas) for i in range(w.shape[0] - 1)]
     frames.append(w[-1:])
@@ -256,6 +270,8 @@ def year_weights(years: Sequence[float], anchors: Sequence[float] = tuple(DEFAUL
     Between anchors m_k <= a <= m_(k+1): alpha = 1 - (a - m_k) / (m_(k+1) - m_k). Below the first
     anchor the first class; above the last, the last class.
     """
+    import torch
+
     lower, alpha = [], []
     last = len(anchors) - 1
     for a in years:
@@ -275,6 +291,8 @@ def year_weights(years: Sequence[float], anchors: Sequence[float] = tuple(DEFAUL
 def target_latents(w: torch.Tensor, targets: Sequence[AgeTarget], anchors: Sequence[float],
                    estimate: float | None = None) -> torch.Tensor:
     """Class latents [6, D] and targets -> [N, D]: a class gives its latent exactly, years a blend."""
+    import torch
+
     rows = []
     for t in targets:
         if t.kind == "class":

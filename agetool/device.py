@@ -87,6 +87,17 @@ def mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
+def check_names(device="auto", dtype="float32") -> None:
+    """The spelling of a device and a dtype, checked without importing torch (usage errors come
+    before the seconds torch takes to load); whether they exist here is ``pick_device``'s question."""
+    import re
+
+    if isinstance(device, str) and not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", device.strip().lower() or "auto"):
+        raise UsageError(f"{arg('device', device)}: expected {', '.join(DEVICES)}")
+    if isinstance(dtype, str) and (dtype.strip().lower() or "float32") not in (*_DTYPE_ALIASES, "auto"):
+        raise UsageError(f"{arg('dtype', dtype)}: expected {', '.join(DTYPES)}")
+
+
 def pick_device(name: str = "auto", *, dist: Dist | None = None):
     """``auto`` -> cuda, then mps, then cpu; ``cuda`` in a multi-process job -> this rank's GPU.
 

@@ -80,13 +80,15 @@ class AgingPipeline:
             report: receives one-line notices (model choices, licenses, warnings prefixed ``warning: ``).
             progress: ``progress(description, total) -> advance(n)`` for downloads and long work.
         """
-        from agetool.device import env_dist, pick_device, pick_dtype
+        from agetool.device import check_names, env_dist, pick_device, pick_dtype
 
         validate.choice("model", model, MODELS)
         validate.choice("landmarks", landmarks, LANDMARKS)
         offline = validate.flag("offline", offline)
         if batch is not None:
             validate.integer("batch", batch, low=1, high=4096)
+        validate.integer("max_pixels", max_pixels, low=64)
+        check_names(device, dtype)  # every usage error before torch loads
         dev = pick_device(device, dist=env_dist())  # under torchrun: this rank's GPU
         dt = pick_dtype(dtype, dev)
         if isinstance(age_anchors, (str, os.PathLike)):

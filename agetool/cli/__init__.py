@@ -218,11 +218,20 @@ def _is_click_error(e: Exception) -> bool:
 
 
 def _click_error(e) -> int:
-    """A parser error printed as every other error: one ``error: ...`` line, click's own text (the
-    help page when a command was given no arguments at all)."""
-    if type(e).__name__ == "NoArgsIsHelpError":
-        e.show()
+    """A parser error printed as every other error: one ``error: ...`` line, click's own text, and
+    where an argument is missing, what is missing and a pointer to the command's help page (the
+    help page itself only for ``agetool`` alone)."""
+    ctx = getattr(e, "ctx", None)
+    name = type(e).__name__
+    if name == "NoArgsIsHelpError" and (ctx is None or hasattr(ctx.command, "commands")):
+        e.show()  # agetool or a group alone: the list of commands is what is missing
         return e.exit_code
+    if name in ("NoArgsIsHelpError", "MissingParameter") and ctx is not None:
+        param = getattr(e, "param", None) or next((p for p in ctx.command.params if p.required), None)
+        what = "arguments" if param is None else (
+            param.metavar or param.name.upper() if param.param_type_name == "argument" else param.opts[0])
+        _console.error(f"{ctx.command_path}: missing {what}; see {ctx.command_path} --help")
+        return 2
     _console.error(e.format_message())
     return e.exit_code
 

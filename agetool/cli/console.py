@@ -15,8 +15,8 @@ from rich.markup import escape
 DEBUG = False
 #: the command line as typed, for messages that show a value as the user wrote it
 TYPED: list[str] = []
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
-out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 #: arguments whose flag is not ``--<name>``: (flag when true, flag when false)

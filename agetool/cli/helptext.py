@@ -83,8 +83,11 @@ def _with_tidy_help_option(command):
 
 
 def tidy(command):
-    """``command`` and its subcommands with an explicit metavar on every parameter."""
+    """``command`` and its subcommands with an explicit metavar on every parameter; a command (not
+    a group) given nothing says in one line what is missing instead of showing its whole help page."""
     _with_tidy_help_option(command)
+    if not hasattr(command, "commands"):
+        command.no_args_is_help = False
     for param in command.params:
         if param.metavar is None:
             param.metavar = metavar(param)
