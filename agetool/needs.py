@@ -2,8 +2,9 @@
 names all of them (with every way out) before anything loads.
 
 A file is at hand when it is cached (verified or not yet re-hashed), converted, or shipped by an
-installed package. Only with network access off does something missing stop a call: online, the
-files are downloaded where they are first needed.
+installed package. With network access off, something missing stops a call at once; online, every
+missing file is downloaded before anything loads, and those that could not be (no network, a
+source that refuses) are named together in one error.
 """
 
 from __future__ import annotations
@@ -82,19 +83,37 @@ def missing(groups: Iterable[list[str]]) -> list[str]:
     return out
 
 
-def require(groups: Iterable[list[str]], *, offline: bool = False) -> None:
-    """``MissingModelsError`` naming every file of ``groups`` not at hand, when the network is off."""
-    from agetool.weights import is_offline
+def require(groups: Iterable[list[str]], *, offline: bool = False, report=None, progress=None) -> None:
+    """Every file of ``groups`` at hand before anything loads: with the network off, a
+    ``MissingModelsError`` naming each one that is not; online, each missing one is downloaded
+    first (``report`` / ``progress`` as for ``agetool.weights.fetch``), and those that could not be
+    are named together, each with why."""
+    from agetool import weights
+    from agetool.errors import ChecksumError, DownloadError
 
-    if not is_offline(offline):
-        return
+    groups = [list(g) for g in groups]
     names = missing(groups)
-    if names:
+    if not names:
+        return
+    if weights.is_offline(offline):
         raise missing_error(names, offline=offline)
+    failed: dict[str, str] = {}
+    for name in names:
+        if any(at_hand(other) for group in groups if name in group for other in group):
+            continue  # an alternative of its group arrived meanwhile
+        try:
+            weights.fetch(name, report=report, progress=progress)
+        except (DownloadError, ChecksumError) as e:  # the next file is still tried
+            failed[name] = ", ".join(dict.fromkeys(getattr(e, "reasons", None) or [e.message]))
+    still = missing(groups)
+    if still:
+        raise missing_error(still, offline=offline, failed=failed)
 
 
-def missing_error(names: list[str], *, offline: bool = True) -> MissingModelsError:
-    """One error for files ``names`` that are not at hand, with every way out."""
+def missing_error(names: list[str], *, offline: bool = True, failed: dict[str, str] | None = None
+                  ) -> MissingModelsError:
+    """One error for files ``names`` that are not at hand, with every way out and where each file
+    comes from; ``failed``: why the download of each file tried here did not succeed (online)."""
     from agetool import weights
     from agetool.config import config_path
     from agetool.weights.registry import ARGUMENT_FOR_KIND
@@ -102,16 +121,23 @@ def missing_error(names: list[str], *, offline: bool = True) -> MissingModelsErr
     parts = []
     for name in names:
         try:
-            kind = weights.get(name).kind
+            art = weights.get(name)
         except Exception:  # noqa: BLE001 - an unknown name still gets named
-            kind = ""
+            art = None
+        kind = "" if art is None else art.kind
         argument = ARGUMENT_FOR_KIND.get(kind)
         takes = f", or {arg(argument, 'FILE')}" if argument else ""
-        parts.append(f"{name} ({ROLES.get(kind, kind or 'model')}{takes})")
-    why = arg("offline", True) if offline else "HF_HUB_OFFLINE=1"
+        where = "" if art is None or not art.sources else f"; from {art.sources[0].address}"
+        why = f": {failed[name]}" if failed and name in failed else ""
+        parts.append(f"{name} ({ROLES.get(kind, kind or 'model')}{takes}{where}){why}")
     count = "1 model file is" if len(names) == 1 else f"{len(names)} model files are"
-    message = f"{count} not at hand and network access is off ({why}): " + "; ".join(parts)
+    if failed is None:
+        off = arg("offline", True) if offline else "HF_HUB_OFFLINE=1"
+        message = f"{count} not at hand and network access is off ({off}): " + "; ".join(parts)
+        fetch = f"run `agetool weights download {' '.join(names)}` while online"
+    else:
+        message = f"{count} not at hand and could not be downloaded: " + "; ".join(parts)
+        fetch = f"run `agetool weights download {' '.join(names)}` once the network is reachable"
     hint = (f"place copies with `agetool weights import FILE --as NAME` (add --trust for files of your own), "
-            f"give files with the options named, set them once in {config_path()}, or run "
-            f"`agetool weights download {' '.join(names)}` while online")
+            f"give files with the options named, set them once in {config_path()}, or {fetch}")
     return MissingModelsError(message, missing=names, hint=hint)

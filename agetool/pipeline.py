@@ -156,7 +156,7 @@ class AgingPipeline:
 
         require(pipeline_files(self.models, self.model, generate=generate, landmarks=not aligned,
                                parser=mask or paste_back, classifier=estimate, upscale=upscale),
-                offline=self.models.offline)
+                offline=self.models.offline, report=self.models.report, progress=self.models.progress)
 
     def _report(self, message: str) -> None:
         self.models.report(message)

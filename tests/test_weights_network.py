@@ -84,9 +84,11 @@ def test_readme_first_command_fails_fast_with_the_ways_out(env, unreachable_hub,
     assert len(errors) == 1 and err.rstrip().endswith(errors[0])
     line = errors[0]
     assert "could not be downloaded" in line and "nosuch.invalid not found" in line and "refused" in line
-    assert "`agetool weights import FILE --as" in line and "--offline" in line
-    assert "--weights FILE" in line or "--parser-weights FILE" in line
-    assert line.endswith("never uses the network)")  # complete, not cut
+    for name in ("deeplab-parser", "genderage", "lats-male", "lats-female"):  # all of them, in one line
+        assert f"{name} (" in line
+    assert "`agetool weights import FILE --as NAME`" in line and f"from {UNRESOLVABLE}" in line
+    assert "--weights FILE" in line and "--parser-weights FILE" in line
+    assert line.endswith("once the network is reachable)")  # complete, not cut
     assert "downloading" in err and "from http://nosuch.invalid" in err  # what is fetched from where
     assert not (env / "grid.png").exists()
 

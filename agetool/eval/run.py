@@ -109,7 +109,7 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
     first = generators[0].pipeline
     targets = first.targets(ages)
     _require_models(generators, age_model=age_model, identity_model=identity_model, identity=identity,
-                    aligned=aligned, mask=mask, offline=offline, upscale=factor > 1)
+                    aligned=aligned, mask=mask, offline=offline, upscale=factor > 1, report=report, progress=progress)
     measurer = Measurer.load(age_model=age_model, identity_model=identity_model, identity=identity, device=dev,
                              offline=offline, report=report, progress=progress)
     models = {"generator": [g.info for g in generators], **measurer.models}
@@ -189,7 +189,7 @@ class _Run:
 
 
 def _require_models(generators, *, age_model, identity_model, identity, aligned: bool, mask: bool,
-                    offline: bool, upscale: bool = False) -> None:
+                    offline: bool, upscale: bool = False, report=None, progress=None) -> None:
     """Every model file the evaluation needs and does not have, in one error, before any loads."""
     from agetool import weights
     from agetool.errors import UnknownWeightsError
@@ -205,7 +205,8 @@ def _require_models(generators, *, age_model, identity_model, identity, aligned:
             groups.append([weights.get(identity).name])
         except UnknownWeightsError:  # not a registry name: the embedder says what it is
             pass
-    require([list(g) for g in dict.fromkeys(tuple(g) for g in groups)], offline=offline)
+    require([list(g) for g in dict.fromkeys(tuple(g) for g in groups)], offline=offline, report=report,
+            progress=progress)
 
 
 def _generators(pipeline, *, model, weights, compare, report, progress, **common) -> list[_Generator]:

@@ -44,6 +44,8 @@ def ways_out(art: Artifact, argument: str | None = None) -> str:
     """How to do without a download: import a copy, or pass the file directly (as ``argument``, by
     default the one that takes a file of the artifact's kind); then stay offline."""
     text = f"have the file? `{art.import_command}`"
+    if art.sources:
+        text = f"it is published at {art.sources[0].address}; " + text
     argument = argument or ARGUMENT_FOR_KIND.get(art.kind)
     if argument:
         text += f", or pass it as {arg(argument, 'FILE')}"
@@ -151,6 +153,7 @@ def _download(art: Artifact, progress, say) -> Path:
     if not art.sources:
         raise DownloadError(f"{art.name} has no download source", hint=ways_out(art))
     failures: list[str] = []
+    reasons: list[str] = []  # the same, without the sources
     mismatches = 0
     for i, src in enumerate(art.sources):
         record = read_record(art.name)
@@ -167,6 +170,7 @@ def _download(art: Artifact, progress, say) -> Path:
                     transfer.download_url(art, src, path, progress=progress)
             except SourceFailed as e:
                 failures.append(f"{src.describe()}: {e.reason}")
+                reasons.append(e.reason)
                 break
             digest = _hash(art, path, progress)
             why = store.mismatch(art, digest, record)
@@ -176,6 +180,7 @@ def _download(art: Artifact, progress, say) -> Path:
                 if resumed:
                     continue  # the old partial file may have been the bad part: one clean try
                 failures.append(f"{src.describe()}: checksum mismatch ({why})")
+                reasons.append("checksum mismatch")
                 mismatches += 1
                 break
             if not src.is_hub:
@@ -189,9 +194,10 @@ def _download(art: Artifact, progress, say) -> Path:
             return path
         if i + 1 < len(art.sources):
             say(f"{art.name}: {failures[-1]}; trying the next source")
-    error = ChecksumError if mismatches == len(failures) else DownloadError
-    raise error(f"{art.name} is not cached and could not be downloaded: " + "; ".join(failures),
-                hint=ways_out(art))
+    error = (ChecksumError if mismatches == len(failures) else DownloadError)(
+        f"{art.name} is not cached and could not be downloaded: " + "; ".join(failures), hint=ways_out(art))
+    error.reasons = reasons
+    raise error
 
 
 # --- status, verify ----------------------------------------------------------------------

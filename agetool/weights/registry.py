@@ -62,6 +62,17 @@ class Source:
             return PurePosixPath(self.filename or "").name
         return PurePosixPath(unquote(urlparse(self.url or "").path)).name
 
+    @property
+    def address(self) -> str:
+        """Where a person can fetch the file by hand: the URL, or the Hub file's download URL."""
+        if not self.is_hub:
+            return self.url or "?"
+        import os
+
+        base = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        kind = "" if self.repo_type == "model" else f"{self.repo_type}s/"
+        return f"{base}/{kind}{self.hub}/resolve/{self.revision or 'main'}/{self.filename}"
+
     def describe(self) -> str:
         if self.is_hub:
             kind = "" if self.repo_type == "model" else f"{self.repo_type}s/"
