@@ -240,7 +240,7 @@ def test_offline_without_the_file_names_weights_import_and_the_flag(crop, weight
                         "--upscale", "4", "--offline"], capsys)
     assert code == 1
     line = err.strip().splitlines()[-1]  # before any work: every missing file in one line
-    assert "realesr-general-x4v3 (super-resolution model, or --upscale-weights FILE)" in line
+    assert "realesr-general-x4v3 (super-resolution model, or --upscale-weights FILE; from https://" in line
     assert "agetool weights import FILE --as NAME" in line and "Traceback" not in err
     from agetool.weights import fetch
 
@@ -346,5 +346,5 @@ def test_eval_offline_names_the_missing_upscaler_before_any_work(tmp_path, weigh
                         "--weights", weights, "--identity-model", "dlib", "--upscale", "4", "--offline"], capsys)
     assert code == 1
     line = err.strip().splitlines()[-1]
-    assert "genderage" in line and "realesr-general-x4v3 (super-resolution model, or --upscale-weights FILE)" in line
+    assert "genderage" in line and "realesr-general-x4v3 (super-resolution model, or --upscale-weights FILE; from https://" in line
     assert not (tmp_path / "eval" / "report.json").exists()
