@@ -211,6 +211,17 @@ class Models:
             return None
 
     @property
+    def identity(self):
+        """dlib's face descriptor (``agetool.identity.FaceIdentity``), for scoring noise draws: its files
+        ship with agetool's dependencies, so nothing is downloaded."""
+        def load():
+            from agetool.identity import FaceIdentity
+
+            return FaceIdentity.from_pretrained("dlib", argument="candidates")
+
+        return self._once("identity", "load identity", load)
+
+    @property
     def upscaler(self):
         """The super-resolution network (``agetool.upscale.Upscaler``) for ``upscale=2|4``."""
         def load():

@@ -55,15 +55,16 @@ def frames(pipe, image, request: AgeRequest, video: VideoOptions) -> Iterator[np
     from agetool.images import even_size, fit
 
     face_options, render = request.face, request.render
-    if render.upscale > 1:  # every missing file in one error, before any work
-        pipe.check_models(aligned=face_options.aligned, mask=face_options.mask, paste_back=face_options.paste_back,
-                          upscale=True)
+    scored = render.candidates > 1  # draws are scored over the face's skin: the parser is needed
+    if render.upscale > 1 or (scored and not face_options.parse):  # every missing file in one error, before any work
+        pipe.check_models(aligned=face_options.aligned, mask=face_options.mask or scored,
+                          paste_back=face_options.paste_back, upscale=render.upscale > 1)
     years = frame_ages(pipe, video) if video.in_years else None
     with pipe._lock:
         enc = pipe._encode(image, face_options, "auto", generate=True)
         streams = []
         for face in enc.faces:
-            w6 = pipe.models.anchors(face.model, render.noise, render.seed)
+            w6 = pipe.models.anchors(face.model, render.noise, _chosen_seed(pipe, enc.name, face, render, video))
             streams.append(_tiles(pipe, face, frame_latents(w6, video.steps, years, pipe.anchor_ages)))
         capped = False
         for tiles in zip(*streams):
@@ -81,6 +82,24 @@ def frames(pipe, image, request: AgeRequest, video: VideoOptions) -> Iterator[np
             else:
                 frame = np.concatenate(tiles, axis=1) if len(tiles) > 1 else tiles[0]
             yield even_size(frame)
+
+
+def _chosen_seed(pipe, name: str, face, render, video: VideoOptions) -> int:
+    """The noise seed of ``face``'s video: the run's seed, or with ``candidates`` the most faithful
+    draw's, scored at the video's first and last age and the class anchors between (held for every frame)."""
+    if render.candidates == 1:
+        return render.seed
+    from dataclasses import replace
+
+    from agetool.faithful import describe_choice, span_targets
+
+    anchors = pipe.anchor_ages
+    start = anchors[0] if video.from_age is None else video.from_age
+    stop = anchors[-1] if video.to_age is None else video.to_age
+    scoring = replace(render, targets=tuple(span_targets(start, stop, anchors)), keep_candidates=False)
+    _, candidates = pipe._draws(face, scoring)
+    pipe._report(describe_choice(name, f"face {face.index}", candidates))
+    return candidates.best.seed
 
 
 def _tiles(pipe, face, w) -> Iterator[np.ndarray]:

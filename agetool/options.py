@@ -7,7 +7,8 @@ read their defaults from this module, the one home of every rendering default.
 
 - ``FaceOptions``: which faces, and how they are prepared (detection or an aligned crop, masking,
   paste-back).
-- ``RenderOptions``: the parsed age targets, the seed and noise of the class codes, upscaling.
+- ``RenderOptions``: the parsed age targets, the seed and noise of the class codes, upscaling, and
+  how many noise draws of each face are scored (``candidates``).
 - ``VideoOptions``: frame rate, frames per class transition, ages in years, length, holds, encoder.
 """
 
@@ -37,6 +38,9 @@ MAX_FPS = 240.0
 MAX_STEPS = 10_000
 MAX_HOLD = 600.0  # seconds
 MAX_FRAMES = 200_000  # about 1 h 50 min at 30 fps
+#: noise draws rendered per face, the most faithful kept (agetool.faithful); 1: the run's seed alone
+DEFAULT_CANDIDATES = 1
+MAX_CANDIDATES = 16
 
 
 def frame_total(steps: int, fps: float, hold: float = 0.0, transitions: int = 5) -> int:
@@ -81,22 +85,38 @@ class FaceOptions:
 
 @dataclass(frozen=True)
 class RenderOptions:
-    """The ages to render (parsed), the class codes' seed and noise, and the upscaling factor."""
+    """The ages to render (parsed), the class codes' seed and noise, the upscaling factor, and the
+    noise draws per face (``candidates``: seeds ``seed`` ... ``seed + candidates - 1``, the most
+    faithful kept)."""
 
     targets: tuple = ()  # agetool.ages.AgeTarget, in the order asked; () = the six classes
     seed: int = DEFAULT_SEED
     noise: float = DEFAULT_NOISE
     upscale: int = 1  # 1 (none), 2 or 4
+    candidates: int = DEFAULT_CANDIDATES
+    keep_candidates: bool = False  # keep every draw's images on the result (Face.candidates.images)
 
     @classmethod
     def of(cls, ages=None, *, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
-           upscale: int | None = None) -> "RenderOptions":
+           upscale: int | None = None, candidates: int = DEFAULT_CANDIDATES,
+           keep_candidates: bool = False) -> "RenderOptions":
         from agetool import ages as age_rules
         from agetool.upscale import check_factor
 
         targets = age_rules.parse_ages(ages) or age_rules.class_targets()
-        return cls(targets=tuple(targets), seed=validate.seed(seed),
-                   noise=validate.finite("noise", noise, low=0, high=MAX_NOISE), upscale=check_factor(upscale))
+        seed = validate.seed(seed)
+        candidates = check_candidates(candidates)
+        if seed + candidates - 1 > validate.SEED_MAX:  # every draw's seed fits in 64 bits too
+            raise UsageError(f"{arg('seed', seed)} with {arg('candidates', candidates)}: the last draw's seed "
+                             f"{seed + candidates - 1} does not fit in 64 bits", hint=f"lower {arg('seed')}")
+        return cls(targets=tuple(targets), seed=seed, noise=validate.finite("noise", noise, low=0, high=MAX_NOISE),
+                   upscale=check_factor(upscale), candidates=candidates,
+                   keep_candidates=validate.flag("keep_candidates", keep_candidates))
+
+    @property
+    def seeds(self) -> list[int]:
+        """The noise seed of each draw: the run's seed and the ``candidates - 1`` that follow."""
+        return [self.seed + k for k in range(self.candidates)]
 
     @property
     def labels(self) -> list[str]:
@@ -106,6 +126,11 @@ class RenderOptions:
     def relative(self) -> bool:
         """Whether an age is relative to the face's estimated age (``+20``)."""
         return any(t.kind == "relative" for t in self.targets)
+
+
+def check_candidates(candidates) -> int:
+    """``candidates`` checked: a whole number of draws from 1 to ``MAX_CANDIDATES``."""
+    return validate.integer("candidates", candidates, low=1, high=MAX_CANDIDATES)
 
 
 @dataclass(frozen=True)
@@ -118,10 +143,12 @@ class AgeRequest:
 
 def request(ages=None, *, aligned: bool = False, mask: bool = True, faces="all", min_face: int = 0,
             paste_back: bool = False, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
-            upscale: int | None = None) -> AgeRequest:
+            upscale: int | None = None, candidates: int = DEFAULT_CANDIDATES,
+            keep_candidates: bool = False) -> AgeRequest:
     """The options of one aging call as one value, every argument checked here, once."""
     return AgeRequest(FaceOptions.of(aligned=aligned, mask=mask, faces=faces, min_face=min_face, paste_back=paste_back),
-                      RenderOptions.of(ages, seed=seed, noise=noise, upscale=upscale))
+                      RenderOptions.of(ages, seed=seed, noise=noise, upscale=upscale, candidates=candidates,
+                                       keep_candidates=keep_candidates))
 
 
 @dataclass(frozen=True)

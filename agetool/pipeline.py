@@ -262,11 +262,12 @@ class AgingPipeline:
 
     def request(self, ages=None, *, aligned: bool = False, mask: bool = True, faces="all", min_face: int = 0,
                 paste_back: bool = False, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
-                upscale: int | None = None) -> AgeRequest:
+                upscale: int | None = None, candidates: int = 1, keep_candidates: bool = False) -> AgeRequest:
         """The options of a call (see ``__call__``) as one value, validated once: build it once and
         pass it to ``age`` for any number of photos (the command line does, for a folder)."""
         return build_request(ages, aligned=aligned, mask=mask, faces=faces, min_face=min_face,
-                             paste_back=paste_back, seed=seed, noise=noise, upscale=upscale)
+                             paste_back=paste_back, seed=seed, noise=noise, upscale=upscale, candidates=candidates,
+                             keep_candidates=keep_candidates)
 
     def _warn_old(self, render: RenderOptions) -> None:
         """Once per pipeline: ages past the oldest class render that class."""
@@ -285,12 +286,34 @@ class AgingPipeline:
     def _render(self, face: Face, render: RenderOptions) -> np.ndarray:
         self._warn_old(render)
         with self._lock:
-            w6 = self.models.anchors(face.model, render.noise, render.seed)
-            est = face.estimate.age if face.estimate is not None else None
-            w = target_latents(w6, list(render.targets), self.anchor_ages, est)
+            w = self._latents(face, render, render.seed)
             with self.models.timer("decode"):
                 out = self.models.engine(face.model).decode(face.features, w)
             return to_uint8(out)
+
+    def _latents(self, face: Face, render: RenderOptions, seed: int):
+        """w [A, 256] of ``face`` at ``render``'s targets with the class-code noise of ``seed``."""
+        w6 = self.models.anchors(face.model, render.noise, seed)
+        est = face.estimate.age if face.estimate is not None else None
+        return target_latents(w6, list(render.targets), self.anchor_ages, est)
+
+    def _draws(self, face: Face, render: RenderOptions):
+        """``face`` at ``render``'s targets -> (images [A, 256, 256, 3], ``agetool.faithful.Candidates``
+        or None): with ``candidates`` N > 1, N noise draws decoded together, each scored, the most
+        faithful kept; one draw is the plain render."""
+        if render.candidates == 1:
+            return self._render(face, render), None
+        import torch
+
+        from agetool.faithful import choose
+
+        self._warn_old(render)
+        with self._lock:
+            w = torch.cat([self._latents(face, render, seed) for seed in render.seeds])
+            with self.models.timer("decode"):
+                out = to_uint8(self.models.engine(face.model).decode(face.features, w))
+            renders = out.reshape(render.candidates, len(render.targets), *out.shape[1:])
+            return choose(self.models, face, renders, render.seeds, keep=render.keep_candidates)
 
     def target_years(self, targets: Sequence[AgeTarget], face: Face) -> list[float]:
         est = face.estimate.age if face.estimate is not None else None
@@ -316,7 +339,8 @@ class AgingPipeline:
 
     def __call__(self, image: Image, ages=None, aligned: bool = False, mask: bool = True, seed: int = DEFAULT_SEED,
                  noise: float = DEFAULT_NOISE, paste_back: bool = False, faces: str = "all",
-                 min_face: int = 0, upscale: int | None = None) -> AgingResult:
+                 min_face: int = 0, upscale: int | None = None, candidates: int = 1,
+                 keep_candidates: bool = False) -> AgingResult:
         """Render every face of ``image`` at ``ages`` (default: the six classes, youngest first).
 
         ``image``: a path, an RGB uint8 array [H, W, 3] or a PIL image. ``ages``: years (``20.5``),
@@ -325,31 +349,41 @@ class AgingPipeline:
         column, re-aligned from the photo) come out at 512 / 1024 px, and paste-back shows them at
         the face's own size in the photo. ``faces``: ``"all"``, ``"largest"``, or only the faces of one
         person: ``"ref:PHOTO"``, a photo, an ``agetool.identity.Embedding`` or a ``FaceReference``.
-        Returns an ``AgingResult`` (``result.grid()`` is the image ``agetool age`` writes).
+        ``candidates`` N (1 to 16): N noise draws of each face (seeds ``seed`` ... ``seed + N - 1``),
+        each scored against the input (``agetool.faithful``: identity, skin tone, gender), the most
+        faithful kept; ``face.candidates`` holds every draw's scores (and with ``keep_candidates``
+        their images). Returns an ``AgingResult`` (``result.grid()`` is the image ``agetool age`` writes).
         """
         return self.age(image, self.request(ages, aligned=aligned, mask=mask, faces=faces, min_face=min_face,
-                                            paste_back=paste_back, seed=seed, noise=noise, upscale=upscale))
+                                            paste_back=paste_back, seed=seed, noise=noise, upscale=upscale,
+                                            candidates=candidates, keep_candidates=keep_candidates))
 
     def age(self, image: Image | EncodedPhoto, request: AgeRequest) -> AgingResult:
         """``__call__`` with its options as one validated value (``request()``)."""
         options, render = request.face, request.render
         self._warn_old(render)
-        if render.upscale > 1:  # every missing file in one error, before any work
-            self.check_models(aligned=options.aligned, mask=options.mask, paste_back=options.paste_back, upscale=True)
+        scored = render.candidates > 1  # draws are scored over the face's skin: the parser is needed
+        if render.upscale > 1 or (scored and not options.parse):  # every missing file in one error, before any work
+            self.check_models(aligned=options.aligned, mask=options.mask or scored, paste_back=options.paste_back,
+                              upscale=render.upscale > 1)
         with self._lock:
             enc = self._encode(image, options, True if render.relative else "auto", generate=True)
             aged = []
             for face in enc.faces:
                 if face.estimate is None and render.relative:
                     raise EstimateError(f"{arg('ages')}: relative ages need an age estimate of each face")
-                images, shown = self._render(face, render), None
+                (images, draws), shown = self._draws(face, render), None
+                if draws is not None:
+                    from agetool.faithful import describe_choice
+
+                    self._report(describe_choice(enc.name, f"face {face.index}", draws))
                 if render.upscale > 1:
                     from agetool.upscale import input_tile
 
                     images = self.upscale(images, render.upscale)
                     shown = input_tile(enc.image, face, images.shape[1])
                 aged.append(replace(face, features=None, images=images, labels=render.labels,
-                                    ages=self.target_years(render.targets, face), input_tile=shown))
+                                    ages=self.target_years(render.targets, face), input_tile=shown, candidates=draws))
             pasted = None
             if options.paste_back:
                 for i, a in enumerate(aged):
@@ -385,7 +419,7 @@ class AgingPipeline:
                to_age: float | None = None, frames: int | None = None, aligned: bool = False, mask: bool = True,
                seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE, paste_back: bool = False, faces: str = "all",
                min_face: int = 0, max_size: int | None = DEFAULT_MAX_SIZE,
-               upscale: int | None = None) -> Iterator[np.ndarray]:
+               upscale: int | None = None, candidates: int = 1) -> Iterator[np.ndarray]:
         """Continuous aging, youngest to oldest, one RGB uint8 frame at a time (never all in memory).
 
         A frame is the faces side by side ([256, 256 x faces, 3]) or, with ``paste_back``, the whole
@@ -393,11 +427,13 @@ class AgingPipeline:
         sides even. Without ``from_age`` / ``to_age`` the frames follow the class traversal exactly
         (frame j of transition i blends w_i and w_(i+1) with weight 1 - j / steps). ``upscale`` 2
         or 4 upscales every face of every frame (tiles of 512 / 1024 px) before it is shown.
+        ``candidates`` N: each face's most faithful of N noise draws (see ``__call__``), scored at the
+        first and last age and the class anchors between, held for every frame.
         """
         from agetool import morph
 
         request = self.request(None, aligned=aligned, mask=mask, faces=faces, min_face=min_face,
-                               paste_back=paste_back, seed=seed, noise=noise, upscale=upscale)
+                               paste_back=paste_back, seed=seed, noise=noise, upscale=upscale, candidates=candidates)
         video = VideoOptions.of(steps=steps, from_age=from_age, to_age=to_age, frames=frames, max_size=max_size)
         return morph.frames(self, image, request, video)
 

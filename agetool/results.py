@@ -49,7 +49,8 @@ class Face:
     - the pipeline: ``estimate`` (age and gender), ``model`` (the generator that renders it) and
       ``features`` (the generator's identity features: each further age costs one decode);
     - rendering: ``images`` at the requested ``labels`` / ``ages`` (``input_tile``: the input column
-      when it is not ``aligned``, upscaled), and with paste-back ``pasted``;
+      when it is not ``aligned``, upscaled), and with paste-back ``pasted``; with several noise draws
+      ``candidates`` (each draw's scores, the chosen one, and with ``keep_candidates`` their images);
     - identity: ``embedding``, computed once by the stage that first needs it.
     """
 
@@ -68,6 +69,7 @@ class Face:
     ages: list[float] = field(default_factory=list)  # each column's age in years (a class: its anchor age)
     pasted: list[np.ndarray] | None = None  # with paste_back: the photo with this face aged, per column
     input_tile: np.ndarray | None = None  # the grid's input column when not ``aligned`` (upscaled outputs)
+    candidates: Any = None  # agetool.faithful.Candidates: every noise draw's scores (candidates > 1)
 
     @property
     def box(self) -> tuple[float, float, float, float] | None:
@@ -166,6 +168,42 @@ class AgingResult:
         from agetool.images import write_image
 
         return [write_image(Path(folder) / name, tile) for name, tile in self.tiles()]
+
+    def candidate_tiles(self) -> list[tuple[str, np.ndarray]]:
+        """(file name, tile) of every noise draw of every face whose draws were kept
+        (``keep_candidates``): ``face<i>_draw<k>_<label>.png``, k counting draws from 0."""
+        out = []
+        for face in self.faces:
+            if face.candidates is None or face.candidates.images is None:
+                continue
+            names = unique_labels(list(face.labels))
+            for k, images in enumerate(face.candidates.images):
+                out += [(f"face{face.index}_draw{k}_{name}.png", tile) for name, tile in zip(names, images)]
+        return out
+
+    def scores(self) -> list[dict]:
+        """Each face's draws and their scores (``agetool.faithful``): ``{"face", "model", "chosen",
+        "seed", "draws": [{"draw", "seed", "identity", "skin", "gender", "score"}, ...]}``; a face
+        rendered with one draw has ``chosen`` 0 and no scored ``draws``."""
+        out = []
+        for face in self.faces:
+            draws = {"chosen": 0, "seed": None, "draws": []} if face.candidates is None else face.candidates.as_dict()
+            out.append({"face": face.index, "model": face.model, **draws})
+        return out
+
+    def write_candidates(self, folder) -> list:
+        """Every kept draw's tiles (``candidate_tiles``) and ``scores.json`` (``scores``) in ``folder``:
+        what ``agetool age --keep-candidates`` writes; returns their paths."""
+        import json
+
+        from agetool.files import write_text
+        from agetool.images import write_image
+
+        folder = Path(folder)
+        paths = [write_image(folder / name, tile) for name, tile in self.candidate_tiles()]
+        scores = {"photo": self.name, "labels": list(self.labels), "faces": self.scores()}
+        write_text(folder / "scores.json", json.dumps(scores, indent=1) + "\n")
+        return [*paths, folder / "scores.json"]
 
     def write_zip(self, path) -> Path:
         """Every tile of ``tiles()`` as a PNG member of the ZIP archive ``path`` (written atomically)."""

@@ -28,6 +28,8 @@ def age(
     no_labels: Annotated[bool, typer.Option("--no-labels", help="No age captions on the grid.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose grid already exists (resume a folder run).")] = False,
     crf: Annotated[int, typer.Option("--crf", metavar="Q", help="Clips: H.264 quality, 0 lossless ... 51 worst; 18 is visually lossless.")] = DEFAULT_CRF,
+    keep_candidates: Annotated[Optional[str], typer.Option("--keep-candidates", metavar="DIR", help="With --candidates: also write every draw's tiles as DIR/<stem>/face<i>_draw<k>_<label>.png and their scores as DIR/<stem>/scores.json.")] = None,
+    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per face on stdout: the output, the model and, with --candidates, every draw's scores and the one kept.")] = False,
     profile: Annotated[bool, typer.Option("--profile", help="Print the time spent in each stage.")] = False,
     engine: Annotated[str, typer.Option("--engine", metavar="local|ray", help="local: this process (or each torchrun rank); ray: a Ray Data job (pip install \"agetool\\[ray]\"), same outputs; grids already written are skipped.", rich_help_panel=RAY_PANEL)] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, ray://HOST:10001, ...). Default: RAY_ADDRESS, else a Ray started here for the job.", rich_help_panel=RAY_PANEL)] = None,
@@ -48,6 +50,8 @@ def age(
 
       agetool age group.jpg --faces ref:me.jpg --ages 70
 
+      agetool age me.jpg --candidates 4 --keep-candidates draws/
+
       agetool age clip.mp4 --ages 60
 
       agetool age photos/ --out grids/ --tiles tiles/
@@ -60,8 +64,11 @@ def age(
     from agetool.images import distinct_outputs, find_images, unique_stems, write_image
     from agetool.options import request as build_request
 
-    request = build_request(ages, **face_kwargs)  # every option checked once, before any work
-    _check_engine(engine, ray_address=ray_address, gpus=gpus, cpus=cpus, profile=profile)
+    request = build_request(ages, **face_kwargs, keep_candidates=keep_candidates is not None)  # checked once, before any work
+    if keep_candidates is not None and request.render.candidates == 1:
+        raise UsageError("--keep-candidates needs --candidates 2 or more")
+    _check_engine(engine, ray_address=ray_address, gpus=gpus, cpus=cpus, profile=profile,
+                  keep_candidates=keep_candidates, json=json_lines or None)
     from agetool.ray import is_uri
 
     to_uris = [o for o in (out, tiles) if o is not None and is_uri(o)]  # outputs in object storage
@@ -75,6 +82,9 @@ def age(
         inputs = [Path(i) for i in inputs]
         clips = clip_inputs(inputs)  # video clips (by content): <stem>_age<entry>.mp4 per age
         if clips:
+            if keep_candidates is not None or json_lines:
+                raise UsageError(f"{'--keep-candidates' if keep_candidates is not None else '--json'} applies to "
+                                 "photos; a clip holds one draw per person")
             if to_uris:
                 raise UsageError(f"{to_uris[0]}: clips are written to local or shared folders")
             return age_clips(clips, out, ages, crf, build, face_kwargs, profile)
@@ -99,6 +109,19 @@ def age(
         labels = "|".join(re.escape(label) for label in request.render.labels)
         for stem in stems:
             outputs_clear("tiles", tiles / stem, rf"face(0|[1-9][0-9]*)_(input|{labels})\.png", sources, tiles)
+    if keep_candidates is not None:
+        import re
+
+        from agetool.images import outputs_clear
+
+        keep_candidates = Path(keep_candidates)
+        if keep_candidates.is_file():
+            raise UsageError(f"--keep-candidates {keep_candidates}: is a file; expected a folder")
+        labels = "|".join(re.escape(label) for label in request.render.labels)
+        for stem in stems:
+            outputs_clear("keep_candidates", keep_candidates / stem,
+                          rf"face(0|[1-9][0-9]*)_draw[0-9]+_({labels})(_[0-9]+)?\.png|scores\.json", sources,
+                          keep_candidates)
     if engine == "ray":
         from agetool.ray import join as inside
 
@@ -126,9 +149,13 @@ def age(
                 write_image(target, result.grid_array(labels=not no_labels))
                 if tiles is not None:
                     result.write_tiles(tiles / stem)
+                if keep_candidates is not None:
+                    result.write_candidates(keep_candidates / stem)
                 models = ", ".join(sorted({f.model for f in result.faces}))
                 n = len(result.faces)
                 console.info(f"{path} -> {target}  ({n} face{'s' if n != 1 else ''}, {models} model)")
+                if json_lines:
+                    _print_scores(path, target, result)
                 done += 1
             except AgetoolError as e:
                 if not several or e.exit_code != 1 or isinstance(e, MissingModelsError):  # said once, for all
@@ -142,6 +169,15 @@ def age(
     if several and dist.main:
         console.info(f"done: {done} written, {failed} failed, {len(paths) - done - failed} skipped")
     return 1 if failed else 0
+
+
+def _print_scores(path: Path, target: Path, result) -> None:
+    """``--json``: one line per face with its model and draws (``AgingResult.scores``)."""
+    import json
+
+    for face in result.scores():
+        console.out.print(json.dumps({"file": str(path), "out": str(target), **face}), markup=False,
+                          highlight=False, soft_wrap=True)
 
 
 def _uri_photos(inputs: list[str], engine: str) -> tuple[list[str], bool, list[str]]:
@@ -186,6 +222,11 @@ def _check_engine(engine: str, *, profile: bool, **ray_options) -> None:
         raise UsageError(f"--engine {engine}: expected local or ray")
     if engine == "ray" and profile:
         raise UsageError("--profile applies to --engine local")
+    local = {k: ray_options.pop(k, None) for k in ("keep_candidates", "json")}
+    if engine == "ray":
+        for name, value in local.items():
+            if value is not None:
+                raise UsageError(f"--{name.replace('_', '-')} applies to --engine local")
     if engine != "ray":
         for name, value in ray_options.items():
             if value is not None:

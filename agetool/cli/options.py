@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from agetool.cli import console
-from agetool.options import DEFAULT_NOISE
+from agetool.options import DEFAULT_CANDIDATES, DEFAULT_NOISE, MAX_CANDIDATES
 
 MODEL_PANEL = "Model options"
 FACE_PANEL = "Face options"
@@ -78,6 +78,9 @@ FACES = [
          metavar="N"),
     _opt("noise", float, DEFAULT_NOISE, "--noise", "Sigma of the class-code noise (0 = clean codes).", FACE_PANEL,
          metavar="SIGMA"),
+    _opt("candidates", int, DEFAULT_CANDIDATES, "--candidates", f"Noise draws per face, 1 to {MAX_CANDIDATES} (seeds "
+         "--seed ... --seed + N - 1): each is scored against the input (dlib identity distance, skin chroma, gender) "
+         "and the most faithful kept. Costs N decodes per age.", FACE_PANEL, metavar="N"),
     _opt("upscale", Optional[int], None, "--upscale", "Upscale the aged faces 2x or 4x (512 / 1024 px tiles) with "
          "a super-resolution network without a face prior (Real-ESRGAN); pasted back at the face's own size.",
          FACE_PANEL, metavar="2|4"),
@@ -149,7 +152,7 @@ def _face_kwargs(chosen: dict) -> dict:
     upscale = {} if chosen["upscale"] is None else {"upscale": chosen["upscale"]}  # unset: the plain 256 px call
     return {**upscale, "aligned": chosen["aligned"], "mask": not chosen["no_mask"], "paste_back": chosen["paste_back"],
             "faces": faces_argument(chosen["faces"], chosen["ref_threshold"]), "min_face": chosen["min_face"],
-            "seed": chosen["seed"], "noise": chosen["noise"]}
+            "seed": chosen["seed"], "noise": chosen["noise"], "candidates": chosen["candidates"]}
 
 
 def faces_argument(faces: str, ref_threshold: float | None):
