@@ -210,6 +210,19 @@ def choose(models, face, renders: np.ndarray, seeds: Sequence[int], *, keep: boo
     return renders[k], Candidates(scores, k, renders if keep else None)
 
 
+def render_draws(models, face, latents: Sequence, seeds: Sequence[int], *, keep: bool = False
+                 ) -> tuple[np.ndarray, Candidates]:
+    """Decode every draw of an encoded ``face`` in one batch (``latents``: one w [A, 256] per draw,
+    made with ``seeds``) and ``choose`` the most faithful."""
+    import torch
+
+    from agetool.images import to_uint8
+
+    with models.timer("decode"):
+        out = to_uint8(models.engine(face.model).decode(face.features, torch.cat(list(latents))))
+    return choose(models, face, out.reshape(len(seeds), -1, *out.shape[1:]), seeds, keep=keep)
+
+
 def span_targets(start: float, stop: float, anchors: Sequence[float]) -> list:
     """The ages a draw of a continuous aging is scored at: ``start``, the class anchors strictly
     between, and ``stop`` (``agetool.ages.AgeTarget``s in years)."""

@@ -299,21 +299,15 @@ class AgingPipeline:
 
     def _draws(self, face: Face, render: RenderOptions):
         """``face`` at ``render``'s targets -> (images [A, 256, 256, 3], ``agetool.faithful.Candidates``
-        or None): with ``candidates`` N > 1, N noise draws decoded together, each scored, the most
-        faithful kept; one draw is the plain render."""
+        or None): one draw is the plain render, N > 1 the most faithful of N (``faithful.render_draws``)."""
         if render.candidates == 1:
             return self._render(face, render), None
-        import torch
-
-        from agetool.faithful import choose
+        from agetool.faithful import render_draws
 
         self._warn_old(render)
         with self._lock:
-            w = torch.cat([self._latents(face, render, seed) for seed in render.seeds])
-            with self.models.timer("decode"):
-                out = to_uint8(self.models.engine(face.model).decode(face.features, w))
-            renders = out.reshape(render.candidates, len(render.targets), *out.shape[1:])
-            return choose(self.models, face, renders, render.seeds, keep=render.keep_candidates)
+            return render_draws(self.models, face, [self._latents(face, render, s) for s in render.seeds],
+                                render.seeds, keep=render.keep_candidates)
 
     def target_years(self, targets: Sequence[AgeTarget], face: Face) -> list[float]:
         est = face.estimate.age if face.estimate is not None else None

@@ -25,6 +25,8 @@ def _clip_options(face_kwargs: dict) -> dict:
 
     if face_kwargs.get("aligned"):
         raise UsageError(f"{arg('aligned')} takes aligned photos; a clip's faces are found in every frame")
+    if face_kwargs.get("candidates", 1) != 1:
+        raise UsageError(f"{arg('candidates')} applies to photos and photo videos; clips render one draw per person")
     return {"mask": face_kwargs.get("mask", True), "faces": face_kwargs.get("faces", "all"), "min_face": face_kwargs.get("min_face", 0),
             "seed": face_kwargs.get("seed", DEFAULT_SEED), "noise": face_kwargs.get("noise", DEFAULT_NOISE),
             "upscale": face_kwargs.get("upscale")}
