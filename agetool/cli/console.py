@@ -24,7 +24,7 @@ out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 _NEGATED = {"mask": "--no-mask", "labels": "--no-labels"}
 #: library arguments whose flag is spelled differently (from_age is --from)
 _FLAGS = {"from_age": "--from", "to_age": "--to", "frames_dir": "--frames", "batch": "--batch-size",
-          "classifier_weights": "--age-model", "json_lines": "--json"}
+          "classifier_weights": "--age-model", "json_lines": "--json", "metadata_json": "--json"}
 
 
 def flag_style(name: str, python: str | None, plain: str | None) -> str:

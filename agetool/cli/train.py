@@ -196,6 +196,15 @@ def train(
             if tb is not None:
                 tb.close()
             trainer.close()
+    _licence_reminder(Path(trainer.run_dir))
+
+
+def _licence_reminder(run: Path) -> None:
+    from agetool.train.curation import ATTRIBUTION_FILE, DATASET_LICENSE, DATASET_LICENSE_URL
+
+    if (run / ATTRIBUTION_FILE).is_file():
+        console.info(f"weights trained on FFHQ-Aging inherit its {DATASET_LICENSE} terms ({DATASET_LICENSE_URL}): "
+                     f"non-commercial use, shared alike; the photos' credits are in {run / ATTRIBUTION_FILE}")
 
 
 @train_app.command("export", no_args_is_help=True)

@@ -85,9 +85,10 @@ def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return p @ matrix[:2, :2].T + matrix[:2, 2]
 
 
-def face_square(landmarks: np.ndarray) -> tuple[np.ndarray, float, dict]:
-    """The oriented square of the FFHQ-aging crop: corners [4, 2] (float64), side length and key points."""
-    lm = np.asarray(landmarks, dtype=np.float32).reshape(68, 2)
+def face_square(landmarks: np.ndarray, dtype=np.float32) -> tuple[np.ndarray, float, dict]:
+    """The oriented square of the FFHQ-aging crop: corners [4, 2] (float64), side length and key points.
+    ``dtype`` is the landmarks' precision: float32 as LATS's aligner, float64 as the dataset builder."""
+    lm = np.asarray(landmarks, dtype=dtype).reshape(68, 2)
     eye_l = np.mean(lm[36:42], axis=0)  # float32, as the reference
     eye_r = np.mean(lm[42:48], axis=0)
     eyes = (eye_l + eye_r) * 0.5
@@ -107,8 +108,8 @@ def face_square(landmarks: np.ndarray) -> tuple[np.ndarray, float, dict]:
     return quad, side, {"eye_left": eye_l.tolist(), "eye_right": eye_r.tolist(), "mouth_avg": mouth.tolist()}
 
 
-def check_landmarks(landmarks, photo_w: int, photo_h: int) -> np.ndarray:
-    """[68, 2] float32 landmarks that define a usable square, or an AlignmentError saying why."""
+def check_landmarks(landmarks, photo_w: int, photo_h: int, dtype=np.float32) -> np.ndarray:
+    """[68, 2] landmarks (``dtype``) that define a usable square, or an AlignmentError saying why."""
     from agetool.errors import AlignmentError
 
     lm = np.asarray(landmarks, dtype=np.float64)
@@ -119,9 +120,9 @@ def check_landmarks(landmarks, photo_w: int, photo_h: int) -> np.ndarray:
         raise AlignmentError("landmarks must be finite numbers (found NaN or infinity)")
     if np.abs(lm).max() > 1e6:
         raise AlignmentError("landmarks lie more than a million pixels away from the photo")
-    lm32 = lm.astype(np.float32)
+    lm32 = lm.astype(dtype)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        quad, side, _ = face_square(lm32)
+        quad, side, _ = face_square(lm32, dtype)
     if not (np.isfinite(side) and np.isfinite(quad).all()) or side < 2.0:
         raise AlignmentError("landmarks are degenerate: the eyes and mouth span less than a pixel")
     x0, y0, x1, y1 = _bbox(quad)
@@ -140,18 +141,24 @@ def _bbox(quad: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 256, transform_size: int = TRANSFORM_SIZE,
-               enable_padding: bool = True) -> AlignedFace:
+               enable_padding: bool = True, variant: str = "lats") -> AlignedFace:
     """Align the face given by ``landmarks`` [68, 2] (photo pixels) in ``image`` [H, W, 3] uint8.
 
-    Returns the [size, size, 3] uint8 crop and the mapping back to the photo.
+    Returns the [size, size, 3] uint8 crop and the mapping back to the photo. ``variant`` "lats" is
+    LATS's aligner of photos (float32 landmarks, the shortcuts above); "ffhq-aging" is the dataset
+    builder's arithmetic (float64 landmarks, the whole photo shrunk, then cropped; SciPy's blur).
     """
+    if variant not in ("lats", "ffhq-aging"):
+        raise ValueError(f"variant={variant!r}: expected lats or ffhq-aging")
+    builder = variant == "ffhq-aging"
+    dtype = np.float64 if builder else np.float32
     from PIL import Image
 
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
     photo_h, photo_w = image.shape[:2]
-    landmarks = check_landmarks(landmarks, photo_w, photo_h)
-    quad, qsize, info = face_square(landmarks)
+    landmarks = check_landmarks(landmarks, photo_w, photo_h, dtype)
+    quad, qsize, info = face_square(landmarks, dtype)
     quad_photo = quad.copy()
     img = Image.fromarray(image)
 
@@ -170,7 +177,11 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 256, transf
     x0, y0, x1, y1 = _bbox(quad)
     crop = (max(x0 - border, 0), max(y0 - border, 0), min(x1 + border, width), min(y1 + border, height))
     cropped = crop[2] - crop[0] < width or crop[3] - crop[1] < height
-    if shrink > 1:  # Lanczos over the cropped region only: the pixels of shrinking everything, then cropping
+    if shrink > 1 and builder:
+        img = img.resize((width, height), Image.LANCZOS)
+        if cropped:
+            img = img.crop(crop)
+    elif shrink > 1:  # Lanczos over the cropped region only: the pixels of shrinking everything, then cropping
         box = (crop[0] * scale[0], crop[1] * scale[1], crop[2] * scale[0], crop[3] * scale[1])
         img = img.resize((crop[2] - crop[0], crop[3] - crop[1]), Image.LANCZOS, box=box)
     elif cropped:
@@ -186,7 +197,7 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 256, transf
     arr = np.asarray(img)
     if padded:
         pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
-        arr = _reflect_pad(arr, pad, qsize)
+        arr = _reflect_pad(arr, pad, qsize, scipy_blur=builder)
         quad += pad[:2]
 
     # Warp the square (bilinear), then Lanczos to the output size.
@@ -226,7 +237,7 @@ def _gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.sepFilter2D(img, -1, kernel, kernel, borderType=cv2.BORDER_REFLECT)
 
 
-def _reflect_pad(a: np.ndarray, pad, qsize: float) -> np.ndarray:
+def _reflect_pad(a: np.ndarray, pad, qsize: float, scipy_blur: bool = False) -> np.ndarray:
     """Reflect-pad [H, W, 3] by (left, top, right, bottom), blur and fade the padding."""
     img = np.pad(np.float32(a), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
     h, w, _ = img.shape
@@ -236,6 +247,12 @@ def _reflect_pad(a: np.ndarray, pad, qsize: float) -> np.ndarray:
         edge = np.maximum(1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(w - 1 - xx) / pad[2]),
                           1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(h - 1 - yy) / pad[3]))
     sigma = qsize * 0.02
-    img += (_gaussian_blur(img, sigma) - img) * np.clip(edge * 3.0 + 1.0, 0.0, 1.0)
+    if scipy_blur:
+        from scipy.ndimage import gaussian_filter
+
+        blurred = gaussian_filter(img, [sigma, sigma, 0])
+    else:
+        blurred = _gaussian_blur(img, sigma)
+    img += (blurred - img) * np.clip(edge * 3.0 + 1.0, 0.0, 1.0)
     img += (np.median(img, axis=(0, 1)) - img) * np.clip(edge, 0.0, 1.0)
     return np.uint8(np.clip(np.rint(img), 0, 255))

@@ -55,6 +55,9 @@ def scan(root: str | os.PathLike, phase: str = "train", classes: Sequence[str] =
     if not root.is_dir():
         raise DatasetError(f"{root}: no such data folder",
                            hint="pass one gender's folder, e.g. ffhq-aging/males (see `agetool dataset prepare`)")
+    from agetool.train.curation import taken_down_near
+
+    gone = taken_down_near(root)  # images removed on request (TAKEDOWN.txt) are never trained on
     found: list[ClassFolder] = []
     missing_parsings: list[Path] = []
     for index, name in enumerate(classes):
@@ -63,6 +66,7 @@ def scan(root: str | os.PathLike, phase: str = "train", classes: Sequence[str] =
             continue
         images = sorted(p for p in folder.iterdir()
                         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+        images = [p for p in images if not (p.stem.isdigit() and int(p.stem) in gone)]
         if not images:
             continue
         parsings: list[Path | None] = []

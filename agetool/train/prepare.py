@@ -43,6 +43,7 @@ REASONS = {
     "no_face": "no face found",
     "bad_row": "malformed row (listed above)",
     "contradictory": "image listed twice with different labels",
+    "taken_down": "taken down (listed in TAKEDOWN.txt)",
 }
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -289,6 +290,12 @@ def prepare_ffhq_aging(images: str | os.PathLike, labels: str | os.PathLike, out
     for problem in problems:
         report.drop("bad_row", problem)
     rows = _without_contradictions(numbered, report)
+    from agetool.train.curation import taken_down
+
+    gone = taken_down(out)  # removed on request: never copied in again
+    for row in [r for r in rows if r.image_number in gone]:
+        report.drop("taken_down", f"{row.image_number:05d}.png")
+    rows = [r for r in rows if r.image_number not in gone]
     same = parsings is None or Path(parsings).resolve() == images.resolve()
     image_index = _index_pngs(images, parsings=False)
     parsing_index = _index_pngs(images, parsings=True) if same else _index_pngs(Path(parsings), parsings=None)

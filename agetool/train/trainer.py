@@ -420,6 +420,9 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_parts(self.run_dir)
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+            from agetool.train.curation import copy_attribution
+
+            copy_attribution(cfg.data, self.run_dir)  # the photos' credits travel with the weights
         per_step_images = 2 * cfg.batch_size * self.dist.world
         self._emit(self._start_event())
         self.g.train()
