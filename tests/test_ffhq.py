@@ -419,3 +419,21 @@ def test_cli_builds_with_the_released_parser_layout(ffhq, tmp_path, seeded_parse
     assert (np.asarray(Image.open(out / _layout(3).replace("/00003", "/parsings/00003"))) == want).all()
     assert run(["dataset", "ffhq-aging", "--json", str(ffhq.json), "--labels", str(ffhq.labels), "--wilds", ffhq.url,
                 "--out", str(out), "--resolution", "300"]) == 2
+
+
+def test_training_carries_the_credits_and_honours_takedowns(tmp_path, capsys):
+    from agetool.cli import run
+    from tests.test_train import make_dataset
+
+    root = tmp_path / "ffhq-aging"
+    make_dataset(root / "males", per_class=2, size=64)
+    (root / "ATTRIBUTION.csv").write_text("image_number,author,photo_url,license,license_url\n00000,A,u,l,lu\n")
+    (root / "TAKEDOWN.txt").write_text("00001\n")
+    out = tmp_path / "run"
+    assert run(["train", "--data", str(root / "males"), "--out", str(out), "--workers", "0", "--device", "cpu",
+                "--sample-every", "0", "--no-tensorboard", "--size", "64", "--ngf", "8", "--batch-size", "2",
+                "--max-steps", "1"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert (out / "ATTRIBUTION.csv").read_bytes() == (root / "ATTRIBUTION.csv").read_bytes()
+    assert "CC BY-NC-SA 4.0" in err and str(out / "ATTRIBUTION.csv") in err
+    assert "images per class: 0-2: 1, 3-6: 1" in err  # 00001 of each class taken down
