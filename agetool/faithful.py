@@ -82,6 +82,16 @@ def chroma_distance(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> float:
     return float(np.linalg.norm(mean_chroma(a, region) - mean_chroma(b, region)))
 
 
+def skin_tones(crop: np.ndarray, renders: Sequence[np.ndarray], parsing: np.ndarray) -> list[float] | None:
+    """The skin-tone distance of each of ``renders`` to the input ``crop`` over the skin region of its
+    ``parsing`` labels (see the module's ``skin``); None when the region is too small to measure."""
+    region = skin_region(parsing)
+    if int(region.sum()) < MIN_SKIN_PIXELS:
+        return None
+    reference = mean_chroma(crop, region)
+    return [float(np.linalg.norm(mean_chroma(r, region) - reference)) for r in renders]
+
+
 def combine(identity: float, skin: float | None, gender: float | None) -> float:
     """The combined score of a draw (lower is more faithful); a missing term counts 0."""
     return (IDENTITY_WEIGHT * identity + SKIN_WEIGHT * (skin or 0.0) + GENDER_WEIGHT * (gender or 0.0))

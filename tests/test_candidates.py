@@ -199,3 +199,27 @@ def test_cielab_and_skin_region_match_skimage_and_scipy():
     assert np.array_equal(skin_region(labels), expected) and expected.any()
     same = [DrawScore(k, k, 0.5, 1.0, None, combine(0.5, 1.0, None)) for k in range(3)]
     assert best(same) == 0  # a tie goes to the earlier draw
+
+
+def test_eval_reports_skin_tone_drift(tmp_path, weights, seeded_parser_file, seeded_parser):
+    pytest.importorskip("matplotlib")
+    from scipy.ndimage import binary_erosion
+
+    from agetool import AgingPipeline, evaluate
+
+    classifier = genderage_standin(tmp_path / "genderage.onnx")
+    pipe = AgingPipeline.from_pretrained(weights=weights, parser_weights=seeded_parser_file, device="cpu",
+                                         classifier_weights=classifier)
+    report = evaluate([CROP], pipeline=pipe, ages="5,60", aligned=True, identity="dlib", age_model=classifier,
+                      out=tmp_path / "eval")
+    outputs = report["faces"][0]["outputs"]
+    tiles = pipe(CROP, aligned=True, ages="5,60").faces[0].images  # the outputs eval measured (same seed)
+    crop = png(CROP)
+    region = binary_erosion(np.isin(seeded_parser.parse(crop), (1, 2)), structure=np.ones((9, 9), bool),
+                            border_value=1)
+    for out, tile in zip(outputs, tiles):
+        assert out["skin_tone"] == pytest.approx(np.linalg.norm(_chroma(tile, region) - _chroma(crop, region)),
+                                                 abs=1e-3)
+    for row, out in zip(report["summary"], outputs):  # one face: the mean and the largest are its value
+        assert row["skin_tone_mean"] == pytest.approx(out["skin_tone"]) == row["skin_tone_max"]
+    assert "skin tone mean" in (tmp_path / "eval" / "report.md").read_text()

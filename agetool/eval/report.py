@@ -4,12 +4,15 @@ A face record (one per photo, face and generator)::
 
     {"photo": "a.jpg", "face": 0, "generator": "lats-auto", "model": "male",
      "input": {"estimated_age": 31.2, "identity": 1.0},
-     "outputs": [{"target": "0-2", "target_age": 1.0, "estimated_age": 4.1, "identity": 0.61}, ...]}
+     "outputs": [{"target": "0-2", "target_age": 1.0, "estimated_age": 4.1, "identity": 0.61,
+                  "skin_tone": 3.2}, ...]}
 
 The summary has one row per generator and target, in the order the targets were asked for:
 ``n``, ``estimated_age_mean``, ``age_error_mean`` (mean absolute difference to ``target_age``),
 ``identity_mean`` and ``identity_min`` (cosine similarity: higher is more alike) or, when the
-identity model's metric is a distance (dlib), ``identity_max``: the least alike output either way.
+identity model's metric is a distance (dlib), ``identity_max``: the least alike output either way;
+``skin_tone_mean`` and ``skin_tone_max`` (CIELAB chroma distance to the input's skin, None where
+no output could be measured).
 ``models["identity"]["metric"]`` says which.
 """
 
@@ -45,6 +48,15 @@ def add_upscaled(record: dict, measures) -> dict:
     return record
 
 
+def add_skin_tones(record: dict, tones: list[float] | None) -> dict:
+    """Each output of ``record`` with ``skin_tone``: its skin chroma distance to the input (CIELAB
+    a*, b* over the input's eroded skin region, ``agetool.faithful.skin_tones``); None where the
+    input shows too little skin to measure. Records without it (faces not parsed) have no ``skin_tone``."""
+    for k, out in enumerate(record["outputs"]):
+        out["skin_tone"] = None if tones is None else float(tones[k])
+    return record
+
+
 def identity_metric(models: dict) -> str:
     """``"cosine"`` or ``"distance"``: what the identity numbers of a report with ``models`` are."""
     return (models.get("identity") or {}).get("metric") or "cosine"
@@ -75,6 +87,10 @@ def summarize(faces: list[dict], metric: str = "cosine") -> list[dict]:
             "estimated_age_mean": float(est.mean()), "age_error_mean": float(np.abs(est - tgt).mean()),
             "identity_mean": float(ids.mean()), worst_key(metric): _worst(ids, metric),
         })
+        if any("skin_tone" in o for o in outs):  # faces parsed: the skin-tone drift
+            tones = [o["skin_tone"] for o in outs if o.get("skin_tone") is not None]
+            rows[-1].update({"skin_tone_mean": float(np.mean(tones)) if tones else None,
+                             "skin_tone_max": float(np.max(tones)) if tones else None})
         if all("upscaled" in o for o in outs):  # the same outputs after super-resolution
             up_est = np.array([o["upscaled"]["estimated_age"] for o in outs])
             rows[-1].update({"upscaled_estimated_age_mean": float(up_est.mean()),
@@ -125,7 +141,8 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     several = len(generators(report)) > 1
     worst = worst_key(identity_metric(report["models"]))
     header = (["generator"] if several else []) + ["target", "target age", "n", "estimated age",
-                                                   "age error", "identity mean", worst.replace("_", " ")]
+                                                   "age error", "identity mean", worst.replace("_", " "),
+                                                   "skin tone mean", "skin tone max"]
     factor = report.get("settings", {}).get("upscale") or 1
     if factor > 1:  # the upscaled outputs' numbers next to the 256 px ones
         header += [f"estimated age x{factor}", f"age error x{factor}", f"identity mean x{factor}"]
@@ -133,14 +150,15 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     for r in report["summary"]:
         rows.append(([r["generator"]] if several else []) + [
             r["target"], _fmt(r["target_age"], 1), str(r["n"]), _fmt(r["estimated_age_mean"], 1),
-            _fmt(r["age_error_mean"], 1), _fmt(r["identity_mean"], 3), _fmt(r.get(worst), 3)]
+            _fmt(r["age_error_mean"], 1), _fmt(r["identity_mean"], 3), _fmt(r.get(worst), 3),
+            _fmt(r.get("skin_tone_mean"), 2), _fmt(r.get("skin_tone_max"), 2)]
             + ([_fmt(r.get("upscaled_estimated_age_mean"), 1), _fmt(r.get("upscaled_age_error_mean"), 1),
                 _fmt(r.get("upscaled_identity_mean"), 3)] if factor > 1 else []))
     inp = report["inputs"]
     if inp["n"]:
         rows.append(([""] if several else []) + [
             "input", "-", str(inp["n"]), _fmt(inp["estimated_age_mean"], 1), "-",
-            _fmt(inp["identity_mean"], 3), _fmt(inp.get(worst), 3)] + ["-"] * (3 if factor > 1 else 0))
+            _fmt(inp["identity_mean"], 3), _fmt(inp.get(worst), 3), "-", "-"] + ["-"] * (3 if factor > 1 else 0))
     return header, rows
 
 
@@ -173,7 +191,9 @@ def markdown(report: dict, plot: str | None = "report.png") -> str:
     lines.append("|" + "|".join("---" if i < (2 if len(generators(report)) > 1 else 1) else "---:" for i in range(len(header))) + "|")
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     lines += ["", "Estimated age: the age model's estimate of each output; age error: mean absolute difference "
-              f"to the target age; identity: {identity_text(report['models'])}", ""]
+              f"to the target age; identity: {identity_text(report['models'])} Skin tone: the distance of the "
+              "mean CIELAB chroma (a*, b*; lightness left out) of input and output over the input's skin "
+              "(parsing labels skin and nose, eroded by 4 px); 0 = the same tone.", ""]
     if plot:
         lines += [f"![estimated age and identity per target]({plot})", ""]
     lines += ["## Models", "", "| role | name | file | sha256 | revision |", "|---|---|---|---|---|"]

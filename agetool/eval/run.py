@@ -43,7 +43,8 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
 
     Every face of ``photos`` (files, or folders searched recursively) is rendered at ``ages``
     (default: the six classes) and each output gets ``estimated_age`` (the ``age_model``, default
-    the registry's ``genderage``) and ``identity``, the identity model's score of input and output:
+    the registry's ``genderage``), ``skin_tone`` (the CIELAB chroma distance of input and output
+    over the input's skin, ``agetool.faithful``; None with ``mask=False``, where faces are not parsed) and ``identity``, the identity model's score of input and output:
     the cosine similarity of ArcFace-type embeddings (``"auraface"``, ``"arcface-w600k"``, or an
     ``.onnx`` ``identity_model`` file) or the Euclidean distance of dlib's face descriptors
     (``"dlib"``: no download). ``identity="auto"`` (default) takes auraface where it is cached, else
@@ -155,7 +156,8 @@ class _Run:
         self.upscale = upscale
 
     def photo(self, path: Path, key: str) -> dict:
-        from agetool.eval.report import add_upscaled, face_record
+        from agetool.eval.report import add_skin_tones, add_upscaled, face_record
+        from agetool.faithful import skin_tones
 
         part = {"photo": str(path), "key": key, "faces": [], "frames": [], "failed": None}
         try:
@@ -167,6 +169,8 @@ class _Run:
                     measures = self.measurer.measure(face.aligned, tiles, face.crop_landmarks)
                     record = face_record(str(path), face.index, g.label, face.model,
                                          [(t.entry, y) for t, y in zip(self.targets, years)], measures)
+                    if face.parsing is not None:  # parsed for the mask: the skin is known
+                        add_skin_tones(record, skin_tones(face.aligned, tiles, face.parsing))
                     if self.upscale > 1:  # the same outputs after super-resolution, measured the same way
                         up = self.measurer.measure(face.aligned, g.pipeline.upscale(tiles, self.upscale),
                                                    face.crop_landmarks)
