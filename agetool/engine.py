@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -63,31 +63,48 @@ class AgingEngine:
         return self.latents(all_class_codes(noise=noise, seed=seed))
 
     @torch.inference_mode()
-    def decode_stream(self, features: torch.Tensor, w: torch.Tensor) -> Iterator[torch.Tensor]:
-        """One face's features [C, h, w] and latents [N, 256] -> chunks [n, 3, 4h, 4w] (float32, CPU).
+    def decode_pairs(self, jobs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[torch.Tensor]:
+        """(features [C, h, w], latents [n, 256]) jobs -> one frame [3, 4h, 4w] (float32, CPU) per
+        latent of each job, in order, computed ahead a bounded number of frames.
 
-        On a multi-core CPU the frames are shared out to one worker thread per core.
+        CPUs share the frames out to one worker thread per core (each frame on its own); GPUs decode
+        batches of up to ``chunk`` frames, across jobs (the faces of a photo, the crops of a clip).
         """
-        feats = features.to(self.device)[None]
+        rows = [(features, w[i:i + 1]) for features, w in jobs for i in range(w.shape[0])]
         decoder = self.decoder
-        pool = frame_pool() if decoder.per_sample and self.device.type == "cpu" else None
-        if pool is None:
-            for start in range(0, w.shape[0], self.chunk):
-                yield decoder(feats, w[start:start + self.chunk]).cpu()
+        if decoder.per_sample and self.device.type == "cpu":
+            def one(row):
+                return decoder(row[0].to(self.device)[None], row[1])[0].cpu()
+
+            pool = frame_pool()
+            if pool is None:
+                yield from map(one, rows)
+            else:
+                yield from pool.imap(one, rows, max(self.chunk, 2 * pool.workers))
             return
+        for start in range(0, len(rows), self.chunk):
+            part = rows[start:start + self.chunk]
+            if all(f is part[0][0] for f, _ in part):  # one face's frames: its features broadcast
+                feats = part[0][0].to(self.device)[None]
+            else:
+                feats = torch.stack([f.to(self.device) for f, _ in part])
+            yield from decoder(feats, torch.cat([w for _, w in part])).cpu()
+
+    def decode_stream(self, features: torch.Tensor, w: torch.Tensor) -> Iterator[torch.Tensor]:
+        """One face's features [C, h, w] and latents [N, 256] -> chunks [n, 3, 4h, 4w] of up to
+        ``chunk`` frames (float32, CPU)."""
         done: list[torch.Tensor] = []
-        ahead = max(self.chunk, 2 * pool.workers)
-        for frame in pool.imap(lambda i: decoder(feats, w[i:i + 1]), range(w.shape[0]), ahead):
+        for frame in self.decode_pairs([(features, w)]):
             done.append(frame)
             if len(done) == self.chunk:
-                yield torch.cat(done)
+                yield torch.stack(done)
                 done = []
         if done:
-            yield torch.cat(done)
+            yield torch.stack(done)
 
     def decode(self, features: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """[C, h, w], [N, 256] -> [N, 3, 4h, 4w]"""
-        return torch.cat(list(self.decode_stream(features, w)))
+        return torch.stack(list(self.decode_pairs([(features, w)])))
 
     def traversal(self, anchors: torch.Tensor, steps: int) -> torch.Tensor:
         """Anchor latents [6, 256] -> video latents [5 * steps + 1, 256], youngest to oldest."""

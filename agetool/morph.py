@@ -2,7 +2,8 @@
 frames (streamed, never all in memory) and the MP4.
 
 ``AgingPipeline.frames`` / ``video`` take loose arguments, build the request values once and call
-these functions with them; the values are trusted here.
+these functions with them, the render core (``agetool.render.Renderer``) and ``encode()``, which
+encodes the photo when the first frame is asked for; the values are trusted here.
 """
 
 from __future__ import annotations
@@ -13,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from agetool.ages import (AGE_CLASSES, OLDEST_MODELLED, blend, transition_alphas, traversal_ages, traversal_latents,
-                          year_frame_count, year_schedule, year_weights)
+from agetool.ages import (AGE_CLASSES, OLDEST_MODELLED, transition_alphas, traversal_ages, traversal_latents,
+                          year_frame_count, year_schedule)
 from agetool.errors import UsageError, arg
-from agetool.images import to_uint8
 from agetool.options import MAX_FRAMES, AgeRequest, VideoOptions
 
 
-def frame_ages(pipe, video: VideoOptions) -> list[float]:
+def frame_ages(core, video: VideoOptions) -> list[float]:
     """The age in years of each frame: the class traversal (``steps`` frames per transition, 5 x
     steps + 1 frames) or, with ages in years, ages spaced uniformly from ``from_age`` to ``to_age``
     (``frame_count`` of them, default at the traversal's density)."""
-    anchors = pipe.anchor_ages
+    anchors = core.anchor_ages
     if not video.in_years:
         return traversal_ages(video.steps, anchors)
     start = anchors[0] if video.from_age is None else video.from_age
@@ -34,49 +34,43 @@ def frame_ages(pipe, video: VideoOptions) -> list[float]:
         raise UsageError(f"{count:,} frames is over the limit of {MAX_FRAMES:,}",
                          hint=f"lower {arg('steps')} or {arg('seconds')}")
     if max(start, stop) > OLDEST_MODELLED:
-        pipe._warn_once(f"warning: ages over {OLDEST_MODELLED:g} render the oldest class ({AGE_CLASSES[-1]}): "
+        core.warn_once(f"warning: ages over {OLDEST_MODELLED:g} render the oldest class ({AGE_CLASSES[-1]}): "
                         "the model knows no older faces")
     return year_schedule(start, stop, count)
 
 
-def frame_latents(w6, steps: int, years: list[float] | None, anchors):
-    """Latents of the frames: the traversal between consecutive anchors, or a blend per age in years."""
-    import torch
-
+def frame_latents(core, face, video: VideoOptions, years: list[float] | None, noise: float, seed: int):
+    """Latents of ``face``'s frames: the traversal between consecutive class anchors, or one per age in years."""
     if years is None:
-        return traversal_latents(w6, transition_alphas(steps).to(w6.device))
-    lower, alpha = year_weights(years, anchors)
-    return blend(w6, lower, alpha.to(torch.float32))
+        w6 = core.anchors(face, noise, seed)
+        return traversal_latents(w6, transition_alphas(video.steps).to(w6.device))
+    return core.year_latents(face, years, noise, seed)
 
 
-def frames(pipe, image, request: AgeRequest, video: VideoOptions) -> Iterator[np.ndarray]:
-    """The frames of ``image``'s aging, youngest first: the faces side by side, or with paste-back
-    the whole photo (long side capped at ``video.max_size``), both sides even."""
+def frames(core, encode, request: AgeRequest, video: VideoOptions) -> Iterator[np.ndarray]:
+    """The frames of the photo's aging (``encode()``: its ``EncodedPhoto``), youngest first: the faces
+    side by side, or with paste-back the whole photo (long side capped at ``video.max_size``), both
+    sides even."""
     from agetool.images import even_size, fit
 
-    face_options, render = request.face, request.render
-    scored = render.candidates > 1  # draws are scored over the face's skin: the parser is needed
-    if render.upscale > 1 or (scored and not face_options.parse):  # every missing file in one error, before any work
-        pipe.check_models(aligned=face_options.aligned, mask=face_options.mask or scored,
-                          paste_back=face_options.paste_back, upscale=render.upscale > 1)
-    years = frame_ages(pipe, video) if video.in_years else None
-    with pipe._lock:
-        enc = pipe._encode(image, face_options, "auto", generate=True)
-        streams = []
-        for face in enc.faces:
-            w6 = pipe.models.anchors(face.model, render.noise, _chosen_seed(pipe, enc.name, face, render, video))
-            streams.append(_tiles(pipe, face, frame_latents(w6, video.steps, years, pipe.anchor_ages)))
+    render = request.render
+    years = frame_ages(core, video) if video.in_years else None
+    with core.lock:
+        enc = encode()
+        streams = [core.stream(face, frame_latents(core, face, video, years, render.noise,
+                                                   _chosen_seed(core, enc.name, face, render, video)))
+                   for face in enc.faces]
         capped = False
         for tiles in zip(*streams):
             if render.upscale > 1:
-                tiles = [pipe.upscale(t, render.upscale) for t in tiles]
-            if face_options.paste_back:
-                frame = pipe.paste_back(enc, list(tiles))
+                tiles = [core.upscale(t, render.upscale) for t in tiles]
+            if request.face.paste_back:
+                frame = core.paste(enc.image, enc.faces, list(tiles))
                 if video.max_size is not None and max(frame.shape[:2]) > video.max_size:
                     if not capped:
                         h, w = frame.shape[:2]
-                        pipe._report(f"{enc.name}: frames scaled from {w}x{h} to a long side of {video.max_size} px "
-                                     f"(raise {arg('max_size')} for more)")
+                        core.report(f"{enc.name}: frames scaled from {w}x{h} to a long side of {video.max_size} px "
+                                    f"(raise {arg('max_size')} for more)")
                         capped = True
                     frame = fit(frame, video.max_size)
             else:
@@ -84,7 +78,7 @@ def frames(pipe, image, request: AgeRequest, video: VideoOptions) -> Iterator[np
             yield even_size(frame)
 
 
-def _chosen_seed(pipe, name: str, face, render, video: VideoOptions) -> int:
+def _chosen_seed(core, name: str, face, render, video: VideoOptions) -> int:
     """The noise seed of ``face``'s video: the run's seed, or with ``candidates`` the most faithful
     draw's, scored at the video's first and last age and the class anchors between (held for every frame)."""
     if render.candidates == 1:
@@ -93,44 +87,35 @@ def _chosen_seed(pipe, name: str, face, render, video: VideoOptions) -> int:
 
     from agetool.faithful import describe_choice, span_targets
 
-    anchors = pipe.anchor_ages
+    anchors = core.anchor_ages
     start = anchors[0] if video.from_age is None else video.from_age
     stop = anchors[-1] if video.to_age is None else video.to_age
     scoring = replace(render, targets=tuple(span_targets(start, stop, anchors)), keep_candidates=False)
-    _, candidates = pipe._draws(face, scoring)
-    pipe._report(describe_choice(name, f"face {face.index}", candidates))
+    core.warn_old(scoring.targets)
+    (_, candidates), = core.draws([face], scoring)
+    core.report(describe_choice(name, f"face {face.index}", candidates))
     return candidates.best.seed
 
 
-def _tiles(pipe, face, w) -> Iterator[np.ndarray]:
-    chunks = pipe.models.engine(face.model).decode_stream(face.features, w)
-    while True:
-        with pipe.models.timer("decode"):
-            chunk = next(chunks, None)
-        if chunk is None:
-            return
-        yield from to_uint8(chunk)
-
-
-def write_video(pipe, image, out: str | os.PathLike, request: AgeRequest, video: VideoOptions, *,
+def write_video(core, encode, out: str | os.PathLike, request: AgeRequest, video: VideoOptions, *,
                 frames_dir: str | os.PathLike | None = None) -> Path:
-    """The aging video of ``image`` as an H.264 yuv420p MP4 at ``out`` (temporary name, then
+    """The aging video of the photo (``encode()``) as an H.264 yuv420p MP4 at ``out`` (temporary name, then
     rename), with ``frames_dir`` also every frame as ``frame_00000.png`` ...; returns the path."""
     from agetool.ages import age_caption
     from agetool.images import caption as draw_caption, write_image
     from agetool.video import VideoWriter
 
-    ages = frame_ages(pipe, video)
+    ages = frame_ages(core, video)
     hold = video.hold_frames
     total = len(ages) + 2 * hold
     if total > MAX_FRAMES:
         raise UsageError(f"{total:,} frames ({total / video.fps / 60:,.0f} min of video) is over the limit of "
                          f"{MAX_FRAMES:,}", hint=f"lower {arg('steps')}, {arg('seconds')} or {arg('hold')}")
     frames_dir = None if frames_dir is None else Path(frames_dir)
-    advance = pipe._progress(f"rendering {len(ages)} frames", len(ages))
+    advance = core.progress(f"rendering {len(ages)} frames", len(ages))
     with VideoWriter(out, fps=video.fps, crf=video.crf) as writer:
         shown = None
-        for i, (frame, age) in enumerate(zip(frames(pipe, image, request, video), ages)):
+        for i, (frame, age) in enumerate(zip(frames(core, encode, request, video), ages)):
             if frames_dir is not None:
                 write_image(frames_dir / f"frame_{i:05d}.png", frame)
             shown = draw_caption(frame, age_caption(age)) if video.caption else frame

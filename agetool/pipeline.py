@@ -17,22 +17,21 @@ they take turns (one lock per pipeline), so one pipeline serves one request at a
 from __future__ import annotations
 
 import os
-import threading
-from dataclasses import replace
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from agetool import validate
-from agetool.ages import DEFAULT_ANCHORS, AgeTarget, check_anchors, target_latents
+from agetool.ages import DEFAULT_ANCHORS, AgeTarget, check_anchors
 from agetool.errors import EstimateError, UsageError, arg
 from agetool.faces import check_faces, prepare_faces
-from agetool.images import DEFAULT_MAX_PIXELS, load_image, to_tensor, to_uint8
+from agetool.images import DEFAULT_MAX_PIXELS, load_image
 from agetool.models import LANDMARKS, MODELS, Models, Timer
 from agetool.options import (DEFAULT_CRF, DEFAULT_FPS, DEFAULT_MAX_SIZE, DEFAULT_NOISE, DEFAULT_SEED, DEFAULT_STEPS,
                              AgeRequest, FaceOptions, RenderOptions, VideoOptions, request as build_request)
-from agetool.results import AgeEstimate, AgingResult, EncodedPhoto, Face, FaceEstimate
+from agetool.render import Renderer
+from agetool.results import AgingResult, EncodedPhoto, Face, FaceEstimate
 
 Image = "str | os.PathLike | np.ndarray | PIL.Image.Image"
 
@@ -47,8 +46,7 @@ class AgingPipeline:
         self.age_anchors = dict(DEFAULT_ANCHORS if age_anchors is None else age_anchors)
         self.anchor_ages = check_anchors(self.age_anchors)
         self.max_pixels = validate.integer("max_pixels", max_pixels, low=64)
-        self._lock = threading.RLock()
-        self._warned: set = set()  # warnings given once per pipeline
+        self.core = Renderer(models, self.model, self.anchor_ages)  # every medium renders through it
 
     @classmethod
     def from_pretrained(cls, model: str = "auto", weights: str | os.PathLike | None = None,
@@ -158,14 +156,6 @@ class AgingPipeline:
                                parser=mask or paste_back, classifier=estimate, upscale=upscale),
                 offline=self.models.offline, report=self.models.report, progress=self.models.progress)
 
-    def _report(self, message: str) -> None:
-        self.models.report(message)
-
-    def _warn_once(self, message: str) -> None:
-        if message not in self._warned:
-            self._warned.add(message)
-            self.models.report(message)
-
     # ------------------------------------------------------------------ encode
     def encode(self, image: Image | EncodedPhoto, *, aligned: bool = False, mask: bool = True,
                faces: str = "all", min_face: int = 0, estimate: bool | str = "auto",
@@ -190,10 +180,9 @@ class AgingPipeline:
     def _encode(self, image, options: FaceOptions, estimate, *, generate: bool) -> EncodedPhoto:
         if isinstance(image, EncodedPhoto):
             _check_encoded(image, options)
-            return self._with_features(image) if generate else image
-        with self._lock:
-            timer = self.models.timer
-            with timer("read"):
+            return EncodedPhoto(image.image, image.name, self.core.encode(image.faces)) if generate else image
+        with self.core.lock:
+            with self.models.timer("read"):
                 array, name = load_image(image, self.max_pixels)
             # a readable photo: every missing model in one error, before any loads
             self.check_models(aligned=options.aligned, mask=options.mask, paste_back=options.paste_back,
@@ -204,60 +193,15 @@ class AgingPipeline:
             faces = prepare_faces(self.models, array, aligned=options.aligned, mask=options.mask, parse=options.parse,
                                   faces=options.faces, min_face=options.min_face, name=name)
             for face in faces:
-                face.estimate = self._estimate_face(array, face, estimate)
-                face.model = self._choose_model(name, face, face.estimate)
-            photo = EncodedPhoto(array, name, faces)
-            return self._with_features(photo) if generate else photo
-
-    def _with_features(self, photo: EncodedPhoto) -> EncodedPhoto:
-        """``photo`` with the generator's identity features of each face that has none yet."""
-        if all(face.features is not None for face in photo.faces):
-            return photo
-        with self._lock:
-            faces = []
-            for face in photo.faces:
-                if face.features is None:
-                    engine = self.models.engine(face.model)
-                    with self.models.timer("encode"):
-                        face = replace(face, features=engine.encode(to_tensor(face.network_input))[0])
-                faces.append(face)
-            return EncodedPhoto(photo.image, photo.name, faces)
-
-    def _estimate_face(self, image: np.ndarray, crop, estimate) -> AgeEstimate | None:
-        if estimate is False:
-            return None
-        if self.model == "auto":
-            classifier = self.models.classifier  # ModelChoiceError says how to choose by hand
-        elif estimate is True:
-            classifier = self.models.classifier_if_available()
-            if classifier is None:
-                raise EstimateError(f"{arg('ages')}: a relative age needs each face's estimated age, and the age "
-                                    "classifier (genderage) is not at hand",
-                                    hint=f"give ages in years, pass {arg('classifier_weights', 'FILE')}, or run "
-                                         "`agetool weights download genderage`")
-        else:
-            classifier = self.models.classifier_if_available()
-        if classifier is None:
-            return None
-        with self.models.timer("classify"):
-            gender, p, age = classifier.estimate(image, crop)
-        return AgeEstimate(age, gender, p)
-
-    def _choose_model(self, name: str, crop, est: AgeEstimate | None) -> str:
-        if self.model != "auto":
-            if est is not None:
-                self._report(f"{name} face {crop.index}: ~{est.age:.0f} years, {est.gender} "
-                             f"(p = {est.gender_probability:.2f})")
-            return self.model
-        self._report(f"{name} face {crop.index}: ~{est.age:.0f} years, {est.gender} "
-                     f"(p = {est.gender_probability:.2f}): {est.gender} model")
-        return est.gender
+                face.estimate = self.core.estimate(array, face, estimate)
+                face.model = self.core.decide(f"{name} face {face.index}", face.estimate)
+            return EncodedPhoto(array, name, self.core.encode(faces) if generate else faces)
 
     # ------------------------------------------------------------------ render
     def targets(self, ages) -> list[AgeTarget]:
         """``ages`` as targets (``None`` -> the six classes); warns once for ages over 69."""
         render = RenderOptions.of(ages)
-        self._warn_old(render)
+        self.core.warn_old(render.targets)
         return list(render.targets)
 
     def request(self, ages=None, *, aligned: bool = False, mask: bool = True, faces="all", min_face: int = 0,
@@ -269,67 +213,23 @@ class AgingPipeline:
                              paste_back=paste_back, seed=seed, noise=noise, upscale=upscale, candidates=candidates,
                              keep_candidates=keep_candidates)
 
-    def _warn_old(self, render: RenderOptions) -> None:
-        """Once per pipeline: ages past the oldest class render that class."""
-        from agetool.ages import old_age_warning
-
-        warning = old_age_warning(render.targets)
-        if warning:
-            self._warn_once(f"warning: {warning}")
-
     def render(self, face: Face, ages=None, *, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
                targets: list[AgeTarget] | None = None) -> np.ndarray:
         """One encoded face at ``ages`` (or ``targets``, from ``targets()``) -> [N, 256, 256, 3] uint8
         (default: the six classes)."""
-        return self._render(face, RenderOptions.of(targets if targets is not None else ages, seed=seed, noise=noise))
-
-    def _render(self, face: Face, render: RenderOptions) -> np.ndarray:
-        self._warn_old(render)
-        with self._lock:
-            w = self._latents(face, render, render.seed)
-            with self.models.timer("decode"):
-                out = self.models.engine(face.model).decode(face.features, w)
-            return to_uint8(out)
-
-    def _latents(self, face: Face, render: RenderOptions, seed: int):
-        """w [A, 256] of ``face`` at ``render``'s targets with the class-code noise of ``seed``."""
-        w6 = self.models.anchors(face.model, render.noise, seed)
-        est = face.estimate.age if face.estimate is not None else None
-        return target_latents(w6, list(render.targets), self.anchor_ages, est)
-
-    def _draws(self, face: Face, render: RenderOptions):
-        """``face`` at ``render``'s targets -> (images [A, 256, 256, 3], ``agetool.faithful.Candidates``
-        or None): one draw is the plain render, N > 1 the most faithful of N (``faithful.render_draws``)."""
-        if render.candidates == 1:
-            return self._render(face, render), None
-        from agetool.faithful import render_draws
-
-        self._warn_old(render)
-        with self._lock:
-            return render_draws(self.models, face, [self._latents(face, render, s) for s in render.seeds],
-                                render.seeds, keep=render.keep_candidates)
+        render = RenderOptions.of(targets if targets is not None else ages, seed=seed, noise=noise)
+        self.core.warn_old(render.targets)
+        face = self.core.encode([face])[0]
+        return self.core.decode([(face, self.core.latents(face, render.targets, noise=render.noise,
+                                                          seed=render.seed))])[0]
 
     def target_years(self, targets: Sequence[AgeTarget], face: Face) -> list[float]:
-        est = face.estimate.age if face.estimate is not None else None
-        return [t.years(self.anchor_ages, est) for t in targets]
+        return self.core.years(face, targets)
 
     def paste_back(self, encoded: EncodedPhoto, tiles: Sequence[np.ndarray | None]) -> np.ndarray:
         """The photo with ``tiles[i]`` ([S, S, 3]: 256 px, or upscaled; None to keep it) blended over
         face i; an upscaled tile is shown at the face's own size in the photo."""
-        from agetool.face.paste import paste_back
-        from agetool.upscale import fit_face
-
-        if len(tiles) != len(encoded.faces):
-            raise UsageError(f"{arg('tiles')}: expected one tile per face ({len(encoded.faces)}), got {len(tiles)}")
-        canvas = encoded.image
-        with self.models.timer("paste"):
-            for face, tile in zip(encoded.faces, tiles):
-                if tile is not None:
-                    if face.alignment is None:
-                        raise UsageError(f"{arg('paste_back')} needs the original photo, not an aligned crop")
-                    tile = fit_face(tile, face.alignment)  # a 256 px tile stays as it is
-                    canvas = paste_back(canvas, tile, face.alignment, face.parsing)
-        return canvas
+        return self.core.paste(encoded.image, encoded.faces, tiles)
 
     def __call__(self, image: Image, ages=None, aligned: bool = False, mask: bool = True, seed: int = DEFAULT_SEED,
                  noise: float = DEFAULT_NOISE, paste_back: bool = False, faces: str = "all",
@@ -352,52 +252,22 @@ class AgingPipeline:
                                             paste_back=paste_back, seed=seed, noise=noise, upscale=upscale,
                                             candidates=candidates, keep_candidates=keep_candidates))
 
-    def age(self, image: Image | EncodedPhoto, request: AgeRequest) -> AgingResult:
-        """``__call__`` with its options as one validated value (``request()``)."""
+    def age(self, image: Image | EncodedPhoto, request: AgeRequest, *, check=None) -> AgingResult:
+        """``__call__`` with its options as one validated value (``request()``); ``check()`` runs
+        between two decodes (it may raise to stop the call)."""
         options, render = request.face, request.render
-        self._warn_old(render)
-        scored = render.candidates > 1  # draws are scored over the face's skin: the parser is needed
-        if render.upscale > 1 or (scored and not options.parse):  # every missing file in one error, before any work
-            self.check_models(aligned=options.aligned, mask=options.mask or scored, paste_back=options.paste_back,
-                              upscale=render.upscale > 1)
-        with self._lock:
+        self.core.warn_old(render.targets)
+        self._check_upscale(request)
+        with self.core.lock:
             enc = self._encode(image, options, True if render.relative else "auto", generate=True)
-            aged = []
-            for face in enc.faces:
-                if face.estimate is None and render.relative:
-                    raise EstimateError(f"{arg('ages')}: relative ages need an age estimate of each face")
-                (images, draws), shown = self._draws(face, render), None
-                if draws is not None:
-                    from agetool.faithful import describe_choice
-
-                    self._report(describe_choice(enc.name, f"face {face.index}", draws))
-                if render.upscale > 1:
-                    from agetool.upscale import input_tile
-
-                    images = self.upscale(images, render.upscale)
-                    shown = input_tile(enc.image, face, images.shape[1])
-                aged.append(replace(face, features=None, images=images, labels=render.labels,
-                                    ages=self.target_years(render.targets, face), input_tile=shown, candidates=draws))
-            pasted = None
-            if options.paste_back:
-                for i, a in enumerate(aged):
-                    a.pasted = [self.paste_back(enc, [t if j == i else None for j in range(len(aged))])
-                                for t in a.images]
-                pasted = [self.paste_back(enc, [a.images[k] for a in aged]) for k in range(len(render.targets))]
-            return AgingResult(enc.image, enc.name, aged, render.labels, pasted)
+            return self.core.result(enc, render, paste_back=options.paste_back, check=check)
 
     def upscale(self, tiles: np.ndarray, factor: int = 4) -> np.ndarray:
         """Aged face tiles ([256, 256, 3] or [N, 256, 256, 3] uint8) at ``factor`` x their size with
         the pipeline's super-resolution model (loaded on first use); ``paste_back`` takes the result."""
         from agetool.upscale import check_factor
 
-        factor = check_factor(factor)
-        if factor == 1:
-            return tiles
-        with self._lock:
-            upscaler = self.models.upscaler
-            with self.models.timer("upscale"):
-                return upscaler.upscale(np.asarray(tiles), factor)
+        return self.core.upscale(tiles, check_factor(factor))
 
     # ------------------------------------------------------------------ video
     def frame_ages(self, steps: int = DEFAULT_STEPS, *, from_age: float | None = None,
@@ -407,7 +277,7 @@ class AgingPipeline:
         spaced in years (``frames`` of them, default at the traversal's density)."""
         from agetool import morph
 
-        return morph.frame_ages(self, VideoOptions.of(steps=steps, from_age=from_age, to_age=to_age, frames=frames))
+        return morph.frame_ages(self.core, VideoOptions.of(steps=steps, from_age=from_age, to_age=to_age, frames=frames))
 
     def frames(self, image: Image | EncodedPhoto, steps: int = DEFAULT_STEPS, *, from_age: float | None = None,
                to_age: float | None = None, frames: int | None = None, aligned: bool = False, mask: bool = True,
@@ -429,7 +299,8 @@ class AgingPipeline:
         request = self.request(None, aligned=aligned, mask=mask, faces=faces, min_face=min_face,
                                paste_back=paste_back, seed=seed, noise=noise, upscale=upscale, candidates=candidates)
         video = VideoOptions.of(steps=steps, from_age=from_age, to_age=to_age, frames=frames, max_size=max_size)
-        return morph.frames(self, image, request, video)
+        self._check_upscale(request)
+        return morph.frames(self.core, self._encoder(image, request), request, video)
 
     def video(self, image: Image | EncodedPhoto, out: str | os.PathLike, fps: float = DEFAULT_FPS,
               steps: int = DEFAULT_STEPS, *, from_age: float | None = None, to_age: float | None = None,
@@ -452,7 +323,19 @@ class AgingPipeline:
         """``video`` with its options as validated values (``request()``, ``VideoOptions.of``)."""
         from agetool import morph
 
-        return morph.write_video(self, image, out, request, video, frames_dir=frames_dir)
+        self._check_upscale(request)
+        return morph.write_video(self.core, self._encoder(image, request), out, request, video, frames_dir=frames_dir)
+
+    def _encoder(self, image: Image | EncodedPhoto, request: AgeRequest) -> Callable[[], EncodedPhoto]:
+        return lambda: self._encode(image, request.face, "auto", generate=True)
+
+    def _check_upscale(self, request: AgeRequest) -> None:
+        """With upscaling or scored draws, every missing model file in one error, before any work."""
+        options, render = request.face, request.render
+        scored = render.candidates > 1  # draws are scored over the face's skin: the parser is needed
+        if render.upscale > 1 or (scored and not options.parse):
+            self.check_models(aligned=options.aligned, mask=options.mask or scored, paste_back=options.paste_back,
+                              upscale=render.upscale > 1)
 
     # ------------------------------------------------------------------ clips
     def age_clip(self, src: str | os.PathLike, out=None, ages=60, **options) -> list[Path]:
@@ -462,7 +345,7 @@ class AgingPipeline:
         paths written. See ``agetool.clip.age_clip`` for the options."""
         from agetool.clip import age_clip
 
-        with self._lock:
+        with self.core.lock:
             return age_clip(self, src, out, ages, **options)
 
     def clip_frames(self, src: str | os.PathLike, ages=None, **options):
@@ -471,11 +354,6 @@ class AgingPipeline:
 
         return clip_frames(self, src, ages, **options)
 
-    def _progress(self, description: str, total: int):
-        if self.models.progress is None:
-            return lambda n: None
-        return self.models.progress(description, total)
-
     # ------------------------------------------------------------------ face stages on their own
     def faces(self, image: Image, *, aligned: bool = False, mask: bool = True, parse: bool | None = None,
               faces: str = "all", min_face: int = 0) -> list:
@@ -483,7 +361,7 @@ class AgingPipeline:
         aligned 256 px crop, masked input, parsing labels, detection and alignment), left to right."""
         faces = check_faces(faces)
         validate.integer("min_face", min_face, low=0)
-        with self._lock:
+        with self.core.lock:
             with self.models.timer("read"):
                 array, name = load_image(image, self.max_pixels)
             return prepare_faces(self.models, array, aligned=aligned, mask=mask, parse=parse, faces=faces,
@@ -498,7 +376,7 @@ class AgingPipeline:
 
         faces = check_faces(faces)
         size = validate.integer("size", size, low=16, high=4096)
-        with self._lock:
+        with self.core.lock:
             array, name = load_image(image, self.max_pixels)
             if landmarks is not None:
                 points = [np.asarray(landmarks, dtype=np.float64)]
@@ -510,7 +388,7 @@ class AgingPipeline:
 
     def parse(self, crop: np.ndarray) -> np.ndarray:
         """Face-parsing labels [S, S] uint8 (19 CelebAMask-HQ classes) of an aligned crop [S, S, 3]."""
-        with self._lock:
+        with self.core.lock:
             parser = self.models.parser
             with self.models.timer("parse"):
                 return parser.parse(crop)
@@ -532,7 +410,7 @@ class AgingPipeline:
                  min_face: int = 0) -> list[FaceEstimate]:
         """Each face's estimated age (years) and gender, with the probability of that gender."""
         faces = check_faces(faces)
-        with self._lock:
+        with self.core.lock:
             with self.models.timer("read"):
                 array, name = load_image(image, self.max_pixels)
             self.check_models(aligned=aligned, mask=False, estimate=True, generate=False)

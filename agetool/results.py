@@ -46,11 +46,13 @@ class Face:
       (box and 68 landmarks in photo pixels), ``alignment`` (the crop's transform, for paste-back),
       ``aligned`` (the crop), ``parsing`` (face-parsing classes) and ``network_input`` (the crop with
       its background painted gray, or the crop itself without masking);
-    - the pipeline: ``estimate`` (age and gender), ``model`` (the generator that renders it) and
-      ``features`` (the generator's identity features: each further age costs one decode);
-    - rendering: ``images`` at the requested ``labels`` / ``ages`` (``input_tile``: the input column
-      when it is not ``aligned``, upscaled), and with paste-back ``pasted``; with several noise draws
-      ``candidates`` (each draw's scores, the chosen one, and with ``keep_candidates`` their images);
+    - a clip's runner: ``track`` (the person across frames, ``agetool.clip.tracks.Track``);
+    - the render core (``agetool.render``): ``estimate`` (age and gender), ``model`` (the generator
+      that renders it), ``features`` (the generator's identity features: each further age costs one
+      decode), ``blend`` (the paste-back weights, held), ``images`` at the requested ``labels`` /
+      ``ages`` (``input_tile``: the input column when it is not ``aligned``, upscaled), and with
+      paste-back ``pasted``; with several noise draws ``candidates`` (each draw's scores, the chosen
+      one, and with ``keep_candidates`` their images);
     - identity: ``embedding``, computed once by the stage that first needs it.
     """
 
@@ -69,6 +71,8 @@ class Face:
     ages: list[float] = field(default_factory=list)  # each column's age in years (a class: its anchor age)
     pasted: list[np.ndarray] | None = None  # with paste_back: the photo with this face aged, per column
     input_tile: np.ndarray | None = None  # the grid's input column when not ``aligned`` (upscaled outputs)
+    blend: np.ndarray | None = field(default=None, repr=False)  # [256, 256] float32 paste-back weights
+    track: Any = field(default=None, repr=False)  # a clip's person (agetool.clip.tracks.Track)
     candidates: Any = None  # agetool.faithful.Candidates: every noise draw's scores (candidates > 1)
 
     @property

@@ -12,7 +12,7 @@ import pytest
 
 from agetool.errors import ResourceError, UsageError
 from agetool.results import unique_labels
-from agetool.serve.studio import MAX_REQUEST_AGES, Limits, Session, Studio, parse_ages
+from agetool.serve.studio import MAX_REQUEST_AGES, Limits, Session, Studio
 
 
 @pytest.fixture(scope="module")
@@ -32,28 +32,44 @@ def session(pipe, crop):
     return Session(pipe.encode(crop, aligned=True, mask=False), "custom", False, name="crop")
 
 
-def _count_decodes(studio, monkeypatch) -> list:
+def _count_decodes(monkeypatch) -> list:
+    """The latent of every frame the generator decodes, in order."""
+    from agetool.engine import AgingEngine
+
     seen = []
-    render = studio.render
+    decode_pairs = AgingEngine.decode_pairs
 
-    def counting(session, face, ages):
-        seen.append(list(ages))
-        return render(session, face, ages)
+    def counting(self, jobs):
+        rows = [w[i] for _, w in jobs for i in range(len(w))]
+        for row, frame in zip(rows, decode_pairs(self, jobs)):
+            seen.append(row)
+            yield frame
 
-    monkeypatch.setattr(studio, "render", counting)
+    monkeypatch.setattr(AgingEngine, "decode_pairs", counting)
     return seen
 
 
-def test_ages_per_request_are_bounded():
-    assert len(parse_ages(",".join(["5"] * MAX_REQUEST_AGES))) == MAX_REQUEST_AGES
+def test_ages_per_request_are_bounded_and_parsed_once(studio, session, monkeypatch):
+    from agetool import ages
+
+    render = studio.options(",".join(["5"] * MAX_REQUEST_AGES))
+    assert len(render.targets) == MAX_REQUEST_AGES
     with pytest.raises(UsageError, match=f"at most {MAX_REQUEST_AGES} a request"):
-        parse_ages(",".join(["5"] * (MAX_REQUEST_AGES + 1)))
+        studio.options(",".join(["5"] * (MAX_REQUEST_AGES + 1)))
+    calls = []
+    parse = ages.parse_ages
+    monkeypatch.setattr(ages, "parse_ages", lambda *a, **k: calls.append(a) or parse(*a, **k))
+    studio.grid(session, studio.options("5, 30, 50-69, 80"), paste_back=False)
+    studio.warnings(studio.options("80"))
+    assert len(calls) == 2  # one web grid and its warnings: the ages parsed once each
 
 
 def test_each_age_is_decoded_once_for_the_grid_and_the_tiles(studio, session, monkeypatch):
-    seen = _count_decodes(studio, monkeypatch)
-    studio.grid(session, [5.0, 30.0, "50-69"])
-    assert seen == [[5.0], [30.0], ["50-69"]]
+    seen = _count_decodes(monkeypatch)
+    _, archive = studio.grid(session, [5.0, 30.0, "50-69"])
+    assert len(seen) == 3 and not any(bool((a == b).all()) for i, a in enumerate(seen) for b in seen[:i])
+    with zipfile.ZipFile(archive) as z:
+        assert sorted(z.namelist()) == ["face0_30.png", "face0_5.png", "face0_50-69.png", "face0_input.png"]
 
 
 def test_repeated_ages_get_their_own_archive_members(studio, session):
@@ -65,7 +81,7 @@ def test_repeated_ages_get_their_own_archive_members(studio, session):
 
 
 def test_a_request_over_its_time_budget_stops_between_decodes(studio, session, monkeypatch):
-    seen = _count_decodes(studio, monkeypatch)
+    seen = _count_decodes(monkeypatch)
     studio.budget_s = 0.0
     with pytest.raises(ResourceError, match="took more than 0 s"):
         studio.grid(session, [5.0, 30.0, 45.0])
@@ -74,10 +90,13 @@ def test_a_request_over_its_time_budget_stops_between_decodes(studio, session, m
 
 
 def test_a_cancelled_request_stops_between_decodes(studio, session, monkeypatch):
-    seen = _count_decodes(studio, monkeypatch)
+    from agetool.engine import frame_pool
+
+    seen = _count_decodes(monkeypatch)
     with pytest.raises(UsageError, match="cancelled"):
-        studio.grid(session, [5.0, 30.0, 45.0], stop=lambda: len(seen) >= 1)
-    assert len(seen) == 1
+        studio.grid(session, [5.0, 30.0, 45.0, 60.0, 69.0] * 3, stop=lambda: len(seen) >= 1)
+    pool = frame_pool()
+    assert 1 <= len(seen) <= 1 + (0 if pool is None else 2 * pool.workers)  # frames already under way finish
 
 
 def test_uploads_are_kept_within_a_quota_oldest_first(pipe, tmp_path, crop):

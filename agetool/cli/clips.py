@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from agetool.cli import console
-from agetool.options import DEFAULT_NOISE, DEFAULT_SEED
 
 
 def clip_inputs(inputs: list[Path]) -> list[Path]:
@@ -19,17 +18,14 @@ def clip_inputs(inputs: list[Path]) -> list[Path]:
     return clips
 
 
-def _clip_options(face_kwargs: dict) -> dict:
+def _check_request(request) -> None:
     """The face options that apply to clips (every clip frame is pasted back)."""
     from agetool.errors import UsageError, arg
 
-    if face_kwargs.get("aligned"):
+    if request.face.aligned:
         raise UsageError(f"{arg('aligned')} takes aligned photos; a clip's faces are found in every frame")
-    if face_kwargs.get("candidates", 1) != 1:
+    if request.render.candidates != 1:
         raise UsageError(f"{arg('candidates')} applies to photos and photo videos; clips render one draw per person")
-    return {"mask": face_kwargs.get("mask", True), "faces": face_kwargs.get("faces", "all"), "min_face": face_kwargs.get("min_face", 0),
-            "seed": face_kwargs.get("seed", DEFAULT_SEED), "noise": face_kwargs.get("noise", DEFAULT_NOISE),
-            "upscale": face_kwargs.get("upscale")}
 
 
 def _bar_progress(bar):
@@ -41,20 +37,17 @@ def _bar_progress(bar):
     return progress
 
 
-def _run(clips: list[Path], out, ages, crf: int, build, face_kwargs: dict, *, from_age=None, to_age=None,
+def _run(clips: list[Path], out, request, crf: int, build, *, from_age=None, to_age=None,
          profile: bool = False) -> int:
     from agetool.cli.options import print_profile
     from agetool.clip import clip_outputs, probe
     from agetool.images import distinct_outputs
 
-    options = _clip_options(face_kwargs)
+    _check_request(request)
     several = len(clips) > 1
     with console.progress() as bar:
         pipe = build(bar)
-        if from_age is None and to_age is None:
-            entries = [t.entry for t in pipe.targets(ages)] if ages is not None else []
-        else:
-            entries = ["progressive"]
+        entries = request.render.labels if from_age is None and to_age is None else ["progressive"]
         plans = []
         for clip in clips:
             info = probe(clip)  # an unreadable clip fails before any work
@@ -68,8 +61,8 @@ def _run(clips: list[Path], out, ages, crf: int, build, face_kwargs: dict, *, fr
             plans.append((clip, info, targets))
         distinct_outputs([("out", t) for _, _, ts in plans for t in ts], clips)
         for clip, info, targets in plans:
-            written = pipe.age_clip(clip, targets, ages, from_age=from_age, to_age=to_age, crf=crf,
-                                    progress=_bar_progress(bar), **options)
+            written = pipe.age_clip(clip, targets, request, from_age=from_age, to_age=to_age, crf=crf,
+                                    progress=_bar_progress(bar))
             for path in written:
                 console.info(f"{clip} -> {path}  ({info.frames} frames, {info.size[0]}x{info.size[1]}"
                              f"{', audio copied' if info.audio else ''})")
@@ -84,16 +77,17 @@ def _folder(out: str) -> bool:
     return out.endswith(("/", os.sep)) or Path(out).is_dir()
 
 
-def age_clips(clips: list[Path], out, ages, crf: int, build, face_kwargs: dict, profile: bool = False) -> int:
-    """`agetool age CLIP... --ages LIST`: one clip per input and age."""
+def age_clips(clips: list[Path], out, ages, request, crf: int, build, profile: bool = False) -> int:
+    """`agetool age CLIP... --ages LIST`: one clip per input and age (``request``: the run's, with
+    ``ages`` parsed once)."""
     from agetool.errors import UsageError, arg
 
     if ages is None:
         raise UsageError(f"a clip needs {arg('ages')}", hint="e.g. --ages 60, or `agetool video CLIP --from 20 --to 70`")
-    return _run(clips, out, ages, crf, build, face_kwargs, profile=profile)
+    return _run(clips, out, request, crf, build, profile=profile)
 
 
-def video_clip(clip: Path, out, from_age, to_age, crf: int, build, face_kwargs: dict, profile: bool = False,
+def video_clip(clip: Path, out, from_age, to_age, crf: int, build, request, profile: bool = False,
                photo_only: list[str] = ()) -> int:
     """`agetool video CLIP --from A --to B`: the people aged progressively over the clip (``photo_only``:
     the flags given that only a photo's video takes)."""
@@ -105,4 +99,4 @@ def video_clip(clip: Path, out, from_age, to_age, crf: int, build, face_kwargs: 
     if from_age is None and to_age is None:
         raise UsageError(f"a clip is aged progressively from {arg('from_age')} to {arg('to_age')} (years)",
                          hint="e.g. --from 20 --to 70")
-    return _run([clip], out, None, crf, build, face_kwargs, from_age=from_age, to_age=to_age, profile=profile)
+    return _run([clip], out, request, crf, build, from_age=from_age, to_age=to_age, profile=profile)

@@ -87,7 +87,7 @@ def age(
                                  "photos; a clip holds one draw per person")
             if to_uris:
                 raise UsageError(f"{to_uris[0]}: clips are written to local or shared folders")
-            return age_clips(clips, out, ages, crf, build, face_kwargs, profile)
+            return age_clips(clips, out, ages, request, crf, build, profile)
         paths = sources = find_images(inputs)
         if not paths:
             raise UsageError("no images found in the given folders")
@@ -319,7 +319,7 @@ def video(
     if clip_inputs([input]):  # a clip: its people aged progressively over its length
         photo_only = {"--seconds": seconds is not None, "--hold": hold != 0.0, "--frames": frames_dir is not None,
                       "--caption": caption}
-        return video_clip(input, out, from_age, to_age, crf, build, face_kwargs, profile,
+        return video_clip(input, out, from_age, to_age, crf, build, build_request(None, **face_kwargs), profile,
                           photo_only=[flag for flag, given in photo_only.items() if given])
     name = input.stem + "_aging.mp4"
     target = Path(name) if out is None else Path(out) / name if _is_folder(out) else Path(out)

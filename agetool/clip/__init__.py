@@ -17,9 +17,9 @@ from pathlib import Path
 
 from agetool.clip.media import CLIP_SUFFIXES, ClipInfo, is_clip, probe
 from agetool.clip.runner import ClipFrame, ClipRunner, Progressive
-from agetool.options import DEFAULT_CRF, DEFAULT_NOISE, DEFAULT_SEED
+from agetool.options import DEFAULT_CRF, DEFAULT_NOISE, DEFAULT_SEED, AgeRequest, request as build_request
 
-__all__ = ["CLIP_SUFFIXES", "ClipFrame", "ClipInfo", "age_clip", "clip_frames", "clip_outputs", "is_clip", "probe"]
+__all__ = ["CLIP_SUFFIXES", "ClipFrame", "ClipInfo", "age_clip", "clip_frames", "clip_outputs", "is_clip", "plan", "probe"]
 
 
 def clip_outputs(src: str | os.PathLike, out, entries: Sequence[str], folder: Path | None = None) -> list[Path]:
@@ -44,57 +44,66 @@ def clip_outputs(src: str | os.PathLike, out, entries: Sequence[str], folder: Pa
     return [check_output(out)]
 
 
-def _specs(pipe, ages, from_age, to_age) -> list:
+def plan(pipe, ages=None, *, from_age: float | None = None, to_age: float | None = None, mask: bool = True,
+         faces="all", min_face: int = 0, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
+         upscale: int | None = None) -> tuple[AgeRequest, list]:
+    """A clip's request and what each of its output clips shows: the request's targets, or one
+    ``Progressive`` age from ``from_age`` to ``to_age``. ``ages`` may be an ``AgeRequest`` already
+    built (its options are then used, and its ages parsed no more)."""
     from agetool import validate
+    from agetool.errors import UsageError, arg
 
-    if from_age is not None or to_age is not None:
-        if ages is not None:
-            from agetool.errors import UsageError, arg
-
+    progressive = from_age is not None or to_age is not None
+    if isinstance(ages, AgeRequest):
+        request = ages
+    else:
+        if progressive and ages is not None:
             raise UsageError(f"{arg('ages')} and {arg('from_age')} / {arg('to_age')} exclude each other")
-        start = pipe.anchor_ages[0] if from_age is None else validate.finite("from_age", from_age, low=0, high=150)
-        stop = pipe.anchor_ages[-1] if to_age is None else validate.finite("to_age", to_age, low=0, high=150)
-        pipe.frame_ages(2, from_age=start, to_age=stop, frames=2)  # warns once for ages the model can't show
-        return [Progressive(start, stop, f"{start:g}-{stop:g}")]
-    if ages is None:
-        from agetool.errors import UsageError, arg
-
-        raise UsageError(f"a clip needs {arg('ages')} (or {arg('from_age')} / {arg('to_age')})",
-                         hint="e.g. --ages 60")
-    return pipe.targets(ages)
+        if not progressive and ages is None:
+            raise UsageError(f"a clip needs {arg('ages')} (or {arg('from_age')} / {arg('to_age')})",
+                             hint="e.g. --ages 60")
+        request = build_request(ages, mask=mask, faces=faces, min_face=min_face, seed=seed, noise=noise,
+                                upscale=upscale)
+    if not progressive:
+        pipe.core.warn_old(request.render.targets)
+        return request, list(request.render.targets)
+    start = pipe.anchor_ages[0] if from_age is None else validate.finite("from_age", from_age, low=0, high=150)
+    stop = pipe.anchor_ages[-1] if to_age is None else validate.finite("to_age", to_age, low=0, high=150)
+    pipe.frame_ages(2, from_age=start, to_age=stop, frames=2)  # warns once for ages the model can't show
+    return request, [Progressive(start, stop, f"{start:g}-{stop:g}")]
 
 
 def clip_frames(pipe, src: str | os.PathLike, ages=None, *, from_age: float | None = None,
-                to_age: float | None = None, mask: bool = True, parse: bool | None = None, faces: str = "all",
-                min_face: int = 0, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE, detect_every: int = 5,
-                upscale: int | None = None, info: ClipInfo | None = None) -> Iterator[ClipFrame]:
+                to_age: float | None = None, parse: bool | None = None, detect_every: int = 5,
+                info: ClipInfo | None = None, **options) -> Iterator[ClipFrame]:
     """The aged frames of ``src``, one ``ClipFrame`` at a time (``.image``; ``.images`` per age).
-    ``upscale`` 2 or 4: each aged face is rendered at 512 / 1024 px by the super-resolution model
-    and pasted at its own size in the frame."""
-    from agetool import validate
-    from agetool.faces import check_faces
-    from agetool.upscale import check_factor
+    ``options``: ``mask``, ``faces``, ``min_face``, ``seed``, ``noise``, and ``upscale`` 2 or 4 (each
+    aged face rendered at 512 / 1024 px by the super-resolution model and pasted at its own size in
+    the frame); ``ages`` may be an ``AgeRequest`` instead."""
+    request, specs = plan(pipe, ages, from_age=from_age, to_age=to_age, **options)
+    return _frames(pipe, src, request, specs, parse=parse, detect_every=detect_every, info=info)
 
-    faces = check_faces(faces)  # a reference person: only the tracks of that person's faces
-    validate.integer("min_face", min_face, low=0)
-    seed = validate.seed(seed)
-    noise = validate.finite("noise", noise, low=0, high=10)
+
+def _frames(pipe, src, request: AgeRequest, specs: list, *, parse: bool | None = None, detect_every: int = 5,
+            info: ClipInfo | None = None) -> Iterator[ClipFrame]:
+    from agetool import validate
+
     detect_every = validate.integer("detect_every", detect_every, low=1, high=1000)
-    factor = check_factor(upscale)
-    specs = _specs(pipe, ages, from_age, to_age)
-    if factor > 1:  # every missing file in one error, before any work
-        pipe.check_models(mask=mask, upscale=True)
+    if request.render.upscale > 1:  # every missing file in one error, before any work
+        pipe.check_models(mask=request.face.mask, upscale=True)
     info = info or probe(src)
-    return iter(ClipRunner(pipe, info, specs, mask=mask, parse=mask if parse is None else parse, faces=faces,
-                           min_face=min_face, seed=seed, noise=noise, detect_every=detect_every,
-                           batch=pipe.models.batch, upscale=factor))
+    mask = request.face.mask
+    return iter(ClipRunner(pipe.core, info, request, specs, parse=mask if parse is None else parse,
+                           detect_every=detect_every, batch=pipe.models.batch))
 
 
 def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float | None = None,
-             to_age: float | None = None, crf: int = DEFAULT_CRF, progress=None, **options) -> list[Path]:
+             to_age: float | None = None, crf: int = DEFAULT_CRF, progress=None, parse: bool | None = None,
+             detect_every: int = 5, **options) -> list[Path]:
     """Write ``src`` with its people aged: one clip per age (``out``: a file for one age, a folder,
-    or a list of files); returns the paths written. ``options`` are those of ``clip_frames``;
-    ``progress(description, total) -> advance(n)`` replaces the pipeline's progress callback."""
+    or a list of files); returns the paths written. ``ages`` and ``options`` are those of
+    ``clip_frames``; ``progress(description, total) -> advance(n)`` replaces the pipeline's progress
+    callback."""
     from contextlib import ExitStack
 
     from agetool import validate
@@ -106,15 +115,15 @@ def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float
         from agetool.errors import InputError
 
         raise InputError(f"{src}: no such file", hint="check the path")
-    if from_age is not None or to_age is not None:
+    if (from_age is not None or to_age is not None) and not isinstance(ages, AgeRequest):
         ages = None
     crf = validate.integer("crf", crf, 0, 51)
-    specs = _specs(pipe, ages, from_age, to_age)
+    request, specs = plan(pipe, ages, from_age=from_age, to_age=to_age, **options)
     targets = clip_outputs(src, out, [s.entry for s in specs])
     distinct_outputs([("out", t) for t in targets], [src])
     info = probe(src)
-    frames = clip_frames(pipe, src, ages, from_age=from_age, to_age=to_age, info=info, **options)
-    advance = (progress or pipe._progress)(f"ageing {src.name}", info.frames)
+    frames = _frames(pipe, src, request, specs, parse=parse, detect_every=detect_every, info=info)
+    advance = (progress or pipe.core.progress)(f"ageing {src.name}", info.frames)
     with ExitStack() as stack:
         writers = [stack.enter_context(ClipWriter(t, info, crf)) for t in targets]
         for frame in frames:

@@ -1,12 +1,14 @@
 """The clip runner: frames in, aged frames out, one batch of frames at a time.
 
-Per frame: faces are followed (``tracks``), their landmarks smoothed over time (One-Euro), the crop
-cut from the smoothed landmarks, parsed only when the face's look changed (labels held per track
-otherwise), and the paste-back mask eased between parses. Per batch: each new person's model and
-age estimate are decided over their frames in the batch (up to eight) and then held; the crops of all frames are
-encoded together and decoded with the person's latent (one noise draw per run, as for photos), a
-crop identical to the previous frame's reusing that frame's work. A frame without a face is passed
-through as it is.
+The runner follows faces and streams frames; the render core (``agetool.render.Renderer``) ages
+them with the same code as photos. Per frame: faces are followed (``tracks``), their landmarks
+smoothed over time (One-Euro), the crop cut from the smoothed landmarks, parsed only when the
+face's look changed (labels held per track otherwise), and the paste-back weights eased between
+parses; each face is an ``agetool.results.Face`` with its ``track``. Per batch: each new person's
+estimate and model are decided over their frames in the batch (up to eight) and then held; the
+crops of all frames are encoded together and decoded with the person's latents (one noise draw
+per run, as for photos), a crop identical to the previous frame's reusing that frame's work. A
+frame without a face is passed through as it is.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from agetool.clip.media import ClipInfo, read_frames
 from agetool.clip.tracks import MIN_MATCH, GAP, Track, fast_align, link, match, thumbnail
-from agetool.options import DEFAULT_NOISE, DEFAULT_SEED
+from agetool.results import Face
 
 #: frames between full detections (faces are followed by their landmarks in between)
 DETECT_EVERY = 5
@@ -57,45 +59,38 @@ class ClipFrame:
 
 
 @dataclass(eq=False)
-class _Face:
-    track: Track
-    alignment: object  # AlignedFace (paste-back)
-    network_input: np.ndarray
-    mask: np.ndarray  # paste-back weights [256, 256]
-    key: bytes
-    same_as: "_Face | None" = None
-    features: object = None
-    tiles: dict = field(default_factory=dict)  # latent bytes -> [S, S, 3] (256 px, or upscaled)
-
-
-@dataclass(eq=False)
 class _Frame:
     index: int
     pts: int
     time: float
     image: np.ndarray
-    faces: list[_Face]
+    faces: list[Face]
+    same: list  # per face: the earlier frame's Face with the very same crop (its work is reused), or None
 
 
 class ClipRunner:
-    """Ages one clip with a pipeline's models. Iterate it for ``ClipFrame``s."""
+    """Ages one clip with a render core (``agetool.render.Renderer``) and its models. Iterate it
+    for ``ClipFrame``s. ``request``: an ``agetool.options.AgeRequest`` (faces, mask, seed, noise,
+    upscaling); ``specs``: its targets, or one ``Progressive``."""
 
-    def __init__(self, pipe, info: ClipInfo, specs: Sequence, *, mask: bool = True, parse: bool = True,
-                 faces: str = "all", min_face: int = 0, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
-                 detect_every: int = DETECT_EVERY, batch: int | None = None, upscale: int = 1):
-        self.pipe, self.models, self.info = pipe, pipe.models, info
+    def __init__(self, core, info: ClipInfo, request, specs: Sequence, *, parse: bool = True,
+                 detect_every: int = DETECT_EVERY, batch: int | None = None):
+        self.core, self.models, self.info = core, core.models, info
         self.specs = list(specs)
-        self.mask, self.parse = mask, parse or mask
-        self.faces, self.min_face, self.seed, self.noise = faces, min_face, seed, noise
+        options, render = request.face, request.render
+        self.mask, self.parse = options.mask, parse or options.mask
+        self.faces, self.min_face, self.seed, self.noise = options.faces, options.min_face, render.seed, render.noise
         self.detect_every = detect_every
         self.batch = batch or 8
-        self.upscale = upscale  # 2 or 4: each new tile upscaled once, shown at the face's size in each frame
+        self.upscale = render.upscale  # 2 or 4: each new tile upscaled once, shown at the face's size in each frame
+        self.progressive = any(isinstance(s, Progressive) for s in self.specs)
+        self.relative = any(getattr(s, "kind", None) == "relative" for s in self.specs)
         self.tracks: list[Track] = []
         self._ended: list[Track] = []  # tracks that ended lately: a face of the same person picks one up
         self._identity_model = None
         self._ids = 0
         self._last_detect = -10**9
-        self._need_estimate = pipe.model == "auto" or any(getattr(s, "kind", None) == "relative" for s in self.specs)
+        self._need_estimate = core.model == "auto" or self.relative
 
     # ---------------------------------------------------------------- per frame
     def _detect(self, image: np.ndarray) -> list:
@@ -155,7 +150,7 @@ class ClipRunner:
             for t in self.tracks:
                 t.landmarks = followed[t.id][0]
         self.tracks.sort(key=lambda t: t.box()[0] + t.box()[2])  # left to right, as photos number faces
-        return [self._crop(index, time, image, t) for t in self.tracks]
+        return [self._crop(index, time, image, t, place) for place, t in enumerate(self.tracks)]
 
     def _of_reference(self, image: np.ndarray, found: list) -> list:
         """The new detections of the reference person: each face is embedded once, when its track
@@ -221,153 +216,97 @@ class ClipRunner:
             t.reference = thumbnail(fast_align(image, t.landmarks, CHECK_SIZE).image)
             t.keep_patch(image, det)
 
-    def _estimate(self, image: np.ndarray, t: Track) -> None:
-        """One more age and gender estimate of a person whose model is not decided yet."""
-        from agetool.face.gender import face_box
-
-        classifier = self.models.classifier if self.pipe.model == "auto" else self.models.classifier_if_available()
-        if classifier is not None:
-            with self.models.timer("classify"):
-                t.estimates.append(classifier.estimate_at(image, face_box(t.landmarks)))
-
-    def _crop(self, index: int, time: float, image: np.ndarray, t: Track) -> _Face:
+    def _crop(self, index: int, time: float, image: np.ndarray, t: Track, place: int) -> Face:
         from agetool.clip.tracks import frame_of
+        from agetool.face.detect import DetectedFace
         from agetool.face.paste import paste_mask
 
         timer = self.models.timer
-        if self._need_estimate and t.model is None:  # every frame until the batch decides
-            self._estimate(image, t)
+        face = Face(place, None, detection=DetectedFace(1.0, t.predicted_box(), t.landmarks), track=t,
+                    estimate=t.estimate, model=t.model)
+        if self._need_estimate and t.model is None:  # one more look every frame until the batch decides
+            classifier = self.core.classifier(True if self.relative else "auto")
+            if classifier is not None:
+                t.estimates.append(self.core.look(image, face, classifier))
         with timer("align"):
             _, scale = frame_of(t.landmarks)
             smoothed = t.smooth(t.landmarks, time, scale)
-            al = fast_align(image, smoothed, 256)
-        crop = al.image
+            face.alignment = fast_align(image, smoothed, 256)
+        face.aligned = face.alignment.image
         if self.parse:
-            look = thumbnail(crop)
+            look = thumbnail(face.aligned)
             if t.labels is None or index - t.parsed_at >= PARSE_EVERY or match(look, t.parsed) < PARSE_MATCH:
                 parser = self.models.parser
                 with timer("parse"):
-                    t.labels = parser.parse(crop)
+                    t.labels = parser.parse(face.aligned)
                 t.parsed, t.parsed_at = look, index
                 t.target_mask = paste_mask(t.labels, 256)
         elif t.target_mask is None:
             t.target_mask = paste_mask(None, 256)
+        face.parsing = t.labels
         with timer("paste"):
-            weights = t.mask(t.target_mask).copy()
-        network_input = crop
+            face.blend = t.mask(t.target_mask).copy()  # eased towards the held labels' weights
+        face.network_input = face.aligned
         if self.mask:
             from agetool.face.mask import mask_background
 
-            network_input = mask_background(crop, t.labels)
-        return _Face(t, al, network_input, weights, network_input.tobytes())
+            face.network_input = mask_background(face.aligned, t.labels)
+        return face
 
     # ---------------------------------------------------------------- per batch
     def _decide(self, t: Track) -> None:
-        from agetool.results import AgeEstimate
+        from agetool.render import combine
 
-        if t.estimates:
-            male = sum(p if g == "male" else 1 - p for g, p, _ in t.estimates) / len(t.estimates)
-            gender, p = ("male", male) if male >= 0.5 else ("female", 1 - male)
-            age = float(np.median([a for _, _, a in t.estimates]))
-            t.estimate = AgeEstimate(age, gender, p)
-        if t.estimate is None and any(getattr(s, "kind", None) == "relative" for s in self.specs):
-            from agetool.errors import EstimateError, arg
+        t.estimate = combine(t.estimates)
+        t.model = self.core.decide(f"{self.info.path.name} person {t.id}", t.estimate, relative=self.relative)
 
-            raise EstimateError(f"{arg('ages')}: a relative age needs each face's estimated age, and the age "
-                                "classifier (genderage) is not at hand",
-                                hint=f"give ages in years, pass {arg('age_model')} FILE, or run "
-                                     "`agetool weights download genderage`")
-        if self.pipe.model == "auto":
-            t.model = t.estimate.gender
-        else:
-            t.model = self.pipe.model
-        if t.estimate is not None:
-            how = f": {t.model} model" if self.pipe.model == "auto" else ""
-            self.pipe._report(f"{self.info.path.name} person {t.id}: ~{t.estimate.age:.0f} years, "
-                              f"{t.estimate.gender} (p = {t.estimate.gender_probability:.2f}){how}")
-
-    def _latent(self, t: Track, k: int, frame: _Frame):
-        """w [1, 256] of age ``k`` for this track at this frame."""
-        from agetool.ages import blend, target_latents, year_weights
-
-        spec = self.specs[k]
-        if not isinstance(spec, Progressive):
-            if k not in t.latents:
-                w6 = self.models.anchors(t.model, self.noise, self.seed)
-                est = t.estimate.age if t.estimate is not None else None
-                t.latents[k] = target_latents(w6, [spec], self.pipe.anchor_ages, est)
-            return t.latents[k]
+    def _latents(self, face: Face, frame: _Frame):
+        """w [K, 256] of the face at each age asked for, at this frame."""
+        t = face.track
+        if not self.progressive:
+            if t.latents is None:  # held for the person
+                t.latents = self.core.latents(face, self.specs, self.noise, self.seed)
+            return t.latents
+        spec = self.specs[0]
         span = self.info.end - self.info.start
         frac = 0.0 if span <= 0 else min(1.0, max(0.0, (frame.time - self.info.start) / span))
-        lower, alpha = year_weights([spec.start + (spec.stop - spec.start) * frac], self.pipe.anchor_ages)
-        return blend(self.models.anchors(t.model, self.noise, self.seed), lower, alpha)
+        return self.core.year_latents(face, [spec.start + (spec.stop - spec.start) * frac], self.noise, self.seed)
 
     def _render(self, frames: list[_Frame]) -> None:
-        import torch
-
-        from agetool.images import to_tensor, to_uint8
-
-        timer = self.models.timer
         faces = [f for fr in frames for f in fr.faces]
         for f in faces:
             if f.track.model is None:
                 self._decide(f.track)
-        todo: dict[str, list[_Face]] = {}
-        for f in faces:
-            if f.same_as is None:
-                todo.setdefault(f.track.model, []).append(f)
-        for model, group in todo.items():
-            engine = self.models.engine(model)
-            with timer("encode"):
-                for start in range(0, len(group), self.batch):
-                    part = group[start:start + self.batch]
-                    feats = engine.encode(to_tensor(np.stack([f.network_input for f in part])))
-                    for f, x in zip(part, feats):
-                        f.features = x[None]
-        jobs: dict[str, list] = {}
+            f.estimate, f.model = f.track.estimate, f.track.model
+        self.core.encode([f for fr in frames for f, same in zip(fr.faces, fr.same) if same is None], self.batch)
+        jobs, reused = [], []
         for fr in frames:
-            for f in fr.faces:
-                if f.same_as is not None:
-                    f.features = f.same_as.features
-                for k in range(len(self.specs)):
-                    w = self._latent(f.track, k, fr)
-                    key = w.detach().cpu().numpy().tobytes()
-                    if f.same_as is not None and key in f.same_as.tiles:
-                        continue  # the earlier frame's tile (``_paste`` takes it from there)
-                    if key not in f.tiles:
-                        f.tiles[key] = None
-                        jobs.setdefault(f.track.model, []).append((f, key, w))
-        for model, group in jobs.items():
-            engine = self.models.engine(model)
-            with timer("decode"), torch.inference_mode():
-                for (f, key, _), out in zip(group, _decode(engine, [(f.features, w) for f, _, w in group])):
-                    f.tiles[key] = to_uint8(out[None])[0]
-        new = [(f, key) for group in jobs.values() for f, key, _ in group]
+            for f, same in zip(fr.faces, fr.same):
+                if same is not None:
+                    f.features = same.features
+                    if not self.progressive:  # the same crop at the same ages: the earlier frame's tiles
+                        reused.append((f, same))
+                        continue
+                jobs.append((f, self._latents(f, fr)))
+        new = self.core.decode(jobs)
         if self.upscale > 1 and new:
-            for (f, key), tile in zip(new, self.pipe.upscale(np.stack([f.tiles[k] for f, k in new]), self.upscale)):
-                f.tiles[key] = tile
+            counts = [len(t) for t in new]
+            flat = self.core.upscale(np.concatenate(new), self.upscale)
+            new = np.split(flat, np.cumsum(counts)[:-1])
+        for (f, _), tiles in zip(jobs, new):
+            f.images = tiles
+        for f, same in reused:
+            f.images = same.images
 
     def _paste(self, fr: _Frame) -> ClipFrame:
-        from agetool.face.paste import paste_back
-        from agetool.upscale import fit_paste
-
-        images = []
-        with self.models.timer("paste"):
-            for k in range(len(self.specs)):
-                canvas = fr.image
-                for f in fr.faces:
-                    key = self._latent(f.track, k, fr).detach().cpu().numpy().tobytes()
-                    owner = f.same_as if f.same_as is not None and key in f.same_as.tiles else f
-                    tile, mask = fit_paste(owner.tiles[key], f.alignment, f.mask)
-                    canvas = paste_back(canvas, tile, f.alignment, mask=mask)
-                images.append(canvas)
+        images = [self.core.paste(fr.image, fr.faces, [f.images[k] for f in fr.faces]) for k in range(len(self.specs))]
         return ClipFrame(fr.index, fr.pts, fr.time, images, len(fr.faces), [f.track.id for f in fr.faces])
 
     # ---------------------------------------------------------------- the run
     def __iter__(self) -> Iterator[ClipFrame]:
         models = self.models
-        models.preload(parser=self.parse, model=None if self.pipe.model == "auto" else self.pipe.model)
-        last: dict[int, _Face] = {}
+        models.preload(parser=self.parse, model=None if self.core.model == "auto" else self.core.model)
+        last: dict[int, tuple[Face, bytes]] = {}  # per track: its last crop (the one whose work is kept)
         pending: list[_Frame] = []
         frames = read_frames(self.info)
         index = 0
@@ -378,42 +317,22 @@ class ClipRunner:
                 image, pts = item
                 time = float(pts * self.info.time_base)
                 faces = self._step(index, time, image)
+                same = []
                 for f in faces:
+                    key = f.network_input.tobytes()
                     prev = last.get(f.track.id)
-                    if prev is not None and prev.key == f.key:
-                        f.same_as = prev.same_as or prev
-                    last[f.track.id] = f
+                    same.append(prev[0] if prev is not None and prev[1] == key else None)
+                    if same[-1] is None:
+                        last[f.track.id] = (f, key)
                 live = {t.id for t in self.tracks}
                 for tid in [tid for tid in last if tid not in live]:
                     del last[tid]
-                pending.append(_Frame(index, pts, time, image, faces))
+                pending.append(_Frame(index, pts, time, image, faces, same))
                 index += 1
             if pending and (item is None or len(pending) >= self.batch):
                 self._render(pending)
-                for fr in pending:  # kept after the batch: the last crop of each track (and what it reuses)
+                for fr in pending:
                     yield self._paste(fr)
                 pending = []
             if item is None:
                 return
-
-
-def _decode(engine, jobs: list) -> Iterator:
-    """Decode (features [1, C, h, w], w [1, 256]) pairs: one frame per worker on CPUs, batches on GPUs."""
-    import torch
-
-    from agetool.engine import frame_pool
-
-    decoder = engine.decoder
-    if not jobs:
-        return
-    if decoder.per_sample and engine.device.type == "cpu":
-        pool = frame_pool()
-        if pool is None:
-            for feats, w in jobs:
-                yield decoder(feats, w)[0].cpu()
-            return
-        yield from (out[0].cpu() for out in pool.imap(lambda job: decoder(*job), jobs, 2 * pool.workers))
-        return
-    for start in range(0, len(jobs), engine.chunk):
-        part = jobs[start:start + engine.chunk]
-        yield from decoder(torch.cat([f for f, _ in part]), torch.cat([w for _, w in part])).cpu()

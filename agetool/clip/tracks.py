@@ -81,7 +81,7 @@ class Track:
     model: str | None = None  # decided once, over the track's first frames
     estimates: list = field(default_factory=list)  # (gender, p, age) per classified frame
     estimate: object | None = None  # agetool.results.AgeEstimate, once decided
-    latents: dict = field(default_factory=dict)  # per age: w [1, 256]
+    latents: object | None = None  # w [K, 256] at the ages asked for, once its model is decided
     patch: tuple | None = None  # (image region, detection in it) of the last detection, to embed if lost
     embedding: object | None = None  # identity embedding of ``patch``, made only once the track ends
     ended: float | None = None  # clip time of its end

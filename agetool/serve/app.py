@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agetool.ages import AGE_CLASSES
 from agetool.errors import AgetoolError, NoMatchError
-from agetool.serve.studio import MAX_AGE, MAX_CLIP_SECONDS, MIN_AGE, MODELS, Session, Studio, parse_ages
+from agetool.serve.studio import MAX_AGE, MAX_CLIP_SECONDS, MIN_AGE, MODELS, Session, Studio
 
 log = logging.getLogger("agetool.serve")
 
@@ -208,9 +208,9 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
         def on_grid(s: Session | None, text, whole, request: gr.Request):
             if s is None:
                 raise gr.Error("drop a photo first", print_exception=False)
-            ages = parse_ages(text)
-            png, archive = studio.grid(s, ages, whole, stop=cancelled(demo, request))
-            notes = "  \n".join(f"**Warning:** {w}" for w in studio.warnings(ages))
+            render = studio.options(text)  # the ages parsed once, before any model runs
+            png, archive = studio.grid(s, render, whole, stop=cancelled(demo, request))
+            notes = "  \n".join(f"**Warning:** {w}" for w in studio.warnings(render))
             return (str(png), gr.update(value=str(png), interactive=True),
                     gr.update(value=str(archive), interactive=True), notes)
 
@@ -247,8 +247,8 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
         @guarded
         def age_endpoint(path, text, request: gr.Request):
             """The grid for the photo: the input and one column per age ("5,45"; empty: the six classes)."""
-            ages = parse_ages(text)  # before any model runs
-            png, _ = studio.grid(studio.encode(path), ages, stop=cancelled(demo, request))
+            render = studio.options(text)  # the ages parsed once, before any model runs
+            png, _ = studio.grid(studio.encode(path), render, stop=cancelled(demo, request))
             return str(png)
 
         @guarded

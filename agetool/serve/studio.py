@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from agetool.ages import AGE_CLASSES
 from agetool.errors import InputError, NoFaceError, UsageError, arg
 from agetool.images import DEFAULT_MAX_PIXELS, read_image, resize, write_image
 from agetool.options import DEFAULT_FPS, DEFAULT_NOISE, DEFAULT_SEED, DEFAULT_STEPS
@@ -76,28 +75,11 @@ def load_pipeline(**options):
     return pipe
 
 
-def parse_ages(text: str | None) -> list | None:
-    """``"5, 45, 30-39"`` -> ``[5.0, 45.0, "30-39"]``; empty -> None (the six classes)."""
-    entries = [t.strip() for t in (text or "").split(",")]
-    if not any(entries):
-        return None
+def count_ages(ages) -> None:
+    """A request's ages bounded before they are parsed: at most ``MAX_REQUEST_AGES``."""
+    entries = [t for t in ages.split(",") if t.strip()] if isinstance(ages, str) else list(ages or ())
     if len(entries) > MAX_REQUEST_AGES:
-        raise UsageError(f"{arg('ages', text)}: {len(entries)} ages; at most {MAX_REQUEST_AGES} a request")
-    if not all(entries):
-        raise UsageError(f"{arg('ages', text)}: an empty entry between commas")
-    out: list = []
-    for entry in entries:
-        try:
-            out.append(float(entry))
-        except ValueError:
-            out.append(entry)
-    return out
-
-
-def entry_label(entry) -> str:
-    if isinstance(entry, float):
-        return f"{entry:g}"
-    return str(entry)
+        raise UsageError(f"{arg('ages', ages)}: {len(entries)} ages; at most {MAX_REQUEST_AGES} a request")
 
 
 class Studio:
@@ -204,11 +186,24 @@ class Studio:
         tiles = [caption(resize(f.aligned, (THUMB, THUMB)), f"face {f.index}") for f in session.encoded.faces]
         return np.concatenate(tiles, axis=1)
 
-    def warnings(self, ages: list | None) -> list[str]:
-        """What the page says about ``ages`` besides the images (ages past the oldest class)."""
-        from agetool.ages import old_age_warning, parse_ages as targets
+    def options(self, ages=None):
+        """A request's ages ("5, 45, 30-39", a list, or empty for the six classes) as the
+        ``agetool.options.RenderOptions`` of this server's seed, noise and upscaling: parsed here,
+        once per request, and at most ``MAX_REQUEST_AGES`` of them."""
+        from agetool.options import RenderOptions
 
-        warning = old_age_warning(targets(ages)) if ages is not None else None
+        if isinstance(ages, RenderOptions):
+            return ages
+        count_ages(ages)
+        return RenderOptions.of(ages, seed=self.seed, noise=self.noise, upscale=self.upscale)
+
+    @staticmethod
+    def warnings(render) -> list[str]:
+        """What the page says about a request's ages (``options()``) besides the images: ages past
+        the oldest class."""
+        from agetool.ages import old_age_warning
+
+        warning = old_age_warning(render.targets)
         return [warning] if warning else []
 
     def describe(self, session: Session) -> list[str]:
@@ -258,58 +253,15 @@ class Studio:
 
         return check
 
-    def aged(self, session: Session, entries: list, check=None) -> list[list[np.ndarray]]:
-        """Per face [input, one tile per entry], upscaled when the server upscales: one decode per
-        face and entry, with ``check()`` (default: ``checker()``) between two decodes."""
-        from agetool.upscale import input_tile
-
-        check = check or self.checker()
-        out = []
+    def grid(self, session: Session, ages=None, paste_back: bool = False, stop=None) -> tuple[Path, Path]:
+        """(grid PNG, ZIP of every tile as face<i>_<label>.png), both in a fresh folder of the workdir:
+        the ``AgingResult`` the command line makes, upscaled when the server upscales, every age
+        decoded once for both. ``ages``: as ``options()`` takes them. A repeated age's tiles are
+        ``face<i>_<label>_2.png`` ...; the request stops between two decodes once ``stop()`` returns
+        true (a cancelled job) or after ``budget_s`` seconds."""
+        render = self.options(ages)
         with self._lock:
-            for f in session.encoded.faces:
-                tiles = []
-                for entry in entries:
-                    check()
-                    tiles.append(self.render(session, f, [entry])[0])
-                tiles = np.stack(tiles)
-                if self.upscale > 1:
-                    tiles = self.pipe.upscale(tiles, self.upscale)
-                    out.append([input_tile(session.encoded.image, f, tiles.shape[1]), *tiles])
-                else:
-                    out.append([f.aligned, *tiles])
-        return out
-
-    def result(self, session: Session, entries: list, aged: list, paste_back: bool = False):
-        """``aged()``'s tiles as the ``AgingResult`` the command line makes: its grid and its tiles are
-        the page's grid and archive (with paste-back, whole photos)."""
-        from dataclasses import replace
-
-        from agetool.results import AgingResult
-
-        labels = [entry_label(e) for e in entries]
-        targets = self.pipe.targets(entries)
-        faces = [replace(f, features=None, images=np.stack(row[1:]), labels=labels,
-                         ages=self.pipe.target_years(targets, f), input_tile=None if row[0] is f.aligned else row[0])
-                 for f, row in zip(session.encoded.faces, aged)]
-        pasted = None
-        if paste_back:
-            with self._lock:
-                for i, face in enumerate(faces):
-                    face.pasted = [self.pipe.paste_back(session.encoded, [t if j == i else None for j in range(len(faces))])
-                                   for t in face.images]
-                pasted = [self.pipe.paste_back(session.encoded, [f.images[k] for f in faces])
-                          for k in range(len(entries))]
-        return AgingResult(session.encoded.image, session.name, faces, labels, pasted)
-
-    def grid(self, session: Session, ages: list | None = None, paste_back: bool = False,
-             stop=None) -> tuple[Path, Path]:
-        """(grid PNG, ZIP of every tile as face<i>_<label>.png), both in a fresh folder of the workdir;
-        every age decoded once for both. A repeated age's tiles are ``face<i>_<label>_2.png`` ...;
-        ``stop()`` returning true (a cancelled job) ends the request between two decodes."""
-        entries = list(AGE_CLASSES) if ages is None else ages
-        with self._lock:
-            aged = self.aged(session, entries, self.checker(stop))
-        result = self.result(session, entries, aged, paste_back)
+            result = self.pipe.core.result(session.encoded, render, paste_back=paste_back, check=self.checker(stop))
         folder = self.new_folder()
         png = write_image(folder / f"{session.name}_ages.png", result.grid_array())
         return png, result.write_zip(folder / f"{session.name}_tiles.zip")
