@@ -46,6 +46,22 @@ def _marks_out(text: str) -> str:
     return text.translate({0x1D: "?", 0x1E: "?", 0x1F: "?"})  # the marks that delimit a reference
 
 
+def detail(e: BaseException, limit: int = 160) -> str:
+    """Another library's error as a clause for a message: its first line, kept to whole sentences
+    (or, for one long sentence, whole words and an ellipsis) within ``limit`` characters."""
+    lines = str(e).strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else ""
+    if not text:
+        return type(e).__name__
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    end = head.rfind(". ")
+    if end >= 20:
+        return head[:end + 1]
+    return head.rsplit(" ", 1)[0].rstrip(",;:([`'\"") + " ..."
+
+
 def python_style(name: str, python: str | None, plain: str | None) -> str:
     return name if python is None else f"{name}={python}"
 

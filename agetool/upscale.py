@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from agetool import validate
-from agetool.errors import CheckpointError, UsageError, arg
+from agetool.errors import CheckpointError, UsageError, arg, detail
 
 DEFAULT_WEIGHTS = "realesr-general-x4v3"
 FACTORS = (1, 2, 4)  # 1: no upscaling
@@ -201,7 +201,8 @@ def load_upscaler(weights: str | os.PathLike | None = None, *, device=None, offl
 
         art = registry.get(name)
         path = registry.fetch(name, offline=offline, progress=progress, report=report)
-        licence = f"; {art.license_line.split(': ', 1)[1]}"
+        own = registry.status(name).own  # a file of the user's own registered for the name: no borrowed licence
+        licence = "; your own file" if own else f"; {art.license_line.split(': ', 1)[1]}"
     else:
         licence = ""
     network, scale, architecture, multiple = read_network(path)
@@ -231,8 +232,7 @@ def _spandrel(sd: dict, path) -> tuple[object, int, str, int]:
     try:
         desc = spandrel.ModelLoader().load_from_state_dict(sd)
     except Exception as e:  # noqa: BLE001 - spandrel's errors for unknown or damaged files
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: spandrel can't load it ({first})") from None
+        raise CheckpointError(f"{path}: spandrel can't load it ({detail(e)})") from None
     scale = int(getattr(desc, "scale", 1))
     if getattr(desc, "input_channels", 3) != 3 or getattr(desc, "output_channels", 3) != 3 or scale < 2:
         raise CheckpointError(f"{path}: not an RGB super-resolution model (x{scale}, "

@@ -275,7 +275,7 @@ def test_import_rejects_a_name_that_escapes_the_cache(env, monkeypatch, capsys):
     use_registry(env, monkeypatch, {"ok": entry(b"x", [])})
     src = env / "x.bin"
     src.write_bytes(b"x")
-    assert run(["weights", "import", str(src), "--as", "../../evil"]) == 1
+    assert run(["weights", "import", str(src), "--as", "../../evil"]) == 2  # a usage error
     assert "invalid artifact name" in capsys.readouterr().err
     assert not (env / "evil").exists() and cached_files(env) == []
 

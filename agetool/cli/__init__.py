@@ -92,6 +92,8 @@ def _quiet_dependencies() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", module=r"face_alignment(\.|$)")
+    # torch's note on a file it is refusing to unpickle anyway (the refusal is the message)
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")
 
 
 def _install_signal_handlers() -> dict:

@@ -223,7 +223,7 @@ def import_(
     trust: Annotated[bool, typer.Option("--trust", help="A file of your own (a fine-tuned parser, another "
                                         "classifier) used for --as NAME: no published size or checksum is asked "
                                         "for; it must still load, and `weights list` marks it as yours.")] = False,
-) -> None:
+) -> int:
     """Verify files you already have and place them in the cache, so later runs (and --offline) use them.
 
     Examples:
@@ -237,15 +237,29 @@ def import_(
       agetool weights import my_parser.pth --as deeplab-parser --trust
     """
     from agetool import weights
-    from agetool.errors import UsageError
+    from agetool.errors import UsageError, WeightsError
 
+    if name is not None:
+        weights.get(name)  # a name that is not registered is a usage error, before any file is read
     with byte_progress() as progress:
         if file.is_dir():
             if name is not None or trust:
                 raise UsageError(f"{'--as' if name is not None else '--trust'} takes one file; a folder's files "
                                  "are recognised by size, name or folder")
-            for item in weights.import_folder(file, progress=progress, report=report):
+            try:
+                result = weights.import_folder(file, progress=progress, report=report)
+            except WeightsError as e:
+                _skipped(getattr(e, "skipped", []))
+                raise
+            for item in result.imported:
                 console.out.print(f"{item.name}: {item.path}", markup=False, highlight=False)
-            return
+            _skipped(result.skipped)  # each named with why; the command succeeds when any file was imported
+            return 0
         dest = weights.import_file(file, name, trust=trust, progress=progress, report=report)
     console.out.print(f"{name or dest.parent.name}: {dest}", markup=False, highlight=False)
+
+
+def _skipped(skipped) -> None:
+    """Each file of a folder that was not imported, with why, in the command line's words."""
+    for item in skipped:
+        console.warn(f"skipped {console.message(item.reason)}")

@@ -109,11 +109,15 @@ def bundled_dlib_predictor(name: str = DLIB_PREDICTOR) -> Path | None:
 
 
 def dlib_predictor_path(*, offline: bool = False, report=None, progress=None) -> Path:
+    """The 68-point predictor: a copy imported into the cache (a file of one's own too) first, else
+    the one face-recognition-models ships, else the registry's download."""
+    from agetool import weights
+
+    if weights.status("dlib-landmarks68").path is not None:
+        return Path(weights.fetch("dlib-landmarks68", offline=True, progress=progress, report=report))
     path = bundled_dlib_predictor()
     if path is not None:
         return path
-    from agetool import weights
-
     return Path(weights.fetch("dlib-landmarks68", offline=offline, progress=progress, report=report))
 
 

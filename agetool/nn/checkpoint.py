@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from agetool.errors import CheckpointError, arg
+from agetool.errors import CheckpointError, arg, detail
 from agetool.files import replacing, write_text
 
 GENERATOR_MEMBER = "latest_net_g_running.pth"
@@ -45,8 +45,7 @@ def _torch_load(data: bytes | Path, what: str) -> dict:
         if obj is None:
             obj = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler refuses anything but tensors and plain containers
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{what}: not a readable weights file ({first[:160]})",
+        raise CheckpointError(f"{what}: not a readable weights file ({detail(e)})",
                               hint="pass a released .pth, the released zip or an agetool .safetensors") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what}: expected a state dict, found {type(obj).__name__}")

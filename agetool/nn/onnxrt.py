@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from agetool.errors import CheckpointError, arg
+from agetool.errors import CheckpointError, arg, detail
 
 
 def providers(device=None) -> list[str]:
@@ -36,8 +36,7 @@ def session(path: str | os.PathLike, *, argument: str, device=None):
     try:
         return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers(device))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for bad files
-        first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise CheckpointError(f"{arg(argument, path)}: not a usable ONNX model ({first})") from None
+        raise CheckpointError(f"{arg(argument, path)}: not a usable ONNX model ({detail(e, 120)})") from None
 
 
 def graph_normalizes(path: str | os.PathLike) -> bool:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agetool.errors import CheckpointError
+from agetool.errors import CheckpointError, detail
 
 #: where the released files keep their tensors (the EMA copy first)
 WRAPPERS = ("params_ema", "params", "state_dict")
@@ -179,8 +179,7 @@ def read_tensors(path) -> dict:
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - the restricted unpickler refuses anything else
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable weights file ({first})",
+        raise CheckpointError(f"{path}: not a readable weights file ({detail(e)})",
                               hint="pass a .pth state dict or a .safetensors file") from None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(sd).__name__}")

@@ -117,9 +117,16 @@ class Artifact:
 def check_name(name: str) -> str:
     """An artifact name that is safe as a cache path component (lower case, digits, . _ -)."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
-        raise WeightsError(f"invalid artifact name {name!r}",
-                           hint="names use lower-case letters, digits, '.', '_' and '-'")
+        raise UnknownWeightsError(f"invalid artifact name {_shown_name(name)}",
+                                  hint="names use lower-case letters, digits, '.', '_' and '-'; "
+                                       "`agetool weights list` shows them")
     return name
+
+
+def _shown_name(name) -> str:
+    """``name`` quoted for a message, cut when long."""
+    text = repr(name)
+    return text if len(text) <= 60 else text[:56] + "...'"
 
 
 def registry_path() -> Path:
@@ -253,7 +260,7 @@ def get(name: str) -> Artifact:
     check_name(name)
     models = load_registry()
     if name not in models:
-        raise UnknownWeightsError(f"unknown weights {name!r}", hint=f"known: {', '.join(sorted(models))}")
+        raise UnknownWeightsError(f"unknown weights {_shown_name(name)}", hint=f"known: {', '.join(sorted(models))}")
     return models[name]
 
 
