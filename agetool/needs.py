@@ -12,11 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agetool.errors import MissingModelsError, arg
+from agetool.weights.registry import ROLES
 
-#: what each kind of file is, in a message
-ROLES = {"generator": "generator", "parser": "face parser", "classifier": "age and gender classifier",
-         "landmarks": "landmark model", "detector": "face detector", "recognition": "identity embedder",
-         "upscaler": "super-resolution model"}
 
 
 def at_hand(name: str) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from agetool import validate
-from agetool.errors import CheckpointError, UsageError, arg, detail
+from agetool.errors import CheckpointError, UsageError, arg
 
 DEFAULT_WEIGHTS = "realesr-general-x4v3"
 FACTORS = (1, 2, 4)  # 1: no upscaling
@@ -163,7 +163,7 @@ def input_tile(photo: np.ndarray, face, size: int) -> np.ndarray:
 
 def registered() -> list[str]:
     """Names of the registry's super-resolution models."""
-    from agetool.weights import load_registry
+    from agetool.weights.registry import load_registry
 
     return sorted(name for name, art in load_registry().items() if art.kind == "upscaler")
 
@@ -197,11 +197,12 @@ def load_upscaler(weights: str | os.PathLike | None = None, *, device=None, offl
     device = torch.device(device) if device is not None else torch.device("cpu")
     path, name = resolve(weights)
     if path is None:
-        from agetool import weights as registry
+        from agetool.weights.core import fetch, status  # not the package: its importing loads upscalers
+        from agetool.weights.registry import get
 
-        art = registry.get(name)
-        path = registry.fetch(name, offline=offline, progress=progress, report=report)
-        own = registry.status(name).own  # a file of the user's own registered for the name: no borrowed licence
+        art = get(name)
+        path = fetch(name, offline=offline, progress=progress, report=report)
+        own = status(name).own  # a file of the user's own registered for the name: no borrowed licence
         licence = "; your own file" if own else f"; {art.license_line.split(': ', 1)[1]}"
     else:
         licence = ""
@@ -212,32 +213,8 @@ def load_upscaler(weights: str | os.PathLike | None = None, *, device=None, offl
 
 
 def read_network(path: str | os.PathLike) -> tuple[object, int, str, int]:
-    """``(network, scale, architecture, multiple)`` of a super-resolution file."""
-    from agetool.nn.realesrgan import network_from_state_dict, network_scale, read_tensors, recognise, unwrap
+    """``(network, scale, architecture, multiple)`` of a super-resolution file (see
+    ``agetool.nn.realesrgan.read_network``; torch loads only when this is called)."""
+    from agetool.nn.realesrgan import read_network as read
 
-    sd = read_tensors(path)
-    if recognise(unwrap(sd)) is not None:
-        net = network_from_state_dict(sd, str(path))
-        return net, network_scale(net), type(net).__name__, 2 if getattr(net, "fold", 1) > 1 else 1
-    return _spandrel(sd, path)
-
-
-def _spandrel(sd: dict, path) -> tuple[object, int, str, int]:
-    try:
-        import spandrel
-    except ImportError:
-        raise CheckpointError(f"{path}: not a built-in architecture (Real-ESRGAN SRVGGNetCompact or RRDBNet); "
-                              f"other super-resolution models load with spandrel",
-                              hint=f'pip install "{EXTRA}"') from None
-    try:
-        desc = spandrel.ModelLoader().load_from_state_dict(sd)
-    except Exception as e:  # noqa: BLE001 - spandrel's errors for unknown or damaged files
-        raise CheckpointError(f"{path}: spandrel can't load it ({detail(e)})") from None
-    scale = int(getattr(desc, "scale", 1))
-    if getattr(desc, "input_channels", 3) != 3 or getattr(desc, "output_channels", 3) != 3 or scale < 2:
-        raise CheckpointError(f"{path}: not an RGB super-resolution model (x{scale}, "
-                              f"{getattr(desc, 'input_channels', '?')} channels in)")
-    req = getattr(desc, "size_requirements", None)
-    multiple = max(1, int(getattr(req, "multiple_of", 1) or 1))
-    arch = getattr(getattr(desc, "architecture", None), "name", None) or type(desc.model).__name__
-    return desc.model.eval(), scale, str(arch), multiple
+    return read(path)

@@ -184,3 +184,33 @@ def read_tensors(path) -> dict:
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(sd).__name__}")
     return sd
+
+
+def read_network(path: str | os.PathLike) -> tuple[object, int, str, int]:
+    """``(network, scale, architecture, multiple)`` of a super-resolution file."""
+    sd = read_tensors(path)
+    if recognise(unwrap(sd)) is not None:
+        net = network_from_state_dict(sd, str(path))
+        return net, network_scale(net), type(net).__name__, 2 if getattr(net, "fold", 1) > 1 else 1
+    return _spandrel(sd, path)
+
+
+def _spandrel(sd: dict, path) -> tuple[object, int, str, int]:
+    try:
+        import spandrel
+    except ImportError:
+        raise CheckpointError(f"{path}: not a built-in architecture (Real-ESRGAN SRVGGNetCompact or RRDBNet); "
+                              f"other super-resolution models load with spandrel",
+                              hint='pip install "agetool[upscale]"') from None
+    try:
+        desc = spandrel.ModelLoader().load_from_state_dict(sd)
+    except Exception as e:  # noqa: BLE001 - spandrel's errors for unknown or damaged files
+        raise CheckpointError(f"{path}: spandrel can't load it ({detail(e)})") from None
+    scale = int(getattr(desc, "scale", 1))
+    if getattr(desc, "input_channels", 3) != 3 or getattr(desc, "output_channels", 3) != 3 or scale < 2:
+        raise CheckpointError(f"{path}: not an RGB super-resolution model (x{scale}, "
+                              f"{getattr(desc, 'input_channels', '?')} channels in)")
+    req = getattr(desc, "size_requirements", None)
+    multiple = max(1, int(getattr(req, "multiple_of", 1) or 1))
+    arch = getattr(getattr(desc, "architecture", None), "name", None) or type(desc.model).__name__
+    return desc.model.eval(), scale, str(arch), multiple

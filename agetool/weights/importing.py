@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from agetool.errors import AgetoolError, ChecksumError, WeightsError, arg
 from agetool.weights import store
 from agetool.weights.core import _remember, _say, human_size
-from agetool.weights.registry import ARGUMENT_FOR_KIND, Artifact, check_name, get, load_registry, max_bytes
+from agetool.weights.registry import ARGUMENT_FOR_KIND, ROLES, Artifact, check_name, get, load_registry, max_bytes
 from agetool.weights.store import LOCAL_FORMS, MEMBER, OWN, RELEASED, SAFETENSORS, read_record
 from agetool.weights.transfer import progress_bar
 
@@ -286,8 +286,6 @@ def _check_size(src: Path, size: int, art: Artifact, form: str) -> None:
 
 def _role(art: Artifact, adjective: str = "") -> str:
     """What a file of ``art``'s kind is, with its article: "an age and gender classifier"."""
-    from agetool.needs import ROLES
-
     role = " ".join(filter(None, (adjective, ROLES.get(art.kind, art.kind + " file"))))
     return ("an " if role[0] in "aeio" else "a ") + role
 
@@ -351,7 +349,7 @@ def _check_onnx(path: Path, art: Artifact, form: str) -> None:
 
 
 def _check_upscaler(path: Path, art: Artifact, form: str) -> None:
-    from agetool.upscale import read_network
+    from agetool.nn.realesrgan import read_network
 
     read_network(path)
 

@@ -34,6 +34,10 @@ DEFAULT_MAX_BYTES = 2 << 30
 MAX_MEMBER_BYTES = 2 << 30
 #: The Python argument that takes a file of this kind instead of the registry's (the command line
 #: shows it as its flag).
+#: what each kind of file is, in a message
+ROLES = {"generator": "generator", "parser": "face parser", "classifier": "age and gender classifier",
+         "landmarks": "landmark model", "detector": "face detector", "recognition": "identity embedder",
+         "upscaler": "super-resolution model"}
 ARGUMENT_FOR_KIND = {"generator": "weights", "parser": "parser_weights", "classifier": "classifier_weights",
                      "recognition": "identity_model", "upscaler": "upscale_weights"}
 
