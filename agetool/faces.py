@@ -12,28 +12,14 @@ from agetool.models import Models, Report
 from agetool.results import Face
 
 GEN_SIZE = 256
-FACES = ("all", "largest")  # or a reference: "ref:PHOTO", a photo, an Embedding (agetool.identity.FaceReference)
-
-
 def check_faces(faces):
-    """``faces`` checked once: ``"all"``, ``"largest"``, or an ``agetool.identity.FaceReference``
-    (made from ``"ref:PHOTO"``, a photo path / array / PIL image, or an ``Embedding``)."""
-    import os
+    """``faces`` as the face stages take it: ``"all"``, ``"largest"``, or an
+    ``agetool.identity.FaceReference`` made from a reference (``"ref:PHOTO"``, a photo path / array /
+    PIL image, or an ``Embedding``; its form checked by ``agetool.options.check_faces``)."""
+    from agetool.identity import FaceReference
+    from agetool.options import check_faces as check_form
 
-    from agetool.errors import UsageError
-    from agetool.identity import Embedding, FaceReference
-
-    if isinstance(faces, FaceReference):
-        return faces
-    if isinstance(faces, str):
-        if faces.startswith("ref:"):
-            return FaceReference(faces)
-        if faces not in FACES:
-            raise UsageError(f"{arg('faces', faces)}: expected {', '.join(FACES)} or ref:PHOTO")
-        return faces
-    if isinstance(faces, (os.PathLike, np.ndarray, Embedding)) or type(faces).__module__.startswith("PIL."):
-        return FaceReference(faces)
-    raise UsageError(f"{arg('faces', faces)}: expected all, largest, ref:PHOTO, a photo or an Embedding")
+    return FaceReference.of(check_form(faces))
 
 
 def prepare_faces(models: Models, image: np.ndarray, *, aligned: bool = False, mask: bool = True,
@@ -96,7 +82,7 @@ def find_faces(models: Models, image: np.ndarray, *, faces: str = "all", min_fac
                                "for a crop")
     if faces == "largest":
         found = found[:1]
-    elif not isinstance(faces, str):  # a FaceReference: only the faces of that person
+    elif faces != "all":  # a reference: only the faces of that person
         with models.timer("identity"):
             found = check_faces(faces).match(image, found, name=name)
     return sorted(found, key=lambda f: (f.box[0] + f.box[2]) / 2)

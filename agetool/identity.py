@@ -378,6 +378,14 @@ class FaceReference:
         self._embedding: Embedding | None = reference if isinstance(reference, Embedding) else None
         self._lock = threading.Lock()
 
+    @classmethod
+    def of(cls, faces):
+        """``faces`` (``agetool.options.check_faces``'s values) as the face stages take it: ``"all"`` and
+        ``"largest"`` as they are, a reference as a ``FaceReference``."""
+        if isinstance(faces, cls) or (isinstance(faces, str) and faces in ("all", "largest")):
+            return faces
+        return cls(faces)
+
     def __str__(self) -> str:
         """``ref:PATH``, or in words what the reference is (messages are plain text: no brackets)."""
         if isinstance(self.reference, Path):

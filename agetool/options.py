@@ -55,21 +55,58 @@ def frame_total(steps: int, fps: float, hold: float = 0.0, transitions: int = 5)
     return total
 
 
+#: ``faces``: every face or the largest; any other value is a reference to one person's faces
+FACES = ("all", "largest")
+#: upscaling factors (1: none)
+UPSCALE_FACTORS = (1, 2, 4)
+
+
+def check_faces(faces):
+    """``faces`` checked by its form, kept as given: ``"all"``, ``"largest"``, ``"ref:PHOTO"`` (an
+    existing file), or a reference (a photo path, RGB array or PIL image, an ``agetool.identity``
+    ``Embedding`` or ``FaceReference``); ``agetool.faces.reference`` makes the reference that matches faces."""
+    import os
+
+    if isinstance(faces, str):
+        if faces.startswith("ref:"):
+            from agetool.errors import InputError
+
+            if not os.path.isfile(os.path.expanduser(faces[4:])):
+                raise InputError(f"{arg('faces', faces)}: no such file", hint="the reference is a photo of the person to keep")
+            return faces
+        if faces not in FACES:
+            raise UsageError(f"{arg('faces', faces)}: expected {', '.join(FACES)} or ref:PHOTO")
+        return faces
+    kind = type(faces)
+    if isinstance(faces, os.PathLike) or kind.__module__.startswith(("PIL.", "numpy")) \
+            or kind.__name__ in ("Embedding", "FaceReference"):
+        return faces
+    raise UsageError(f"{arg('faces', faces)}: expected all, largest, ref:PHOTO, a photo or an Embedding")
+
+
+def check_factor(factor, name: str = "upscale") -> int:
+    """An upscaling ``factor`` (None, 1, 2 or 4) as an int; 1 means no upscaling."""
+    if factor is None:
+        return 1
+    n = validate.integer(name, factor)
+    if n not in UPSCALE_FACTORS:
+        raise UsageError(f"{arg(name, factor)}: expected 2 or 4 (or 1 for none)")
+    return n
+
+
 @dataclass(frozen=True)
 class FaceOptions:
     """Which faces of a photo, and how each is prepared for the generator."""
 
     aligned: bool = False  # the photo is an aligned crop: no detection, no alignment
     mask: bool = True  # paint background, hat, earrings, necklace and clothes gray
-    faces: object = "all"  # "all", "largest", or an agetool.identity.FaceReference
+    faces: object = "all"  # "all", "largest", or a reference (see ``check_faces``)
     min_face: int = 0  # skip faces whose box is smaller than this (pixels)
     paste_back: bool = False  # show aged faces in the whole photo
 
     @classmethod
     def of(cls, *, aligned: bool = False, mask: bool = True, faces="all", min_face: int = 0,
            paste_back: bool = False) -> "FaceOptions":
-        from agetool.faces import check_faces
-
         aligned = validate.flag("aligned", aligned)
         paste_back = validate.flag("paste_back", paste_back)
         if paste_back and aligned:
@@ -101,7 +138,6 @@ class RenderOptions:
            upscale: int | None = None, candidates: int = DEFAULT_CANDIDATES,
            keep_candidates: bool = False) -> "RenderOptions":
         from agetool import ages as age_rules
-        from agetool.upscale import check_factor
 
         targets = age_rules.parse_ages(ages) or age_rules.class_targets()
         seed = validate.seed(seed)

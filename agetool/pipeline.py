@@ -47,6 +47,7 @@ class AgingPipeline:
         self.anchor_ages = check_anchors(self.age_anchors)
         self.max_pixels = validate.integer("max_pixels", max_pixels, low=64)
         self.core = Renderer(models, self.model, self.anchor_ages)  # every medium renders through it
+        self._references: dict[str, object] = {}  # "ref:PHOTO" -> its FaceReference, embedded once
 
     @classmethod
     def from_pretrained(cls, model: str = "auto", weights: str | os.PathLike | None = None,
@@ -191,7 +192,7 @@ class AgingPipeline:
             self.models.preload(parser=options.parse,
                                 model=None if self.model == "auto" or not generate else self.model)
             faces = prepare_faces(self.models, array, aligned=options.aligned, mask=options.mask, parse=options.parse,
-                                  faces=options.faces, min_face=options.min_face, name=name)
+                                  faces=self._reference(options.faces), min_face=options.min_face, name=name)
             for face in faces:
                 face.estimate = self.core.estimate(array, face, estimate)
                 face.model = self.core.decide(f"{name} face {face.index}", face.estimate)
@@ -265,7 +266,7 @@ class AgingPipeline:
     def upscale(self, tiles: np.ndarray, factor: int = 4) -> np.ndarray:
         """Aged face tiles ([256, 256, 3] or [N, 256, 256, 3] uint8) at ``factor`` x their size with
         the pipeline's super-resolution model (loaded on first use); ``paste_back`` takes the result."""
-        from agetool.upscale import check_factor
+        from agetool.options import check_factor
 
         return self.core.upscale(tiles, check_factor(factor))
 
@@ -325,6 +326,14 @@ class AgingPipeline:
 
         self._check_upscale(request)
         return morph.write_video(self.core, self._encoder(image, request), out, request, video, frames_dir=frames_dir)
+
+    def _reference(self, faces):
+        """``faces`` for the face stages: a ``"ref:PHOTO"`` made into its reference once per pipeline."""
+        if not isinstance(faces, str):
+            return check_faces(faces)
+        if faces not in self._references:
+            self._references[faces] = check_faces(faces)
+        return self._references[faces]
 
     def _encoder(self, image: Image | EncodedPhoto, request: AgeRequest) -> Callable[[], EncodedPhoto]:
         return lambda: self._encode(image, request.face, "auto", generate=True)

@@ -51,7 +51,6 @@ PREPARED, RESULT = "prepared", "result"
 
 #: The options of ``AgingPipeline.__call__`` that ``FaceStage`` applies (``AgingPipeline.prepare``'s);
 #: ``GeneratorStage`` takes the others, and ``paste_back`` too.
-FACE_OPTIONS = ("aligned", "mask", "paste_back", "faces", "min_face")
 
 
 def _ray():
@@ -282,20 +281,22 @@ class FaceStage(_Stage):
     Args:
         pipeline: keyword arguments of ``AgingPipeline.from_pretrained`` (model, weights, ...); this
             stage runs on the CPU whatever ``device`` says.
-        ages: the ages that will be rendered (relative ages need each face's estimated age).
-        options: keyword arguments of ``AgingPipeline.__call__`` (aligned, mask, paste_back, faces,
-            min_face, seed, noise, ...); this stage takes those of finding faces.
+        request: the job's ``agetool.options.AgeRequest`` (built once, by the driver); this stage
+            takes its face options (relative ages need each face's estimated age). Without it
+            ``ages`` and ``options`` (keyword arguments of ``AgingPipeline.__call__``) make one.
         threads: torch threads of this actor (default: Ray's, one per CPU it holds).
     """
 
     device = "cpu"
 
-    def __init__(self, pipeline: dict | None = None, *, ages=None, options: dict | None = None,
+    def __init__(self, pipeline: dict | None = None, *, request=None, ages=None, options: dict | None = None,
                  threads: int | None = None):
+        from dataclasses import fields
+
         super().__init__(pipeline, threads)
-        targets = self.pipe.targets(ages)
-        self.options = {k: v for k, v in (options or {}).items() if k in FACE_OPTIONS}
-        self.options["estimate"] = True if any(t.kind == "relative" for t in targets) else "auto"
+        request = request or job_request(ages, options)
+        self.options = {f.name: getattr(request.face, f.name) for f in fields(request.face)}
+        self.options["estimate"] = True if request.render.relative else "auto"
 
     def __call__(self, batch: dict) -> dict:
         rows = []
@@ -327,17 +328,19 @@ class GeneratorStage(_Stage):
 
     Args:
         pipeline: keyword arguments of ``AgingPipeline.from_pretrained`` (as given to ``FaceStage``).
-        ages: as for ``AgingPipeline.__call__``.
-        options: keyword arguments of ``AgingPipeline.__call__`` (as given to ``FaceStage``); this
-            stage takes those of rendering (seed, noise, paste_back, ...).
+        request: the job's ``agetool.options.AgeRequest`` (as given to ``FaceStage``); without it
+            ``ages`` and ``options`` make one.
         threads: torch threads of this actor (default: Ray's).
     """
 
-    def __init__(self, pipeline: dict | None = None, *, ages=None, options: dict | None = None,
+    def __init__(self, pipeline: dict | None = None, *, request=None, ages=None, options: dict | None = None,
                  threads: int | None = None):
+        from dataclasses import replace
+
         super().__init__(pipeline, threads)
-        rendering = {k: v for k, v in (options or {}).items() if k not in FACE_OPTIONS or k == "paste_back"}
-        self.request = self.pipe.request(ages, **rendering)  # checked once per actor
+        request = request or job_request(ages, options)
+        # the faces were found by FaceStage: only paste-back of the face options applies here
+        self.request = replace(request, face=type(request.face)(paste_back=request.face.paste_back))
 
     def __call__(self, batch: dict) -> dict:
         rows = []
@@ -393,6 +396,16 @@ def _columns(rows: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------- a whole job
+def job_request(ages=None, options: dict | None = None):
+    """The ``AgeRequest`` of a job: ``ages`` and ``options`` (keyword arguments of
+    ``AgingPipeline.__call__``) checked, and the ages parsed, once; an ``AgeRequest`` passes as it is."""
+    from agetool.options import AgeRequest, request
+
+    if isinstance(ages, AgeRequest):
+        return ages
+    return request(ages, **(options or {}))
+
+
 def default_threads() -> int:
     """The torch threads of a plain ``agetool age`` run on this machine (the stages use as many, so
     the outputs match it byte for byte: float sums depend on how work is split between threads)."""
@@ -471,7 +484,9 @@ def _start(ray, address: str | None, cpus: int | None) -> None:
 
 def build_dataset(ray, jobs: Sequence[Job], *, pipeline: dict | None, ages, labels: bool, options: dict | None,
                   cpus: int | None, gpus: int | None, threads: int | None, batch_size: int):
-    """The job's dataset (lazy): rows of ``jobs`` -> FaceStage -> GeneratorStage -> write_results."""
+    """The job's dataset (lazy): rows of ``jobs`` -> FaceStage -> GeneratorStage -> write_results;
+    ``ages`` and ``options`` become the job's one request (``job_request``), handed to every actor."""
+    request = job_request(ages, options)
     resources = ray.cluster_resources()
     has_gpus, has_cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
     if gpus is not None and gpus > has_gpus:
@@ -486,10 +501,10 @@ def build_dataset(ray, jobs: Sequence[Job], *, pipeline: dict | None, ages, labe
     ds = ray.data.from_items([job.row() for job in jobs], override_num_blocks=len(jobs))
     ds = ds.map_batches(FaceStage, batch_size=batch_size, batch_format="numpy", num_cpus=unit,
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=face_workers),
-                        fn_constructor_kwargs=dict(pipeline=pipeline, ages=ages, options=options, threads=threads))
+                        fn_constructor_kwargs=dict(pipeline=pipeline, request=request, threads=threads))
     ds = ds.map_batches(GeneratorStage, batch_size=batch_size, batch_format="numpy", num_cpus=unit,
                         num_gpus=1 if gpus else 0, compute=ray.data.ActorPoolStrategy(size=generators),
-                        fn_constructor_kwargs=dict(pipeline=pipeline, ages=ages, options=options, threads=threads))
+                        fn_constructor_kwargs=dict(pipeline=pipeline, request=request, threads=threads))
     # writing is light (PNG encoding, I/O): it takes no CPU of its own, so it never waits on the actors
     return ds.map_batches(write_results, batch_size=batch_size, batch_format="numpy", num_cpus=0,
                           compute=ray.data.TaskPoolStrategy(size=max(1, face_workers)),

@@ -106,6 +106,11 @@ class Renderer:
             self.report(f"{who}: ~{estimate.age:.0f} years, {estimate.gender} (p = {estimate.gender_probability:.2f})")
         return self.model
 
+    @staticmethod
+    def combine(looks: Sequence[tuple[str, float, float]]) -> AgeEstimate | None:
+        """One estimate from several looks at a face (``combine``)."""
+        return combine(looks)
+
     # ---------------------------------------------------------------- features
     def encode(self, faces: Sequence[Face], batch: int = 1) -> list[Face]:
         """``faces``, each with the generator's identity features (filled in where missing, ``batch``

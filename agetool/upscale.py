@@ -27,24 +27,14 @@ import numpy as np
 
 from agetool import validate
 from agetool.errors import CheckpointError, UsageError, arg
+from agetool.options import check_factor
 
 DEFAULT_WEIGHTS = "realesr-general-x4v3"
-FACTORS = (1, 2, 4)  # 1: no upscaling
 #: Input pixels per tile side, and the context run around each tile (dropped from its output).
 #: A 256 px face is one tile; a tile's activations stay under ~0.5 GB with RRDBNet x4.
 TILE = 256
 TILE_PAD = 16
 EXTRA = "agetool[upscale]"
-
-
-def check_factor(factor, name: str = "upscale") -> int:
-    """``factor`` (None, 1, 2 or 4) as an int; 1 means no upscaling."""
-    if factor is None:
-        return 1
-    n = validate.integer(name, factor)
-    if n not in FACTORS:
-        raise UsageError(f"{arg(name, factor)}: expected 2 or 4 (or 1 for none)")
-    return n
 
 
 @dataclass

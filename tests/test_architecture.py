@@ -14,20 +14,22 @@ from tests.helpers import ROOT, cli, common
 
 PACKAGE = ROOT / "agetool"
 
-#: what each part of the package may import from agetool (prefixes; a module may always import
-#: its own part). Data flows one way: cli -> pipeline -> models / faces -> nn / images / video.
-LAYERS = {
-    "agetool.nn": ("agetool.errors", "agetool.files", "agetool.validate", "agetool.userfiles"),
-    "agetool.files": ("agetool.errors",),
-    "agetool.errors": (),
-    "agetool.validate": ("agetool.errors",),
-    "agetool.userfiles": ("agetool.errors",),
-    "agetool.weights": ("agetool.errors", "agetool.files", "agetool.validate", "agetool.userfiles", "agetool.nn"),
-    "agetool.face": ("agetool.errors", "agetool.files", "agetool.validate", "agetool.userfiles", "agetool.nn",
-                     "agetool.weights", "agetool.images", "agetool.device"),
-}
-#: parts no library module may import (only the command line and the web app sit above the library)
-TOP = ("agetool.cli", "agetool.serve")
+#: the layers of docs/ARCHITECTURE.md, from the bottom up: a module imports only from layers below
+#: its own, or from its own part (a package such as agetool.clip counts as one part)
+LAYERS = [
+    ("agetool.errors", "agetool"),  # agetool: the package's __init__ (its names are imported lazily)
+    ("agetool.validate", "agetool.files", "agetool.userfiles", "agetool.config", "agetool.device"),
+    ("agetool.ages", "agetool.images", "agetool.nn", "agetool.shards"),
+    ("agetool.options", "agetool.results", "agetool.weights", "agetool.engine"),
+    ("agetool.face", "agetool.video"),
+    ("agetool.identity", "agetool.upscale"),
+    ("agetool.models", "agetool.needs", "agetool.faithful", "agetool.clip"),
+    ("agetool.faces", "agetool.render", "agetool.morph"),
+    ("agetool.pipeline", "agetool.eval", "agetool.train"),
+    ("agetool.ray", "agetool.serve"),
+    ("agetool.cli",),
+    ("agetool.__main__",),
+]
 
 
 def _module_name(path: Path) -> str:
@@ -105,17 +107,42 @@ def _within(module: str, part: str) -> bool:
     return module == part or module.startswith(part + ".")
 
 
-def test_no_upward_import(graph):
+def _layer(module: str) -> tuple[int, str]:
+    """(layer, part) of a module: the longest part of ``LAYERS`` that holds it."""
+    found = [(len(part), k, part) for k, parts in enumerate(LAYERS) for part in parts
+             if part != "agetool" and _within(module, part) or module == part]
+    assert found, f"{module} is in no layer of LAYERS (and of docs/ARCHITECTURE.md): add it"
+    _, k, part = max(found)
+    return k, part
+
+
+def test_every_import_runs_down_the_layers(graph):
+    """The whole layer order of docs/ARCHITECTURE.md: no module imports one of its own layer (other than
+    in its own part) or of a layer above."""
     wrong = []
-    for name, targets in graph.items():
-        for target in targets:
-            if any(_within(target, top) for top in TOP) and not any(_within(name, top) for top in TOP) \
-                    and name not in ("agetool.__main__",):
-                wrong.append(f"{name} -> {target}")
-            for part, allowed in LAYERS.items():
-                if _within(name, part) and not (_within(target, part) or any(_within(target, a) for a in allowed)):
-                    wrong.append(f"{name} -> {target}")
+    for name, targets in sorted(graph.items()):
+        k, part = _layer(name)
+        for target in sorted(targets):
+            j, other = _layer(target)
+            if other != part and j >= k:
+                wrong.append(f"{name} (layer {k}) -> {target} (layer {j})")
     assert wrong == []
+
+
+def test_the_layers_are_those_the_architecture_page_draws():
+    """docs/ARCHITECTURE.md draws ``LAYERS``: one line per layer, its number, then its files and folders."""
+    import re
+
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    drawn = {}
+    for line in text.split("```")[1].splitlines():
+        m = re.match(r"\s*(\d+)\s+(.*)", line)
+        if m:
+            for name in m.group(2).replace(",", " ").split():
+                if name.endswith((".py", "/")):
+                    drawn["agetool." + name.removesuffix("/").removesuffix(".py").replace("/", ".")] = int(m.group(1))
+    want = {part: k + 1 for k, parts in enumerate(LAYERS) for part in parts if part != "agetool"}
+    assert drawn == want
 
 
 def test_library_leaves_process_wide_state_alone():

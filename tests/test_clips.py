@@ -358,3 +358,17 @@ def test_relative_ages_use_one_estimate_per_person(tmp_path, photo, weights):
     relative = [f.image for f in pipe.clip_frames(src, ages="+20", mask=False)]
     years = [f.image for f in pipe.clip_frames(src, ages=50, mask=False)]
     assert all(np.array_equal(a, b) for a, b in zip(relative, years)) and len(relative) == 6
+
+
+def test_one_clip_run_parses_its_ages_once(tmp_path, photo, weights, monkeypatch):
+    """Two ages of one clip (two output clips): the ages are parsed once for the whole run."""
+    from agetool import ages
+
+    calls = []
+    parse = ages.parse_ages
+    monkeypatch.setattr(ages, "parse_ages", lambda *a, **k: calls.append(a) or parse(*a, **k))
+    src = make_clip(photo, tmp_path / "walk.mp4", 3)
+    code, _, err = cli(["age", src, "--ages", "60,5", "--out", f"{tmp_path / 'out'}/", "--weights", weights, *FAST], None)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["walk_age5.mp4", "walk_age60.mp4"]
+    assert len(calls) == 1

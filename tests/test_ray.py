@@ -270,3 +270,21 @@ def test_more_gpus_than_the_cluster_has_is_a_usage_error():
     with pytest.raises(UsageError, match="gpus=2: the Ray cluster has 0 GPU"):
         build_dataset(_FakeRay({"CPU": 4}), [Job("a.png", "a_ages.png")], pipeline=None, ages=None, labels=True,
                       options=None, cpus=None, gpus=2, threads=None, batch_size=1)
+
+
+def test_a_job_parses_its_ages_once_and_hands_every_actor_the_same_request(monkeypatch):
+    from agetool import ages
+    from agetool.options import AgeRequest
+    from agetool.ray import Job, build_dataset
+
+    calls = []
+    parse = ages.parse_ages
+    monkeypatch.setattr(ages, "parse_ages", lambda *a, **k: calls.append(a) or parse(*a, **k))
+    fake = _FakeRay({"CPU": 4})
+    build_dataset(fake, [Job("a.png", "a_ages.png")], pipeline=None, ages="5,+20,30-39", labels=True,
+                  options={"seed": 3, "mask": False}, cpus=None, gpus=None, threads=None, batch_size=1)
+    (_, f), (_, g), _ = fake.stages
+    request = f["fn_constructor_kwargs"]["request"]
+    assert isinstance(request, AgeRequest) and g["fn_constructor_kwargs"]["request"] is request
+    assert [t.entry for t in request.render.targets] == ["5", "+20", "30-39"] and request.render.seed == 3
+    assert len(calls) == 1

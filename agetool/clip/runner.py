@@ -79,7 +79,10 @@ class ClipRunner:
         self.specs = list(specs)
         options, render = request.face, request.render
         self.mask, self.parse = options.mask, parse or options.mask
-        self.faces, self.min_face, self.seed, self.noise = options.faces, options.min_face, render.seed, render.noise
+        from agetool.identity import FaceReference
+
+        self.faces = FaceReference.of(options.faces)  # a reference person: only the tracks of that person's faces
+        self.min_face, self.seed, self.noise = options.min_face, render.seed, render.noise
         self.detect_every = detect_every
         self.batch = batch or 8
         self.upscale = render.upscale  # 2 or 4: each new tile upscaled once, shown at the face's size in each frame
@@ -255,9 +258,7 @@ class ClipRunner:
 
     # ---------------------------------------------------------------- per batch
     def _decide(self, t: Track) -> None:
-        from agetool.render import combine
-
-        t.estimate = combine(t.estimates)
+        t.estimate = self.core.combine(t.estimates)
         t.model = self.core.decide(f"{self.info.path.name} person {t.id}", t.estimate, relative=self.relative)
 
     def _latents(self, face: Face, frame: _Frame):

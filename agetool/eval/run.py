@@ -68,7 +68,7 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
     from agetool.device import env_dist, pick_device
     from agetool.eval.measure import Measurer
     from agetool.images import find_images
-    from agetool.upscale import check_factor
+    from agetool.options import check_factor
 
     factor = check_factor(upscale)
     dist = dist or env_dist()

@@ -89,7 +89,7 @@ class Studio:
                  fixed_model: str | None = None, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE, upscale: int | None = None,
                  budget_s: float = REQUEST_BUDGET_S, uploads: str | os.PathLike | None = None,
                  upload_quota: int = UPLOAD_QUOTA):
-        from agetool.upscale import check_factor
+        from agetool.options import check_factor
 
         self.pipe = pipeline
         self.model = pipeline.model  # the choice the server started with
