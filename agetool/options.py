@@ -42,6 +42,15 @@ MAX_FRAMES = 200_000  # about 1 h 50 min at 30 fps
 DEFAULT_CANDIDATES = 1
 MAX_CANDIDATES = 16
 
+#: the largest clip frame aged (4096x2160, "4K"): the H.264 encoder's look-ahead holds about 180 bytes
+#: a pixel (1.5 GB at 3840x2160, over 2 GB at 7680x4320 with the shortest look-ahead), so ``--max-pixels``
+#: lowers a clip's limit but does not raise it past this
+MAX_CLIP_PIXELS = 4096 * 2160
+#: pixels of the encoders open at once for a clip's ages: four ages at 1920x1080 (one at 4K) share a pass
+#: over the clip; more ages take further passes (the same frames, the same results), so memory stays
+#: bounded whatever the number of ages
+CLIP_PASS_PIXELS = 4 * 1920 * 1080
+
 
 def frame_total(steps: int, fps: float, hold: float = 0.0, transitions: int = 5) -> int:
     """Frames in the MP4 of a traversal with ``steps`` frames per transition and ``hold`` seconds

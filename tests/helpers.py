@@ -106,3 +106,32 @@ def astronaut_clip(folder: Path, frames: int = 6, name: str = "walk.mp4") -> Pat
     photo = folder / "astronaut256.png"
     Image.open(ROOT / "examples" / "astronaut.png").convert("RGB").resize((256, 256), Image.LANCZOS).save(photo)
     return make_clip(photo, folder / name, frames)
+
+
+def run_measured(args: list, cwd: Path, timeout: float = 600, preexec_fn=None) -> tuple[int, str, float]:
+    """The CLI in a subprocess of its own: (exit code, stderr, the process's peak resident bytes)."""
+    import tempfile
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, "-m", "agetool", *map(str, args)], cwd=cwd, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err, preexec_fn=preexec_fn)
+        t0 = time.monotonic()
+        while True:  # os.wait4: this process's own peak, not the largest of every child so far
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() - t0 > timeout:
+                proc.kill()
+                raise AssertionError(f"{args[:2]} ran past {timeout} s")
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return proc.returncode, err.read().decode(errors="replace"), usage.ru_maxrss * 1024.0
+
+
+def one_line_message(err: str) -> str:
+    """The error line of a failed command (asserting it is one line, no traceback, no raw escape)."""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err and "\x1b" not in err, err
+    return lines[0]

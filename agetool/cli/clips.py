@@ -18,6 +18,19 @@ def clip_inputs(inputs: list[Path]) -> list[Path]:
     return clips
 
 
+def given(*flags: str) -> list[str]:
+    """Those of ``flags`` typed on the command line (``--fps 30`` counts, even at its default)."""
+    return [f for f in flags if any(t == f or t.startswith(f + "=") for t in console.TYPED)]
+
+
+def refuse(flags: list[str], why: str) -> None:
+    """A usage error naming the ``flags`` given that a clip run would ignore."""
+    from agetool.errors import UsageError
+
+    if flags:
+        raise UsageError(f"{', '.join(flags)}: {why}", hint="drop " + ("it" if len(flags) == 1 else "them"))
+
+
 def _check_request(request) -> None:
     """The face options that apply to clips (every clip frame is pasted back)."""
     from agetool.errors import UsageError, arg
@@ -26,6 +39,7 @@ def _check_request(request) -> None:
         raise UsageError(f"{arg('aligned')} takes aligned photos; a clip's faces are found in every frame")
     if request.render.candidates != 1:
         raise UsageError(f"{arg('candidates')} applies to photos and photo videos; clips render one draw per person")
+    refuse(given("--paste-back"), "a clip's frames are always whole, with the aged faces pasted back")
 
 
 def _bar_progress(bar):
@@ -38,19 +52,21 @@ def _bar_progress(bar):
 
 
 def _run(clips: list[Path], out, request, crf: int, build, *, from_age=None, to_age=None,
-         profile: bool = False) -> int:
+         profile: bool = False, truncated: str = "fail") -> int:
     from agetool.cli.options import print_profile
     from agetool.clip import clip_outputs, probe
     from agetool.images import distinct_outputs
+    from agetool.options import MAX_CLIP_PIXELS
 
     _check_request(request)
     several = len(clips) > 1
+    limit = min(getattr(build, "options", {}).get("max_pixels", MAX_CLIP_PIXELS), MAX_CLIP_PIXELS)
+    infos = [probe(clip, limit) for clip in clips]  # an unreadable or oversized clip fails before models load
     with console.progress() as bar:
         pipe = build(bar)
         entries = request.render.labels if from_age is None and to_age is None else ["progressive"]
         plans = []
-        for clip in clips:
-            info = probe(clip)  # an unreadable clip fails before any work
+        for clip, info in zip(clips, infos):
             if from_age is not None or to_age is not None:
                 name = f"{clip.stem}_aging.mp4"
                 target = Path(name) if out is None else Path(out) / name if _folder(out) or several else Path(out)
@@ -62,7 +78,7 @@ def _run(clips: list[Path], out, request, crf: int, build, *, from_age=None, to_
         distinct_outputs([("out", t) for _, _, ts in plans for t in ts], clips)
         for clip, info, targets in plans:
             written = pipe.age_clip(clip, targets, request, from_age=from_age, to_age=to_age, crf=crf,
-                                    progress=_bar_progress(bar))
+                                    progress=_bar_progress(bar), truncated=truncated)
             for path in written:
                 console.info(f"{clip} -> {path}  ({info.frames} frames, {info.size[0]}x{info.size[1]}"
                              f"{', audio copied' if info.audio else ''})")
@@ -77,26 +93,28 @@ def _folder(out: str) -> bool:
     return out.endswith(("/", os.sep)) or Path(out).is_dir()
 
 
-def age_clips(clips: list[Path], out, ages, request, crf: int, build, profile: bool = False) -> int:
+def age_clips(clips: list[Path], out, ages, request, crf: int, build, profile: bool = False,
+              truncated: str = "fail") -> int:
     """`agetool age CLIP... --ages LIST`: one clip per input and age (``request``: the run's, with
     ``ages`` parsed once)."""
     from agetool.errors import UsageError, arg
 
+    refuse(given("--tiles", "--no-labels", "--skip-existing"), "only for photos; a clip gives one clip per age")
     if ages is None:
         raise UsageError(f"a clip needs {arg('ages')}", hint="e.g. --ages 60, or `agetool video CLIP --from 20 --to 70`")
-    return _run(clips, out, request, crf, build, profile=profile)
+    return _run(clips, out, request, crf, build, profile=profile, truncated=truncated)
 
 
 def video_clip(clip: Path, out, from_age, to_age, crf: int, build, request, profile: bool = False,
-               photo_only: list[str] = ()) -> int:
-    """`agetool video CLIP --from A --to B`: the people aged progressively over the clip (``photo_only``:
-    the flags given that only a photo's video takes)."""
+               truncated: str = "fail") -> int:
+    """`agetool video CLIP --from A --to B`: the people aged progressively over the clip."""
     from agetool.errors import UsageError, arg
 
-    if photo_only:
-        raise UsageError(f"{', '.join(photo_only)}: only for a photo's video; a clip keeps its own frames and timing")
+    refuse(given("--fps", "--steps", "--seconds", "--hold", "--frames", "--caption", "--max-size"),
+           "only for a photo's video; a clip keeps its own frames, timing and size")
 
     if from_age is None and to_age is None:
         raise UsageError(f"a clip is aged progressively from {arg('from_age')} to {arg('to_age')} (years)",
                          hint="e.g. --from 20 --to 70")
-    return _run([clip], out, request, crf, build, from_age=from_age, to_age=to_age, profile=profile)
+    return _run([clip], out, request, crf, build, from_age=from_age, to_age=to_age, profile=profile,
+                truncated=truncated)

@@ -28,6 +28,7 @@ def age(
     no_labels: Annotated[bool, typer.Option("--no-labels", help="No age captions on the grid.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose grid already exists (resume a folder run).")] = False,
     crf: Annotated[int, typer.Option("--crf", metavar="Q", help="Clips: H.264 quality, 0 lossless ... 51 worst; 18 is visually lossless.")] = DEFAULT_CRF,
+    truncated: Annotated[str, typer.Option("--truncated", metavar="fail|keep", help="Clips: a clip cut short (fewer frames than its index lists) fails, or with keep gives the frames it has, with a warning.")] = "fail",
     keep_candidates: Annotated[Optional[str], typer.Option("--keep-candidates", metavar="DIR", help="With --candidates: also write every draw's tiles as DIR/<stem>/face<i>_draw<k>_<label>.png and their scores as DIR/<stem>/scores.json.")] = None,
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per face on stdout: the output, the model and, with --candidates, every draw's scores and the one kept.")] = False,
     profile: Annotated[bool, typer.Option("--profile", help="Print the time spent in each stage.")] = False,
@@ -87,7 +88,9 @@ def age(
                                  "photos; a clip holds one draw per person")
             if to_uris:
                 raise UsageError(f"{to_uris[0]}: clips are written to local or shared folders")
-            return age_clips(clips, out, ages, request, crf, build, profile)
+            if engine == "ray":
+                raise UsageError("--engine ray: takes photos; clips are aged by this process", hint="drop --engine ray")
+            return age_clips(clips, out, ages, request, crf, build, profile, truncated)
         paths = sources = find_images(inputs)
         if not paths:
             raise UsageError("no images found in the given folders")
@@ -285,6 +288,7 @@ def video(
     seconds: Annotated[Optional[float], typer.Option("--seconds", metavar="S", help="Length of the video (instead of --steps): seconds x fps frames, spaced in years.")] = None,
     hold: Annotated[float, typer.Option("--hold", metavar="S", help="Seconds to hold the first and last frame in the MP4.")] = 0.0,
     crf: Annotated[int, typer.Option("--crf", metavar="Q", help="H.264 quality: 0 lossless ... 51 worst; 18 is visually lossless.")] = DEFAULT_CRF,
+    truncated: Annotated[str, typer.Option("--truncated", metavar="fail|keep", help="Clips: a clip cut short (fewer frames than its index lists) fails, or with keep gives the frames it has, with a warning.")] = "fail",
     frames_dir: Annotated[Optional[Path], typer.Option("--frames", metavar="DIR", help="Also write every frame as DIR/frame_00000.png ...", file_okay=False)] = None,
     caption: Annotated[bool, typer.Option("--caption", help="Write the age in years on each frame of the MP4.")] = False,
     max_size: Annotated[int, typer.Option("--max-size", metavar="PX", help="With --paste-back, scale frames down to this long side.")] = 1080,
@@ -317,10 +321,8 @@ def video(
     from agetool.cli.clips import clip_inputs, video_clip
 
     if clip_inputs([input]):  # a clip: its people aged progressively over its length
-        photo_only = {"--seconds": seconds is not None, "--hold": hold != 0.0, "--frames": frames_dir is not None,
-                      "--caption": caption}
         return video_clip(input, out, from_age, to_age, crf, build, build_request(None, **face_kwargs), profile,
-                          photo_only=[flag for flag, given in photo_only.items() if given])
+                          truncated)
     name = input.stem + "_aging.mp4"
     target = Path(name) if out is None else Path(out) / name if _is_folder(out) else Path(out)
     if target.suffix.lower() != ".mp4":

@@ -19,7 +19,8 @@ from agetool.clip.media import CLIP_SUFFIXES, ClipInfo, is_clip, probe
 from agetool.clip.runner import ClipFrame, ClipRunner, Progressive
 from agetool.options import DEFAULT_CRF, DEFAULT_NOISE, DEFAULT_SEED, AgeRequest, request as build_request
 
-__all__ = ["CLIP_SUFFIXES", "ClipFrame", "ClipInfo", "age_clip", "clip_frames", "clip_outputs", "is_clip", "plan", "probe"]
+__all__ = ["CLIP_SUFFIXES", "ClipFrame", "ClipInfo", "age_clip", "age_groups", "clip_frames", "clip_limit", "clip_outputs",
+           "clip_source", "is_clip", "plan", "probe"]
 
 
 def clip_outputs(src: str | os.PathLike, out, entries: Sequence[str], folder: Path | None = None) -> list[Path]:
@@ -73,13 +74,38 @@ def plan(pipe, ages=None, *, from_age: float | None = None, to_age: float | None
     return request, [Progressive(start, stop, f"{start:g}-{stop:g}")]
 
 
+def clip_limit(pipe) -> int:
+    """Pixels a clip's frame may have: the pipeline's ``max_pixels``, at most ``MAX_CLIP_PIXELS``."""
+    from agetool.options import MAX_CLIP_PIXELS
+
+    return min(pipe.max_pixels, MAX_CLIP_PIXELS)
+
+
+def clip_source(src, argument: str = "src") -> Path:
+    """``src`` as the path of a video clip, else a typed error naming ``argument``."""
+    from agetool.errors import InputError, UsageError, arg
+
+    if not isinstance(src, (str, os.PathLike)):
+        raise UsageError(f"{arg(argument)}: a clip is given as a file path, not {type(src).__name__}",
+                         hint="photos and arrays are aged with age() / render()")
+    path = Path(src)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file", hint="check the path")
+    if not is_clip(path):
+        raise InputError(f"{path}: not a video clip (MP4, MOV, MKV, WebM or AVI)",
+                         hint="photos are aged with age(), or `agetool age PHOTO` on the command line")
+    return path
+
+
 def clip_frames(pipe, src: str | os.PathLike, ages=None, *, from_age: float | None = None,
                 to_age: float | None = None, parse: bool | None = None, detect_every: int = 5,
                 info: ClipInfo | None = None, **options) -> Iterator[ClipFrame]:
     """The aged frames of ``src``, one ``ClipFrame`` at a time (``.image``; ``.images`` per age).
     ``options``: ``mask``, ``faces``, ``min_face``, ``seed``, ``noise``, and ``upscale`` 2 or 4 (each
     aged face rendered at 512 / 1024 px by the super-resolution model and pasted at its own size in
-    the frame); ``ages`` may be an ``AgeRequest`` instead."""
+    the frame); ``ages`` may be an ``AgeRequest`` instead. Frames over the pipeline's ``max_pixels``
+    (at most ``MAX_CLIP_PIXELS``) are refused; the first that breaks it stops the run."""
+    src = clip_source(src)
     request, specs = plan(pipe, ages, from_age=from_age, to_age=to_age, **options)
     return _frames(pipe, src, request, specs, parse=parse, detect_every=detect_every, info=info)
 
@@ -91,43 +117,85 @@ def _frames(pipe, src, request: AgeRequest, specs: list, *, parse: bool | None =
     detect_every = validate.integer("detect_every", detect_every, low=1, high=1000)
     if request.render.upscale > 1:  # every missing file in one error, before any work
         pipe.check_models(mask=request.face.mask, upscale=True)
-    info = info or probe(src)
+    info = info or probe(src, clip_limit(pipe))
     mask = request.face.mask
     return iter(ClipRunner(pipe.core, info, request, specs, parse=mask if parse is None else parse,
                            detect_every=detect_every, batch=pipe.models.batch))
 
 
+def age_groups(specs: list, info: ClipInfo) -> list[list]:
+    """The ages of each pass over a clip: as many as ``CLIP_PASS_PIXELS`` allows encoders for at once."""
+    from agetool.options import CLIP_PASS_PIXELS
+
+    size = max(1, CLIP_PASS_PIXELS // max(1, info.width * info.height))
+    return [specs[i:i + size] for i in range(0, len(specs), size)]
+
+
 def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float | None = None,
              to_age: float | None = None, crf: int = DEFAULT_CRF, progress=None, parse: bool | None = None,
-             detect_every: int = 5, **options) -> list[Path]:
+             detect_every: int = 5, truncated: str = "fail", **options) -> list[Path]:
     """Write ``src`` with its people aged: one clip per age (``out``: a file for one age, a folder,
     or a list of files); returns the paths written. ``ages`` and ``options`` are those of
     ``clip_frames``; ``progress(description, total) -> advance(n)`` replaces the pipeline's progress
-    callback."""
+    callback.
+
+    Memory is bounded whatever the number of ages: ages whose encoders would hold more than
+    ``CLIP_PASS_PIXELS`` at once take further passes over the clip (the same frames, the same
+    results). A clip that ends before the frames its index lists (a cut file) raises ``InputError``
+    and leaves no file; ``truncated="keep"`` writes the frames it has and reports a warning instead."""
     from contextlib import ExitStack
 
     from agetool import validate
     from agetool.clip.media import ClipWriter
+    from agetool.errors import UsageError, arg
     from agetool.images import distinct_outputs
 
-    src = Path(src)
-    if not src.is_file():
-        from agetool.errors import InputError
-
-        raise InputError(f"{src}: no such file", hint="check the path")
+    src = clip_source(src)
+    if progress is not None and not callable(progress):
+        raise UsageError(f"{arg('progress')}: expected a function (description, total) -> advance(n), "
+                         f"got {type(progress).__name__}")
+    if truncated not in ("fail", "keep"):
+        raise UsageError(f"{arg('truncated', truncated)}: expected 'fail' or 'keep'")
     if (from_age is not None or to_age is not None) and not isinstance(ages, AgeRequest):
         ages = None
     crf = validate.integer("crf", crf, 0, 51)
     request, specs = plan(pipe, ages, from_age=from_age, to_age=to_age, **options)
     targets = clip_outputs(src, out, [s.entry for s in specs])
     distinct_outputs([("out", t) for t in targets], [src])
-    info = probe(src)
-    frames = _frames(pipe, src, request, specs, parse=parse, detect_every=detect_every, info=info)
-    advance = (progress or pipe.core.progress)(f"ageing {src.name}", info.frames)
+    info = probe(src, clip_limit(pipe))
+    groups = age_groups(specs, info)
+    advance = (progress or pipe.core.progress)(f"ageing {src.name}", info.frames * len(groups))
     with ExitStack() as stack:
         writers = [stack.enter_context(ClipWriter(t, info, crf)) for t in targets]
-        for frame in frames:
-            for writer, image in zip(writers, frame.images):
-                writer.write(image, frame.pts)
-            advance(1)
+        first = 0
+        for group in groups:
+            mine = writers[first:first + len(group)]
+            first += len(group)
+            info.repaired, info.broken = 0, None
+            for frame in _frames(pipe, src, request, group, parse=parse, detect_every=detect_every, info=info):
+                for writer, image in zip(mine, frame.images):
+                    writer.write(image, frame.pts)
+                advance(1)
+            _check_complete(pipe, info, mine[0].frames, truncated)
+            for writer in mine:
+                writer.finish()  # the encoders of this pass are freed before the next pass opens its own
     return [w.path for w in writers]
+
+
+def _check_complete(pipe, info: ClipInfo, frames: int, truncated: str) -> None:
+    """A clip whose frames ended well before its index said: an error (or a warning with ``"keep"``)."""
+    from agetool.errors import InputError
+
+    if info.repaired:
+        pipe.core.warn_once(f"{info.path}: {info.repaired} frame(s) had a timestamp that repeated or went back; "
+                            "each was given the next one after its predecessor's")
+    expected = max(info.frames, info.listed)
+    if info.broken is None and expected - frames <= max(2, expected // 100):  # a decoder may drop a few leading frames
+        return
+    why = "the file is cut short" if info.broken is None else \
+        f"cut short or damaged there, or a frame over {info.max_pixels or 0:,} pixels: {info.broken}"
+    message = f"{info.path}: only {frames} of its {expected} frames could be read ({why})"
+    if truncated == "keep":
+        pipe.core.warn_once(message + "; the aged clip has those frames")
+        return
+    raise InputError(message, hint=f"check the file, or keep what it has with {arg('truncated', 'keep')}")

@@ -59,6 +59,10 @@ class ClipInfo:
     start: float  # seconds of the first frame
     end: float  # seconds of the last frame
     audio: list[str] = field(default_factory=list)  # codec of each audio stream
+    max_pixels: int | None = None  # every decoded frame is checked against this (None: no check)
+    repaired: int = 0  # frames whose timestamps did not increase, given the next free ones
+    broken: str | None = None  # why the frames ended early (a packet that could not be decoded)
+    listed: int = 0  # frames the container's index lists (0: it lists none)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -75,13 +79,17 @@ def _open(path: Path):
         raise InputError(f"{path}: not a readable video ({str(e).splitlines()[0][:120]})") from None
 
 
-def probe(path: str | os.PathLike) -> ClipInfo:
-    """The clip's size, rotation, frame count, timing and audio streams (one pass over its packets)."""
+def probe(path: str | os.PathLike, max_pixels: int | None = None) -> ClipInfo:
+    """The clip's size, rotation, frame count, timing and audio streams (one pass over its packets).
+    ``max_pixels``: a clip whose frames are larger is refused before any frame is decoded, and
+    ``read_frames`` checks every decoded frame against it."""
     path = Path(path)
     with _open(path) as box:
         if not box.streams.video:
             raise InputError(f"{path}: no video stream")
         vs = box.streams.video[0]
+        _check_size(path, vs.codec_context.width, vs.codec_context.height, max_pixels)
+        _limit_decoder(vs, max_pixels)
         audio = [a.codec_context.name for a in box.streams.audio]
         rotation = 0
         count, first, last = 0, None, None
@@ -98,16 +106,33 @@ def probe(path: str | os.PathLike) -> ClipInfo:
                     first = packet.pts if first is None else min(first, packet.pts)
                     last = packet.pts if last is None else max(last, packet.pts)
         except Exception as e:  # noqa: BLE001 - PyAV raises several kinds for damaged files
-            raise InputError(f"{path}: damaged video ({str(e).splitlines()[0][:120]})") from None
+            raise _damaged(path, e, max_pixels) from None
         if count == 0:
             raise InputError(f"{path}: the video stream has no frames")
         tb = vs.time_base or Fraction(1, 90000)
         rate = vs.average_rate or vs.guessed_rate or Fraction(30)
         width, height = vs.codec_context.width, vs.codec_context.height
+        listed = int(vs.frames or 0)  # the index's count: more than the packets read is a file cut short
     if rotation % 90:
         rotation = 0  # a skew the player would ignore too
+    if width < 1 or height < 1:
+        raise InputError(f"{path}: the video stream has no frame size")
     return ClipInfo(path, width, height, rotation, count, tb, Fraction(rate),
-                    float((first or 0) * tb), float((last or 0) * tb), audio)
+                    float((first or 0) * tb), float((last or 0) * tb), audio, max_pixels, listed=listed)
+
+
+def _check_size(path: Path, width: int, height: int, max_pixels: int | None, index: int | None = None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        where = "its frames are" if index is None else f"frame {index} is"
+        raise InputError(f"{path}: {where} {width}x{height}, {width * height:,} pixels, over the limit of "
+                         f"{max_pixels:,} a frame", hint=f"scale the clip down, or raise {arg('max_pixels')} "
+                         "(up to the clip limit) if it is genuine")
+
+
+def _limit_decoder(stream, max_pixels: int | None) -> None:
+    """The decoder allocates no frame over ``max_pixels`` (a clip that grows mid-stream fails there)."""
+    if max_pixels is not None:
+        stream.codec_context.options = {**stream.codec_context.options, "max_pixels": str(max_pixels)}
 
 
 def upright(image: np.ndarray, rotation: int) -> np.ndarray:
@@ -121,22 +146,49 @@ def stored(image: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def read_frames(info: ClipInfo):
-    """(upright RGB uint8 frame, pts) for every frame, in order, one at a time."""
+    """(upright RGB uint8 frame, pts) for every frame, in order, one at a time. Every frame has the
+    clip's size (and at most ``info.max_pixels``): the first that does not stops the reading with an
+    ``InputError``; a packet that can't be decoded after the first frame ends the frames (``info.broken``
+    says why: a file cut short, a damaged packet, a frame over the limit). Timestamps always increase: a frame whose timestamp repeats or goes back gets the
+    next one after its predecessor's (``info.repaired`` counts them), so the aged clip keeps the order
+    in which the frames are shown."""
     with _open(info.path) as box:
         vs = box.streams.video[0]
         vs.thread_type = "AUTO"
+        _limit_decoder(vs, info.max_pixels)
         pts = None
         step = max(1, int(round(1 / (float(info.rate) * float(info.time_base))))) if info.rate else 1
+        index = 0
         try:
             for frame in box.decode(vs):
-                pts = frame.pts if frame.pts is not None else (0 if pts is None else pts + step)
+                if (frame.width, frame.height) != (info.width, info.height):
+                    _check_size(info.path, frame.width, frame.height, info.max_pixels, index)
+                    raise InputError(f"{info.path}: frame {index} is {frame.width}x{frame.height}, but the clip "
+                                     f"starts at {info.width}x{info.height}; a clip that changes size is not aged",
+                                     hint="re-encode it at one size first")
+                if frame.pts is None or (pts is not None and frame.pts <= pts):
+                    if frame.pts is not None:
+                        info.repaired += 1
+                    pts = 0 if pts is None else pts + step
+                else:
+                    pts = frame.pts
                 yield upright(frame.to_ndarray(format="rgb24"), info.rotation), pts
+                index += 1
         except Exception as e:  # noqa: BLE001 - a damaged packet mid-clip
             import av
 
-            if isinstance(e, av.FFmpegError):
-                raise InputError(f"{info.path}: damaged video ({str(e).splitlines()[0][:120]})") from None
-            raise
+            if not isinstance(e, av.FFmpegError):
+                raise
+            if index == 0:
+                raise _damaged(info.path, e, info.max_pixels) from None
+            info.broken = _first_line(e)  # the frames so far stand; age_clip says the clip ended early
+
+
+def _damaged(path: Path, e: BaseException, max_pixels: int | None) -> InputError:
+    """A decoder's failure as one line (with a limit, a frame over it fails the same way)."""
+    what = "damaged video" if max_pixels is None else f"damaged video, or a frame over the limit of {max_pixels:,} pixels"
+    return InputError(f"{path}: {what} ({(str(e).splitlines() or [type(e).__name__])[0][:120]})",
+                      hint=None if max_pixels is None else f"raise {arg('max_pixels')} if the clip is genuine")
 
 
 def check_output(out: str | os.PathLike) -> Path:
@@ -165,6 +217,7 @@ class ClipWriter(Finishing):
         self._audio: dict = {}
         self._packets = None
         self._pending = None
+        self._finished = False
         self.frames = 0
 
     def _start(self) -> None:
@@ -178,7 +231,7 @@ class ClipWriter(Finishing):
             self._box = av.open(str(self._tmp), "w")
         info = self.info
         vs = self._box.add_stream("libx264", rate=info.rate)
-        vs.width, vs.height, vs.pix_fmt = info.width, info.height, "yuv420p"
+        vs.width, vs.height, vs.pix_fmt = info.width, info.height, pixel_format(info.width, info.height)
         vs.time_base = info.time_base
         vs.codec_context.time_base = info.time_base
         vs.options = {"crf": str(self.crf), "preset": self.preset, **x264_options()}
@@ -228,26 +281,38 @@ class ClipWriter(Finishing):
         try:
             self._box.mux(self._video.encode(frame))
             self._mux_audio(float(pts * self.info.time_base) + 0.5)
-        except av.FFmpegError as e:
-            raise OutputError(f"writing {self.path} failed: {str(e).splitlines()[0][:160]}") from None
+        except (av.FFmpegError, OSError) as e:
+            self.abort()
+            raise _no_space(e, self.path) or OutputError(f"writing {self.path} failed: {_first_line(e)}") from None
         self.frames += 1
 
-    def close(self) -> Path:
+    def finish(self) -> None:
+        """Flush the encoder and close the temporary file (its memory is freed); ``close()`` then
+        moves it into place, ``abort()`` removes it."""
         import av
 
+        if self._finished:
+            return
         if self._box is None:
             raise OutputError(f"{self.path}: no frames to write")
         try:
             self._box.mux(self._video.encode(None))
             self._mux_audio(None)
             self._box.close()
-        except av.FFmpegError as e:
+        except (av.FFmpegError, OSError) as e:
             self.abort()
+            full = _no_space(e, self.path)
+            if full is not None:
+                raise full from None
             hint = (f"the audio ({', '.join(self.info.audio)}) may not fit {self.path.suffix}: try "
                     f"{arg('out')} NAME.mkv") if self.info.audio and self.path.suffix.lower() != ".mkv" else None
-            raise OutputError(f"finishing {self.path} failed: {str(e).splitlines()[0][:160]}", hint=hint) from None
-        self._box = None
+            raise OutputError(f"finishing {self.path} failed: {_first_line(e)}", hint=hint) from None
+        self._box = self._video = None
         self._close_source()
+        self._finished = True
+
+    def close(self) -> Path:
+        self.finish()
         os.replace(self._tmp, self.path)
         self._tmp = None
         return self.path
@@ -271,14 +336,43 @@ class ClipWriter(Finishing):
             self._tmp = None
 
 
+def pixel_format(width: int, height: int) -> str:
+    """The encoder's pixel format: YUV 4:2:0 (what every player takes) when both sides are even, else
+    4:4:4 (H.264's High 4:4:4 profile), which keeps an odd size exactly where 4:2:0 can't hold it."""
+    return "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+
+
+#: RGB to BT.601 limited-range Y, Cb, Cr (rows), as the encoder's own converter computes them
+_BT601 = np.array([[0.256788, 0.504129, 0.097906], [-0.148223, -0.290993, 0.439216],
+                   [0.439216, -0.367788, -0.071427]], np.float32)
+
+
 def _video_frame(image: np.ndarray):
-    """An RGB uint8 frame as the encoder's input: converted here to YUV 4:2:0 (BT.601, limited range,
-    as the encoder's own converter does) when both sides are even, in one conversion of our own."""
+    """An RGB uint8 frame as the encoder's input, converted here in one conversion of our own (the
+    same bytes on every run): YUV 4:2:0 (BT.601, limited range, as the encoder's own converter does)
+    when both sides are even, else YUV 4:4:4 with the same coefficients."""
     import av
 
     h, w = image.shape[:2]
     if h % 2 or w % 2:
-        return av.VideoFrame.from_ndarray(image, format="rgb24")
+        planes = np.tensordot(_BT601, image.astype(np.float32), axes=([1], [2]))
+        planes += np.array([16, 128, 128], np.float32)[:, None, None]
+        return av.VideoFrame.from_ndarray(np.clip(np.rint(planes), 0, 255).astype(np.uint8), format="yuv444p")
     import cv2
 
     return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:160]
+
+
+def _no_space(e: BaseException, path: Path) -> OutputError | None:
+    """The error to give when writing failed for want of space (a full disk, a quota, a file-size limit)."""
+    import errno
+
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
+                  errno.EFBIG: "the file is larger than this process may write"}[e.errno]
+        return OutputError(f"writing {path} failed: {reason}", hint="free some space, or write it elsewhere")
+    return None
