@@ -348,6 +348,25 @@ class FaceIdentity:
         return min(values) if self.metric == DISTANCE else max(values)
 
 
+def _reference_file(reference: str | os.PathLike) -> Path:
+    """The reference photo's path, checked: a regular file (not a folder, device or FIFO)."""
+    import stat
+
+    if not os.fspath(reference):
+        raise UsageError(f"{arg('faces', 'ref:')}: no photo after ref:", hint="e.g. ref:me.jpg")
+    path = Path(reference)
+    hint = "the reference is a photo of the person to keep"
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise InputError(f"{arg('faces', f'ref:{path}')}: no such file", hint=hint) from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{arg('faces', f'ref:{path}')}: is a folder, not a photo", hint=hint)
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{arg('faces', f'ref:{path}')}: not a regular file (a device, pipe or socket)", hint=hint)
+    return path
+
+
 class FaceReference:
     """``faces=`` value that keeps only the faces of one person (``--faces ref:PHOTO``).
 
@@ -364,13 +383,11 @@ class FaceReference:
         if isinstance(reference, str) and reference.startswith("ref:"):
             reference = reference[4:]
         if isinstance(reference, (str, os.PathLike)):
-            reference = Path(reference)
-            if not reference.is_file():
-                raise InputError(f"{arg('faces', f'ref:{reference}')}: no such file",
-                                 hint="the reference is a photo of the person to keep")
+            reference = _reference_file(reference)
         self.reference = reference
+        # a threshold of 0 or less keeps no face (a distance) or every face (a cosine): never what is meant
         self.ref_threshold = None if ref_threshold is None else validate.finite("ref_threshold", ref_threshold,
-                                                                                low=-1, high=100)
+                                                                                low=0, high=100, low_open=True)
         if isinstance(reference, Embedding) and isinstance(model, str):
             model = reference.model
         self._model = model

@@ -108,11 +108,13 @@ def astronaut_clip(folder: Path, frames: int = 6, name: str = "walk.mp4") -> Pat
     return make_clip(photo, folder / name, frames)
 
 
-def run_measured(args: list, cwd: Path, timeout: float = 600, preexec_fn=None) -> tuple[int, str, float]:
-    """The CLI in a subprocess of its own: (exit code, stderr, the process's peak resident bytes)."""
+def run_measured(args: list, cwd: Path, timeout: float = 600, preexec_fn=None,
+                 env: dict | None = None) -> tuple[int, str, float]:
+    """The CLI in a subprocess of its own (``env``: more variables): (exit code, stderr, the process's
+    peak resident bytes)."""
     import tempfile
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([sys.executable, "-m", "agetool", *map(str, args)], cwd=cwd, env=env,
                                 stdout=subprocess.DEVNULL, stderr=err, preexec_fn=preexec_fn)

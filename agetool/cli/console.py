@@ -15,8 +15,28 @@ from rich.markup import escape
 DEBUG = False
 #: the command line as typed, for messages that show a value as the user wrote it
 TYPED: list[str] = []
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
-out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+
+
+def printable(text: str) -> str:
+    """``text`` with terminal control characters shown escaped (``\\x1b``), line breaks and tabs kept:
+    a file name or a setting can't clear the screen, move the cursor or retitle the terminal."""
+    import unicodedata
+
+    if text.isprintable():
+        return text
+    return "".join(c if c in "\n\t" or c.isprintable() or unicodedata.category(c) == "Zs" else repr(c)[1:-1]
+                   for c in text)
+
+
+class _Console(Console):
+    """A console whose text passes through ``printable`` (our own styling is added after it)."""
+
+    def render_str(self, text: str, **kwargs):
+        return super().render_str(printable(text), **kwargs)
+
+
+err = _Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
+out = _Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 #: arguments whose flag is not ``--<name>``: (flag when true, flag when false)
@@ -88,10 +108,15 @@ def traceback() -> None:
 
 
 def text_column(field: str = "{task.description}"):
-    """A progress column that shows its text literally (descriptions hold file names)."""
+    """A progress column that shows its text literally (descriptions hold file names), escaped."""
     from rich.progress import TextColumn
+    from rich.text import Text
 
-    return TextColumn(field, markup=False)
+    class PrintableColumn(TextColumn):
+        def render(self, task):
+            return Text(printable(self.text_format.format(task=task)), style=self.style, justify=self.justify)
+
+    return PrintableColumn(field, markup=False)
 
 
 def rate_column():

@@ -50,17 +50,17 @@ def compare(
     dev = pick_device(device) if model not in ("dlib",) and not model.endswith(".dat") else None
     identity = FaceIdentity.from_pretrained(model, device=dev, offline=offline, report=report,
                                             file_argument="model")  # compare's --model takes a file too
-    faces = {}
+    same = _same_file(a, b)  # one photo under two spellings: its faces against each other, as for A A
+    faces = {a: identity.embed(a)}
+    faces[b] = faces[a] if same else identity.embed(b)
     for path in (a, b):
-        if path not in faces:
-            faces[path] = identity.embed(path)
         if not faces[path]:
             raise NoFaceError(f"no face found in {path}", hint="try a larger, frontal photo")
     limit = identity.threshold if threshold is None else threshold
     pairs = []
     for i, ea in enumerate(faces[a]):
         for j, eb in enumerate(faces[b]):
-            if a == b and j <= i:
+            if same and j <= i:
                 continue
             value = identity.similarity(ea, eb)
             pairs.append({"a_face": i, "a_box": _box(ea.box), "b_face": j, "b_box": _box(eb.box),
@@ -79,6 +79,15 @@ def compare(
         console.out.print(f"{a} face {p['a_face']}  {b} face {p['b_face']}: {identity.metric} "
                           f"{p['similarity']:.3f}  {verdict}", markup=False, highlight=False)
     return 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    import os
+
+    try:
+        return a == b or os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _box(box) -> list[float] | None:

@@ -179,6 +179,9 @@ def read_frames(info: ClipInfo):
 
             if not isinstance(e, av.FFmpegError):
                 raise
+            size = vs.codec_context.width, vs.codec_context.height  # the stream's size where it failed
+            if size != (info.width, info.height):
+                _check_size(info.path, *size, info.max_pixels, index)  # grown past the limit: named as such
             if index == 0:
                 raise _damaged(info.path, e, info.max_pixels) from None
             info.broken = _first_line(e)  # the frames so far stand; age_clip says the clip ended early
