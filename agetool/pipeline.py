@@ -150,12 +150,14 @@ class AgingPipeline:
         """Before anything loads: with network access off, one ``MissingModelsError`` naming every
         model file a call with these options needs and does not have (``estimate``: each face's
         estimated age is required; ``generate=False``: no generator, as ``estimate()``; ``upscale``:
-        the super-resolution model of ``upscale=2|4``)."""
+        the super-resolution model of ``upscale=2|4``, which is then loaded: a file it can't use fails here)."""
         from agetool.needs import pipeline_files, require
 
         require(pipeline_files(self.models, self.model, generate=generate, landmarks=not aligned,
                                parser=mask or paste_back, classifier=estimate, upscale=upscale),
                 offline=self.models.offline, report=self.models.report, progress=self.models.progress)
+        if upscale:  # loaded and checked now (its limits, its scale): a bad file fails before any work
+            self.models.upscaler
 
     # ------------------------------------------------------------------ encode
     def encode(self, image: Image | EncodedPhoto, *, aligned: bool = False, mask: bool = True,

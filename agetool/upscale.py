@@ -60,8 +60,10 @@ class Upscaler:
         if factor == 1:
             return image
         if factor > self.scale:
+            fits = [f for f in (4, 2) if f <= self.scale]  # what --upscale takes and this network gives
+            other = f", or {arg('upscale', fits[0])}" if fits else ""
             raise UsageError(f"{arg('upscale', factor)}: {self.describe()} enlarges only x{self.scale}",
-                             hint=f"use a x{factor} model in {arg('upscale_weights')}, or {arg('upscale', self.scale)}")
+                             hint=f"use a x{factor} model in {arg('upscale_weights')}{other}")
         if image.ndim == 4:
             return np.stack([self.upscale(im, factor) for im in image])
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

@@ -38,15 +38,15 @@ FORMAT_KEY = "agetool_format"
 CONFIG_KEY = "agetool_config"
 
 
-def _torch_load(data: bytes | Path, what: str) -> dict:
+def _torch_load(data: bytes | Path, what: str,
+                hint: str = "pass a released .pth, the released zip or an agetool .safetensors") -> dict:
     src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
     try:
         obj = _load_mapped(src) if isinstance(src, str) else None
         if obj is None:
             obj = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler refuses anything but tensors and plain containers
-        raise CheckpointError(f"{what}: not a readable weights file ({detail(e)})",
-                              hint="pass a released .pth, the released zip or an agetool .safetensors") from None
+        raise CheckpointError(f"{what}: not a readable weights file ({detail(e)})", hint=hint) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what}: expected a state dict, found {type(obj).__name__}")
     return obj

@@ -112,8 +112,38 @@ def unwrap(sd: dict) -> dict:
     return sd
 
 
-def recognise(sd: dict[str, torch.Tensor]) -> tuple[str, dict] | None:
-    """``(architecture, keyword arguments)`` of the network whose tensors ``sd`` holds, or None."""
+#: the largest network of each kind read: well above the released ones (num_feat 64, 32 convolutions,
+#: 23 blocks), below what would take gigabytes for one 256 px tile
+LIMITS = {"num_feat": 256, "num_conv": 128, "num_block": 64, "num_grow_ch": 256}
+#: the largest enlargement of a network: the output of a tile is scale^2 times its input, so the
+#: tiling bounds memory only up to x4 (what --upscale offers)
+MAX_SCALE = 4
+
+
+def recognise(sd: dict[str, torch.Tensor], what: str = "weights") -> tuple[str, dict] | None:
+    """``(architecture, keyword arguments)`` of the network whose tensors ``sd`` holds, or None;
+    ``CheckpointError`` (naming ``what``) for tensors of the right names but impossible shapes, and
+    for networks over ``LIMITS`` or ``MAX_SCALE``."""
+    try:
+        found = _recognise(sd)
+    except (IndexError, ZeroDivisionError, ValueError, TypeError, AttributeError, KeyError) as e:
+        raise CheckpointError(f"{what}: malformed super-resolution tensors ({type(e).__name__}: {str(e)[:80]})",
+                              hint="the file is damaged, or not a Real-ESRGAN network") from None
+    if found is None:
+        return None
+    arch, kwargs = found
+    scale = kwargs.get("scale", kwargs.get("upscale", 1))
+    if not 1 <= scale <= MAX_SCALE:
+        raise CheckpointError(f"{what}: a x{scale} network; networks up to x{MAX_SCALE} are read (the tiling "
+                              "bounds the memory of x2 and x4)", hint="use a x2 or x4 model")
+    over = [f"{k} {kwargs[k]} (at most {limit})" for k, limit in LIMITS.items() if kwargs.get(k, 0) > limit]
+    if over or min(v for v in kwargs.values() if isinstance(v, int)) < 1:
+        raise CheckpointError(f"{what}: an {arch} of {', '.join(over) or 'empty layers'}; larger networks "
+                              "than the released ones are refused", hint="use a released Real-ESRGAN model")
+    return found
+
+
+def _recognise(sd: dict[str, torch.Tensor]) -> tuple[str, dict] | None:
     if "conv_first.weight" in sd and "conv_last.weight" in sd and "body.0.rdb1.conv1.weight" in sd:
         first = sd["conv_first.weight"]
         fold2 = first.shape[1] // sd["conv_last.weight"].shape[0]
@@ -152,7 +182,7 @@ def network_from_state_dict(sd: dict, what: str = "weights") -> nn.Module:
     from agetool.nn.checkpoint import load_into
 
     sd = unwrap(sd)
-    found = recognise(sd)
+    found = recognise(sd, what)
     if found is None:
         raise CheckpointError(f"{what}: not a Real-ESRGAN network (SRVGGNetCompact or RRDBNet)")
     arch, kwargs = found
@@ -176,20 +206,17 @@ def read_tensors(path) -> dict:
         from agetool.nn.checkpoint import read_state_dict
 
         return read_state_dict(path)[0]
-    try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - the restricted unpickler refuses anything else
-        raise CheckpointError(f"{path}: not a readable weights file ({detail(e)})",
-                              hint="pass a .pth state dict or a .safetensors file") from None
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(sd).__name__}")
-    return sd
+    from agetool.nn.checkpoint import _torch_load
+
+    # the generator's loader: tensors memory-mapped where the file allows (a compressed "zip bomb" is
+    # refused, never inflated), nothing but tensors and plain containers unpickled
+    return _torch_load(path, str(path), hint="pass a .pth state dict or a .safetensors file")
 
 
 def read_network(path: str | os.PathLike) -> tuple[object, int, str, int]:
     """``(network, scale, architecture, multiple)`` of a super-resolution file."""
     sd = read_tensors(path)
-    if recognise(unwrap(sd)) is not None:
+    if recognise(unwrap(sd), str(path)) is not None:
         net = network_from_state_dict(sd, str(path))
         return net, network_scale(net), type(net).__name__, 2 if getattr(net, "fold", 1) > 1 else 1
     return _spandrel(sd, path)
@@ -198,7 +225,7 @@ def read_network(path: str | os.PathLike) -> tuple[object, int, str, int]:
 def _spandrel(sd: dict, path) -> tuple[object, int, str, int]:
     try:
         import spandrel
-    except ImportError:
+    except Exception:  # noqa: BLE001 - not installed, or broken (an operator of a torchvision that doesn't fit)
         raise CheckpointError(f"{path}: not a built-in architecture (Real-ESRGAN SRVGGNetCompact or RRDBNet); "
                               f"other super-resolution models load with spandrel",
                               hint='pip install "agetool[upscale]"') from None
@@ -210,6 +237,9 @@ def _spandrel(sd: dict, path) -> tuple[object, int, str, int]:
     if getattr(desc, "input_channels", 3) != 3 or getattr(desc, "output_channels", 3) != 3 or scale < 2:
         raise CheckpointError(f"{path}: not an RGB super-resolution model (x{scale}, "
                               f"{getattr(desc, 'input_channels', '?')} channels in)")
+    if scale > MAX_SCALE:
+        raise CheckpointError(f"{path}: a x{scale} network; networks up to x{MAX_SCALE} are read (the tiling "
+                              "bounds the memory of x2 and x4)", hint="use a x2 or x4 model")
     req = getattr(desc, "size_requirements", None)
     multiple = max(1, int(getattr(req, "multiple_of", 1) or 1))
     arch = getattr(getattr(desc, "architecture", None), "name", None) or type(desc.model).__name__
