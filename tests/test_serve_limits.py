@@ -214,3 +214,70 @@ def test_a_cancelled_clip_leaves_no_file(clip_studio_pipe, short_clip, tmp_path)
         studio.clip(short_clip, 60, mask=False, stop=lambda: calls.append(1) or len(calls) > 2)
     assert len(calls) == 3  # checked frame by frame
     assert not [p for p in (tmp_path / "work").rglob("*") if p.is_file()]
+
+
+def test_a_job_its_client_cancelled_stops_the_work():
+    """A cancel from the page or a program takes the job out of the queue's running jobs (its handler
+    runs on): the work stops too, while another session's running job does not stop this one."""
+    from types import SimpleNamespace
+
+    from agetool.serve.app import cancelled
+
+    mine, other = SimpleNamespace(session_hash="s1", alive=True), SimpleNamespace(session_hash="s2", alive=True)
+    jobs = [[mine], [other]]
+    demo = SimpleNamespace(_queue=SimpleNamespace(active_jobs=jobs))
+    stop = cancelled(demo, SimpleNamespace(session_hash="s1"))
+    assert not stop()
+    jobs[1] = None  # the other session's job ends
+    assert not stop()
+    jobs[0] = None  # what Gradio does with a job cancelled by its client
+    assert stop()
+
+
+def test_the_clip_budget_counts_from_when_the_work_starts(clip_studio_pipe, short_clip, tmp_path, monkeypatch):
+    """A request that waited 700 s for the one slot still has its whole budget (a fake clock)."""
+    import threading
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    studio = Studio(clip_studio_pipe, tmp_path / "work", fixed_model="tiny.safetensors")
+    held, release = threading.Event(), threading.Event()
+
+    def busy():  # another request holding the slot
+        with studio._lock:
+            held.set()
+            release.wait(60)
+
+    other = threading.Thread(target=busy)
+    other.start()
+    held.wait(60)
+    result, asked = [], threading.Event()
+    folder = studio.new_folder
+    monkeypatch.setattr(studio, "new_folder", lambda: asked.set() or folder())  # just before it waits for the slot
+    waiting = threading.Thread(target=lambda: result.append(studio.clip(short_clip, 60, mask=False)))
+    waiting.start()
+    asked.wait(60)
+    clock[0] += 700  # longer than CLIP_BUDGET_S spent waiting
+    release.set()
+    other.join()
+    waiting.join(300)
+    assert result and result[0].is_file()
+
+
+def test_an_age_too_large_for_a_float_is_shown_as_typed(studio, session):
+    with pytest.raises(UsageError) as e:
+        studio.grid(session, "5, 1e309")
+    assert "1e309" in str(e.value) and "inf" not in str(e.value)
+
+
+def test_the_app_is_built_without_gradio_warnings(studio):
+    """Gradio takes each handler's gr.Request parameter as its own (no "Expected 4 arguments" lines)."""
+    import warnings
+
+    pytest.importorskip("gradio")
+    from agetool.serve.app import build_app
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        build_app(studio)
+    assert not [str(w.message) for w in seen if issubclass(w.category, UserWarning)]

@@ -62,18 +62,34 @@ def guarded(fn):
             raise gr.Error(f"internal error: {type(e).__name__} (details in the server's terminal)",
                            print_exception=False) from None
 
+    import typing
+
+    try:  # the annotations as objects: Gradio then sees the gr.Request parameter as its own, not an input
+        run.__annotations__ = typing.get_type_hints(fn, localns={"gr": gr})
+    except (NameError, TypeError):
+        pass
     return run
 
 
 def cancelled(demo, request):
     """``stop()`` for a request's work: true once Gradio has given up on the session's running job
-    (the page was closed or the job cancelled), so the work ends between two decodes."""
+    (the page was closed or the job cancelled), so the work ends between two decodes or frames. Made
+    when the handler starts, it knows which running job is the request's."""
     session = getattr(request, "session_hash", None)
 
-    def stop() -> bool:
+    def running() -> list:
         queue = getattr(demo, "_queue", None)
-        jobs = [event for job in (getattr(queue, "active_jobs", None) or []) if job for event in job]
-        return any(event.session_hash == session and not event.alive for event in jobs)
+        return [event for job in (getattr(queue, "active_jobs", None) or []) if job for event in job]
+
+    mine = [event for event in running() if event.session_hash == session]  # this request's job, running now
+
+    def stop() -> bool:
+        jobs = running()
+        if any(event.session_hash == session and not event.alive for event in jobs):
+            return True
+        # a job cancelled by its client (the page's stop button, a program's cancel) leaves the queue's
+        # running jobs while its handler goes on: it is over for the client, so the work ends too
+        return bool(mine) and not any(event is job for event in mine for job in jobs)
 
     return stop
 

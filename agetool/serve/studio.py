@@ -304,9 +304,12 @@ class Studio:
         age = float(age)
         if not MIN_AGE <= age <= MAX_AGE:
             raise UsageError(f"{arg('age', age)}: expected {MIN_AGE} to {MAX_AGE} years")
-        end = time.monotonic() + CLIP_BUDGET_S
 
-        def progress(description, total):
+        def progress(description, total):  # called when the work starts (the slot is ours): the budget starts then
+            end = time.monotonic() + CLIP_BUDGET_S
+            if stop is not None and stop():
+                raise UsageError("the request was cancelled")
+
             def advance(n: int) -> None:
                 if stop is not None and stop():
                     raise UsageError("the request was cancelled")
