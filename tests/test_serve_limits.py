@@ -281,3 +281,19 @@ def test_the_app_is_built_without_gradio_warnings(studio):
         warnings.simplefilter("always")
         build_app(studio)
     assert not [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
+
+
+def test_a_clip_that_changes_size_stops_at_its_first_other_frame(clip_studio_pipe, tmp_path):
+    """Probed at its first size (within the page's 1920x1080), it stops at the first frame of another."""
+    from agetool.errors import InputError
+    from tests.helpers import ffmpeg
+
+    for name, size in (("a", "320x240"), ("b", "640x480")):
+        ffmpeg("-f", "lavfi", "-i", f"testsrc=size={size}:rate=10", "-frames:v", 3, "-c:v", "libx264",
+               "-pix_fmt", "yuv420p", tmp_path / f"{name}.h264")
+    (tmp_path / "ab.h264").write_bytes((tmp_path / "a.h264").read_bytes() + (tmp_path / "b.h264").read_bytes())
+    ffmpeg("-r", "10", "-i", tmp_path / "ab.h264", "-c", "copy", tmp_path / "grows.mp4")
+    studio = Studio(clip_studio_pipe, tmp_path / "work", fixed_model="tiny.safetensors")
+    with pytest.raises(InputError, match="changes size"):
+        studio.clip(tmp_path / "grows.mp4", 60, mask=False)
+    assert not list((tmp_path / "work").rglob("*.mp4"))

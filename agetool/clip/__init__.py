@@ -184,7 +184,7 @@ def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float
 
 def _check_complete(pipe, info: ClipInfo, frames: int, truncated: str) -> None:
     """A clip whose frames ended well before its index said: an error (or a warning with ``"keep"``)."""
-    from agetool.errors import InputError
+    from agetool.errors import InputError, arg
 
     if info.repaired:
         pipe.core.warn_once(f"{info.path}: {info.repaired} frame(s) had a timestamp that repeated or went back; "
