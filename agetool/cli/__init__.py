@@ -193,8 +193,8 @@ def _defaults(args: list[str]) -> dict:
     try:
         return default_map(command(), load_settings())
     except AgetoolError:
-        if not args or any(a in ("-h", "--help", "--version") for a in args):
-            return {}
+        if not args or args[0] == "info" or any(a in ("-h", "--help", "--version") for a in args):
+            return {}  # info reports the config error itself, after the versions and devices
         raise
 
 
