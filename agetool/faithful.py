@@ -220,17 +220,18 @@ def choose(models, face, renders: np.ndarray, seeds: Sequence[int], *, keep: boo
     return renders[k], Candidates(scores, k, renders if keep else None)
 
 
-def render_draws(models, face, latents: Sequence, seeds: Sequence[int], *, keep: bool = False
-                 ) -> tuple[np.ndarray, Candidates]:
-    """Decode every draw of an encoded ``face`` in one batch (``latents``: one w [A, 256] per draw,
-    made with ``seeds``) and ``choose`` the most faithful."""
-    import torch
+def pooled(seen: Sequence[Candidates]) -> Candidates:
+    """One choice from the same draws scored on several crops of one person (a clip's first frames):
+    each score the mean over the crops (a term missing on any crop is left out), the best kept."""
+    def mean(values):
+        return None if any(v is None for v in values) else float(np.mean(values))
 
-    from agetool.images import to_uint8
-
-    with models.timer("decode"):
-        out = to_uint8(models.engine(face.model).decode(face.features, torch.cat(list(latents))))
-    return choose(models, face, out.reshape(len(seeds), -1, *out.shape[1:]), seeds, keep=keep)
+    scores = []
+    for k, first in enumerate(seen[0].scores):
+        column = [c.scores[k] for c in seen]
+        identity, skin, gender = (mean([getattr(s, name) for s in column]) for name in ("identity", "skin", "gender"))
+        scores.append(DrawScore(first.draw, first.seed, identity, skin, gender, combine(identity, skin, gender)))
+    return Candidates(scores, best(scores))
 
 
 def span_targets(start: float, stop: float, anchors: Sequence[float]) -> list:

@@ -24,8 +24,6 @@ def _check_request(request) -> None:
 
     if request.face.aligned:
         raise UsageError(f"{arg('aligned')} takes aligned photos; a clip's faces are found in every frame")
-    if request.render.candidates != 1:
-        raise UsageError(f"{arg('candidates')} applies to photos and photo videos; clips render one draw per person")
 
 
 def _bar_progress(bar):

@@ -46,7 +46,7 @@ def clip_outputs(src: str | os.PathLike, out, entries: Sequence[str], folder: Pa
 
 def plan(pipe, ages=None, *, from_age: float | None = None, to_age: float | None = None, mask: bool = True,
          faces="all", min_face: int = 0, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
-         upscale: int | None = None) -> tuple[AgeRequest, list]:
+         upscale: int | None = None, candidates: int = 1) -> tuple[AgeRequest, list]:
     """A clip's request and what each of its output clips shows: the request's targets, or one
     ``Progressive`` age from ``from_age`` to ``to_age``. ``ages`` may be an ``AgeRequest`` already
     built (its options are then used, and its ages parsed no more)."""
@@ -63,7 +63,7 @@ def plan(pipe, ages=None, *, from_age: float | None = None, to_age: float | None
             raise UsageError(f"a clip needs {arg('ages')} (or {arg('from_age')} / {arg('to_age')})",
                              hint="e.g. --ages 60")
         request = build_request(ages, mask=mask, faces=faces, min_face=min_face, seed=seed, noise=noise,
-                                upscale=upscale)
+                                upscale=upscale, candidates=candidates)
     if not progressive:
         pipe.core.warn_old(request.render.targets)
         return request, list(request.render.targets)
@@ -77,9 +77,10 @@ def clip_frames(pipe, src: str | os.PathLike, ages=None, *, from_age: float | No
                 to_age: float | None = None, parse: bool | None = None, detect_every: int = 5,
                 info: ClipInfo | None = None, **options) -> Iterator[ClipFrame]:
     """The aged frames of ``src``, one ``ClipFrame`` at a time (``.image``; ``.images`` per age).
-    ``options``: ``mask``, ``faces``, ``min_face``, ``seed``, ``noise``, and ``upscale`` 2 or 4 (each
+    ``options``: ``mask``, ``faces``, ``min_face``, ``seed``, ``noise``, ``upscale`` 2 or 4 (each
     aged face rendered at 512 / 1024 px by the super-resolution model and pasted at its own size in
-    the frame); ``ages`` may be an ``AgeRequest`` instead."""
+    the frame), and ``candidates`` N (each person's most faithful of N noise draws, scored on their
+    first frames and held for the whole clip); ``ages`` may be an ``AgeRequest`` instead."""
     request, specs = plan(pipe, ages, from_age=from_age, to_age=to_age, **options)
     return _frames(pipe, src, request, specs, parse=parse, detect_every=detect_every, info=info)
 
@@ -89,8 +90,9 @@ def _frames(pipe, src, request: AgeRequest, specs: list, *, parse: bool | None =
     from agetool import validate
 
     detect_every = validate.integer("detect_every", detect_every, low=1, high=1000)
-    if request.render.upscale > 1:  # every missing file in one error, before any work
-        pipe.check_models(mask=request.face.mask, upscale=True)
+    scored = request.render.candidates > 1  # draws are scored over the face's skin: the parser is needed
+    if request.render.upscale > 1 or scored:  # every missing file in one error, before any work
+        pipe.check_models(mask=request.face.mask or scored, upscale=request.render.upscale > 1)
     info = info or probe(src)
     mask = request.face.mask
     return iter(ClipRunner(pipe.core, info, request, specs, parse=mask if parse is None else parse,
