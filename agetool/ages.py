@@ -303,6 +303,14 @@ def target_latents(w: torch.Tensor, targets: Sequence[AgeTarget], anchors: Seque
     return torch.cat(rows) if rows else w[:0]
 
 
+def span_targets(start: float, stop: float, anchors: Sequence[float]) -> list[AgeTarget]:
+    """The ages that stand for a continuous aging from ``start`` to ``stop`` (where its noise draws
+    are scored): ``start``, the class anchors strictly between, and ``stop``, in years."""
+    low, high = min(start, stop), max(start, stop)
+    years = [start, *(a for a in anchors if low < a < high), stop]
+    return [AgeTarget(f"{y:g}", "years", float(y)) for y in dict.fromkeys(years)]
+
+
 def year_schedule(start: float, stop: float, frames: int) -> list[float]:
     """``frames`` ages from ``start`` to ``stop``, uniformly spaced in years."""
     if frames < 2:

@@ -234,19 +234,9 @@ def pooled(seen: Sequence[Candidates]) -> Candidates:
     return Candidates(scores, best(scores))
 
 
-def span_targets(start: float, stop: float, anchors: Sequence[float]) -> list:
-    """The ages a draw of a continuous aging is scored at: ``start``, the class anchors strictly
-    between, and ``stop`` (``agetool.ages.AgeTarget``s in years)."""
-    from agetool.ages import AgeTarget
-
-    low, high = min(start, stop), max(start, stop)
-    years = [start, *(a for a in anchors if low < a < high), stop]
-    return [AgeTarget(f"{y:g}", "years", float(y)) for y in dict.fromkeys(years)]
-
-
-def describe_choice(name: str, what: str, candidates: Candidates) -> str:
-    """The progress line of one face's choice: ``me.jpg face 0: draw 2 of 4 (seed 2) kept: score ...``."""
+def describe_choice(who: str, candidates: Candidates) -> str:
+    """The progress line of one choice: ``me.jpg face 0: draw 2 of 4 kept, seed 2: score ...``."""
     b = candidates.best
     others = ", ".join(f"{s.score:.3f}" for s in candidates.scores)
-    return (f"{name} {what}: draw {b.draw} of {len(candidates.scores)} kept, seed {b.seed}: "
+    return (f"{who}: draw {b.draw} of {len(candidates.scores)} kept, seed {b.seed}: "
             f"{b.describe().split(': ', 1)[1]} (scores {others})")

@@ -85,16 +85,13 @@ def _chosen_seed(core, name: str, face, render, video: VideoOptions) -> int:
         return render.seed
     from dataclasses import replace
 
-    from agetool.faithful import describe_choice, span_targets
+    from agetool.ages import span_targets
 
     anchors = core.anchor_ages
     start = anchors[0] if video.from_age is None else video.from_age
     stop = anchors[-1] if video.to_age is None else video.to_age
-    scoring = replace(render, targets=tuple(span_targets(start, stop, anchors)), keep_candidates=False)
-    core.warn_old(scoring.targets)
-    (_, candidates), = core.draws([face], scoring)
-    core.report(describe_choice(name, f"face {face.index}", candidates))
-    return candidates.best.seed
+    scoring = replace(render, targets=tuple(span_targets(start, stop, anchors)))
+    return core.draw_seed(f"{name} face {face.index}", [face], scoring)
 
 
 def write_video(core, encode, out: str | os.PathLike, request: AgeRequest, video: VideoOptions, *,

@@ -246,6 +246,19 @@ class Renderer:
         return [choose(self.models, face, stack.reshape(len(seeds), -1, *stack.shape[1:]), seeds,
                        keep=render.keep_candidates) for face, stack in zip(faces, stacks)]
 
+    def draw_seed(self, who: str, faces: Sequence[Face], render, check: Check | None = None) -> int:
+        """The noise seed one person keeps (a video's face, a clip's person): the run's seed, or with
+        ``candidates`` N the most faithful of N draws at ``render``'s targets, scored on each of
+        ``faces`` (crops of that person) and pooled; the choice is reported as ``who``."""
+        if render.candidates == 1:
+            return render.seed
+        from agetool.faithful import describe_choice, pooled
+
+        self.warn_old(render.targets)
+        chosen = pooled([c for _, c in self.draws(faces, replace(render, keep_candidates=False), check)])
+        self.report(describe_choice(who, chosen))
+        return chosen.best.seed
+
     # ---------------------------------------------------------------- a photo
     def result(self, photo: EncodedPhoto, render, *, paste_back: bool = False,
                check: Check | None = None) -> AgingResult:
@@ -266,7 +279,7 @@ class Renderer:
                 if draws is not None:
                     from agetool.faithful import describe_choice
 
-                    self.report(describe_choice(photo.name, f"face {face.index}", draws))
+                    self.report(describe_choice(f"{photo.name} face {face.index}", draws))
                 shown = None
                 if render.upscale > 1:
                     images = self.upscale(images, render.upscale)

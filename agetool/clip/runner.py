@@ -288,26 +288,20 @@ class ClipRunner:
                 people.setdefault(f.track.id, []).append(f)
         if not people:
             return
-        if self.render.candidates == 1:
-            for crops in people.values():
-                crops[0].track.seed = self.seed
-            return
         from dataclasses import replace
 
-        from agetool.faithful import describe_choice, pooled, span_targets
+        from agetool.ages import span_targets
 
         if self.progressive:
             targets = span_targets(self.specs[0].start, self.specs[0].stop, self.core.anchor_ages)
         else:
             targets = self.specs
-        scoring = replace(self.render, targets=tuple(targets), keep_candidates=False)
+        scoring = replace(self.render, targets=tuple(targets))
         for crops in people.values():
             picks = [crops[round(i * (len(crops) - 1) / max(1, DRAW_FRAMES - 1))]
                      for i in range(min(DRAW_FRAMES, len(crops)))]
-            chosen = pooled([c for _, c in self.core.draws(list(dict.fromkeys(picks)), scoring)])
             t = crops[0].track
-            t.seed = chosen.best.seed
-            self.core.report(describe_choice(self.info.path.name, f"person {t.id}", chosen))
+            t.seed = self.core.draw_seed(f"{self.info.path.name} person {t.id}", list(dict.fromkeys(picks)), scoring)
 
     def _render(self, frames: list[_Frame]) -> None:
         faces = [f for fr in frames for f in fr.faces]
