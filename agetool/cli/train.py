@@ -24,6 +24,8 @@ train_app = typer.Typer(
 )
 dataset_app = typer.Typer(name="dataset", no_args_is_help=True, add_completion=False,
                           help=("Build training folders in the reference layout.\n\nExamples:\n\n"
+                                "  agetool dataset ffhq-aging --json ffhq-dataset-v2.json --labels ffhq_aging_labels.csv "
+                                "--wilds ffhq --out ffhq-aging\n\n"
                                 "  agetool dataset prepare --images ffhq/images --labels ffhq_aging_labels.csv "
                                 "--out ffhq-aging\n\n"
                                 "  agetool dataset from-photos --csv photos.csv --out mydata"))
