@@ -114,6 +114,9 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for stage, px, workers, rate, per, cpu in rows:
         print(f"| {stage} | {px} | {workers} | {rate:.2f} | {per:.2f} | {'' if cpu is None else f'{cpu:.2f}'} |")
+    import resource
+
+    print(f"\npeak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
 if __name__ == "__main__":
