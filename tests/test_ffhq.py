@@ -214,7 +214,7 @@ def test_build_from_a_mirror(ffhq, built):
     out, result = built
     failed = dict(result.failed)
     assert set(failed) == {42, 43, 44}
-    assert "md5 mismatch" in failed[42] and "missing" in failed[43] or "404" in failed[43]
+    assert "md5 mismatch" in failed[42] and "HTTP 404" in failed[43]
     assert "no landmarks" in failed[44]
     assert result.built == len(BUILT) and result.n_kept == len(BUILT)
     assert result.dropped["dark_glasses"] == 1
@@ -323,6 +323,9 @@ def test_takedown_attributions_and_stats(ffhq, built, tmp_path, capsys):
     other.unlink()
     put_back.unlink()
 
+    assert run(["dataset", "stats", str(out)]) == 0  # removals from BUILD.json
+    err = " ".join(re.sub(r"[\u2500-\u257f]", " ", capsys.readouterr().err).split())
+    assert "all 1 2 3" in err and "dark glasses 1" in err and "BUILD.json" in err
     (out / "ATTRIBUTION.csv").unlink()
     assert run(["dataset", "attributions", str(out)]) == 0  # the JSON named in BUILD.json
     assert [r["image_number"] for r in csv.DictReader(open(out / "ATTRIBUTION.csv"))] == ["00003", "01500", "69001"]
@@ -378,3 +381,55 @@ def test_training_carries_the_credits_and_honours_takedowns(tmp_path, capsys):
     assert (out / "ATTRIBUTION.csv").read_bytes() == (root / "ATTRIBUTION.csv").read_bytes()
     assert "CC BY-NC-SA 4.0" in err and str(out / "ATTRIBUTION.csv") in err
     assert "images per class: 0-2: 1, 3-6: 1" in err  # 00001 of each class taken down
+
+
+STOPPABLE = """
+import os, sys, time
+from agetool.face import parse
+from tests.test_ffhq import tiny_parser
+
+parser, calls = tiny_parser(), []
+plain = parser.parse
+
+
+def parse_once_then_wait(crop):
+    calls.append(1)
+    if len(calls) == 2 and os.environ.get("STALL"):
+        time.sleep(600)  # stopped here by the test's signal
+    return plain(crop)
+
+
+parser.parse = parse_once_then_wait
+parse.FaceParser.load = classmethod(lambda cls, *a, **k: parser)
+sys.argv[0] = "agetool"
+from agetool.cli import main
+main()
+"""
+
+
+def test_a_build_stopped_by_a_signal_leaves_no_partial_files_and_resumes(ffhq, built, tmp_path):
+    """The command in a subprocess (the parser a fast stand-in), stopped by SIGINT after its first image."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, partials, wait_for
+
+    out = tmp_path / "out"
+    script = tmp_path / "stoppable.py"
+    script.write_text(STOPPABLE)
+    argv = [sys.executable, str(script), "dataset", "ffhq-aging", "--json", str(ffhq.json), "--labels",
+            str(ffhq.labels), "--wilds", ffhq.url, "--out", str(out), "--workers", "1", "--device", "cpu"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), STALL="1")
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: list(out.rglob("parsings/*.png")), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert len(list(out.rglob("parsings/*.png"))) == 1 and not partials(out)
+    env.pop("STALL")
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 1 and "3 image(s) failed" in " ".join(again.stderr.split())
+    assert "1 image(s) were already built" in again.stderr
+    assert _files(out) == _files(built[0])
