@@ -433,3 +433,23 @@ def test_a_build_stopped_by_a_signal_leaves_no_partial_files_and_resumes(ffhq, b
     assert again.returncode == 1 and "3 image(s) failed" in " ".join(again.stderr.split())
     assert "1 image(s) were already built" in again.stderr
     assert _files(out) == _files(built[0])
+
+
+def test_streaming_memory_does_not_grow_with_the_file(tmp_path):
+    """A 12 MB metadata file is read with a few MB of Python memory: one chunk and one entry at a time."""
+    import tracemalloc
+
+    from tests.ffhq_fixture import entry
+
+    one = entry(0, None, [[float(i), float(i)] for i in range(68)], "Author")
+    big = tmp_path / "big.json"
+    with open(big, "w") as f:
+        f.write("{" + ",\n".join(f'"{n}": {json.dumps(one)}' for n in range(6000)) + "}")
+    assert big.stat().st_size > 10e6
+    tracemalloc.start()
+    try:
+        seen = sum(1 for _ in iter_entries(big, parse_ids("10,5999")))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seen == 2 and peak < 8e6, peak  # json.load: about 96 MB
