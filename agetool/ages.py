@@ -335,8 +335,14 @@ def traversal_ages(steps: int, anchors: Sequence[float]) -> list[float]:
 
 
 def age_caption(age: float) -> str:
-    """A caption for a frame or tile: ``34 years`` (one decimal below 10)."""
-    return f"{age:.1f} years" if age < 10 and not float(age).is_integer() else f"{age:.0f} years"
+    """A caption for a frame or tile: ``34 years`` (one decimal below 10), ``1 year``."""
+    return years_text(age, 1 if age < 10 and not float(age).is_integer() else 0)
+
+
+def years_text(age: float, digits: int = 0) -> str:
+    """``age`` in words: ``1 year``, ``4.5 years``, ``34 years`` (``digits`` after the point)."""
+    text = f"{age:.{digits}f}"
+    return f"{text} year" if float(text) == 1 else f"{text} years"
 
 
 def old_age_warning(targets) -> str | None:

@@ -284,8 +284,9 @@ def caption(tile: np.ndarray, text: str) -> np.ndarray:
 
     im = Image.fromarray(tile).convert("RGBA")
     h = im.size[1]
-    size = max(10, h // 14)
-    band = max(size + 8, h // 10)
+    small = h < 128  # a training sample's 64 px tile: a smaller font and band, so the face shows
+    size = max(7, h // 9) if small else max(10, h // 14)
+    band = max(size + (4 if small else 8), h // 10)
     overlay = Image.new("RGBA", im.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
     draw.rectangle([0, h - band, im.size[0], h], fill=(0, 0, 0, 150))

@@ -25,7 +25,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from agetool.ages import DEFAULT_ANCHORS, AgeTarget, blend, old_age_warning, target_latents, year_weights
+from agetool.ages import (DEFAULT_ANCHORS, AgeTarget, blend, old_age_warning, target_latents, year_weights,
+                          years_text)
 from agetool.errors import EstimateError, UsageError, arg
 from agetool.models import Models
 from agetool.results import AgeEstimate, AgingResult, EncodedPhoto, Face
@@ -99,11 +100,11 @@ class Renderer:
         if self.model == "auto":
             if estimate is None:
                 raise EstimateError(f"{who}: no age and gender estimate to choose its model")
-            self.report(f"{who}: ~{estimate.age:.0f} years, {estimate.gender} "
+            self.report(f"{who}: ~{years_text(estimate.age)}, {estimate.gender} "
                         f"(p = {estimate.gender_probability:.2f}): {estimate.gender} model")
             return estimate.gender
         if estimate is not None:
-            self.report(f"{who}: ~{estimate.age:.0f} years, {estimate.gender} (p = {estimate.gender_probability:.2f})")
+            self.report(f"{who}: ~{years_text(estimate.age)}, {estimate.gender} (p = {estimate.gender_probability:.2f})")
         return self.model
 
     @staticmethod

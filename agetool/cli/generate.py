@@ -368,6 +368,7 @@ def estimate(
     """
     import json
 
+    from agetool.ages import years_text
     from agetool.cli.options import faces_argument
     from agetool.errors import AgetoolError, MissingModelsError, UsageError
     from agetool.images import find_images
@@ -395,6 +396,6 @@ def estimate(
                                   markup=False, highlight=False)
             else:
                 where = "whole crop" if box is None else f"box {box}"
-                console.out.print(f"{path} face {f.index}: ~{f.age:.0f} years, {f.gender} "
+                console.out.print(f"{path} face {f.index}: ~{years_text(f.age)}, {f.gender} "
                                   f"(p = {f.gender_probability:.2f}), {where}", markup=False, highlight=False)
     return 1 if failed else 0
