@@ -292,7 +292,28 @@ class Renderer:
                 for face in aged:
                     face.pasted = [self.paste(photo.image, [face], [t]) for t in face.images]
                 pasted = [self.paste(photo.image, aged, [a.images[k] for a in aged]) for k in range(len(render.targets))]
-            return AgingResult(photo.image, photo.name, aged, render.labels, pasted)
+            return AgingResult(photo.image, photo.name, aged, render.labels, pasted,
+                               record=self.record(photo, render, aged))
+
+    def record(self, photo: EncodedPhoto, render, faces: Sequence[Face], *, medium: str = "photo",
+               ages: Sequence[str] | None = None):
+        """The ``agetool.provenance.Record`` of an output made from ``photo`` with ``render`` for
+        ``faces``: the models that shaped them, seed, noise, the ages asked (``ages``: instead of
+        ``render``'s) and what each became for each face, each face's estimated age, the photo's
+        sha256. The same in every process that makes the same output (faces and generator may run
+        apart, as on Ray)."""
+        from agetool import __version__
+        from agetool.provenance import FaceRecord, Record, source_sha256
+
+        used = tuple(FaceRecord(None if f.estimate is None else round(float(f.estimate.age), 2),
+                                tuple(round(float(y), 2) for y in f.ages)) for f in faces)
+        models = self.models.used([f.model for f in faces if f.model],
+                                  landmarks=any(f.detection is not None for f in faces),
+                                  parser=any(f.parsing is not None for f in faces),
+                                  classifier=any(f.estimate is not None for f in faces), upscaler=render.upscale > 1)
+        return Record(__version__, models, render.seed, render.noise,
+                      tuple(render.labels if ages is None else ages), used,
+                      photo.source_sha256 or source_sha256(photo.image), medium)
 
 
 def combine(looks: Sequence[tuple[str, float, float]]) -> AgeEstimate | None:

@@ -52,7 +52,7 @@ def _root(
 def _register() -> None:
     import importlib
 
-    for name in ("generate", "faces", "identity", "weights", "train", "dataset", "misc", "eval", "serve"):
+    for name in ("generate", "faces", "identity", "weights", "train", "dataset", "misc", "eval", "serve", "inspect"):
         importlib.import_module(f"agetool.cli.{name}")  # each module registers its commands on ``app``
 
 

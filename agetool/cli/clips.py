@@ -36,7 +36,7 @@ def _bar_progress(bar):
 
 
 def _run(clips: list[Path], out, request, crf: int, build, *, from_age=None, to_age=None,
-         profile: bool = False) -> int:
+         profile: bool = False, marks=None) -> int:
     from agetool.cli.options import print_profile
     from agetool.clip import clip_outputs, probe
     from agetool.images import distinct_outputs
@@ -60,7 +60,8 @@ def _run(clips: list[Path], out, request, crf: int, build, *, from_age=None, to_
         distinct_outputs([("out", t) for _, _, ts in plans for t in ts], clips)
         for clip, info, targets in plans:
             written = pipe.age_clip(clip, targets, request, from_age=from_age, to_age=to_age, crf=crf,
-                                    progress=_bar_progress(bar))
+                                    progress=_bar_progress(bar), label=getattr(marks, "label", False),
+                                    signing=getattr(marks, "signing", None))
             for path in written:
                 console.info(f"{clip} -> {path}  ({info.frames} frames, {info.size[0]}x{info.size[1]}"
                              f"{', audio copied' if info.audio else ''})")
@@ -75,18 +76,18 @@ def _folder(out: str) -> bool:
     return out.endswith(("/", os.sep)) or Path(out).is_dir()
 
 
-def age_clips(clips: list[Path], out, ages, request, crf: int, build, profile: bool = False) -> int:
+def age_clips(clips: list[Path], out, ages, request, crf: int, build, profile: bool = False, marks=None) -> int:
     """`agetool age CLIP... --ages LIST`: one clip per input and age (``request``: the run's, with
     ``ages`` parsed once)."""
     from agetool.errors import UsageError, arg
 
     if ages is None:
         raise UsageError(f"a clip needs {arg('ages')}", hint="e.g. --ages 60, or `agetool video CLIP --from 20 --to 70`")
-    return _run(clips, out, request, crf, build, profile=profile)
+    return _run(clips, out, request, crf, build, profile=profile, marks=marks)
 
 
 def video_clip(clip: Path, out, from_age, to_age, crf: int, build, request, profile: bool = False,
-               photo_only: list[str] = ()) -> int:
+               photo_only: list[str] = (), marks=None) -> int:
     """`agetool video CLIP --from A --to B`: the people aged progressively over the clip (``photo_only``:
     the flags given that only a photo's video takes)."""
     from agetool.errors import UsageError, arg
@@ -97,4 +98,4 @@ def video_clip(clip: Path, out, from_age, to_age, crf: int, build, request, prof
     if from_age is None and to_age is None:
         raise UsageError(f"a clip is aged progressively from {arg('from_age')} to {arg('to_age')} (years)",
                          hint="e.g. --from 20 --to 70")
-    return _run([clip], out, request, crf, build, from_age=from_age, to_age=to_age, profile=profile)
+    return _run([clip], out, request, crf, build, from_age=from_age, to_age=to_age, profile=profile, marks=marks)

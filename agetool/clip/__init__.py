@@ -101,11 +101,13 @@ def _frames(pipe, src, request: AgeRequest, specs: list, *, parse: bool | None =
 
 def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float | None = None,
              to_age: float | None = None, crf: int = DEFAULT_CRF, progress=None, parse: bool | None = None,
-             detect_every: int = 5, **options) -> list[Path]:
+             detect_every: int = 5, label: bool = False, signing=None, **options) -> list[Path]:
     """Write ``src`` with its people aged: one clip per age (``out``: a file for one age, a folder,
     or a list of files); returns the paths written. ``ages`` and ``options`` are those of
     ``clip_frames``; ``progress(description, total) -> advance(n)`` replaces the pipeline's progress
-    callback."""
+    callback. Each clip says it is a composite with generated faces and carries its run record;
+    ``label`` also writes a visible "AI-aged" mark in a corner of every frame; ``signing`` (an
+    ``agetool.credentials.Signing``) signs each clip's Content Credentials."""
     from contextlib import ExitStack
 
     from agetool import validate
@@ -128,8 +130,27 @@ def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float
     advance = (progress or pipe.core.progress)(f"ageing {src.name}", info.frames)
     with ExitStack() as stack:
         writers = [stack.enter_context(ClipWriter(t, info, crf)) for t in targets]
+        if label:
+            from agetool.images import disclose
+        from agetool.provenance import source_sha256
+
+        digest = source_sha256(src)
         for frame in frames:
-            for writer, image in zip(writers, frame.images):
-                writer.write(image, frame.pts)
+            for writer, spec, image in zip(writers, specs, frame.images):
+                if writer.marking is None:  # the models of the first frame (a Matroska header's tags)
+                    writer.marking = clip_marking(pipe, src, spec.entry, request, digest, signing)
+                writer.write(disclose(image) if label else image, frame.pts)
             advance(1)
+        for writer, spec in zip(writers, specs):  # every model the frames needed, now known
+            writer.marking = clip_marking(pipe, src, spec.entry, request, digest, signing)
     return [w.path for w in writers]
+
+
+def clip_marking(pipe, src: Path, entry: str, request: AgeRequest, digest: str | None, signing=None):
+    """The ``agetool.provenance.Marking`` of a clip of ``src`` (sha256 ``digest``) aged to ``entry``."""
+    from agetool import __version__
+    from agetool.provenance import COMPOSITE, Marking, Record
+
+    render = request.render
+    record = Record(__version__, pipe.models.used(None), render.seed, render.noise, (str(entry),), (), digest, "clip")
+    return Marking(COMPOSITE, record, signing, str(src))
