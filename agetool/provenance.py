@@ -57,6 +57,7 @@ class FaceRecord:
 
     estimated_age: float | None
     years: tuple[float, ...] = ()
+    seed: int | None = None  # the noise draw kept for this face when several were scored (else the run's)
 
 
 @dataclass(frozen=True)
@@ -88,14 +89,16 @@ class Record:
                 "ages": list(self.ages), "source_sha256": self.source_sha256,
                 "models": [{"name": m.name, "sha256": m.sha256, "license": m.license,
                             "non_commercial": m.non_commercial} for m in self.models],
-                "faces": [face_dict(f.estimated_age, self.ages, f.years) for f in self.faces]}
+                "faces": [face_dict(f.estimated_age, self.ages, f.years, f.seed) for f in self.faces]}
 
 
-def face_dict(estimated_age, asked, years) -> dict:
+def face_dict(estimated_age, asked, years, seed=None) -> dict:
     """One face of a record as a dict: its estimated age, and each age asked with what it became
-    (pairs, not two parallel lists: readers need not line them up)."""
-    return {"estimated_age": estimated_age,
-            "ages": [{"asked": a, "years": y} for a, y in zip(asked, years)]}
+    (pairs, not two parallel lists: readers need not line them up); ``seed`` where its own."""
+    out = {"estimated_age": estimated_age, "ages": [{"asked": a, "years": y} for a, y in zip(asked, years)]}
+    if seed is not None:
+        out["seed"] = seed
+    return out
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,8 @@ def xmp_packet(source_type: str | None, record: Record | None) -> bytes:
                                         for m in record.models])
                 + _seq("AgesAsked", list(record.ages))
                 + _resources("Faces", [{"EstimatedAge": None if f.estimated_age is None else _number(float(f.estimated_age)),
-                                        "AgesYears": ", ".join(_number(float(y)) for y in f.years)}
+                                        "AgesYears": ", ".join(_number(float(y)) for y in f.years),
+                                        "Seed": None if f.seed is None else str(f.seed)}
                                        for f in record.faces]))
     text = ("<?xpacket begin=\"\ufeff\" id=\"W5M0MpCehiHzreSzNTczkc9d\"?>"
             "<x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"" + RDF + "\">"
@@ -408,7 +412,8 @@ def parse_xmp(xmp: bytes) -> dict:
                   for li in _items(desc.find(A + "Models"))]
         asked = [li.text or "" for li in _items(desc.find(A + "AgesAsked"))]
         faces = [face_dict(number(_text(li.find(A + "EstimatedAge"))), asked,
-                           [number(y) for y in (_text(li.find(A + "AgesYears")) or "").split(", ") if y])
+                           [number(y) for y in (_text(li.find(A + "AgesYears")) or "").split(", ") if y],
+                           number(_text(li.find(A + "Seed")), int))
                  for li in _items(desc.find(A + "Faces"))]
         out["record"] = {"version": desc.get(A + "Version"), "medium": desc.get(A + "Medium"),
                          "seed": number(desc.get(A + "Seed"), int), "noise": number(desc.get(A + "Noise")),

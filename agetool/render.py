@@ -306,7 +306,9 @@ class Renderer:
         from agetool.provenance import FaceRecord, Record, source_sha256
 
         used = tuple(FaceRecord(None if f.estimate is None else round(float(f.estimate.age), 2),
-                                tuple(round(float(y), 2) for y in f.ages)) for f in faces)
+                                tuple(round(float(y), 2) for y in f.ages),
+                                None if getattr(f, "candidates", None) is None else int(f.candidates.best.seed))
+                     for f in faces)
         models = self.models.used([f.model for f in faces if f.model],
                                   landmarks=any(f.detection is not None for f in faces),
                                   parser=any(f.parsing is not None for f in faces),

@@ -246,7 +246,9 @@ class AgingResult:
         from agetool.images import write_image
 
         folder = Path(folder)
-        paths = [write_image(folder / name, tile) for name, tile in self.candidate_tiles()]
+        from agetool.provenance import GENERATED
+
+        paths = [write_image(folder / name, tile, self.marking(GENERATED)) for name, tile in self.candidate_tiles()]
         scores = {"photo": self.name, "labels": list(self.labels), "faces": self.scores()}
         write_text(folder / "scores.json", json.dumps(scores, indent=1) + "\n")
         return [*paths, folder / "scores.json"]

@@ -57,7 +57,8 @@ def inspect(
         for i, face in enumerate(record["faces"]):
             est = "no estimate" if face["estimated_age"] is None else f"estimated {face['estimated_age']:g}"
             became = ", ".join(f"{a['asked']} -> {a['years']:g}" for a in face["ages"] if a["years"] is not None)
-            say(f"  face {i}: {est}; {became or 'no ages'}")
+            seed = f"; draw of seed {face['seed']}" if face.get("seed") is not None else ""
+            say(f"  face {i}: {est}; {became or 'no ages'}{seed}")
         say(f"  source sha256: {record['source_sha256'] or 'unknown'}")
     elif found["marked"]:
         say("  run record: none")
