@@ -303,6 +303,14 @@ def target_latents(w: torch.Tensor, targets: Sequence[AgeTarget], anchors: Seque
     return torch.cat(rows) if rows else w[:0]
 
 
+def span_targets(start: float, stop: float, anchors: Sequence[float]) -> list[AgeTarget]:
+    """The ages that stand for a continuous aging from ``start`` to ``stop`` (where its noise draws
+    are scored): ``start``, the class anchors strictly between, and ``stop``, in years."""
+    low, high = min(start, stop), max(start, stop)
+    years = [start, *(a for a in anchors if low < a < high), stop]
+    return [AgeTarget(f"{y:g}", "years", float(y)) for y in dict.fromkeys(years)]
+
+
 def year_schedule(start: float, stop: float, frames: int) -> list[float]:
     """``frames`` ages from ``start`` to ``stop``, uniformly spaced in years."""
     if frames < 2:
@@ -327,8 +335,14 @@ def traversal_ages(steps: int, anchors: Sequence[float]) -> list[float]:
 
 
 def age_caption(age: float) -> str:
-    """A caption for a frame or tile: ``34 years`` (one decimal below 10)."""
-    return f"{age:.1f} years" if age < 10 and not float(age).is_integer() else f"{age:.0f} years"
+    """A caption for a frame or tile: ``34 years`` (one decimal below 10), ``1 year``."""
+    return years_text(age, 1 if age < 10 and not float(age).is_integer() else 0)
+
+
+def years_text(age: float, digits: int = 0) -> str:
+    """``age`` in words: ``1 year``, ``4.5 years``, ``34 years`` (``digits`` after the point)."""
+    text = f"{age:.{digits}f}"
+    return f"{text} year" if float(text) == 1 else f"{text} years"
 
 
 def old_age_warning(targets) -> str | None:

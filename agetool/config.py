@@ -42,6 +42,10 @@ KEYS: dict[str, tuple] = {
     "dtype": (("auto", "float32", "bfloat16", "float16"), "generator precision"),
     "identity": ("text", "identity embedder from the registry"),
     "offline": ("bool", "never use the network"),
+    "commercial-safe": ("bool", "refuse every model whose licence is non-commercial"),
+    "sign": ("file", "certificate chain (PEM) that signs every output's Content Credentials"),
+    "sign-key": ("file", "private key (PEM) of the signing certificate"),
+    "label": ("bool", "a visible \"AI-aged\" mark on paste-back photos and clips"),
 }
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

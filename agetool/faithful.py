@@ -220,32 +220,23 @@ def choose(models, face, renders: np.ndarray, seeds: Sequence[int], *, keep: boo
     return renders[k], Candidates(scores, k, renders if keep else None)
 
 
-def render_draws(models, face, latents: Sequence, seeds: Sequence[int], *, keep: bool = False
-                 ) -> tuple[np.ndarray, Candidates]:
-    """Decode every draw of an encoded ``face`` in one batch (``latents``: one w [A, 256] per draw,
-    made with ``seeds``) and ``choose`` the most faithful."""
-    import torch
+def pooled(seen: Sequence[Candidates]) -> Candidates:
+    """One choice from the same draws scored on several crops of one person (a clip's first frames):
+    each score the mean over the crops (a term missing on any crop is left out), the best kept."""
+    def mean(values):
+        return None if any(v is None for v in values) else float(np.mean(values))
 
-    from agetool.images import to_uint8
-
-    with models.timer("decode"):
-        out = to_uint8(models.engine(face.model).decode(face.features, torch.cat(list(latents))))
-    return choose(models, face, out.reshape(len(seeds), -1, *out.shape[1:]), seeds, keep=keep)
-
-
-def span_targets(start: float, stop: float, anchors: Sequence[float]) -> list:
-    """The ages a draw of a continuous aging is scored at: ``start``, the class anchors strictly
-    between, and ``stop`` (``agetool.ages.AgeTarget``s in years)."""
-    from agetool.ages import AgeTarget
-
-    low, high = min(start, stop), max(start, stop)
-    years = [start, *(a for a in anchors if low < a < high), stop]
-    return [AgeTarget(f"{y:g}", "years", float(y)) for y in dict.fromkeys(years)]
+    scores = []
+    for k, first in enumerate(seen[0].scores):
+        column = [c.scores[k] for c in seen]
+        identity, skin, gender = (mean([getattr(s, name) for s in column]) for name in ("identity", "skin", "gender"))
+        scores.append(DrawScore(first.draw, first.seed, identity, skin, gender, combine(identity, skin, gender)))
+    return Candidates(scores, best(scores))
 
 
-def describe_choice(name: str, what: str, candidates: Candidates) -> str:
-    """The progress line of one face's choice: ``me.jpg face 0: draw 2 of 4 (seed 2) kept: score ...``."""
+def describe_choice(who: str, candidates: Candidates) -> str:
+    """The progress line of one choice: ``me.jpg face 0: draw 2 of 4 kept, seed 2: score ...``."""
     b = candidates.best
     others = ", ".join(f"{s.score:.3f}" for s in candidates.scores)
-    return (f"{name} {what}: draw {b.draw} of {len(candidates.scores)} kept, seed {b.seed}: "
+    return (f"{who}: draw {b.draw} of {len(candidates.scores)} kept, seed {b.seed}: "
             f"{b.describe().split(': ', 1)[1]} (scores {others})")

@@ -41,6 +41,22 @@ def temp_sibling(target: str | os.PathLike) -> Path:
     raise OutputError(f"{target.parent}: can't create a temporary file")  # pragma: no cover
 
 
+def new_file_mode() -> int:
+    """The permissions a new file gets here (0666 less the umask), read without changing the umask
+    where the system says it (Linux); writers that make files their own way (safetensors writes
+    0600) are given these afterwards, so every output follows the umask as images do."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # pragma: no cover - elsewhere: read it back at once
+    os.umask(mask)  # pragma: no cover
+    return 0o666 & ~mask  # pragma: no cover
+
+
 def is_temp(name: str) -> bool:
     """Whether a file name is one of ``temp_sibling``'s."""
     return TEMP_NAME.match(name) is not None

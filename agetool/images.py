@@ -186,9 +186,10 @@ WRITE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"
                  ".tif": "TIFF", ".tiff": "TIFF"}
 
 
-def encode_image(image: np.ndarray, name: str | os.PathLike) -> bytes:
+def encode_image(image: np.ndarray, name: str | os.PathLike, marking=None) -> bytes:
     """RGB uint8 as the bytes of an image file, the format from ``name``'s suffix (what
-    ``write_image`` writes)."""
+    ``write_image`` writes). ``marking`` (an ``agetool.provenance.Marking``): the XMP that says
+    what the image is and how it was made, and its signature when one is asked for."""
     import io
 
     from PIL import Image
@@ -199,14 +200,17 @@ def encode_image(image: np.ndarray, name: str | os.PathLike) -> bytes:
         raise OutputError(f"{name}: unsupported image suffix {suffix or '(none)'}",
                           hint="use .png, .jpg or .webp")
     extra = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    if marking is not None and fmt in ("WEBP", "TIFF"):  # PNG and JPEG: inserted below, without re-encoding
+        extra["xmp" if fmt == "WEBP" else "tiffinfo"] = marking.xmp() if fmt == "WEBP" else {700: marking.xmp()}
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format=fmt, **extra)
-    return buffer.getvalue()
+    return buffer.getvalue() if marking is None else marking.embed(buffer.getvalue(), fmt)
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write RGB uint8 atomically (temporary name, then rename); format from the suffix."""
-    data = encode_image(image, path)
+def write_image(path: str | os.PathLike, image: np.ndarray, marking=None) -> Path:
+    """Write RGB uint8 atomically (temporary name, then rename); format from the suffix; with
+    ``marking`` as ``encode_image`` writes it."""
+    data = encode_image(image, path, marking)
     with replacing(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
@@ -284,8 +288,9 @@ def caption(tile: np.ndarray, text: str) -> np.ndarray:
 
     im = Image.fromarray(tile).convert("RGBA")
     h = im.size[1]
-    size = max(10, h // 14)
-    band = max(size + 8, h // 10)
+    small = h < 128  # a training sample's 64 px tile: a smaller font and band, so the face shows
+    size = max(7, h // 9) if small else max(10, h // 14)
+    band = max(size + (4 if small else 8), h // 10)
     overlay = Image.new("RGBA", im.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
     draw.rectangle([0, h - band, im.size[0], h], fill=(0, 0, 0, 150))
@@ -296,6 +301,30 @@ def caption(tile: np.ndarray, text: str) -> np.ndarray:
     y = h - band + (band - (bottom - top)) // 2 - top
     draw.text((x, y), text, font=font, fill=(255, 255, 255, 255))
     return np.asarray(Image.alpha_composite(im, overlay).convert("RGB"))
+
+
+#: the visible disclosure ``disclose`` draws
+DISCLOSURE = "AI-aged"
+
+
+def disclose(image: np.ndarray, text: str = DISCLOSURE) -> np.ndarray:
+    """``image`` with ``text`` in its bottom-right corner, white on a dark box, its height about 1/25
+    of the image's short side (at least 10 px): the same place and proportion at any size."""
+    from PIL import Image, ImageDraw
+
+    h, w = image.shape[:2]
+    size = max(10, min(h, w) // 25)
+    font = _font(size)
+    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
+    pad, margin = max(2, size // 4), max(2, size // 2)
+    bw, bh = min(w, (right - left) + 2 * pad), min(h, (bottom - top) + 2 * pad)
+    x0, y0 = max(0, w - margin - bw), max(0, h - margin - bh)
+    corner = Image.fromarray(np.ascontiguousarray(image[y0:y0 + bh, x0:x0 + bw])).convert("RGBA")
+    overlay = Image.new("RGBA", corner.size, (0, 0, 0, 170))  # only the corner is drawn: cheap for every frame
+    ImageDraw.Draw(overlay).text((pad - left, pad - top), text, font=font, fill=(255, 255, 255, 255))
+    out = np.array(image, copy=True)
+    out[y0:y0 + bh, x0:x0 + bw] = np.asarray(Image.alpha_composite(corner, overlay).convert("RGB"))
+    return out
 
 
 def grid(rows: Sequence[Sequence[np.ndarray]], labels: Sequence[str] | None = None, pad: int = 0) -> np.ndarray:

@@ -251,9 +251,79 @@ class Models:
         return weights.generator_path(f"lats-{model}", offline=self.offline, progress=self.progress,
                                       report=self.report)
 
+    def used(self, generators=None, *, landmarks: bool | None = None, parser: bool | None = None,
+             classifier: bool | None = None, upscaler: bool | None = None) -> tuple:
+        """``agetool.provenance.ModelUse`` of the models that shaped an output: the generators of
+        ``generators`` ('male', 'female', 'custom'), the landmark model, face parser, classifier and
+        upscaler where their flag is true. What is None is read from the models loaded so far (a
+        run that knows what it used says so: its record is then the same in every process)."""
+        with self._lock:
+            loaded = set(self._loaded)
+        if generators is None:
+            generators = sorted(k.split(":", 1)[1] for k in loaded if k.startswith("engine:"))
+        pick = lambda flag, key: key in loaded if flag is None else flag  # noqa: E731
+        out = [own_model(self.weights, "generator") if g == "custom" else registry_model(f"lats-{g}")
+               for g in dict.fromkeys(generators)]
+        if pick(landmarks, "detector"):
+            backend = self.landmarks
+            if backend == "auto":
+                from agetool.weights.places import fan_files_present
+
+                backend = "fan" if fan_files_present() else "dlib"
+            out += [registry_model(f) for f in (("fan-2d", "s3fd") if backend == "fan" else ("dlib-landmarks68",))]
+        if pick(parser, "parser"):
+            out.append(own_model(self.parser_weights, "face parser") if self.parser_weights is not None
+                       else registry_model("deeplab-parser"))
+        if pick(classifier, "classifier"):
+            out.append(own_model(self.classifier_weights, "age classifier") if self.classifier_weights is not None
+                       else registry_model("genderage"))
+        if pick(upscaler, "upscaler"):
+            given = self.upscale_weights
+            out.append(own_model(given, "upscaler") if given is not None and Path(given).is_file()
+                       else registry_model(str(given or "realesr-general-x4v3")))
+        return tuple(out)
+
     def anchors(self, model: str, noise: float, seed: int):
         """The six class latents [6, 256] of ``model`` for this seed and noise."""
         key = f"anchors:{model}:{noise!r}:{seed}"
         return self._once(key, "latents", lambda: self.engine(model).anchor_latents(noise, seed))
 
 
+_own_digests: dict[tuple, str] = {}
+
+
+def registry_model(name: str) -> ModelUse:
+    """A registry file's name, sha256 (recorded when it was verified, or published) and licence."""
+    from agetool import weights
+    from agetool.errors import AgetoolError
+    from agetool.provenance import ModelUse
+
+    try:
+        art = weights.get(name)
+    except AgetoolError:
+        return ModelUse(name, None, "unknown")
+    try:
+        st = weights.status(name)
+        sha = st.record.get("sha256") or art.sha256
+        copy = st.path or st.bundled
+    except AgetoolError:
+        sha, copy = art.sha256, None
+    if sha is None and copy is not None:  # a bundled copy, or one with a published md5 only: hashed once
+        sha = own_model(copy, "").sha256
+    return ModelUse(name, sha, art.license or "unknown", bool(art.non_commercial))
+
+
+def own_model(path: str | os.PathLike, kind: str) -> ModelUse:
+    """A model file given by path: named by its kind (``own generator``), never by its path; its
+    sha256 (hashed once per file and process); its licence is the file owner's to know."""
+    from agetool.provenance import ModelUse, source_sha256
+
+    path = Path(path)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:
+        return ModelUse(f"own {kind}", None, "not in the registry")
+    if key not in _own_digests:
+        _own_digests[key] = source_sha256(path) or ""
+    return ModelUse(f"own {kind}", _own_digests[key] or None, "not in the registry")

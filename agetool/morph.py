@@ -85,22 +85,24 @@ def _chosen_seed(core, name: str, face, render, video: VideoOptions) -> int:
         return render.seed
     from dataclasses import replace
 
-    from agetool.faithful import describe_choice, span_targets
+    from agetool.ages import span_targets
 
     anchors = core.anchor_ages
     start = anchors[0] if video.from_age is None else video.from_age
     stop = anchors[-1] if video.to_age is None else video.to_age
-    scoring = replace(render, targets=tuple(span_targets(start, stop, anchors)), keep_candidates=False)
-    core.warn_old(scoring.targets)
-    (_, candidates), = core.draws([face], scoring)
-    core.report(describe_choice(name, f"face {face.index}", candidates))
-    return candidates.best.seed
+    scoring = replace(render, targets=tuple(span_targets(start, stop, anchors)))
+    return core.draw_seed(f"{name} face {face.index}", [face], scoring)
 
 
 def write_video(core, encode, out: str | os.PathLike, request: AgeRequest, video: VideoOptions, *,
-                frames_dir: str | os.PathLike | None = None) -> Path:
+                frames_dir: str | os.PathLike | None = None, label: bool = False, signing=None,
+                source: str | None = None) -> Path:
     """The aging video of the photo (``encode()``) as an H.264 yuv420p MP4 at ``out`` (temporary name, then
-    rename), with ``frames_dir`` also every frame as ``frame_00000.png`` ...; returns the path."""
+    rename), with ``frames_dir`` also every frame as ``frame_00000.png`` ...; returns the path.
+    The video and the frames say they hold generated faces (with paste-back: in the user's photo)
+    and carry the run record; ``label`` writes a visible "AI-aged" mark on paste-back frames;
+    ``signing`` (``agetool.credentials.Signing``) signs the video's Content Credentials, with the
+    photo file ``source`` as its parent."""
     from agetool.ages import age_caption
     from agetool.images import caption as draw_caption, write_image
     from agetool.video import VideoWriter
@@ -113,11 +115,23 @@ def write_video(core, encode, out: str | os.PathLike, request: AgeRequest, video
                          f"{MAX_FRAMES:,}", hint=f"lower {arg('steps')}, {arg('seconds')} or {arg('hold')}")
     frames_dir = None if frames_dir is None else Path(frames_dir)
     advance = core.progress(f"rendering {len(ages)} frames", len(ages))
+    encoded = []
+
+    def encode_once():
+        encoded.append(encode())
+        return encoded[-1]
+
+    label = label and request.face.paste_back
+    if label:
+        from agetool.images import disclose
     with VideoWriter(out, fps=video.fps, crf=video.crf) as writer:
         shown = None
-        for i, (frame, age) in enumerate(zip(frames(core, encode, request, video), ages)):
+        for i, (frame, age) in enumerate(zip(frames(core, encode_once, request, video), ages)):
+            if writer.marking is None:  # the photo and its models are known once the first frame is made
+                writer.marking = video_marking(core, encoded[-1], request, ages, signing, source)
+            frame = disclose(frame) if label else frame
             if frames_dir is not None:
-                write_image(frames_dir / f"frame_{i:05d}.png", frame)
+                write_image(frames_dir / f"frame_{i:05d}.png", frame, writer.marking)
             shown = draw_caption(frame, age_caption(age)) if video.caption else frame
             for _ in range(1 + (hold if i == 0 else 0)):
                 writer.write(shown)
@@ -125,3 +139,13 @@ def write_video(core, encode, out: str | os.PathLike, request: AgeRequest, video
         for _ in range(hold):
             writer.write(shown)
     return writer.path
+
+
+def video_marking(core, photo, request: AgeRequest, ages: list[float], signing=None, source: str | None = None):
+    """The ``agetool.provenance.Marking`` of the aging video of ``photo`` (an ``EncodedPhoto``): the
+    ages of its first and last frames stand for the ages asked."""
+    from agetool.provenance import COMPOSITE, GENERATED, Marking
+
+    record = core.record(photo, request.render, photo.faces, medium="video",
+                         ages=(f"{ages[0]:g}", f"{ages[-1]:g}"))
+    return Marking(COMPOSITE if request.face.paste_back else GENERATED, record, signing, source)

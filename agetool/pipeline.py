@@ -17,6 +17,7 @@ they take turns (one lock per pipeline), so one pipeline serves one request at a
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -183,7 +184,7 @@ class AgingPipeline:
     def _encode(self, image, options: FaceOptions, estimate, *, generate: bool) -> EncodedPhoto:
         if isinstance(image, EncodedPhoto):
             _check_encoded(image, options)
-            return EncodedPhoto(image.image, image.name, self.core.encode(image.faces)) if generate else image
+            return replace(image, faces=self.core.encode(image.faces)) if generate else image
         with self.core.lock:
             with self.models.timer("read"):
                 array, name = load_image(image, self.max_pixels)
@@ -198,7 +199,11 @@ class AgingPipeline:
             for face in faces:
                 face.estimate = self.core.estimate(array, face, estimate)
                 face.model = self.core.decide(f"{name} face {face.index}", face.estimate)
-            return EncodedPhoto(array, name, self.core.encode(faces) if generate else faces)
+            from agetool.provenance import source_sha256
+
+            # the photo named by its content in the outputs' records (the file's bytes; an array's pixels)
+            digest = source_sha256(image if isinstance(image, (str, os.PathLike)) else array)
+            return EncodedPhoto(array, name, self.core.encode(faces) if generate else faces, digest)
 
     # ------------------------------------------------------------------ render
     def targets(self, ages) -> list[AgeTarget]:
@@ -263,7 +268,9 @@ class AgingPipeline:
         self._check_upscale(request)
         with self.core.lock:
             enc = self._encode(image, options, True if render.relative else "auto", generate=True)
-            return self.core.result(enc, render, paste_back=options.paste_back, check=check)
+            result = self.core.result(enc, render, paste_back=options.paste_back, check=check)
+            result.source = str(image) if isinstance(image, (str, os.PathLike)) else None  # signed outputs' parent
+            return result
 
     def upscale(self, tiles: np.ndarray, factor: int = 4) -> np.ndarray:
         """Aged face tiles ([256, 256, 3] or [N, 256, 256, 3] uint8) at ``factor`` x their size with
@@ -322,12 +329,16 @@ class AgingPipeline:
         return self.write_video(image, out, self.request(None, **frame_options), video, frames_dir=frames_dir)
 
     def write_video(self, image: Image | EncodedPhoto, out: str | os.PathLike, request: AgeRequest,
-                    video: VideoOptions, *, frames_dir: str | os.PathLike | None = None) -> Path:
-        """``video`` with its options as validated values (``request()``, ``VideoOptions.of``)."""
+                    video: VideoOptions, *, frames_dir: str | os.PathLike | None = None, label: bool = False,
+                    signing=None) -> Path:
+        """``video`` with its options as validated values (``request()``, ``VideoOptions.of``);
+        ``label`` and ``signing`` as ``agetool.morph.write_video`` takes them."""
         from agetool import morph
 
         self._check_upscale(request)
-        return morph.write_video(self.core, self._encoder(image, request), out, request, video, frames_dir=frames_dir)
+        source = str(image) if isinstance(image, (str, os.PathLike)) else None
+        return morph.write_video(self.core, self._encoder(image, request), out, request, video, frames_dir=frames_dir,
+                                 label=label, signing=signing, source=source)
 
     def _reference(self, faces):
         """``faces`` for the face stages: a ``"ref:PHOTO"`` made into its reference once per pipeline."""

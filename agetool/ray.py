@@ -152,14 +152,14 @@ class _Stage:
 
 
 def _read(row: dict, max_pixels: int):
-    """The photo of a row: a local path as it is (read as ``agetool age`` reads it), else the array
-    decoded from the row's ``bytes`` or from the URI's filesystem."""
+    """(photo, sha256 of its bytes or None) of a row: a local path as it is (read as ``agetool age``
+    reads it), else the array decoded from the row's ``bytes`` or from the URI's filesystem."""
     from agetool.images import read_image
 
     photo = _text(row[PHOTO])
     data = row.get("bytes")
     if data is None and "://" not in photo:
-        return photo
+        return photo, None
     if data is None:
         try:
             fs, inner = _filesystem(photo)
@@ -167,7 +167,10 @@ def _read(row: dict, max_pixels: int):
                 data = stream.read()
         except (OSError, ValueError) as e:
             raise errors.InputError(f"{photo}: can't read ({' '.join(str(e).split())[:200]})") from None
-    return read_image(photo, max_pixels, data=bytes(data))
+    import hashlib
+
+    data = bytes(data)  # its sha256 names the photo in the outputs' records, as the plain run's does
+    return read_image(photo, max_pixels, data=data), hashlib.sha256(data).hexdigest()
 
 
 def is_uri(text: str | os.PathLike) -> bool:
@@ -306,8 +309,10 @@ class FaceStage(_Stage):
                 row[PHOTO] = row.get("path", "")
             if not _text(row.get(ERROR, "")):
                 try:
-                    prepared = self.pipe.prepare(_read(row, self.pipe.max_pixels), **self.options)
+                    photo, digest = _read(row, self.pipe.max_pixels)
+                    prepared = self.pipe.prepare(photo, **self.options)
                     prepared.name = _text(row[PHOTO])
+                    prepared.source_sha256 = digest or prepared.source_sha256
                     row[PREPARED], row[ERROR] = pickle.dumps(prepared), ""
                 except errors.AgetoolError as e:
                     if e.exit_code != 1:
@@ -365,8 +370,6 @@ def write_results(batch: dict, *, labels: bool = True) -> dict:
     unless ``labels=False``) and, where ``tiles`` names a folder, every tile there: the files
     ``agetool age`` writes, byte for byte. Tiles come first, so a grid on disk means a finished photo.
     Rows come out with ``photo``, ``grid``, ``error``, ``failure``, ``notes``, ``faces`` and ``models``."""
-    from agetool.images import encode_image
-
     rows = []
     for row in _rows(batch):
         out = {PHOTO: _text(row[PHOTO]), GRID: _text(row[GRID]), ERROR: _text(row.get(ERROR, "")),
@@ -375,9 +378,9 @@ def write_results(batch: dict, *, labels: bool = True) -> dict:
             try:
                 result = pickle.loads(row[RESULT])
                 if _text(row.get(TILES, "")):
-                    for name, tile in result.tiles():
-                        store(join(_text(row[TILES]), name), encode_image(tile, name))
-                store(out[GRID], encode_image(result.grid_array(labels=labels), out[GRID]))
+                    for name, data in result.tile_files():
+                        store(join(_text(row[TILES]), name), data)
+                store(out[GRID], result.encode_grid(out[GRID], labels=labels))
                 out["faces"] = len(result.faces)
                 out["models"] = ", ".join(sorted({f.model for f in result.faces}))
             except errors.AgetoolError as e:

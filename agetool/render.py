@@ -25,7 +25,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from agetool.ages import DEFAULT_ANCHORS, AgeTarget, blend, old_age_warning, target_latents, year_weights
+from agetool.ages import (DEFAULT_ANCHORS, AgeTarget, blend, old_age_warning, target_latents, year_weights,
+                          years_text)
 from agetool.errors import EstimateError, UsageError, arg
 from agetool.models import Models
 from agetool.results import AgeEstimate, AgingResult, EncodedPhoto, Face
@@ -99,11 +100,11 @@ class Renderer:
         if self.model == "auto":
             if estimate is None:
                 raise EstimateError(f"{who}: no age and gender estimate to choose its model")
-            self.report(f"{who}: ~{estimate.age:.0f} years, {estimate.gender} "
+            self.report(f"{who}: ~{years_text(estimate.age)}, {estimate.gender} "
                         f"(p = {estimate.gender_probability:.2f}): {estimate.gender} model")
             return estimate.gender
         if estimate is not None:
-            self.report(f"{who}: ~{estimate.age:.0f} years, {estimate.gender} (p = {estimate.gender_probability:.2f})")
+            self.report(f"{who}: ~{years_text(estimate.age)}, {estimate.gender} (p = {estimate.gender_probability:.2f})")
         return self.model
 
     @staticmethod
@@ -246,6 +247,19 @@ class Renderer:
         return [choose(self.models, face, stack.reshape(len(seeds), -1, *stack.shape[1:]), seeds,
                        keep=render.keep_candidates) for face, stack in zip(faces, stacks)]
 
+    def draw_seed(self, who: str, faces: Sequence[Face], render, check: Check | None = None) -> int:
+        """The noise seed one person keeps (a video's face, a clip's person): the run's seed, or with
+        ``candidates`` N the most faithful of N draws at ``render``'s targets, scored on each of
+        ``faces`` (crops of that person) and pooled; the choice is reported as ``who``."""
+        if render.candidates == 1:
+            return render.seed
+        from agetool.faithful import describe_choice, pooled
+
+        self.warn_old(render.targets)
+        chosen = pooled([c for _, c in self.draws(faces, replace(render, keep_candidates=False), check)])
+        self.report(describe_choice(who, chosen))
+        return chosen.best.seed
+
     # ---------------------------------------------------------------- a photo
     def result(self, photo: EncodedPhoto, render, *, paste_back: bool = False,
                check: Check | None = None) -> AgingResult:
@@ -266,7 +280,7 @@ class Renderer:
                 if draws is not None:
                     from agetool.faithful import describe_choice
 
-                    self.report(describe_choice(photo.name, f"face {face.index}", draws))
+                    self.report(describe_choice(f"{photo.name} face {face.index}", draws))
                 shown = None
                 if render.upscale > 1:
                     images = self.upscale(images, render.upscale)
@@ -278,7 +292,30 @@ class Renderer:
                 for face in aged:
                     face.pasted = [self.paste(photo.image, [face], [t]) for t in face.images]
                 pasted = [self.paste(photo.image, aged, [a.images[k] for a in aged]) for k in range(len(render.targets))]
-            return AgingResult(photo.image, photo.name, aged, render.labels, pasted)
+            return AgingResult(photo.image, photo.name, aged, render.labels, pasted,
+                               record=self.record(photo, render, aged))
+
+    def record(self, photo: EncodedPhoto, render, faces: Sequence[Face], *, medium: str = "photo",
+               ages: Sequence[str] | None = None):
+        """The ``agetool.provenance.Record`` of an output made from ``photo`` with ``render`` for
+        ``faces``: the models that shaped them, seed, noise, the ages asked (``ages``: instead of
+        ``render``'s) and what each became for each face, each face's estimated age, the photo's
+        sha256. The same in every process that makes the same output (faces and generator may run
+        apart, as on Ray)."""
+        from agetool import __version__
+        from agetool.provenance import FaceRecord, Record, source_sha256
+
+        used = tuple(FaceRecord(None if f.estimate is None else round(float(f.estimate.age), 2),
+                                tuple(round(float(y), 2) for y in f.ages),
+                                None if getattr(f, "candidates", None) is None else int(f.candidates.best.seed))
+                     for f in faces)
+        models = self.models.used([f.model for f in faces if f.model],
+                                  landmarks=any(f.detection is not None for f in faces),
+                                  parser=any(f.parsing is not None for f in faces),
+                                  classifier=any(f.estimate is not None for f in faces), upscaler=render.upscale > 1)
+        return Record(__version__, models, render.seed, render.noise,
+                      tuple(render.labels if ages is None else ages), used,
+                      photo.source_sha256 or source_sha256(photo.image), medium)
 
 
 def combine(looks: Sequence[tuple[str, float, float]]) -> AgeEstimate | None:

@@ -103,6 +103,7 @@ class EncodedPhoto:
     image: np.ndarray  # [H, W, 3] uint8, EXIF orientation applied
     name: str  # file name, or "image" for arrays
     faces: list[Face]
+    source_sha256: str | None = None  # the photo file's sha256 (of the pixels for arrays): never its path
 
 
 def column_label(label: str, years: float | None) -> str:
@@ -125,6 +126,23 @@ class AgingResult:
     faces: list[Face]
     labels: list[str]
     pasted: list[np.ndarray] | None = None
+    record: Any = None  # agetool.provenance.Record: how this result was made (written into every file)
+    source: str | None = field(default=None, repr=False)  # the input file: the parent of signed outputs
+    signing: Any = field(default=None, repr=False)  # agetool.credentials.Signing: sign every file written
+    label: bool = False  # a visible "AI-aged" mark in the corner of the pasted photos written
+
+    def marking(self, source_type: str | None):
+        """The ``agetool.provenance.Marking`` of a file of this result holding ``source_type`` pixels."""
+        from agetool.provenance import Marking
+
+        return Marking(source_type, self.record, self.signing, self.source)
+
+    def _shown_pasted(self, photos: list[np.ndarray]) -> list[np.ndarray]:
+        if not self.label:
+            return list(photos)
+        from agetool.images import disclose
+
+        return [disclose(p) for p in photos]
 
     def input_label(self, face: Face) -> str:
         return "input" if face.estimate is None else f"input, ~{face.estimate.age:.0f}"
@@ -135,7 +153,7 @@ class AgingResult:
         if self.pasted is not None:
             from agetool.images import fit
 
-            return [[fit(t, PASTE_GRID_SIDE) for t in (self.image, *self.pasted)]]
+            return [[fit(t, PASTE_GRID_SIDE) for t in (self.image, *self._shown_pasted(self.pasted))]]
         return [[f.shown, *f.images] for f in self.faces]
 
     def grid_array(self, labels: bool = True) -> np.ndarray:
@@ -154,6 +172,30 @@ class AgingResult:
                      for f in self.faces]
         return grid([[caption(t, h) for t, h in zip(row, head)] for row, head in zip(rows, heads)])
 
+    def encode_grid(self, name: str, labels: bool = True) -> bytes:
+        """The grid as the bytes of an image file named ``name`` (format from its suffix), marked as
+        generated faces beside the input, with the run record."""
+        from agetool.images import encode_image
+        from agetool.provenance import COMPOSITE
+
+        return encode_image(self.grid_array(labels), name, self.marking(COMPOSITE))
+
+    def write_grid(self, path, labels: bool = True) -> Path:
+        """The grid written to ``path`` atomically: the file ``agetool age`` writes."""
+        from agetool.files import write_bytes
+
+        return write_bytes(path, self.encode_grid(str(path), labels))
+
+    def tile_files(self) -> list[tuple[str, bytes]]:
+        """(file name, PNG bytes) of every tile of ``tiles()``, each marked: the input as the user's
+        pixels, aged faces as generated, pasted photos as a composite."""
+        from agetool.images import encode_image
+        from agetool.provenance import COMPOSITE, GENERATED
+
+        kind = GENERATED if self.pasted is None else COMPOSITE
+        return [(name, encode_image(tile, name, self.marking(None if name.endswith("_input.png") else kind)))
+                for name, tile in self.tiles()]
+
     def tiles(self) -> list[tuple[str, np.ndarray]]:
         """(file name, tile) of every tile: ``face<i>_input.png`` and ``face<i>_<label>.png`` per face
         (with paste-back, whole photos); a repeated label's tiles are ``face<i>_<label>_2.png`` ...
@@ -161,7 +203,7 @@ class AgingResult:
         out = []
         for face in self.faces:
             first = face.shown if self.pasted is None else self.image
-            shown = face.images if self.pasted is None else face.pasted
+            shown = face.images if self.pasted is None else self._shown_pasted(face.pasted)
             names = unique_labels(["input", *face.labels])
             out += [(f"face{face.index}_{name}.png", tile) for name, tile in zip(names, [first, *shown])]
         return out
@@ -169,9 +211,9 @@ class AgingResult:
     def write_tiles(self, folder) -> list:
         """Every tile of ``tiles()`` as a PNG in ``folder``: the files ``agetool age --tiles`` writes;
         returns their paths."""
-        from agetool.images import write_image
+        from agetool.files import write_bytes
 
-        return [write_image(Path(folder) / name, tile) for name, tile in self.tiles()]
+        return [write_bytes(Path(folder) / name, data) for name, data in self.tile_files()]
 
     def candidate_tiles(self) -> list[tuple[str, np.ndarray]]:
         """(file name, tile) of every noise draw of every face whose draws were kept
@@ -204,25 +246,24 @@ class AgingResult:
         from agetool.images import write_image
 
         folder = Path(folder)
-        paths = [write_image(folder / name, tile) for name, tile in self.candidate_tiles()]
+        from agetool.provenance import GENERATED
+
+        paths = [write_image(folder / name, tile, self.marking(GENERATED)) for name, tile in self.candidate_tiles()]
         scores = {"photo": self.name, "labels": list(self.labels), "faces": self.scores()}
         write_text(folder / "scores.json", json.dumps(scores, indent=1) + "\n")
         return [*paths, folder / "scores.json"]
 
     def write_zip(self, path) -> Path:
         """Every tile of ``tiles()`` as a PNG member of the ZIP archive ``path`` (written atomically)."""
-        import io
         import zipfile
-
-        from PIL import Image as PILImage
 
         from agetool.files import replacing
 
         with replacing(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            for name, tile in self.tiles():
-                buf = io.BytesIO()
-                PILImage.fromarray(tile).save(buf, format="PNG")
-                z.writestr(name, buf.getvalue())
+            for name, data in self.tile_files():
+                member = zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0))  # no clock: the same run, the same bytes
+                member.external_attr = 0o644 << 16
+                z.writestr(member, data, zipfile.ZIP_DEFLATED)
         return Path(path)
 
     def grid(self, labels: bool = True) -> Image:

@@ -64,13 +64,14 @@ def x264_cpu_options(flags: set[str]) -> dict:
 
 class VideoWriter(Finishing):
     """H.264 (libx264), yuv420p, +faststart, CRF quality. Writes to a temporary name and renames on
-    ``close()``; ``abort()`` (or an exception inside ``with``) removes the partial file. A failure
+    ``close()``, marked with ``marking`` (``agetool.provenance``) first; ``abort()`` (or an exception
+    inside ``with``) removes the partial file. A failure
     of the encoder is one ``OutputError`` line quoting ffmpeg's last message, and leaves no file.
 
     Frames are RGB uint8 [H, W, 3]; every frame must have the size of the first, with even sides.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float = DEFAULT_FPS, crf: int = DEFAULT_CRF):
+    def __init__(self, path: str | os.PathLike, fps: float = DEFAULT_FPS, crf: int = DEFAULT_CRF, marking=None):
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
             raise UsageError(f"{self.path}: video output must end in .mp4")
@@ -78,6 +79,7 @@ class VideoWriter(Finishing):
         fps = validate.finite("fps", fps, MIN_FPS, MAX_FPS)
         ensure_parent(self.path)
         self.fps, self.crf = fps, crf
+        self.marking = marking  # agetool.provenance.Marking: what the file says about itself
         self._tmp: Path | None = None
         self._proc = None
         self._log = None
@@ -161,6 +163,13 @@ class VideoWriter(Finishing):
         self._proc = None
         self._log.close()
         self._log = None
+        from agetool.provenance import mark_video
+
+        try:
+            mark_video(self._tmp, self.marking, self.path.name)
+        except BaseException:
+            self.abort()
+            raise
         os.replace(self._tmp, self.path)
         self._tmp = None
         return self.path

@@ -200,6 +200,27 @@ def test_estimated_age_captions_the_input_and_drives_relative_ages(tmp_path, cro
     # no estimate at hand: a relative age is a clear error, not a guess
     code, _, err = cli(["age", crop, "--out", tmp_path / "h.png", "--ages", "+20", "--offline", *common(weights)],
                        capsys)
-    assert code == 1 and "genderage (age and gender classifier, or --age-model FILE)" in err
+    assert code == 1 and "genderage (age and gender classifier, or --age-model FILE; from https://" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "h.png").exists()
+
+
+def test_one_year_and_one_step_are_singular():
+    from agetool.ages import age_caption, years_text
+    from agetool.cli.train import _count
+
+    assert age_caption(1.0) == "1 year" and age_caption(4.5) == "4.5 years" and age_caption(34) == "34 years"
+    assert years_text(1.04) == "1 year" and years_text(0.6) == "1 year" and years_text(2) == "2 years"
+    assert _count(1, "step") == "1 step" and _count(3, "step") == "3 steps"
+
+
+def test_captions_leave_a_64_px_tile_mostly_visible():
+    import numpy as np
+
+    from agetool.images import caption
+
+    tile = np.full((64, 64, 3), 200, np.uint8)
+    covered = (caption(tile, "30-39") != tile).any(axis=(1, 2)).sum()  # rows the band darkens
+    assert 0 < covered < 64 // 5  # the band was 18 rows, more than a quarter
+    big = np.full((256, 256, 3), 200, np.uint8)
+    assert (caption(big, "30-39") != big).any(axis=(1, 2)).sum() == 26  # 256 px tiles as before

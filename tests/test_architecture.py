@@ -18,8 +18,9 @@ PACKAGE = ROOT / "agetool"
 #: its own, or from its own part (a package such as agetool.clip counts as one part)
 LAYERS = [
     ("agetool.errors", "agetool"),  # agetool: the package's __init__ (its names are imported lazily)
-    ("agetool.validate", "agetool.files", "agetool.userfiles", "agetool.config", "agetool.device"),
-    ("agetool.ages", "agetool.images", "agetool.nn", "agetool.shards"),
+    ("agetool.validate", "agetool.files", "agetool.userfiles", "agetool.config", "agetool.device",
+     "agetool.credentials"),
+    ("agetool.ages", "agetool.images", "agetool.nn", "agetool.shards", "agetool.provenance"),
     ("agetool.options", "agetool.results", "agetool.weights", "agetool.engine"),
     ("agetool.face", "agetool.video"),
     ("agetool.identity", "agetool.upscale"),

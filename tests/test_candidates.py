@@ -223,3 +223,34 @@ def test_eval_reports_skin_tone_drift(tmp_path, weights, seeded_parser_file, see
     for row, out in zip(report["summary"], outputs):  # one face: the mean and the largest are its value
         assert row["skin_tone_mean"] == pytest.approx(out["skin_tone"]) == row["skin_tone_max"]
     assert "skin tone mean" in (tmp_path / "eval" / "report.md").read_text()
+
+
+class _SkinParser:
+    """A stand-in parser (the full-size one costs seconds a crop): a fixed skin region."""
+
+    def parse(self, crop):
+        labels = np.zeros(crop.shape[:2], np.uint8)
+        labels[70:220, 60:200] = 1
+        return labels
+
+
+def test_a_clip_holds_one_draw_per_person(tmp_path, weights, seeded_parser_file):
+    from agetool import AgingPipeline
+    from tests.helpers import astronaut_clip
+
+    src = astronaut_clip(tmp_path, frames=6)
+    pipe = AgingPipeline.from_pretrained(weights=weights, parser_weights=seeded_parser_file, device="cpu",
+                                         landmarks="dlib")
+    pipe.models._loaded["parser"] = _SkinParser()  # the file is there; its network is not run
+    notes = []
+    pipe.models.report = notes.append
+    drawn = [f for f in pipe.clip_frames(src, ages=60, mask=False, candidates=3)]
+    choices = re.findall(r"walk\.mp4 person (\d+): draw (\d) of 3 kept, seed (\d+)", " ".join(notes))
+    assert len(choices) == 1  # one person, chosen once
+    seed = int(choices[0][2])
+    held = [f.image for f in pipe.clip_frames(src, ages=60, mask=False, seed=seed)]
+    assert len(drawn) == len(held) == 6 and all(f.faces == 1 for f in drawn)
+    for a, b in zip(drawn, held):  # every frame shows the chosen draw
+        assert np.array_equal(a.image, b)
+    other = [f.image for f in pipe.clip_frames(src, ages=60, mask=False, seed=seed + 1)]
+    assert not np.array_equal(other[0], held[0])  # another draw would show

@@ -195,3 +195,30 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_identity_only_without_the_age_model(kit, tmp_path, capsys, monkeypatch):
+    """--no-age, or automatically offline when genderage is not at hand (saying so): only the
+    generator (and the identity model given) are needed; every estimated age is null."""
+    from agetool import weights
+
+    monkeypatch.setenv("AGETOOL_CACHE", str(tmp_path / "empty-cache"))
+    assert weights.status("genderage").path is None
+    base = ["eval", kit["photos"], "--aligned", "--no-mask", "--device", "cpu", "--weights", kit["gen"],
+            "--identity-model", kit["identity"], "--ages", "5,30-39"]
+    code, out, err = cli([*base, "--out", tmp_path / "auto", "--offline"], capsys)
+    assert code == 0, err
+    assert "genderage is not at hand and network access is off: measuring identity only" in err and "--no-age" in err
+    code, out2, err2 = cli([*base, "--out", tmp_path / "asked", "--no-age"], capsys)
+    assert code == 0 and "warning" not in err2, err2
+    for run in ("auto", "asked"):
+        report = json.loads((tmp_path / run / "report.json").read_text())
+        assert report["models"]["age"] is None
+        outputs = [o for f in report["faces"] for o in f["outputs"]]
+        assert len(outputs) == 6 and all(o["estimated_age"] is None for o in outputs)
+        assert all(o["identity"] == pytest.approx(1.0, abs=1e-6) for o in outputs)
+        assert all(r["estimated_age_mean"] is None and r["identity_mean"] is not None for r in report["summary"])
+        assert "| age | not measured |" in (tmp_path / run / "report.md").read_text()
+        assert (tmp_path / run / "report.png").stat().st_size > 0
+    code, _, err = cli([*base, "--out", tmp_path / "cal", "--no-age", "--calibrate"], capsys)
+    assert code == 2 and "--calibrate" in err and "--no-age" in err

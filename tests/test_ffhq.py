@@ -18,69 +18,10 @@ from PIL import Image
 
 from agetool.errors import DatasetError, UsageError
 from agetool.train.ffhq_meta import iter_entries, parse_ids
-
-LABEL_HEADER = ["image_number", "age_group", "age_group_confidence", "gender", "gender_confidence", "head_pitch",
-                "head_roll", "head_yaw", "left_eye_occluded", "right_eye_occluded", "glasses"]
-
+from tests.ffhq_fixture import LABEL_HEADER, entry as _entry, photos as _photos, png as _png, wild_path as _wild_path
 
 # ----------------------------------------------------------------------------------------------
 # the small FFHQ
-
-
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _photos() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name -> (photo, 68 dlib landmarks): the astronaut (crop), a tight crop of it (reflect padding), Grace
-    Hopper, and the tight crop at 6x (the shrink branch at 256 px; landmarks by the shape predictor in the
-    detector's box scaled with the photo)."""
-    import matplotlib.cbook
-
-    from agetool.face.detect import DlibDetector, bundled_dlib_predictor
-    from agetool.images import read_image
-    from tests import reference
-
-    dlib = DlibDetector(predictor=bundled_dlib_predictor())
-    astronaut = read_image(reference.path("align_case0_input.png"))
-    tight = read_image(reference.path("align_case1_input.png"))
-    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")) as im:
-        hopper = np.asarray(im.convert("RGB"))
-    out = {}
-    for name, photo in (("astronaut", astronaut), ("tight", tight), ("hopper", hopper)):
-        (face,) = dlib.detect(photo)
-        out[name] = (photo, face.landmarks.astype(np.float64))
-    big = np.asarray(Image.fromarray(tight).resize((tight.shape[1] * 6, tight.shape[0] * 6), Image.LANCZOS))
-    box = dlib.detect(tight)[0].box
-    out["big"] = (big, dlib.landmarks_in(big, tuple(6 * v for v in box)).astype(np.float64))
-    return out
-
-
-def _wild_path(n: int) -> str:
-    return f"in-the-wild-images/{n - n % 1000:05d}/{n:05d}.png"
-
-
-def _entry(n: int, png: bytes | None, landmarks, author: str) -> dict:
-    pixels = np.asarray(Image.open(io.BytesIO(png))) if png else np.zeros((1, 1, 3), np.uint8)
-    wild = {"file_url": f"https://drive.google.com/uc?id=wild{n}", "file_path": _wild_path(n),
-            "file_size": len(png or b"x"), "file_md5": hashlib.md5(png or b"x").hexdigest(),
-            "pixel_size": [pixels.shape[1], pixels.shape[0]], "pixel_md5": hashlib.md5(pixels.tobytes()).hexdigest(),
-            "face_rect": [0, 0, 10, 10], "face_quad": [[0.0, 0.0]] * 4}
-    if landmarks is not None:
-        wild["face_landmarks"] = [[float(x), float(y)] for x, y in landmarks]
-    return {"category": "training" if n < 60000 else "validation",
-            "metadata": {"photo_url": f"https://example.org/photos/{n}", "photo_title": f"photo {n}", "author": author,
-                         "country": "", "license": "Public Domain Mark", "license_url":
-                         "https://creativecommons.org/publicdomain/mark/1.0/", "date_uploaded": "2010-01-01",
-                         "date_crawled": "2018-10-10"},
-            "image": {"file_url": "https://drive.google.com/uc?id=x", "file_path": f"images1024x1024/{n:05d}.png",
-                      "file_size": 1, "file_md5": "0" * 32, "pixel_size": [1024, 1024], "pixel_md5": "0" * 32,
-                      "face_landmarks": []},
-            "thumbnail": {"file_url": "https://drive.google.com/uc?id=y", "file_path": f"thumbnails128x128/{n:05d}.png",
-                          "file_size": 1, "file_md5": "0" * 32, "pixel_size": [128, 128], "pixel_md5": "0" * 32},
-            "in_the_wild": wild}
 
 
 # image number -> (photo, gender, age group, glasses, what happens)
@@ -273,7 +214,7 @@ def test_build_from_a_mirror(ffhq, built):
     out, result = built
     failed = dict(result.failed)
     assert set(failed) == {42, 43, 44}
-    assert "md5 mismatch" in failed[42] and "missing" in failed[43] or "404" in failed[43]
+    assert "md5 mismatch" in failed[42] and "HTTP 404" in failed[43]
     assert "no landmarks" in failed[44]
     assert result.built == len(BUILT) and result.n_kept == len(BUILT)
     assert result.dropped["dark_glasses"] == 1
@@ -382,6 +323,9 @@ def test_takedown_attributions_and_stats(ffhq, built, tmp_path, capsys):
     other.unlink()
     put_back.unlink()
 
+    assert run(["dataset", "stats", str(out)]) == 0  # removals from BUILD.json
+    err = " ".join(re.sub(r"[\u2500-\u257f]", " ", capsys.readouterr().err).split())
+    assert "all 1 2 3" in err and "dark glasses 1" in err and "BUILD.json" in err
     (out / "ATTRIBUTION.csv").unlink()
     assert run(["dataset", "attributions", str(out)]) == 0  # the JSON named in BUILD.json
     assert [r["image_number"] for r in csv.DictReader(open(out / "ATTRIBUTION.csv"))] == ["00003", "01500", "69001"]
@@ -437,3 +381,75 @@ def test_training_carries_the_credits_and_honours_takedowns(tmp_path, capsys):
     assert (out / "ATTRIBUTION.csv").read_bytes() == (root / "ATTRIBUTION.csv").read_bytes()
     assert "CC BY-NC-SA 4.0" in err and str(out / "ATTRIBUTION.csv") in err
     assert "images per class: 0-2: 1, 3-6: 1" in err  # 00001 of each class taken down
+
+
+STOPPABLE = """
+import os, sys, time
+from agetool.face import parse
+from tests.test_ffhq import tiny_parser
+
+parser, calls = tiny_parser(), []
+plain = parser.parse
+
+
+def parse_once_then_wait(crop):
+    calls.append(1)
+    if len(calls) == 2 and os.environ.get("STALL"):
+        time.sleep(600)  # stopped here by the test's signal
+    return plain(crop)
+
+
+parser.parse = parse_once_then_wait
+parse.FaceParser.load = classmethod(lambda cls, *a, **k: parser)
+sys.argv[0] = "agetool"
+from agetool.cli import main
+main()
+"""
+
+
+def test_a_build_stopped_by_a_signal_leaves_no_partial_files_and_resumes(ffhq, built, tmp_path):
+    """The command in a subprocess (the parser a fast stand-in), stopped by SIGINT after its first image."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, partials, wait_for
+
+    out = tmp_path / "out"
+    script = tmp_path / "stoppable.py"
+    script.write_text(STOPPABLE)
+    argv = [sys.executable, str(script), "dataset", "ffhq-aging", "--json", str(ffhq.json), "--labels",
+            str(ffhq.labels), "--wilds", ffhq.url, "--out", str(out), "--workers", "1", "--device", "cpu"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), STALL="1")
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: list(out.rglob("parsings/*.png")), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert len(list(out.rglob("parsings/*.png"))) == 1 and not partials(out)
+    env.pop("STALL")
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 1 and "3 image(s) failed" in " ".join(again.stderr.split())
+    assert "1 image(s) were already built" in again.stderr
+    assert _files(out) == _files(built[0])
+
+
+def test_streaming_memory_does_not_grow_with_the_file(tmp_path):
+    """A 12 MB metadata file is read with a few MB of Python memory: one chunk and one entry at a time."""
+    import tracemalloc
+
+    from tests.ffhq_fixture import entry
+
+    one = entry(0, None, [[float(i), float(i)] for i in range(68)], "Author")
+    big = tmp_path / "big.json"
+    with open(big, "w") as f:
+        f.write("{" + ",\n".join(f'"{n}": {json.dumps(one)}' for n in range(6000)) + "}")
+    assert big.stat().st_size > 10e6
+    tracemalloc.start()
+    try:
+        seen = sum(1 for _ in iter_entries(big, parse_ids("10,5999")))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seen == 2 and peak < 8e6, peak  # json.load: about 96 MB

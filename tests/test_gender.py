@@ -125,8 +125,8 @@ def test_offline_without_the_classifier_asks_for_model(tmp_path, capsys):
                         "--device", "cpu"], capsys)
     assert code == 1
     # every file the run needs, in one line, each with the option that takes a file instead
-    assert "genderage (age and gender classifier, or --age-model FILE)" in err and "Traceback" not in err
-    assert "lats-male (generator, or --weights FILE)" in err and "lats-female" in err
+    assert "genderage (age and gender classifier, or --age-model FILE; from https://" in err and "Traceback" not in err
+    assert "lats-male (generator, or --weights FILE; from https://" in err and "lats-female" in err
     assert len(err.strip().splitlines()) == 1
 
 

@@ -142,7 +142,8 @@ def test_compare_command(photos, capsys):
     doc = json.loads(out)
     assert (doc["model"], doc["metric"], doc["threshold"]) == ("dlib", "distance", DLIB_THRESHOLD)
     assert [(p["a_face"], p["b_face"], p["same_person"]) for p in doc["pairs"]] == [(0, 0, False), (0, 1, True)]
-    assert doc["pairs"][1]["similarity"] < DLIB_THRESHOLD < doc["pairs"][0]["similarity"]
+    assert doc["pairs"][1]["distance"] < DLIB_THRESHOLD < doc["pairs"][0]["distance"]  # named for what it is
+    assert all(p["similarity"] == p["distance"] for p in doc["pairs"]) and "similarity" in doc["deprecated"]
     code, out, _ = cli(["compare", photos["hopper"], photos["group"]], capsys)
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 2

@@ -114,7 +114,7 @@ def test_own_parser_set_in_the_config_file_then_used_without_flags(home, photo, 
     config.parent.mkdir(parents=True)
     config.write_text(f'parser-weights = "{seeded_parser_file}"\noffline = true\n')
     code, out, _ = cli(["info"], capsys)
-    assert f"config: {config}" in out and f"parser-weights = {seeded_parser_file}  ({config})" in out, out
+    assert f"config: {config}" in out and f'parser-weights = "{seeded_parser_file}"  ({config})' in out, out
     labels = home / "labels.png"
     code, out, err = cli(["parse", photo, "--aligned", "--out", labels], capsys)
     assert code == 0 and labels.is_file(), err

@@ -37,7 +37,8 @@ def test_usage_errors_come_before_torch(args, expected, tmp_path):
     elapsed, done = _run(args, tmp_path)
     assert done.stdout.split() == ["False", "2"], (done.stdout, done.stderr)  # torch never loaded; exit 2
     assert done.stderr.count("\n") == 1 and expected in done.stderr and "Traceback" not in done.stderr
-    assert elapsed < 2.0 + _baseline(tmp_path), elapsed  # generous: the bare start-up plus 2 s
+    # under 2 s quiet; generous on a loaded machine: 2 s plus three times the bare start-up measured now
+    assert elapsed < 2.0 + 3 * _baseline(tmp_path), elapsed
 
 
 _BASE: list[float] = []

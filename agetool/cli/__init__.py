@@ -52,7 +52,7 @@ def _root(
 def _register() -> None:
     import importlib
 
-    for name in ("generate", "faces", "identity", "weights", "train", "dataset", "misc", "eval", "serve"):
+    for name in ("generate", "faces", "identity", "weights", "train", "dataset", "misc", "eval", "serve", "inspect"):
         importlib.import_module(f"agetool.cli.{name}")  # each module registers its commands on ``app``
 
 
@@ -193,8 +193,8 @@ def _defaults(args: list[str]) -> dict:
     try:
         return default_map(command(), load_settings())
     except AgetoolError:
-        if not args or any(a in ("-h", "--help", "--version") for a in args):
-            return {}
+        if not args or args[0] == "info" or any(a in ("-h", "--help", "--version") for a in args):
+            return {}  # info reports the config error itself, after the versions and devices
         raise
 
 

@@ -37,8 +37,6 @@ def _check_request(request) -> None:
 
     if request.face.aligned:
         raise UsageError(f"{arg('aligned')} takes aligned photos; a clip's faces are found in every frame")
-    if request.render.candidates != 1:
-        raise UsageError(f"{arg('candidates')} applies to photos and photo videos; clips render one draw per person")
     refuse(given("--paste-back"), "a clip's frames are always whole, with the aged faces pasted back")
 
 
@@ -52,7 +50,7 @@ def _bar_progress(bar):
 
 
 def _run(clips: list[Path], out, request, crf: int, build, *, from_age=None, to_age=None,
-         profile: bool = False, truncated: str = "fail") -> int:
+         profile: bool = False, marks=None, truncated: str = "fail") -> int:
     from agetool.cli.options import print_profile
     from agetool.clip import clip_outputs, probe
     from agetool.images import distinct_outputs
@@ -78,7 +76,8 @@ def _run(clips: list[Path], out, request, crf: int, build, *, from_age=None, to_
         distinct_outputs([("out", t) for _, _, ts in plans for t in ts], clips)
         for clip, info, targets in plans:
             written = pipe.age_clip(clip, targets, request, from_age=from_age, to_age=to_age, crf=crf,
-                                    progress=_bar_progress(bar), truncated=truncated)
+                                    progress=_bar_progress(bar), label=getattr(marks, "label", False),
+                                    signing=getattr(marks, "signing", None), truncated=truncated)
             for path in written:
                 console.info(f"{clip} -> {path}  ({info.frames} frames, {info.size[0]}x{info.size[1]}"
                              f"{', audio copied' if info.audio else ''})")
@@ -93,7 +92,7 @@ def _folder(out: str) -> bool:
     return out.endswith(("/", os.sep)) or Path(out).is_dir()
 
 
-def age_clips(clips: list[Path], out, ages, request, crf: int, build, profile: bool = False,
+def age_clips(clips: list[Path], out, ages, request, crf: int, build, profile: bool = False, marks=None,
               truncated: str = "fail") -> int:
     """`agetool age CLIP... --ages LIST`: one clip per input and age (``request``: the run's, with
     ``ages`` parsed once)."""
@@ -102,11 +101,11 @@ def age_clips(clips: list[Path], out, ages, request, crf: int, build, profile: b
     refuse(given("--tiles", "--no-labels", "--skip-existing"), "only for photos; a clip gives one clip per age")
     if ages is None:
         raise UsageError(f"a clip needs {arg('ages')}", hint="e.g. --ages 60, or `agetool video CLIP --from 20 --to 70`")
-    return _run(clips, out, request, crf, build, profile=profile, truncated=truncated)
+    return _run(clips, out, request, crf, build, profile=profile, marks=marks, truncated=truncated)
 
 
 def video_clip(clip: Path, out, from_age, to_age, crf: int, build, request, profile: bool = False,
-               truncated: str = "fail") -> int:
+               marks=None, truncated: str = "fail") -> int:
     """`agetool video CLIP --from A --to B`: the people aged progressively over the clip."""
     from agetool.errors import UsageError, arg
 
@@ -116,5 +115,5 @@ def video_clip(clip: Path, out, from_age, to_age, crf: int, build, request, prof
     if from_age is None and to_age is None:
         raise UsageError(f"a clip is aged progressively from {arg('from_age')} to {arg('to_age')} (years)",
                          hint="e.g. --from 20 --to 70")
-    return _run([clip], out, request, crf, build, from_age=from_age, to_age=to_age, profile=profile,
+    return _run([clip], out, request, crf, build, from_age=from_age, to_age=to_age, profile=profile, marks=marks,
                 truncated=truncated)

@@ -41,7 +41,7 @@ out = _Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 #: arguments whose flag is not ``--<name>``: (flag when true, flag when false)
 #: library arguments whose command-line flag says the opposite (mask=False is --no-mask)
-_NEGATED = {"mask": "--no-mask", "labels": "--no-labels"}
+_NEGATED = {"mask": "--no-mask", "labels": "--no-labels", "estimate_age": "--no-age"}
 #: library arguments whose flag is spelled differently (from_age is --from)
 _FLAGS = {"from_age": "--from", "to_age": "--to", "frames_dir": "--frames", "batch": "--batch-size",
           "classifier_weights": "--age-model", "json_lines": "--json", "metadata_json": "--json"}

@@ -9,9 +9,29 @@ from typing import Annotated, Optional
 import typer
 
 from agetool.cli import console
-from agetool.cli.train import _print_report, _progress_cb, dataset_app
+from agetool.cli.train import _fmt_time, _print_report, dataset_app
 
 FAILURES_SHOWN = 50
+BUILDING = "aligning and parsing"
+
+
+def _build_progress(bar, task):
+    """Progress of the build; where stderr is no terminal (no live ETA column) the logged line says the ETA."""
+    import time
+
+    start: list = []
+
+    def cb(done: int, total: int) -> None:
+        now = time.monotonic()
+        if not start:
+            start.extend((now, done))
+        text = BUILDING
+        if not console.err.is_terminal and done > start[1] and total:
+            rate = (done - start[1]) / max(now - start[0], 1e-9)
+            text += f" (ETA {_fmt_time((total - done) / rate)})"
+        bar.update(task, completed=done, total=total, description=text)
+
+    return cb
 
 
 @dataset_app.command("ffhq-aging", no_args_is_help=True)
@@ -29,10 +49,12 @@ def ffhq_aging(
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="Where the parser runs: auto, cpu, cuda or mps.")] = "auto",
     offline: Annotated[bool, typer.Option("--offline", help="Never download the parser; fail if it is not cached.", show_default=False)] = False,
 ) -> None:
-    """Build FFHQ-Aging from FFHQ's metadata JSON, the FFHQ-Aging labels and the in-the-wild photos:
-    each kept image is checked (size, MD5), aligned from the JSON's landmarks as the dataset's builder
-    does, parsed, and written in the `dataset prepare` layout. A rerun resumes; failures are listed
-    at the end (exit 1). Writes ATTRIBUTION.csv and BUILD.json beside the images.
+    """Build FFHQ-Aging from its published sources.
+
+    From FFHQ's metadata JSON, the FFHQ-Aging labels and the in-the-wild photos: each image the labels
+    keep is checked (size, MD5), aligned from the JSON's landmarks as the dataset's builder does,
+    parsed, and written in the `dataset prepare` layout. A rerun resumes; failures are listed at the
+    end (exit 1). Writes ATTRIBUTION.csv and BUILD.json beside the images.
 
     Examples:
 
@@ -48,11 +70,11 @@ def ffhq_aging(
     wanted = parse_ids(ids) if ids is not None else None
     dev = pick_device(device)
     with console.progress(transient=False) as bar:
-        task = bar.add_task("aligning and parsing", total=None)
+        task = bar.add_task(BUILDING, total=None)
         report = build_ffhq_aging(metadata_json, labels, wilds, out, resolution=resolution, ids=wanted,
                                   keep_wilds=keep_wilds, workers=workers, parser_weights=parser_weights,
                                   device=dev, offline=offline, train_split=train_split,
-                                  progress=_progress_cb(bar, task), report=console.info)
+                                  progress=_build_progress(bar, task), report=console.info)
     _print_report(report, out)
     if report.finished_before:
         console.info(f"{report.finished_before} image(s) were already built and were kept as they are")
@@ -78,8 +100,9 @@ def attributions(
     folder: Annotated[Path, typer.Argument(help="A built dataset folder.", file_okay=False)],
     metadata_json: Annotated[Optional[Path], typer.Option("--json", help="ffhq-dataset-v2.json (default: the one the build recorded in BUILD.json).", dir_okay=False)] = None,
 ) -> None:
-    """Write ATTRIBUTION.csv (image number, author, photo URL, licence, licence URL) for every image of
-    a built folder, from FFHQ's metadata JSON.
+    """Write ATTRIBUTION.csv: the credits of a built folder.
+
+    One row per image (image number, author, photo URL, licence, licence URL), from FFHQ's metadata JSON.
 
     Example: agetool dataset attributions ffhq-aging
     """
@@ -104,9 +127,11 @@ def takedown(
     folder: Annotated[Path, typer.Argument(help="A dataset folder (built or prepared).", file_okay=False)],
     ids_file: Annotated[Path, typer.Option("--ids", help="Text file of image numbers to remove (one or more a line, ranges such as 100-120, # comments).", dir_okay=False)],
 ) -> None:
-    """Remove images on request: their pictures, parsings, kept in-the-wild photos and attribution
-    rows; the numbers are recorded in TAKEDOWN.txt, which later builds, `dataset prepare` and
-    `agetool train` on this folder honour.
+    """Remove images on request and record it.
+
+    Their pictures, parsings, kept in-the-wild photos and attribution rows go; the numbers are
+    recorded in TAKEDOWN.txt, which later builds, `dataset prepare` and `agetool train` on this
+    folder honour.
 
     Example: agetool dataset takedown ffhq-aging --ids removals.txt
     """

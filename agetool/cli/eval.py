@@ -39,6 +39,9 @@ def eval_command(
     calibrate_steps: Annotated[int, typer.Option(
         "--calibrate-steps", help="Traversal frames per class transition for --calibrate.", metavar="N",
         rich_help_panel=EVAL_PANEL)] = 10,
+    no_age: Annotated[bool, typer.Option(
+        "--no-age", help="Measure identity only, without the age model (genderage); also chosen, with a "
+        "warning, when that model is not at hand and --offline is set.", rich_help_panel=EVAL_PANEL)] = False,
     skip_existing: Annotated[bool, typer.Option(
         "--skip-existing", help="Reuse the results kept in --out of photos already measured (a restarted "
         "run continues).", rich_help_panel=EVAL_PANEL)] = False,
@@ -63,6 +66,8 @@ def eval_command(
 
       agetool eval photos/ --out eval/ --identity-model dlib --offline
 
+      agetool eval photos/ --out eval/ --model female --identity-model dlib --no-age
+
       agetool eval photos/ --out eval/ --compare runs/a/generator.safetensors runs/b/generator.safetensors
 
       agetool eval photos/ --out eval/ --calibrate && agetool age me.jpg --ages 5,20,45 --age-anchors eval/anchors.json
@@ -86,7 +91,8 @@ def eval_command(
             faces=faces_argument(faces, ref_threshold),
             min_face=min_face, calibrate=calibrate, calibrate_steps=calibrate_steps, out=out,
             skip_existing=skip_existing, dist=dist, report=report if dist.main else None,
-            progress=progress_factory(bar), upscale=upscale, upscale_weights=upscale_weights)
+            progress=progress_factory(bar), upscale=upscale, upscale_weights=upscale_weights,
+            estimate_age=False if no_age else None)
     if not dist.main:
         return 0
     print_summary(result)

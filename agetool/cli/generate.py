@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from agetool.cli import app, console
+from agetool.cli.marking import marking_options
 from agetool.cli.options import ESTIMATE_OPTIONS, OPTION, face_options, pipeline_options, print_profile
 from agetool.options import DEFAULT_CRF, DEFAULT_FPS, DEFAULT_STEPS
 
@@ -20,6 +21,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 @app.command(no_args_is_help=True)
 @pipeline_options
 @face_options
+@marking_options
 def age(
     inputs: Annotated[list[str], typer.Argument(help="Photos or folders (searched recursively), or video clips (one clip per age); with --engine ray also URIs Ray reads (s3://bucket/photos).", show_default=False)],
     out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="PATH", help="Grid image (one input), or folder (several inputs, an existing folder, or a path ending in /) for <stem>_ages.png. Default: here.")] = None,
@@ -36,7 +38,7 @@ def age(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, ray://HOST:10001, ...). Default: RAY_ADDRESS, else a Ray started here for the job.", rich_help_panel=RAY_PANEL)] = None,
     gpus: Annotated[Optional[int], typer.Option("--gpus", metavar="N", help="GPUs to use, one generator worker each; 0: one generator worker on a CPU. Default: all the cluster has.", rich_help_panel=RAY_PANEL)] = None,
     cpus: Annotated[Optional[int], typer.Option("--cpus", metavar="N", help="CPUs to use (face stages, writing; each generator worker holds one). Default: all the cluster has.", rich_help_panel=RAY_PANEL)] = None,
-    *, build, face_kwargs,
+    *, build, face_kwargs, marks,
 ) -> int:
     """Render each face at six ages (or --ages): one grid per photo, a row per face (left to right),
     columns = input, then one per age.
@@ -60,9 +62,11 @@ def age(
       agetool age photos/ --out grids/ --engine ray --gpus 4
 
       agetool age s3://bucket/photos --out s3://bucket/grids/ --engine ray
+
+      agetool age me.jpg --ages 70 --paste-back --label --sign chain.pem --sign-key key.pem
     """
     from agetool.errors import AgetoolError, MissingModelsError, UsageError
-    from agetool.images import distinct_outputs, find_images, unique_stems, write_image
+    from agetool.images import distinct_outputs, find_images, unique_stems
     from agetool.options import request as build_request
 
     request = build_request(ages, **face_kwargs, keep_candidates=keep_candidates is not None)  # checked once, before any work
@@ -70,6 +74,8 @@ def age(
         raise UsageError("--keep-candidates needs --candidates 2 or more")
     _check_engine(engine, ray_address=ray_address, gpus=gpus, cpus=cpus, profile=profile,
                   keep_candidates=keep_candidates, json=json_lines or None)
+    if engine == "ray" and (marks.signing is not None or marks.label):
+        raise UsageError(f"{'--sign' if marks.signing is not None else '--label'} applies to --engine local")
     from agetool.ray import is_uri
 
     to_uris = [o for o in (out, tiles) if o is not None and is_uri(o)]  # outputs in object storage
@@ -90,11 +96,13 @@ def age(
                 raise UsageError(f"{to_uris[0]}: clips are written to local or shared folders")
             if engine == "ray":
                 raise UsageError("--engine ray: takes photos; clips are aged by this process", hint="drop --engine ray")
-            return age_clips(clips, out, ages, request, crf, build, profile, truncated)
+            marks.check_models(build, face_kwargs, clip=True)
+            return age_clips(clips, out, ages, request, crf, build, profile, marks=marks, truncated=truncated)
         paths = sources = find_images(inputs)
         if not paths:
             raise UsageError("no images found in the given folders")
         several = len(paths) > 1 or any(p.is_dir() for p in inputs)
+    marks.check_models(build, face_kwargs)
     stems = unique_stems(paths)  # a.jpg + a.png + a_2.png: three grids and three tile folders
     if out is not None and is_uri(out):
         targets = _uri_targets(stems, out, several, "_ages.png", paths)
@@ -148,8 +156,8 @@ def age(
                 bar.advance(task)
                 continue
             try:
-                result = pipe.age(path, request)
-                write_image(target, result.grid_array(labels=not no_labels))
+                result = marks.apply(pipe.age(path, request))
+                result.write_grid(target, labels=not no_labels)
                 if tiles is not None:
                     result.write_tiles(tiles / stem)
                 if keep_candidates is not None:
@@ -278,6 +286,7 @@ def _targets(stems: list[str], out: str | None, several: bool, suffix: str) -> l
 @app.command(no_args_is_help=True)
 @pipeline_options
 @face_options
+@marking_options
 def video(
     input: Annotated[Path, typer.Argument(help="A photo (or an aligned crop with --aligned), or a video clip: its people aged from --from to --to over its length.", show_default=False)],
     out: Annotated[Optional[str], typer.Option("--out", "-o", metavar="FILE.mp4", help="MP4 file, or a folder (existing, or ending in /) for <stem>_aging.mp4. Default: here.")] = None,
@@ -293,7 +302,7 @@ def video(
     caption: Annotated[bool, typer.Option("--caption", help="Write the age in years on each frame of the MP4.")] = False,
     max_size: Annotated[int, typer.Option("--max-size", metavar="PX", help="With --paste-back, scale frames down to this long side.")] = 1080,
     profile: Annotated[bool, typer.Option("--profile", help="Print the time spent in each stage.")] = False,
-    *, build, face_kwargs,
+    *, build, face_kwargs, marks,
 ) -> int:
     """Continuous aging as an H.264 MP4, youngest to oldest (faces side by side, or the whole photo
     with --paste-back).
@@ -321,8 +330,9 @@ def video(
     from agetool.cli.clips import clip_inputs, video_clip
 
     if clip_inputs([input]):  # a clip: its people aged progressively over its length
+        marks.check_models(build, face_kwargs, clip=True)
         return video_clip(input, out, from_age, to_age, crf, build, build_request(None, **face_kwargs), profile,
-                          truncated)
+                          marks=marks, truncated=truncated)
     name = input.stem + "_aging.mp4"
     target = Path(name) if out is None else Path(out) / name if _is_folder(out) else Path(out)
     if target.suffix.lower() != ".mp4":
@@ -335,9 +345,11 @@ def video(
     video_options = VideoOptions.of(fps=fps, steps=steps, from_age=from_age, to_age=to_age, seconds=seconds,
                                     hold=hold, crf=crf, caption=caption, max_size=max_size)
     request = build_request(None, **face_kwargs)
+    marks.check_models(build, face_kwargs)
     with console.progress() as bar:
         pipe = build(bar)
-        written = pipe.write_video(input, target, request, video_options, frames_dir=frames_dir)
+        written = pipe.write_video(input, target, request, video_options, frames_dir=frames_dir, label=marks.label,
+                                   signing=marks.signing)
     from agetool.video import read_video_frames
 
     n, _ = read_video_frames(written)
@@ -370,6 +382,7 @@ def estimate(
     """
     import json
 
+    from agetool.ages import years_text
     from agetool.cli.options import faces_argument
     from agetool.errors import AgetoolError, MissingModelsError, UsageError
     from agetool.images import find_images
@@ -397,6 +410,6 @@ def estimate(
                                   markup=False, highlight=False)
             else:
                 where = "whole crop" if box is None else f"box {box}"
-                console.out.print(f"{path} face {f.index}: ~{f.age:.0f} years, {f.gender} "
+                console.out.print(f"{path} face {f.index}: ~{years_text(f.age)}, {f.gender} "
                                   f"(p = {f.gender_probability:.2f}), {where}", markup=False, highlight=False)
     return 1 if failed else 0

@@ -63,11 +63,15 @@ def compare(
             if same and j <= i:
                 continue
             value = identity.similarity(ea, eb)
+            # the value is named for what it is (distance or cosine); "similarity" is its old name
             pairs.append({"a_face": i, "a_box": _box(ea.box), "b_face": j, "b_box": _box(eb.box),
-                          "similarity": round(value, 4), "same_person": identity.is_match(value, limit)})
+                          identity.metric: round(value, 4), "similarity": round(value, 4),
+                          "same_person": identity.is_match(value, limit)})
     if json_out:
         doc = {"a": str(a), "b": str(b), "model": identity.name, "file": identity.path.name,
-               "metric": identity.metric, "threshold": limit, "pairs": pairs}
+               "metric": identity.metric, "threshold": limit, "pairs": pairs,
+               "deprecated": {"similarity": f"the same value as \"{identity.metric}\", the metric's name; "
+                                            "\"similarity\" goes in the next release"}}
         console.out.print(json.dumps(doc), markup=False, highlight=False, soft_wrap=True)
         return 0
     console.info(f"model: {identity.name} ({identity.metric}; same person at {identity.metric} "
@@ -77,7 +81,7 @@ def compare(
     for p in pairs:
         verdict = "same person" if p["same_person"] else "different people"
         console.out.print(f"{a} face {p['a_face']}  {b} face {p['b_face']}: {identity.metric} "
-                          f"{p['similarity']:.3f}  {verdict}", markup=False, highlight=False)
+                          f"{p[identity.metric]:.3f}  {verdict}", markup=False, highlight=False)
     return 0
 
 

@@ -37,19 +37,37 @@ def _devices() -> list[str]:
     return out
 
 
-def _print_settings(out) -> None:
-    """The config file and the defaults set there or in the environment, with where each came from."""
+def _print_settings(out):
+    """The config file and the defaults set there or in the environment, with where each came from,
+    in the file's own syntax; returns the config error, if any (the rest of ``info`` still prints)."""
     from agetool.config import config_path, load_settings
+    from agetool.errors import AgetoolError
 
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except AgetoolError as e:
+        out.print(f"config: {config_path()} (not read: see the error below)", markup=False)
+        return e
     where = settings.path if settings.path is not None else f"{config_path()} (none)"
     out.print(f"config: {where}", markup=False)
     for key, value in settings.values.items():
-        out.print(f"  {key} = {value}  ({settings.origin[key]})", markup=False)
+        out.print(f"  {key} = {_toml(value)}  ({settings.origin[key]})", markup=False)
+    return None
+
+
+def _toml(value) -> str:
+    """A setting as the config file writes it: true / false, quoted text, plain numbers."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 @app.command("info")
-def info() -> None:
+def info() -> int:
     """Versions, devices, and cached model files with their licenses.
 
     Examples:
@@ -68,12 +86,16 @@ def info() -> None:
     out.print("devices: " + ", ".join(_devices()), markup=False)
     out.print(f"registry: {weights.registry_path()}", markup=False)
     out.print(f"cache: {weights.cache_dir()}", markup=False)
-    _print_settings(out)
+    config_error = _print_settings(out)
     cached = [st for st in weights.statuses() if st.path is not None or st.bundled is not None]
     if not cached:
         out.print("cached model files: none (they are fetched on first use)", markup=False)
-        return
-    from agetool.cli.weights import print_models
+    else:
+        from agetool.cli.weights import print_models
 
-    out.print("cached model files:", markup=False)
-    print_models(cached, kind=False)
+        out.print("cached model files:", markup=False)
+        print_models(cached, kind=False)
+    if config_error is not None:
+        console.error(console.message(config_error))
+        return config_error.exit_code
+    return 0

@@ -92,7 +92,11 @@ OPTION = SimpleNamespace(**{p.name: p.annotation for p in (*PIPELINE, *FACES)})
 
 
 def report(message: str) -> None:
-    """Library notices to the terminal: ``warning: ...`` as a warning, the rest as information."""
+    """Library notices to the terminal: ``warning: ...`` as a warning, the rest as information;
+    arguments named in them read as their flags."""
+    from agetool.errors import render
+
+    message = render(message, console.flag_style)
     if message.startswith("warning: "):
         console.warn(message[len("warning: "):])
     else:

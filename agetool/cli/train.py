@@ -24,6 +24,8 @@ train_app = typer.Typer(
 )
 dataset_app = typer.Typer(name="dataset", no_args_is_help=True, add_completion=False,
                           help=("Build training folders in the reference layout.\n\nExamples:\n\n"
+                                "  agetool dataset ffhq-aging --json ffhq-dataset-v2.json --labels ffhq_aging_labels.csv "
+                                "--wilds ffhq --out ffhq-aging\n\n"
                                 "  agetool dataset prepare --images ffhq/images --labels ffhq_aging_labels.csv "
                                 "--out ffhq-aging\n\n"
                                 "  agetool dataset from-photos --csv photos.csv --out mydata"))
@@ -84,7 +86,7 @@ class TrainDisplay:
             classes = ", ".join(f"{k}: {v}" for k, v in i.get("classes", {}).items())
             console.info(f"training {i.get('size')} px, ngf {i.get('ngf')}, ndf {i.get('ndf')}, "
                          f"batch {i.get('batch_size')} pairs x {i.get('world')} process(es) on {i.get('device')}"
-                         f"{', bfloat16' if i.get('amp') == 'bfloat16' else ''}; {i.get('steps_per_epoch')} steps per epoch; "
+                         f"{', bfloat16' if i.get('amp') == 'bfloat16' else ''}; {_count(i.get('steps_per_epoch'), 'step')} per epoch; "
                          f"images per class: {classes}")
             console.info(f"run folder: {i.get('run')}  (steps {ev.step} -> {ev.total_steps})")
             ignored = i.get("ignored") or {}
@@ -316,3 +318,8 @@ def from_photos(
     _print_report(report, out)
     if report.n_kept == 0:
         raise typer.Exit(1)
+
+
+def _count(n, noun: str) -> str:
+    """``1 step``, ``2 steps``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -109,22 +109,33 @@ def print_models(statuses, *, kind: bool = True) -> None:
     from rich.table import Table
 
     table = Table(show_edge=False, box=None, pad_edge=False)
-    for column in ("name", *(["kind"] if kind else []), "size", "cached"):
+    for column in ("name", *(["kind"] if kind else []), "size", "cached"):  # size: as the registry publishes it
         table.add_column(column, no_wrap=True)
     table.add_column("license", ratio=1)
     for st in statuses:
         art = st.artifact
         license_ = art.license + (" [non-commercial]" if art.non_commercial and "commercial" not in art.license else "")
-        size = human_size(art.size or st.record.get("size"))
+        published = st.record.get("size") if st.record.get("form", "released") == "released" else None
+        size = human_size(art.size or published)  # the registry's (or a download's), never an own file's
         table.add_row(*_cells(art.name, *([art.kind] if kind else []), size, _cached_word(st), license_))
     console.out.print(table)
     for st in statuses:
         where = st.path or st.bundled
         if where is not None:
             package = (st.artifact.bundled or ("",))[0].replace("_", "-")
-            note = {"yes, yours": " (your file)", "bundled": f" (bundled with the {package} package)",
-                    "not verified": " (not yet verified)"}.get(_cached_word(st), "")
-            console.out.print(_cells(f"{st.artifact.name}: {where}{note}")[0])
+            note = {"yes, yours": "your file, ", "bundled": f"bundled with the {package} package, ",
+                    "not verified": "not yet verified, "}.get(_cached_word(st), "")
+            console.out.print(_cells(f"{st.artifact.name}: {where} ({note}{_on_disk(where)})")[0])
+            if st.converted is not None and st.converted != where:
+                console.out.print(_cells(f"{st.artifact.name}: {st.converted} (converted, {_on_disk(st.converted)})")[0])
+
+
+def _on_disk(path) -> str:
+    """The size of the file as it is on disk (the table's size is the registry's, as published)."""
+    try:
+        return f"{human_size(Path(path).stat().st_size)} on disk"
+    except OSError:
+        return "size unknown"
 
 
 @weights_app.command("download")

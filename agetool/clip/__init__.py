@@ -47,7 +47,7 @@ def clip_outputs(src: str | os.PathLike, out, entries: Sequence[str], folder: Pa
 
 def plan(pipe, ages=None, *, from_age: float | None = None, to_age: float | None = None, mask: bool = True,
          faces="all", min_face: int = 0, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE,
-         upscale: int | None = None) -> tuple[AgeRequest, list]:
+         upscale: int | None = None, candidates: int = 1) -> tuple[AgeRequest, list]:
     """A clip's request and what each of its output clips shows: the request's targets, or one
     ``Progressive`` age from ``from_age`` to ``to_age``. ``ages`` may be an ``AgeRequest`` already
     built (its options are then used, and its ages parsed no more)."""
@@ -64,7 +64,7 @@ def plan(pipe, ages=None, *, from_age: float | None = None, to_age: float | None
             raise UsageError(f"a clip needs {arg('ages')} (or {arg('from_age')} / {arg('to_age')})",
                              hint="e.g. --ages 60")
         request = build_request(ages, mask=mask, faces=faces, min_face=min_face, seed=seed, noise=noise,
-                                upscale=upscale)
+                                upscale=upscale, candidates=candidates)
     if not progressive:
         pipe.core.warn_old(request.render.targets)
         return request, list(request.render.targets)
@@ -101,10 +101,12 @@ def clip_frames(pipe, src: str | os.PathLike, ages=None, *, from_age: float | No
                 to_age: float | None = None, parse: bool | None = None, detect_every: int = 5,
                 info: ClipInfo | None = None, **options) -> Iterator[ClipFrame]:
     """The aged frames of ``src``, one ``ClipFrame`` at a time (``.image``; ``.images`` per age).
-    ``options``: ``mask``, ``faces``, ``min_face``, ``seed``, ``noise``, and ``upscale`` 2 or 4 (each
+    ``options``: ``mask``, ``faces``, ``min_face``, ``seed``, ``noise``, ``upscale`` 2 or 4 (each
     aged face rendered at 512 / 1024 px by the super-resolution model and pasted at its own size in
-    the frame); ``ages`` may be an ``AgeRequest`` instead. Frames over the pipeline's ``max_pixels``
-    (at most ``MAX_CLIP_PIXELS``) are refused; the first that breaks it stops the run."""
+    the frame), and ``candidates`` N (each person's most faithful of N noise draws, scored on their
+    first frames and held for the whole clip); ``ages`` may be an ``AgeRequest`` instead. Frames over
+    the pipeline's ``max_pixels`` (at most ``MAX_CLIP_PIXELS``) are refused; the first that breaks it
+    stops the run."""
     src = clip_source(src)
     request, specs = plan(pipe, ages, from_age=from_age, to_age=to_age, **options)
     return _frames(pipe, src, request, specs, parse=parse, detect_every=detect_every, info=info)
@@ -115,8 +117,9 @@ def _frames(pipe, src, request: AgeRequest, specs: list, *, parse: bool | None =
     from agetool import validate
 
     detect_every = validate.integer("detect_every", detect_every, low=1, high=1000)
-    if request.render.upscale > 1:  # every missing file in one error, before any work
-        pipe.check_models(mask=request.face.mask, upscale=True)
+    scored = request.render.candidates > 1  # draws are scored over the face's skin: the parser is needed
+    if request.render.upscale > 1 or scored:  # every missing file in one error, before any work
+        pipe.check_models(mask=request.face.mask or scored, upscale=request.render.upscale > 1)
     info = info or probe(src, clip_limit(pipe))
     mask = request.face.mask
     return iter(ClipRunner(pipe.core, info, request, specs, parse=mask if parse is None else parse,
@@ -133,11 +136,14 @@ def age_groups(specs: list, info: ClipInfo) -> list[list]:
 
 def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float | None = None,
              to_age: float | None = None, crf: int = DEFAULT_CRF, progress=None, parse: bool | None = None,
-             detect_every: int = 5, truncated: str = "fail", **options) -> list[Path]:
+             detect_every: int = 5, label: bool = False, signing=None, truncated: str = "fail",
+             **options) -> list[Path]:
     """Write ``src`` with its people aged: one clip per age (``out``: a file for one age, a folder,
     or a list of files); returns the paths written. ``ages`` and ``options`` are those of
     ``clip_frames``; ``progress(description, total) -> advance(n)`` replaces the pipeline's progress
-    callback.
+    callback. Each clip says it is a composite with generated faces and carries its run record;
+    ``label`` also writes a visible "AI-aged" mark in a corner of every frame; ``signing`` (an
+    ``agetool.credentials.Signing``) signs each clip's Content Credentials.
 
     Memory is bounded whatever the number of ages: ages whose encoders would hold more than
     ``CLIP_PASS_PIXELS`` at once take further passes over the clip (the same frames, the same
@@ -167,18 +173,26 @@ def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float
     advance = (progress or pipe.core.progress)(f"ageing {src.name}", info.frames * len(groups))
     with ExitStack() as stack:
         writers = [stack.enter_context(ClipWriter(t, info, crf)) for t in targets]
+        if label:
+            from agetool.images import disclose
+        from agetool.provenance import source_sha256
+
+        digest = source_sha256(src)
         first = 0
         for group in groups:
-            mine = writers[first:first + len(group)]
+            mine, kinds = writers[first:first + len(group)], specs[first:first + len(group)]
             first += len(group)
             info.repaired, info.broken = 0, None
             for frame in _frames(pipe, src, request, group, parse=parse, detect_every=detect_every, info=info):
-                for writer, image in zip(mine, frame.images):
-                    writer.write(image, frame.pts)
+                for writer, spec, image in zip(mine, kinds, frame.images):
+                    if writer.marking is None:  # the models of the first frame (a Matroska header's tags)
+                        writer.marking = clip_marking(pipe, src, spec.entry, request, digest, signing)
+                    writer.write(disclose(image) if label else image, frame.pts)
                 advance(1)
             _check_complete(pipe, info, mine[0].frames, truncated)
-            for writer in mine:
+            for writer, spec in zip(mine, kinds):
                 writer.finish()  # the encoders of this pass are freed before the next pass opens its own
+                writer.marking = clip_marking(pipe, src, spec.entry, request, digest, signing)  # every model used
     return [w.path for w in writers]
 
 
@@ -199,3 +213,13 @@ def _check_complete(pipe, info: ClipInfo, frames: int, truncated: str) -> None:
         pipe.core.warn_once(message + "; the aged clip has those frames")
         return
     raise InputError(message, hint=f"check the file, or keep what it has with {arg('truncated', 'keep')}")
+
+
+def clip_marking(pipe, src: Path, entry: str, request: AgeRequest, digest: str | None, signing=None):
+    """The ``agetool.provenance.Marking`` of a clip of ``src`` (sha256 ``digest``) aged to ``entry``."""
+    from agetool import __version__
+    from agetool.provenance import COMPOSITE, Marking, Record
+
+    render = request.render
+    record = Record(__version__, pipe.models.used(None), render.seed, render.noise, (str(entry),), (), digest, "clip")
+    return Marking(COMPOSITE, record, signing, str(src))

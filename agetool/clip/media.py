@@ -203,10 +203,12 @@ def check_output(out: str | os.PathLike) -> Path:
 
 class ClipWriter(Finishing):
     """H.264 (libx264, yuv420p, CRF) with the source's timestamps and rotation, the source's audio
-    streams copied unchanged. Writes a temporary sibling and renames it on ``close()``; ``abort()``
+    streams copied unchanged. Writes a temporary sibling, marks it with ``marking``
+    (``agetool.provenance``) and renames it on ``close()``; ``abort()``
     (or an exception inside ``with``) removes it."""
 
-    def __init__(self, out: str | os.PathLike, info: ClipInfo, crf: int = DEFAULT_CRF, preset: str = "medium"):
+    def __init__(self, out: str | os.PathLike, info: ClipInfo, crf: int = DEFAULT_CRF, preset: str = "medium",
+                 marking=None):
         from agetool import validate
         from agetool.files import ensure_parent
 
@@ -214,6 +216,7 @@ class ClipWriter(Finishing):
         self.info = info
         self.crf = validate.integer("crf", crf, 0, 51)
         self.preset = preset
+        self.marking = marking  # agetool.provenance.Marking: what the file says about itself
         ensure_parent(self.path)
         self._tmp: Path | None = None
         self._box = self._src = self._video = None
@@ -232,6 +235,10 @@ class ClipWriter(Finishing):
         with _signals_deferred():
             self._tmp = temp_sibling(self.path)
             self._box = av.open(str(self._tmp), "w")
+        if self.path.suffix.lower() == ".mkv":
+            from agetool.provenance import matroska_tags
+
+            self._box.metadata.update(matroska_tags(self.marking))
         info = self.info
         vs = self._box.add_stream("libx264", rate=info.rate)
         vs.width, vs.height, vs.pix_fmt = info.width, info.height, pixel_format(info.width, info.height)
@@ -316,6 +323,13 @@ class ClipWriter(Finishing):
 
     def close(self) -> Path:
         self.finish()
+        from agetool.provenance import mark_video
+
+        try:
+            mark_video(self._tmp, self.marking, self.path.name)
+        except BaseException:
+            self.abort()
+            raise
         os.replace(self._tmp, self.path)
         self._tmp = None
         return self.path

@@ -6,8 +6,9 @@ smoothed over time (One-Euro), the crop cut from the smoothed landmarks, parsed 
 face's look changed (labels held per track otherwise), and the paste-back weights eased between
 parses; each face is an ``agetool.results.Face`` with its ``track``. Per batch: each new person's
 estimate and model are decided over their frames in the batch (up to eight) and then held; the
-crops of all frames are encoded together and decoded with the person's latents (one noise draw
-per run, as for photos), a crop identical to the previous frame's reusing that frame's work. A
+crops of all frames are encoded together and decoded with the person's latents (one noise draw,
+held for the whole clip: the run's seed, or with ``candidates`` N the most faithful of N scored
+on the person's first crops, as for photos), a crop identical to the previous frame's reusing that frame's work. A
 frame without a face is passed through as it is.
 """
 
@@ -30,6 +31,8 @@ PARSE_MATCH = 0.95
 PARSE_EVERY = 30
 #: side of the small crop whose thumbnail checks that a followed face is still there
 CHECK_SIZE = 64
+#: crops of a new person (from their first batch of frames) that score each noise draw (``candidates``)
+DRAW_FRAMES = 3
 
 
 @dataclass
@@ -83,6 +86,7 @@ class ClipRunner:
 
         self.faces = FaceReference.of(options.faces)  # a reference person: only the tracks of that person's faces
         self.min_face, self.seed, self.noise = options.min_face, render.seed, render.noise
+        self.render = render  # with ``candidates`` N: each person's draw chosen over their first frames
         self.detect_every = detect_every
         self.batch = batch or 8
         self.upscale = render.upscale  # 2 or 4: each new tile upscaled once, shown at the face's size in each frame
@@ -266,12 +270,38 @@ class ClipRunner:
         t = face.track
         if not self.progressive:
             if t.latents is None:  # held for the person
-                t.latents = self.core.latents(face, self.specs, self.noise, self.seed)
+                t.latents = self.core.latents(face, self.specs, self.noise, t.seed)
             return t.latents
         spec = self.specs[0]
         span = self.info.end - self.info.start
         frac = 0.0 if span <= 0 else min(1.0, max(0.0, (frame.time - self.info.start) / span))
-        return self.core.year_latents(face, [spec.start + (spec.stop - spec.start) * frac], self.noise, self.seed)
+        return self.core.year_latents(face, [spec.start + (spec.stop - spec.start) * frac], self.noise, t.seed)
+
+    def _choose_draws(self, faces: list[Face]) -> None:
+        """The noise seed of each person new in this batch: the run's seed, or with ``candidates`` the
+        most faithful draw, scored on up to ``DRAW_FRAMES`` of their crops in the batch (first to
+        last) at the clip's ages (or, aging progressively, the first and last age and the class
+        anchors between), then held for the whole clip."""
+        people: dict[int, list[Face]] = {}
+        for f in faces:
+            if f.track.seed is None:
+                people.setdefault(f.track.id, []).append(f)
+        if not people:
+            return
+        from dataclasses import replace
+
+        from agetool.ages import span_targets
+
+        if self.progressive:
+            targets = span_targets(self.specs[0].start, self.specs[0].stop, self.core.anchor_ages)
+        else:
+            targets = self.specs
+        scoring = replace(self.render, targets=tuple(targets))
+        for crops in people.values():
+            picks = [crops[round(i * (len(crops) - 1) / max(1, DRAW_FRAMES - 1))]
+                     for i in range(min(DRAW_FRAMES, len(crops)))]
+            t = crops[0].track
+            t.seed = self.core.draw_seed(f"{self.info.path.name} person {t.id}", list(dict.fromkeys(picks)), scoring)
 
     def _render(self, frames: list[_Frame]) -> None:
         faces = [f for fr in frames for f in fr.faces]
@@ -280,6 +310,7 @@ class ClipRunner:
                 self._decide(f.track)
             f.estimate, f.model = f.track.estimate, f.track.model
         self.core.encode([f for fr in frames for f, same in zip(fr.faces, fr.same) if same is None], self.batch)
+        self._choose_draws([f for fr in frames for f, same in zip(fr.faces, fr.same) if same is None])
         jobs, reused = [], []
         for fr in frames:
             for f, same in zip(fr.faces, fr.same):

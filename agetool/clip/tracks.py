@@ -82,6 +82,7 @@ class Track:
     estimates: list = field(default_factory=list)  # (gender, p, age) per classified frame
     estimate: object | None = None  # agetool.results.AgeEstimate, once decided
     latents: object | None = None  # w [K, 256] at the ages asked for, once its model is decided
+    seed: int | None = None  # the noise seed of the person's draw, chosen once (``candidates``) and held
     patch: tuple | None = None  # (image region, detection in it) of the last detection, to embed if lost
     embedding: object | None = None  # identity embedding of ``patch``, made only once the track ends
     ended: float | None = None  # clip time of its end

@@ -27,9 +27,9 @@ AGE_MODEL = "genderage"
 class FaceMeasures:
     """What ``Measurer.measure`` finds for one face: the input's numbers, then one pair per output."""
 
-    input_age: float
+    input_age: float | None  # None: identity only (no age model)
     input_identity: float  # the input with itself: 1 (cosine) or 0 (distance) up to rounding
-    ages: list[float]
+    ages: list[float | None]
     identities: list[float]
 
 
@@ -42,27 +42,28 @@ class Measurer:
     @classmethod
     def load(cls, *, age_model: str | os.PathLike | None = None, identity_model: str | os.PathLike | None = None,
              identity: str = "auto", device=None, offline: bool = False,
-             report: Callable[[str], None] | None = None, progress=None) -> "Measurer":
+             report: Callable[[str], None] | None = None, progress=None, ages: bool = True) -> "Measurer":
         """The registry's ``genderage`` (or the local ONNX file ``age_model``) and the identity model:
         ``identity_model`` (a name or a file, see ``FaceIdentity.from_pretrained``), else ``identity``
         (``"auto"``: the ArcFace-type default where it is cached, else dlib's descriptor, said through
-        ``report``; ``"dlib"``, ``"auraface"``, ``"arcface-w600k"``)."""
+        ``report``; ``"dlib"``, ``"auraface"``, ``"arcface-w600k"``). ``ages=False``: no age model;
+        identity only (every estimated age is None)."""
         from agetool.errors import UsageError, arg
         from agetool.face.gender import GenderClassifier
         from agetool.identity import MODELS, FaceIdentity
 
         if identity not in ("auto", *MODELS):
             raise UsageError(f"{arg('identity', identity)}: expected auto, {', '.join(MODELS)}")
-        ages = GenderClassifier.open(age_model, device=device, offline=offline, report=report, progress=progress,
-                                     argument="age_model")
+        estimator = None if not ages else GenderClassifier.open(age_model, device=device, offline=offline,
+                                                                report=report, progress=progress, argument="age_model")
         choice = identity_model if identity_model is not None else identity
         if choice == "auto":
             choice = default_identity(report)
         ident = FaceIdentity.from_pretrained(choice, device=device, offline=offline, report=report, progress=progress,
                                              argument="identity_model" if identity_model is not None else "identity")
-        measurer = cls(ages, ident)
+        measurer = cls(estimator, ident)
         measurer.models = {
-            "age": file_info(None if age_model is not None else AGE_MODEL, ages.path),
+            "age": None if estimator is None else file_info(None if age_model is not None else AGE_MODEL, estimator.path),
             "identity": identity_info(ident),
         }
         return measurer
@@ -81,8 +82,11 @@ class Measurer:
             box, five = self._geometry(image.shape[0], crop.shape[0], landmarks)
             boxes.append(box)
             specs.append(FaceSpec(box=box, five=five))  # one geometry: outputs share the input's
-        ages = [self.age_model.estimate_at(image, box)[2] for image, box in zip(images, boxes)]
-        self._check("age", ages)
+        if self.age_model is None:  # identity only
+            ages = [None] * len(images)
+        else:
+            ages = [self.age_model.estimate_at(image, box)[2] for image, box in zip(images, boxes)]
+            self._check("age", ages)
         emb = self.identity_model.embed_images(images, specs)  # the input's embedding serves every output
         self._check_embeddings(emb)
         sims = [self.identity_model.similarity(emb[0], e) for e in emb]

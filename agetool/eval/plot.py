@@ -33,9 +33,10 @@ def plot(report: dict, path: Path, names: list[str], metric: str = "cosine") -> 
         color = colors[g % 10]
         outs = [(o, f) for f in report["faces"] if f["generator"] == name for o in f["outputs"]]
         rows = [r for r in report["summary"] if r["generator"] == name]
-        ax_age.scatter([o["target_age"] for o, _ in outs], [o["estimated_age"] for o, _ in outs], s=12,
+        measured = [o for o, _ in outs if o["estimated_age"] is not None]  # none: identity only
+        ax_age.scatter([o["target_age"] for o in measured], [o["estimated_age"] for o in measured], s=12,
                        alpha=0.35, color=color, linewidths=0)
-        order = sorted(rows, key=lambda r: r["target_age"])
+        order = sorted((r for r in rows if r["estimated_age_mean"] is not None), key=lambda r: r["target_age"])
         ax_age.plot([r["target_age"] for r in order], [r["estimated_age_mean"] for r in order], "o-", color=color,
                     label=name)
         per_target = [[o["identity"] for o, _ in outs if o["target"] == t] for t in targets]
@@ -50,11 +51,12 @@ def plot(report: dict, path: Path, names: list[str], metric: str = "cosine") -> 
             top = max(top, max(max(v) for _, v in kept))
         ax_id.plot([], [], "s", color=color, label=name)
     ages = [o["target_age"] for f in report["faces"] for o in f["outputs"]]
-    ages += [o["estimated_age"] for f in report["faces"] for o in f["outputs"]]
+    ages += [o["estimated_age"] for f in report["faces"] for o in f["outputs"] if o["estimated_age"] is not None]
     hi = max([70.0, *ages]) * 1.05
     ax_age.plot([0, hi], [0, hi], "--", color="0.5", linewidth=1, label="y = x")
+    measured = report["models"].get("age") is not None
     ax_age.set(xlim=(0, hi), ylim=(0, hi), xlabel="target age (years)", ylabel="estimated age of the output (years)",
-               title="Age: estimated against target")
+               title="Age: estimated against target" if measured else "Age: not measured (identity only)")
     ax_age.legend(loc="upper left", fontsize=8)
     ax_id.set_xticks(range(len(targets)), targets)
     distance = metric == "distance"

@@ -34,8 +34,8 @@ def face_record(photo: str, face: int, generator: str, model: str, targets: list
         raise ValueError("one measurement per target")
     return {
         "photo": photo, "face": int(face), "generator": generator, "model": model,
-        "input": {"estimated_age": float(measures.input_age), "identity": float(measures.input_identity)},
-        "outputs": [{"target": str(t), "target_age": float(a), "estimated_age": float(e), "identity": float(s)}
+        "input": {"estimated_age": _age(measures.input_age), "identity": float(measures.input_identity)},
+        "outputs": [{"target": str(t), "target_age": float(a), "estimated_age": _age(e), "identity": float(s)}
                     for (t, a), e, s in zip(targets, measures.ages, measures.identities)],
     }
 
@@ -44,8 +44,20 @@ def add_upscaled(record: dict, measures) -> dict:
     """Each output of ``record`` with ``upscaled: {estimated_age, identity}``: the same output measured
     after super-resolution (``measures``: FaceMeasures of the upscaled tiles, same order)."""
     for out, e, s in zip(record["outputs"], measures.ages, measures.identities):
-        out["upscaled"] = {"estimated_age": float(e), "identity": float(s)}
+        out["upscaled"] = {"estimated_age": _age(e), "identity": float(s)}
     return record
+
+
+def _age(value) -> float | None:
+    return None if value is None else float(value)  # None: not measured (identity only)
+
+
+def _age_means(estimated: list, targets) -> tuple[float | None, float | None]:
+    """(mean estimated age, mean absolute error) of ``estimated``; None for both when ages were not measured."""
+    if any(e is None for e in estimated):
+        return None, None
+    est = np.array(estimated, dtype=np.float64)
+    return float(est.mean()), float(np.abs(est - targets).mean())
 
 
 def add_skin_tones(record: dict, tones: list[float] | None) -> dict:
@@ -79,12 +91,12 @@ def summarize(faces: list[dict], metric: str = "cosine") -> list[dict]:
             groups.setdefault((face["generator"], out["target"]), []).append(out)
     rows = []
     for (generator, target), outs in groups.items():
-        est = np.array([o["estimated_age"] for o in outs])
         tgt = np.array([o["target_age"] for o in outs])
+        est_mean, error_mean = _age_means([o["estimated_age"] for o in outs], tgt)
         ids = np.array([o["identity"] for o in outs])
         rows.append({
             "generator": generator, "target": target, "target_age": float(tgt[0]), "n": len(outs),
-            "estimated_age_mean": float(est.mean()), "age_error_mean": float(np.abs(est - tgt).mean()),
+            "estimated_age_mean": est_mean, "age_error_mean": error_mean,
             "identity_mean": float(ids.mean()), worst_key(metric): _worst(ids, metric),
         })
         if any("skin_tone" in o for o in outs):  # faces parsed: the skin-tone drift
@@ -92,9 +104,8 @@ def summarize(faces: list[dict], metric: str = "cosine") -> list[dict]:
             rows[-1].update({"skin_tone_mean": float(np.mean(tones)) if tones else None,
                              "skin_tone_max": float(np.max(tones)) if tones else None})
         if all("upscaled" in o for o in outs):  # the same outputs after super-resolution
-            up_est = np.array([o["upscaled"]["estimated_age"] for o in outs])
-            rows[-1].update({"upscaled_estimated_age_mean": float(up_est.mean()),
-                             "upscaled_age_error_mean": float(np.abs(up_est - tgt).mean()),
+            up_mean, up_error = _age_means([o["upscaled"]["estimated_age"] for o in outs], tgt)
+            rows[-1].update({"upscaled_estimated_age_mean": up_mean, "upscaled_age_error_mean": up_error,
                              "upscaled_identity_mean": float(np.mean([o["upscaled"]["identity"] for o in outs]))})
     return rows
 
@@ -104,11 +115,11 @@ def summarize_inputs(faces: list[dict], metric: str = "cosine") -> dict:
     seen: dict[tuple[str, int], dict] = {}
     for face in faces:
         seen.setdefault((face["photo"], face["face"]), face["input"])
-    ages = np.array([i["estimated_age"] for i in seen.values()]) if seen else np.zeros(0)
     ids = np.array([i["identity"] for i in seen.values()]) if seen else np.zeros(0)
     if not seen:
         return {"n": 0, "estimated_age_mean": None, "identity_mean": None, worst_key(metric): None}
-    return {"n": len(seen), "estimated_age_mean": float(ages.mean()), "identity_mean": float(ids.mean()),
+    ages, _ = _age_means([i["estimated_age"] for i in seen.values()], 0.0)
+    return {"n": len(seen), "estimated_age_mean": ages, "identity_mean": float(ids.mean()),
             worst_key(metric): _worst(ids, metric)}
 
 
@@ -199,6 +210,9 @@ def markdown(report: dict, plot: str | None = "report.png") -> str:
     lines += ["## Models", "", "| role | name | file | sha256 | revision |", "|---|---|---|---|---|"]
     for role, info in report["models"].items():
         for entry in (info if isinstance(info, list) else [info]):
+            if entry is None:  # not used: identity only, no age model
+                lines.append(f"| {role} | not measured | | | |")
+                continue
             sha = entry.get("sha256") or ""
             lines.append("| " + " | ".join(_md_cell(c) for c in (
                 role, entry.get("name") or "", entry.get("file") or "", sha[:16], (entry.get("revision") or "")[:12])) + " |")

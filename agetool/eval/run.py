@@ -38,7 +38,8 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
              noise: float = DEFAULT_NOISE, faces: str = "all", min_face: int = 0, calibrate: bool = False,
              calibrate_steps: int = DEFAULT_CALIBRATE_STEPS, out: str | os.PathLike | None = None,
              skip_existing: bool = False, dist=None, report: Callable[[str], None] | None = None,
-             progress=None, upscale: int | None = None, upscale_weights: str | os.PathLike | None = None) -> dict:
+             progress=None, upscale: int | None = None, upscale_weights: str | os.PathLike | None = None,
+             estimate_age: bool | None = None) -> dict:
     """Measure how old the outputs look and whether they keep the person's identity.
 
     Every face of ``photos`` (files, or folders searched recursively) is rendered at ``ages``
@@ -60,6 +61,10 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
     renders a traversal of each face (``calibrate_steps`` frames per class transition) and fits the
     class anchor ages that make the estimated age follow the requested age (``report["calibration"]
     ["anchors"]``, written to ``out/anchors.json``, usable as ``age_anchors``).
+
+    ``estimate_age=False`` measures identity only, without the age model (every ``estimated_age`` is
+    None); None (default) does so, saying it through ``report``, when the age model is not at hand
+    and network access is off.
 
     ``upscale`` 2 or 4 also measures every output after super-resolution (``upscale_weights``, as in
     ``AgingPipeline.from_pretrained``): each output gets ``upscaled: {estimated_age, identity}``
@@ -84,6 +89,11 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
         from agetool.eval.plot import require_matplotlib
 
         require_matplotlib()
+    if estimate_age is not None:
+        validate.flag("estimate_age", estimate_age)
+    chooses = pipeline is None and model == "auto" and weights is None and not compare  # needs genderage anyway
+    measure_ages = _measures_ages(estimate_age, age_model, offline=offline, calibrate=calibrate, chooses=chooses,
+                                  report=report)
     if calibrate and compare:
         raise UsageError(f"{arg('calibrate')} fits the anchors of one generator", hint=f"drop {arg('compare')}")
     if isinstance(calibrate_steps, bool) or not isinstance(calibrate_steps, int) or not 1 <= calibrate_steps <= 100:
@@ -109,10 +119,11 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
                              upscale_weights=upscale_weights)
     first = generators[0].pipeline
     targets = first.targets(ages)
-    _require_models(generators, age_model=age_model, identity_model=identity_model, identity=identity,
-                    aligned=aligned, mask=mask, offline=offline, upscale=factor > 1, report=report, progress=progress)
+    _require_models(generators, age_model=age_model if measure_ages else "", identity_model=identity_model,
+                    identity=identity, aligned=aligned, mask=mask, offline=offline, upscale=factor > 1, report=report,
+                    progress=progress)
     measurer = Measurer.load(age_model=age_model, identity_model=identity_model, identity=identity, device=dev,
-                             offline=offline, report=report, progress=progress)
+                             offline=offline, report=report, progress=progress, ages=measure_ages)
     models = {"generator": [g.info for g in generators], **measurer.models}
     settings = {"targets": [t.entry for t in targets], "anchors": dict(first.age_anchors), "seed": seed,
                 "noise": noise, "aligned": aligned, "mask": mask, "faces": faces, "min_face": min_face,
@@ -192,6 +203,30 @@ class _Run:
         return {"positions": [i / steps for i in range(len(years))], "estimated": estimated}
 
 
+def _measures_ages(estimate_age: bool | None, age_model, *, offline: bool, calibrate: bool, chooses: bool,
+                   report) -> bool:
+    """Whether the run estimates ages: as asked, else unless the age model is not at hand offline
+    (then identity only, said through ``report``); ``chooses``: the generator is chosen per face by
+    the same model, which is then needed anyway."""
+    from agetool.weights import is_offline
+
+    if estimate_age is False:
+        if calibrate:
+            raise UsageError(f"{arg('calibrate')} fits the anchors to estimated ages",
+                             hint=f"drop {arg('estimate_age', False)}")
+        return False
+    if estimate_age or calibrate or chooses or age_model is not None or not is_offline(offline):
+        return True
+    from agetool.needs import at_hand
+
+    if at_hand("genderage"):
+        return True
+    if report is not None:
+        report(f"warning: the age model genderage is not at hand and network access is off: measuring identity "
+               f"only (every estimated age is null; {arg('estimate_age', False)} says it is meant)")
+    return False
+
+
 def _require_models(generators, *, age_model, identity_model, identity, aligned: bool, mask: bool,
                     offline: bool, upscale: bool = False, report=None, progress=None) -> None:
     """Every model file the evaluation needs and does not have, in one error, before any loads."""
@@ -202,7 +237,7 @@ def _require_models(generators, *, age_model, identity_model, identity, aligned:
     groups = [group for g in generators for group in pipeline_files(g.pipeline.models, g.pipeline.model,
                                                                      landmarks=not aligned, parser=mask,
                                                                      upscale=upscale)]
-    if age_model is None:
+    if age_model is None:  # "": identity only
         groups.append(["genderage"])
     if identity_model is None:
         try:

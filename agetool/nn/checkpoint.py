@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from agetool.errors import CheckpointError, arg, detail
-from agetool.files import replacing, write_text
+from agetool.files import new_file_mode, replacing, write_text
 
 GENERATOR_MEMBER = "latest_net_g_running.pth"
 #: The largest zip member ever read: a few times the largest known checkpoint (464 MB).
@@ -278,6 +278,7 @@ def save_safetensors(path: str | os.PathLike, sd: dict[str, torch.Tensor], fmt: 
     tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
     with replacing(path, errors=False) as tmp:
         save_file(tensors, str(tmp), metadata={FORMAT_KEY: fmt, CONFIG_KEY: json.dumps(config)})
+        os.chmod(tmp, new_file_mode())  # safetensors writes 0600; outputs follow the umask
     return path
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from agetool.errors import InputError, NoFaceError, UsageError, arg
-from agetool.images import DEFAULT_MAX_PIXELS, read_image, resize, write_image
+from agetool.images import DEFAULT_MAX_PIXELS, read_image, resize
 from agetool.options import DEFAULT_FPS, DEFAULT_NOISE, DEFAULT_SEED, DEFAULT_STEPS
 
 DEFAULT_MAX_BYTES = 20 * 2**20
@@ -263,7 +263,7 @@ class Studio:
         with self._lock:
             result = self.pipe.core.result(session.encoded, render, paste_back=paste_back, check=self.checker(stop))
         folder = self.new_folder()
-        png = write_image(folder / f"{session.name}_ages.png", result.grid_array())
+        png = result.write_grid(folder / f"{session.name}_ages.png")
         return png, result.write_zip(folder / f"{session.name}_tiles.zip")
 
     def video(self, session: Session, paste_back: bool = False, fps: float = DEFAULT_FPS,

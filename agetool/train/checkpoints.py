@@ -145,6 +145,7 @@ def save_checkpoint(run: Path, *, g, d, g_ema, opt_g, opt_d, step: int, epoch: i
     """Write ``RUN/checkpoints/step_<step>`` atomically; returns its path. Keeps the newest ``keep``."""
     from safetensors.torch import save_file
 
+    from agetool.files import new_file_mode
     from agetool.nn.checkpoint import save_generator, save_safetensors
 
     root = run / CHECKPOINTS
@@ -164,6 +165,7 @@ def save_checkpoint(run: Path, *, g, d, g_ema, opt_g, opt_d, step: int, epoch: i
         tr, mr = rng_states()
         tensors = {k: v.detach().cpu().contiguous() for k, v in {**tg, **td, **tr}.items()}
         save_file(tensors, str(tmp / TENSOR_STATE_FILE))
+        os.chmod(tmp / TENSOR_STATE_FILE, new_file_mode())  # safetensors writes 0600; checkpoints follow the umask
         files = {name: _sha256(tmp / name) for name in (*NETWORK_FILES.values(), TENSOR_STATE_FILE)}
         state = {"format": CHECKPOINT_FORMAT, "version": 1, "step": step, "epoch": epoch,
                  "step_in_epoch": step_in_epoch, "steps_per_epoch": steps_per_epoch, "world_size": world,

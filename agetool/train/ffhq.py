@@ -189,6 +189,10 @@ def build_ffhq_aging(metadata_json: str | os.PathLike, labels: str | os.PathLike
         else:
             todo[number] = item
     source = open_source(wilds, out / SCRATCH)
+    if todo:  # the file reads as FFHQ's JSON (a DatasetError if not) before the parser loads
+        head = iter_entries(metadata_json)
+        next(head, None)
+        head.close()
     if todo and parser is None:
         from agetool.face.parse import FaceParser
 
