@@ -21,7 +21,7 @@ LAYERS = [
     ("agetool.validate", "agetool.files", "agetool.userfiles", "agetool.config", "agetool.device",
      "agetool.credentials"),
     ("agetool.ages", "agetool.images", "agetool.nn", "agetool.shards", "agetool.provenance"),
-    ("agetool.options", "agetool.results", "agetool.weights", "agetool.engine"),
+    ("agetool.options", "agetool.results", "agetool.weights", "agetool.engine", "agetool.locations"),
     ("agetool.face", "agetool.video"),
     ("agetool.identity", "agetool.upscale"),
     ("agetool.models", "agetool.needs", "agetool.faithful", "agetool.clip"),

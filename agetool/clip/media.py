@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agetool.errors import InputError, OutputError, UsageError, arg
+from agetool.errors import InputError, OutputError, UsageError, arg, detail
 from agetool.files import Finishing
 from agetool.options import DEFAULT_CRF
 
@@ -72,7 +72,7 @@ def _open(path: Path):
     try:
         return av.open(str(path))
     except (av.FFmpegError, OSError) as e:
-        raise InputError(f"{path}: not a readable video ({str(e).splitlines()[0][:120]})") from None
+        raise InputError(f"{path}: not a readable video ({detail(e, 120)})") from None
 
 
 def probe(path: str | os.PathLike) -> ClipInfo:
@@ -98,7 +98,7 @@ def probe(path: str | os.PathLike) -> ClipInfo:
                     first = packet.pts if first is None else min(first, packet.pts)
                     last = packet.pts if last is None else max(last, packet.pts)
         except Exception as e:  # noqa: BLE001 - PyAV raises several kinds for damaged files
-            raise InputError(f"{path}: damaged video ({str(e).splitlines()[0][:120]})") from None
+            raise InputError(f"{path}: damaged video ({detail(e, 120)})") from None
         if count == 0:
             raise InputError(f"{path}: the video stream has no frames")
         tb = vs.time_base or Fraction(1, 90000)
@@ -135,7 +135,7 @@ def read_frames(info: ClipInfo):
             import av
 
             if isinstance(e, av.FFmpegError):
-                raise InputError(f"{info.path}: damaged video ({str(e).splitlines()[0][:120]})") from None
+                raise InputError(f"{info.path}: damaged video ({detail(e, 120)})") from None
             raise
 
 
@@ -236,7 +236,7 @@ class ClipWriter(Finishing):
             self._box.mux(self._video.encode(frame))
             self._mux_audio(float(pts * self.info.time_base) + 0.5)
         except av.FFmpegError as e:
-            raise OutputError(f"writing {self.path} failed: {str(e).splitlines()[0][:160]}") from None
+            raise OutputError(f"writing {self.path} failed: {detail(e)}") from None
         self.frames += 1
 
     def close(self) -> Path:
@@ -252,7 +252,7 @@ class ClipWriter(Finishing):
             self.abort()
             hint = (f"the audio ({', '.join(self.info.audio)}) may not fit {self.path.suffix}: try "
                     f"{arg('out')} NAME.mkv") if self.info.audio and self.path.suffix.lower() != ".mkv" else None
-            raise OutputError(f"finishing {self.path} failed: {str(e).splitlines()[0][:160]}", hint=hint) from None
+            raise OutputError(f"finishing {self.path} failed: {detail(e)}", hint=hint) from None
         self._box = None
         self._close_source()
         from agetool.provenance import mark_video
