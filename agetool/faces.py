@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from agetool.errors import NoFaceError, arg
+from agetool.errors import NoFaceError, UsageError, arg
 from agetool.models import Models, Report
+from agetool.options import FaceOptions
 from agetool.results import Face
 
 GEN_SIZE = 256
@@ -100,3 +101,17 @@ def _finish(models: Models, index: int, crop: np.ndarray, detection, alignment, 
 
         face.network_input = mask_background(crop, face.parsing)
     return face
+
+
+def check_encoded(photo, options) -> None:
+    """Face options (``FaceOptions``) come with a photo to find faces in; an encoded photo has its faces already."""
+    shaping = {"aligned": options.aligned, "mask": options.mask, "faces": options.faces,
+               "min_face": options.min_face}
+    changed = [name for name, value in shaping.items() if value != getattr(FaceOptions(), name)]
+    if changed:
+        raise UsageError(f"{', '.join(arg(n) for n in changed)}: the photo is already encoded, its faces found "
+                         "and prepared", hint="pass these options to encode(), or pass the photo itself")
+    if options.paste_back and any(f.alignment is None or f.parsing is None
+                                  for f in photo.faces):
+        raise UsageError(f"{arg('paste_back')}: this encoded photo has no parsed faces to blend",
+                         hint=f"encode it with {arg('paste_back', True)}")
