@@ -78,9 +78,15 @@ def find_faces(models: Models, image: np.ndarray, *, faces: str = "all", min_fac
             raise NoFaceError(f"{name}: no face at least {min_face} px ({skipped} smaller one(s) skipped)",
                               hint=f"lower {arg('min_face')}")
         other = "fan" if detector.name.startswith("dlib") else "dlib"
+        fan_needs = ""
+        if other == "fan":
+            from agetool.weights.places import fan_files_present
+
+            if not fan_files_present():  # it would need its files first: say how to give them
+                fan_needs = " (its files: `agetool weights download fan-2d s3fd`, or import them)"
         raise NoFaceError(f"no face found in {name}",
-                          hint=f"try a larger, frontal photo, {arg('landmarks', other)}, or {arg('aligned')} "
-                               "for a crop")
+                          hint=f"try a larger, frontal photo, {arg('landmarks', other)}{fan_needs}, or "
+                               f"{arg('aligned')} for a crop")
     if faces == "largest":
         found = found[:1]
     elif faces != "all":  # a reference: only the faces of that person

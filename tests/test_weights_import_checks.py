@@ -119,3 +119,14 @@ def test_the_registered_name_is_a_usage_error_and_cut(env, capsys, wide):
     assert code == 2 and "unknown weights 'no-such-model'" in err
     code, _, err = cli(["weights", "import", some, "--as", "X" * 5000], capsys)
     assert code == 2 and len(err) < 400 and "..." in err and err.count("\n") == 1
+
+
+def test_the_fan_backend_offline_says_how_to_give_its_files(env, monkeypatch):
+    from agetool.errors import OfflineError
+    from agetool.face.detect import FanDetector
+
+    monkeypatch.setenv("TORCH_HOME", str(env / "empty-torch"))
+    with pytest.raises(OfflineError) as info:
+        FanDetector._place_files(offline=True, report=None, progress=None)
+    text = str(info.value)
+    assert "`agetool weights import FILE --as fan-2d`" in text and "--as s3fd" in text and "landmarks='dlib'" in text

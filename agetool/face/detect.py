@@ -194,7 +194,9 @@ class FanDetector(LandmarkDetector):
     @staticmethod
     def _place_files(*, offline: bool, report, progress) -> None:
         missing = ", ".join(f for f in fan_file_names().values() if not (fan_checkpoint_dir() / f).is_file())
-        hint = f"run `agetool weights download fan-2d s3fd` once online, or use {arg('landmarks', 'dlib')}"
+        hint = (f"place the files you have with `agetool weights import FILE --as fan-2d` and "
+                f"`agetool weights import FILE --as s3fd`, run `agetool weights download fan-2d s3fd` once online, "
+                f"or use {arg('landmarks', 'dlib')}")
         if offline:
             raise OfflineError(f"the fan landmark backend needs {missing} in {fan_checkpoint_dir()}", hint=hint)
         from agetool import weights

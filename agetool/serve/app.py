@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from agetool.ages import AGE_CLASSES
-from agetool.errors import AgetoolError, NoMatchError
+from agetool.errors import AgetoolError, NoFaceError, NoMatchError
 from agetool.serve.studio import MAX_AGE, MAX_CLIP_SECONDS, MIN_AGE, MODELS, Session, Studio
 
 log = logging.getLogger("agetool.serve")
@@ -42,6 +42,26 @@ def short_message(e: Exception, path: str | None = None) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+#: what the page offers where the command line's hint names its flags
+PAGE_HINTS = {NoFaceError: "try a larger photo with the face frontal and in full view"}
+
+
+def page_message(e: AgetoolError, path: str | None = None) -> str:
+    """``e`` in the page's words: its message, and a hint naming what the page offers (the command
+    line's hints name flags the page has no control for)."""
+    for kind, hint in PAGE_HINTS.items():
+        if type(e) is kind:
+            e = kind(e.message, hint=hint)
+    return short_message(e, path)
+
+
+def photo_error(text: str) -> str:
+    """A failure to use the dropped photo, for the status line (plain text, never read as markup)."""
+    import re
+
+    return "**Can't use this photo:** " + re.sub(r"([\\`*_{}\[\]()#+\-.!<>|~])", r"\\\1", text)
+
+
 def guarded(fn):
     """Run a handler; failures become one short message in the page (details only in the terminal)."""
     import gradio as gr
@@ -54,7 +74,7 @@ def guarded(fn):
             raise
         except AgetoolError as e:
             path = args[0] if args and isinstance(args[0], str) else None
-            raise gr.Error(short_message(e, path), print_exception=False) from None
+            raise gr.Error(page_message(e, path), print_exception=False) from None
         except MemoryError:
             raise gr.Error("out of memory; try a smaller photo", print_exception=False) from None
         except Exception as e:  # noqa: BLE001 - the page shows one line, the terminal the traceback
@@ -174,14 +194,18 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
         # ---------------------------------------------------------------- page events
         @guarded
         def on_photo(path, model_choice, masked, at, whole, person):
+            empty = (None, None, gr.update(choices=[("face 0", 0)], value=0))
             if path is None:
-                return None, None, gr.update(choices=[("face 0", 0)], value=0), "No photo yet.", None
+                return *empty, "No photo yet.", None
             try:
                 s = studio.encode(path, model_choice, masked, like=person)
             except NoMatchError as e:  # the page's own way out: the switch, not a threshold
-                raise gr.Error(f"{Path(path).name}: no face like the chosen one (closest {e.metric} {e.closest:.3f}, "
-                               f"same person at {e.threshold:g}); untick \"Next photos: only faces like this one\" "
-                               "to see every face", print_exception=False) from None
+                text = (f"{Path(path).name}: no face like the chosen one (closest {e.metric} {e.closest:.3f}, "
+                        f"same person at {e.threshold:g}); untick \"Next photos: only faces like this one\" "
+                        "to see every face")
+                return *empty, photo_error(text), None  # shown where it stays; the outputs simply empty
+            except AgetoolError as e:
+                return *empty, photo_error(page_message(e, path)), None
             gallery = studio.thumbnails(s)
             choices = [(f"face {f.index}", i) for i, f in enumerate(s.encoded.faces)]
             n = len(choices)
