@@ -15,7 +15,7 @@ from agetool import weights
 from agetool.nn.realesrgan import SRVGGNetCompact
 from tests.helpers import cli
 from tests.test_weights import entry, env, payload, server, use_registry  # noqa: F401
-from tests.test_weights_import import _generator_entry, _pth, _tiny_state, wide  # noqa: F401
+from tests.test_weights_import import _pth, _tiny_state, folder_registry, wide  # noqa: F401
 
 
 def _errors(err: str) -> list[str]:
@@ -23,14 +23,7 @@ def _errors(err: str) -> list[str]:
 
 
 def test_a_flat_folder_names_every_file_it_does_not_import(env, monkeypatch, capsys, wide):
-    parser = payload(3000, seed=4)
-    onnx = payload(2000, seed=5)
-    use_registry(env, monkeypatch, {
-        "lats-male": _generator_entry(b"the zip", filename="males_model.zip"),
-        "lats-female": _generator_entry(b"another zip", filename="females_model.zip"),
-        "deeplab-parser": entry(parser, [{"url": "http://nosuch.invalid/deeplab_model.pth"}], kind="parser"),
-        "genderage": entry(onnx, [{"hub": "a/b", "filename": "models/genderage.onnx"}]),
-    })
+    _, onnx = folder_registry(env, monkeypatch)
     folder = env / "flat"
     folder.mkdir()
     _pth(folder / "latest_net_g_running.pth", _tiny_state())  # which of the two? the folder doesn't say
