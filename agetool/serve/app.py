@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agetool.ages import AGE_CLASSES
 from agetool.errors import AgetoolError, NoFaceError, NoMatchError
-from agetool.serve.studio import MAX_AGE, MAX_CLIP_SECONDS, MIN_AGE, MODELS, Session, Studio
+from agetool.serve.studio import MAX_AGE, MAX_CLIP_SECONDS, MAX_LOOKS, MIN_AGE, MODELS, Session, Studio
 
 log = logging.getLogger("agetool.serve")
 
@@ -157,6 +157,9 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                                                       + ", ".join(AGE_CLASSES) + ")")
                         grid_paste_back = gr.Checkbox(False, label="Whole photos: paste the aged faces back "
                                                       "(this tab)", elem_id="grid-paste-back")
+                        looks = gr.Slider(1, MAX_LOOKS, value=1, step=1, elem_id="looks",
+                                          label="More looks: draws per face, the one most like the person kept "
+                                                "(identity, skin tone, gender)")
                         grid_button = gr.Button("Render grid", variant="primary", elem_id="grid-button")
                         grid_notes = gr.Markdown("", elem_id="grid-warnings")
                         grid_image = gr.Image(label="Grid", type="filepath", format="png", interactive=False,
@@ -229,12 +232,13 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
             return studio.at_age(s, int(index or 0), at, whole)
 
         @guarded
-        def on_grid(s: Session | None, text, whole, request: gr.Request):
+        def on_grid(s: Session | None, text, whole, draws, request: gr.Request):
             if s is None:
                 raise gr.Error("drop a photo first", print_exception=False)
-            render = studio.options(text)  # the ages parsed once, before any model runs
-            png, archive = studio.grid(s, render, whole, stop=cancelled(demo, request))
-            notes = "  \n".join(f"**Warning:** {w}" for w in studio.warnings(render))
+            render = studio.options(text, draws)  # the ages parsed once, before any model runs
+            choices: list[str] = []
+            png, archive = studio.grid(s, render, whole, stop=cancelled(demo, request), choices=choices)
+            notes = "  \n".join([*(f"**Warning:** {w}" for w in studio.warnings(render)), *choices])
             return (str(png), gr.update(value=str(png), interactive=True),
                     gr.update(value=str(archive), interactive=True), notes)
 
@@ -262,7 +266,7 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                    **private)
         for control in (face, paste_back):
             control.input(on_age, slider_inputs, aged, trigger_mode="always_last", **slot, **private)
-        grid_button.click(on_grid, [session, ages, grid_paste_back], [grid_image, grid_file, tiles_file, grid_notes],
+        grid_button.click(on_grid, [session, ages, grid_paste_back, looks], [grid_image, grid_file, tiles_file, grid_notes],
                           **slot, **private)
         video_button.click(on_video, [session, video_paste_back], [video, video_file], **slot, **private)
         clip_button.click(on_clip, [clip_in, model, mask, clip_age], [clip_out, clip_file], **slot, **private)
