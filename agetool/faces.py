@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from agetool.errors import NoFaceError, arg
+from agetool.errors import NoFaceError, UsageError, arg
 from agetool.models import Models, Report
+from agetool.options import FaceOptions
 from agetool.results import Face
 
 GEN_SIZE = 256
@@ -77,9 +78,15 @@ def find_faces(models: Models, image: np.ndarray, *, faces: str = "all", min_fac
             raise NoFaceError(f"{name}: no face at least {min_face} px ({skipped} smaller one(s) skipped)",
                               hint=f"lower {arg('min_face')}")
         other = "fan" if detector.name.startswith("dlib") else "dlib"
+        fan_needs = ""
+        if other == "fan":
+            from agetool.weights.places import fan_files_present
+
+            if not fan_files_present():  # it would need its files first: say how to give them
+                fan_needs = " (its files: `agetool weights download fan-2d s3fd`, or import them)"
         raise NoFaceError(f"no face found in {name}",
-                          hint=f"try a larger, frontal photo, {arg('landmarks', other)}, or {arg('aligned')} "
-                               "for a crop")
+                          hint=f"try a larger, frontal photo, {arg('landmarks', other)}{fan_needs}, or "
+                               f"{arg('aligned')} for a crop")
     if faces == "largest":
         found = found[:1]
     elif faces != "all":  # a reference: only the faces of that person
@@ -100,3 +107,17 @@ def _finish(models: Models, index: int, crop: np.ndarray, detection, alignment, 
 
         face.network_input = mask_background(crop, face.parsing)
     return face
+
+
+def check_encoded(photo, options) -> None:
+    """Face options (``FaceOptions``) come with a photo to find faces in; an encoded photo has its faces already."""
+    shaping = {"aligned": options.aligned, "mask": options.mask, "faces": options.faces,
+               "min_face": options.min_face}
+    changed = [name for name, value in shaping.items() if value != getattr(FaceOptions(), name)]
+    if changed:
+        raise UsageError(f"{', '.join(arg(n) for n in changed)}: the photo is already encoded, its faces found "
+                         "and prepared", hint="pass these options to encode(), or pass the photo itself")
+    if options.paste_back and any(f.alignment is None or f.parsing is None
+                                  for f in photo.faces):
+        raise UsageError(f"{arg('paste_back')}: this encoded photo has no parsed faces to blend",
+                         hint=f"encode it with {arg('paste_back', True)}")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agetool.errors import CheckpointError, InputError, NoFaceError, UsageError, arg
+from agetool.errors import CheckpointError, InputError, NoFaceError, UsageError, arg, detail
 
 #: model names ``from_pretrained`` knows; ArcFace-type names are registry entries (downloaded once)
 MODELS = ("dlib", "auraface", "arcface-w600k")
@@ -137,7 +137,7 @@ class _DlibDescriptor:
             self.net = dlib.face_recognition_model_v1(str(recognition))
         except RuntimeError as e:
             raise CheckpointError(f"{recognition}: not a dlib face recognition model "
-                                  f"({str(e).splitlines()[0][:120]})") from None
+                                  f"({detail(e, 120)})") from None
         self.shape5 = dlib.shape_predictor(str(shape5))
 
     def vectors(self, images: Sequence[np.ndarray], specs: Sequence[FaceSpec]) -> np.ndarray:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agetool.errors import InputError, OutputError, UsageError, arg
+from agetool.errors import InputError, OutputError, UsageError, arg, detail
 from agetool.files import replacing
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -130,8 +130,7 @@ def fit(image: np.ndarray, long_side: int) -> np.ndarray:
 
 
 def _short(e: Exception) -> str:
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text[:120]
+    return detail(e, 120)
 
 
 def to_rgb_array(im) -> np.ndarray:

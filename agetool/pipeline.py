@@ -25,8 +25,8 @@ import numpy as np
 
 from agetool import validate
 from agetool.ages import DEFAULT_ANCHORS, AgeTarget, check_anchors
-from agetool.errors import EstimateError, UsageError, arg
-from agetool.faces import check_faces, prepare_faces
+from agetool.errors import EstimateError, arg
+from agetool.faces import check_encoded, check_faces, prepare_faces
 from agetool.images import DEFAULT_MAX_PIXELS, load_image
 from agetool.models import LANDMARKS, MODELS, Models, Timer
 from agetool.options import (DEFAULT_CRF, DEFAULT_FPS, DEFAULT_MAX_SIZE, DEFAULT_NOISE, DEFAULT_SEED, DEFAULT_STEPS,
@@ -183,7 +183,7 @@ class AgingPipeline:
 
     def _encode(self, image, options: FaceOptions, estimate, *, generate: bool) -> EncodedPhoto:
         if isinstance(image, EncodedPhoto):
-            _check_encoded(image, options)
+            check_encoded(image, options)
             return replace(image, faces=self.core.encode(image.faces)) if generate else image
         with self.core.lock:
             with self.models.timer("read"):
@@ -445,17 +445,3 @@ class AgingPipeline:
                     gender, p, age = classifier.estimate(array, crop)
                 out.append(FaceEstimate(crop.index, crop.box, age, gender, p))
             return out
-
-
-def _check_encoded(photo: EncodedPhoto, options: FaceOptions) -> None:
-    """Face options come with a photo to find faces in; an encoded photo has its faces already."""
-    shaping = {"aligned": options.aligned, "mask": options.mask, "faces": options.faces,
-               "min_face": options.min_face}
-    changed = [name for name, value in shaping.items() if value != getattr(FaceOptions(), name)]
-    if changed:
-        raise UsageError(f"{', '.join(arg(n) for n in changed)}: the photo is already encoded, its faces found "
-                         "and prepared", hint="pass these options to encode(), or pass the photo itself")
-    if options.paste_back and any(f.alignment is None or f.parsing is None
-                                  for f in photo.faces):
-        raise UsageError(f"{arg('paste_back')}: this encoded photo has no parsed faces to blend",
-                         hint=f"encode it with {arg('paste_back', True)}")

@@ -36,11 +36,11 @@ import os
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from agetool import errors
+from agetool.locations import exists, fetch, join, store
 
 INSTALL_HINT = 'pip install "agetool[ray]"'
 
@@ -161,106 +161,11 @@ def _read(row: dict, max_pixels: int):
     if data is None and "://" not in photo:
         return photo, None
     if data is None:
-        try:
-            fs, inner = _filesystem(photo)
-            with fs.open_input_stream(inner) as stream:
-                data = stream.read()
-        except (OSError, ValueError) as e:
-            raise errors.InputError(f"{photo}: can't read ({' '.join(str(e).split())[:200]})") from None
+        data = fetch(photo)
     import hashlib
 
     data = bytes(data)  # its sha256 names the photo in the outputs' records, as the plain run's does
     return read_image(photo, max_pixels, data=data), hashlib.sha256(data).hexdigest()
-
-
-def is_uri(text: str | os.PathLike) -> bool:
-    """Whether ``text`` is a URI of a filesystem Ray reads (``s3://bucket/photos``, ``gs://...``,
-    ``file:///data``), not a local path."""
-    import re
-
-    return isinstance(text, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) is not None
-
-
-def list_photos(uri: str) -> list[str]:
-    """The photos at ``uri``: the file itself, or every image under the folder (recursively, sorted,
-    hidden files left out) as URIs of the same filesystem. ``InputError`` when nothing is there or
-    the filesystem can't be reached (a missing extra such as ``s3fs`` is not needed: pyarrow's own)."""
-    import posixpath
-
-    import pyarrow.fs
-
-    from agetool.images import IMAGE_SUFFIXES
-
-    scheme = uri.split("://", 1)[0]
-    try:
-        fs, root = _filesystem(uri)
-        info = fs.get_file_info(root)
-        if info.type == pyarrow.fs.FileType.File:
-            return [uri]
-        if info.type != pyarrow.fs.FileType.Directory:
-            raise errors.InputError(f"{uri}: no such file or folder")
-        found = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
-    except (OSError, ValueError) as e:
-        raise errors.InputError(f"{uri}: can't list ({' '.join(str(e).split())[:200]})",
-                                hint="check the URI and the filesystem's credentials") from None
-    names = sorted(f.path for f in found if f.type == pyarrow.fs.FileType.File
-                   and posixpath.splitext(f.path)[1].lower() in IMAGE_SUFFIXES
-                   and not posixpath.basename(f.path).startswith("."))
-    return [f"{scheme}://{name}" for name in names]
-
-
-def _filesystem(uri: str):
-    """(pyarrow filesystem, path inside it) of ``uri``."""
-    import pyarrow.fs
-
-    return pyarrow.fs.FileSystem.from_uri(uri)
-
-
-def store(target: str, data: bytes) -> None:
-    """``data`` as the file ``target``: a local path (or ``file://`` URI) written atomically, or an
-    object of the URI's filesystem (an object store publishes it whole when the stream closes)."""
-    from agetool.files import write_bytes
-
-    local = local_path(target) if is_uri(target) else target
-    if local is not None:
-        write_bytes(local, data)
-        return
-    try:
-        fs, inner = _filesystem(target)
-        parent = inner.rsplit("/", 1)[0]
-        if parent and parent != inner:
-            fs.create_dir(parent, recursive=True)
-        with fs.open_output_stream(inner) as stream:
-            stream.write(data)
-    except (OSError, ValueError) as e:
-        raise errors.OutputError(f"{target}: can't write ({' '.join(str(e).split())[:200]})") from None
-
-
-def exists(target: str) -> bool:
-    """Whether the file ``target`` (a local path or a URI) is there."""
-    local = local_path(target) if is_uri(target) else target
-    if local is not None:
-        return Path(local).exists()
-    import pyarrow.fs
-
-    try:
-        fs, inner = _filesystem(target)
-        return fs.get_file_info(inner).type == pyarrow.fs.FileType.File
-    except (OSError, ValueError):
-        return False
-
-
-def join(folder: str, name: str) -> str:
-    """``name`` inside ``folder`` (a local path or a URI)."""
-    return f"{folder.rstrip('/')}/{name}" if is_uri(folder) else os.path.join(folder, name)
-
-
-def local_path(uri: str) -> str | None:
-    """The local path a ``file://`` URI names (None for other filesystems)."""
-    from urllib.parse import unquote, urlparse
-
-    parts = urlparse(uri)
-    return unquote(parts.path) if parts.scheme == "file" else None
 
 
 def _fail(row: dict, e: errors.AgetoolError) -> None:
@@ -284,9 +189,7 @@ class FaceStage(_Stage):
     Args:
         pipeline: keyword arguments of ``AgingPipeline.from_pretrained`` (model, weights, ...); this
             stage runs on the CPU whatever ``device`` says.
-        request: the job's ``agetool.options.AgeRequest`` (built once, by the driver); this stage
-            takes its face options (relative ages need each face's estimated age). Without it
-            ``ages`` and ``options`` (keyword arguments of ``AgingPipeline.__call__``) make one.
+        request: the job's ``AgeRequest`` (``job_request``); this stage takes its face options.
         threads: torch threads of this actor (default: Ray's, one per CPU it holds).
     """
 
@@ -298,8 +201,8 @@ class FaceStage(_Stage):
 
         super().__init__(pipeline, threads)
         request = request or job_request(ages, options)
-        self.options = {f.name: getattr(request.face, f.name) for f in fields(request.face)}
-        self.options["estimate"] = True if request.render.relative else "auto"
+        self.options = {f.name: getattr(request.face, f.name) for f in fields(request.face)} | {
+            "estimate": True if request.render.relative else "auto"}
 
     def __call__(self, batch: dict) -> dict:
         rows = []
@@ -333,8 +236,7 @@ class GeneratorStage(_Stage):
 
     Args:
         pipeline: keyword arguments of ``AgingPipeline.from_pretrained`` (as given to ``FaceStage``).
-        request: the job's ``agetool.options.AgeRequest`` (as given to ``FaceStage``); without it
-            ``ages`` and ``options`` make one.
+        request: the job's ``AgeRequest`` (as given to ``FaceStage``).
         threads: torch threads of this actor (default: Ray's).
     """
 
@@ -400,8 +302,8 @@ def _columns(rows: list[dict]) -> list[str]:
 
 # ---------------------------------------------------------------- a whole job
 def job_request(ages=None, options: dict | None = None):
-    """The ``AgeRequest`` of a job: ``ages`` and ``options`` (keyword arguments of
-    ``AgingPipeline.__call__``) checked, and the ages parsed, once; an ``AgeRequest`` passes as it is."""
+    """The job's ``AgeRequest``: ``ages`` and ``options`` (keyword arguments of ``AgingPipeline.__call__``),
+    checked once on the driver and handed to every actor; stages made without one make their own."""
     from agetool.options import AgeRequest, request
 
     if isinstance(ages, AgeRequest):

@@ -78,11 +78,6 @@ class Upscaler:
 
     __call__ = upscale
 
-    def for_paste(self, tile: np.ndarray, alignment, factor: int, mask: np.ndarray | None = None):
-        """``(tile, mask)`` ready for ``agetool.face.paste.paste_back``: one aged 256 px face upscaled
-        and shown at its own size in the photo (``fit_paste``)."""
-        return fit_paste(self.upscale(tile, factor), alignment, mask)
-
     def _tiled(self, image: np.ndarray) -> np.ndarray:
         import torch
 

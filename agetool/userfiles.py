@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from agetool.errors import AgetoolError, UsageError, arg
+from agetool.errors import AgetoolError, UsageError, arg, detail
 
 #: the most bytes of a JSON or text file read whole (anchor ages, landmarks, a config: a few kB)
 MAX_TEXT_BYTES = 16 * 2**20
@@ -101,8 +101,7 @@ def parse_json(text: str, where: str, *, error: type[AgetoolError] = UsageError)
     except RecursionError:
         raise error(f"{where}: JSON nested too deeply") from None
     except ValueError as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise error(f"{where}: not valid JSON ({reason[:80]})") from None
+        raise error(f"{where}: not valid JSON ({detail(e, 80)})") from None
 
 
 def read_json(path: str | os.PathLike, name: str | None = None, *, limit: int | None = None,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from agetool import validate
-from agetool.errors import OutputError, UsageError
+from agetool.errors import OutputError, UsageError, detail
 from agetool.files import Finishing, ensure_parent, temp_sibling
 from agetool.options import DEFAULT_CRF, DEFAULT_FPS, MAX_CRF, MAX_FPS, MIN_FPS
 
@@ -113,7 +113,7 @@ class VideoWriter(Finishing):
                                               stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True)
             except (OSError, RuntimeError) as e:  # RuntimeError: imageio-ffmpeg found no ffmpeg program
                 self.abort()
-                reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0][:160]
+                reason = getattr(e, "strerror", None) or detail(e)
                 raise OutputError(f"can't start ffmpeg to write {self.path}: {reason}") from None
 
     def _failure(self) -> str:

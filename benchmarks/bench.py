@@ -327,17 +327,16 @@ class Bench:
 
     def age(self):
         """Warm: one photo through a loaded pipeline (dlib, parser, generator). Cold: the command."""
-        from agetool.pipeline import Options, Pipeline
+        from agetool.pipeline import AgingPipeline
 
         photo_path = REFERENCE / PHOTO
         if not photo_path.is_file():
             return self.skip("end to end: age", f"no test photo at {photo_path}")
-        opts = Options(weights=self.weights("generator"), parser_weights=self.weights("parser"),
-                       landmarks="dlib", offline=True)
         try:
-            pipeline = Pipeline(opts, device=self.device, dtype=self.dtype)
-            rate, peak = measure(lambda: pipeline.age(pipeline.prepare(photo_path)), 1, self.device,
-                                 self.repeat)
+            pipeline = AgingPipeline.from_pretrained(weights=self.weights("generator"),
+                                                     parser_weights=self.weights("parser"), landmarks="dlib",
+                                                     offline=True, device=str(self.device), dtype=self.dt)
+            rate, peak = measure(lambda: pipeline(photo_path), 1, self.device, self.repeat)
         except Exception as e:
             return self.skip("end to end: age", f"unavailable: {str(e).splitlines()[0][:80]}")
         self.add("end to end: age, warm (dlib)", 1, rate, peak, f"{1 / rate:.2f} s per photo")

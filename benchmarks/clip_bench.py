@@ -16,6 +16,11 @@ cost what the released ones cost, but the faces they draw are not meaningful.
 
     python benchmarks/clip_bench.py                 # timing and flicker (24 frames), then memory
     python benchmarks/clip_bench.py --frames 12 --no-memory
+    python benchmarks/clip_bench.py --against ../old    # this checkout's clip path against another's
+
+``--against DIR`` runs the clip path of this checkout and of the checkout in DIR (an earlier commit,
+made with ``git worktree add DIR COMMIT``) on the same clip and weights, each in its own process,
+taking turns: seconds per frame, flicker, and how far the two give different frames.
 """
 
 from __future__ import annotations
@@ -134,6 +139,31 @@ def memory_child(clip: Path, gen: Path, parser: Path, out: Path) -> None:
             print(int(line.split()[1]) / 1024)
 
 
+def clip_child(clip: Path, gen: Path, parser: Path, out: Path) -> None:
+    """The clip path on ``clip`` with the agetool first on ``sys.path``, models loaded before timing;
+    saves the aged frames and the seconds per frame to ``out`` (npz)."""
+    from agetool.clip.media import probe, read_frames
+
+    pipe = pipeline(gen, parser)
+    pipe(next(read_frames(probe(clip)))[0], ages=[60], paste_back=True)  # models loaded before timing
+    t0 = time.perf_counter()
+    frames = [f.image for f in pipe.clip_frames(clip, ages=60)]
+    np.savez(out, frames=np.stack(frames), secs=(time.perf_counter() - t0) / len(frames))
+
+
+def against(other: Path, clip: Path, gen: Path, parser: Path, folder: Path, rounds: int = 2) -> dict:
+    """The clip path of this checkout ("this") and of ``other``, ``rounds`` runs each, taking turns."""
+    runs: dict = {"this": [], "other": []}
+    for k in range(rounds):
+        for name, tree in (("this", ROOT), ("other", other.resolve())):
+            out = folder / f"{name}{k}.npz"
+            subprocess.run([sys.executable, __file__, "--clip-child", str(tree), str(clip), str(gen), str(parser),
+                            str(out)], check=True)
+            with np.load(out) as z:
+                runs[name].append((float(z["secs"]), z["frames"]))
+    return runs
+
+
 def memory(folder: Path, gen: Path, parser: Path, frames: int) -> tuple[float, float]:
     clip = folder / f"mem{frames}.mp4"
     make_clip(clip, frames)
@@ -207,10 +237,17 @@ def main() -> None:
                     help="only write the README's strip (a small clip and its aged frames) to this PNG")
     ap.add_argument("--upscale", action="store_true",
                     help="only the cost of --upscale 2 and 4 per clip frame (against none), on --frames frames")
+    ap.add_argument("--against", type=Path, default=None, metavar="DIR",
+                    help="only compare this checkout's clip path with the checkout in DIR (speed, flicker, frames)")
     ap.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--clip-child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         memory_child(*map(Path, args.memory_child))
+        return
+    if args.clip_child:
+        sys.path.insert(0, args.clip_child[0])  # that checkout's agetool
+        clip_child(*map(Path, args.clip_child[1:]))
         return
     import torch
 
@@ -224,6 +261,20 @@ def main() -> None:
             return
         clip = folder / "pan_zoom.mp4"
         make_clip(clip, args.frames)
+        if args.against is not None:
+            runs = against(args.against, clip, gen, parser, folder)
+            print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}; {args.frames} frames of "
+                  f"{W}x{H}, stand-in weights; runs taking turns; load {os.getloadavg()[0]:.1f}")
+            print("| checkout | s/frame (each run) | flicker (levels) |\n|---|---:|---:|")
+            for name, label in (("other", str(args.against)), ("this", "this checkout")):
+                secs = ", ".join(f"{s:.2f}" for s, _ in runs[name])
+                print(f"| {label} | {secs} | {flicker(list(runs[name][0][1])):.2f} |")
+            a, b = runs["this"][0][1].astype(np.int16), runs["other"][0][1].astype(np.int16)
+            diff = np.abs(a - b)
+            best = {name: min(s for s, _ in runs[name]) for name in runs}
+            print(f"frames: largest difference {diff.max()} levels, {(diff > 1).mean() * 100:.4f}% of values over 1; "
+                  f"speed (best runs): this / other = {best['this'] / best['other']:.2f}")
+            return
         if args.upscale:
             cost = upscale_cost(clip, gen, parser, folder)
             print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}; {args.frames} frames of "

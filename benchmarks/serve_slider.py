@@ -45,7 +45,8 @@ def main(argv=None) -> None:
     import numpy as np
     import torch
 
-    from agetool.serve.studio import Studio, load_pipeline, png_bytes
+    from agetool.images import encode_image
+    from agetool.serve.studio import Studio, load_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         gen, parser = seeded_files(Path(tmp))
@@ -64,7 +65,7 @@ def main(argv=None) -> None:
                 t0, c0 = time.perf_counter(), time.process_time()
                 image = studio.at_age(session, 0, float(age), paste_back)
                 t1, c1 = time.perf_counter(), time.process_time()
-                png_bytes(image)
+                encode_image(image, "slider.png")  # what the page sends
                 times.append(t1 - t0)
                 cpu.append(c1 - c0)
                 png.append(time.perf_counter() - t1)

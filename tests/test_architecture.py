@@ -21,7 +21,7 @@ LAYERS = [
     ("agetool.validate", "agetool.files", "agetool.userfiles", "agetool.config", "agetool.device",
      "agetool.credentials"),
     ("agetool.ages", "agetool.images", "agetool.nn", "agetool.shards", "agetool.provenance"),
-    ("agetool.options", "agetool.results", "agetool.weights", "agetool.engine"),
+    ("agetool.options", "agetool.results", "agetool.weights", "agetool.engine", "agetool.locations"),
     ("agetool.face", "agetool.video"),
     ("agetool.identity", "agetool.upscale"),
     ("agetool.models", "agetool.needs", "agetool.faithful", "agetool.clip"),
@@ -267,3 +267,20 @@ def test_model_preprocessing_stands_with_its_registry_entry(tmp_path, monkeypatc
                     encoding="utf-8")
     monkeypatch.setenv("AGETOOL_REGISTRY", str(bare))
     assert preprocessing("deeplab-parser")["size"] == 513 and preprocessing("genderage")["box_scale"] == 1.5
+
+
+def test_every_benchmark_imports_what_it_names():
+    """Each script of benchmarks/ imports, and every ``from agetool... import NAME`` in it (also inside
+    functions) names something that exists: a renamed library name fails here, not on the next run."""
+    import importlib
+
+    missing = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        importlib.import_module(f"benchmarks.{path.stem}")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("agetool"):
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                            if not hasattr(module, a.name) and not (hasattr(module, "__path__") and
+                                                                    importlib.util.find_spec(f"{node.module}.{a.name}"))]
+    assert missing == []

@@ -254,3 +254,24 @@ def test_a_clip_holds_one_draw_per_person(tmp_path, weights, seeded_parser_file)
         assert np.array_equal(a.image, b)
     other = [f.image for f in pipe.clip_frames(src, ages=60, mask=False, seed=seed + 1)]
     assert not np.array_equal(other[0], held[0])  # another draw would show
+
+
+def test_web_app_more_looks(tmp_path, weights):
+    pytest.importorskip("gradio")
+    from agetool import AgingPipeline
+    from agetool.errors import UsageError
+    from agetool.serve.studio import MAX_LOOKS, Session, Studio
+
+    pipe = AgingPipeline.from_pretrained(weights=weights, device="cpu")
+    studio = Studio(pipe, tmp_path / "work", fixed_model="tiny")
+    session = Session(pipe.encode(CROP, aligned=True, mask=False), "tiny", False, name="crop")
+    session.encoded.faces[0].parsing = _SkinParser().parse(png(CROP))
+    one, three = [], []
+    grid_one, _ = studio.grid(session, studio.options("30"), choices=one)
+    grid_three, _ = studio.grid(session, studio.options("30", 3), choices=three)
+    assert one == [] and len(three) == 1
+    kept = int(re.match(r"face 0: draw (\d) of 3 kept, seed \1: score", three[0]).group(1))
+    # draw 0 is the server's seed: the grid is the one-look grid exactly when draw 0 was kept
+    assert np.array_equal(png(grid_one), png(grid_three)) == (kept == 0)
+    with pytest.raises(UsageError, match="looks"):
+        studio.options("30", MAX_LOOKS + 1)

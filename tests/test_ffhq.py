@@ -423,11 +423,14 @@ def test_a_build_stopped_by_a_signal_leaves_no_partial_files_and_resumes(ffhq, b
             str(ffhq.labels), "--wilds", ffhq.url, "--out", str(out), "--workers", "1", "--device", "cpu"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), STALL="1")
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: list(out.rglob("parsings/*.png")), proc)
+    def finished():  # parsings in place (a temporary sibling is hidden: .00003.<pid>-<random>.part.png)
+        return [p for p in out.rglob("parsings/*.png") if not p.name.startswith(".")]
+
+    wait_for(finished, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
-    assert len(list(out.rglob("parsings/*.png"))) == 1 and not partials(out)
+    assert len(finished()) == 1 and not partials(out)
     env.pop("STALL")
     again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1 and "3 image(s) failed" in " ".join(again.stderr.split())

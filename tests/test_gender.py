@@ -109,9 +109,9 @@ def test_pipeline_reports_the_choice(classifier, landmarks):
     image = _two_tone((512, 512, 3), face_box(landmarks), (255, 0, 0), (0, 255, 0))
     face = Face(0, image[:256, :256], image[:256, :256], detection=DetectedFace(1.0, (0, 0, 1, 1), landmarks))
     pipeline.models._loaded["classifier"] = classifier
-    est = pipeline._estimate_face(image, face, "auto")
+    est = pipeline.core.estimate(image, face, "auto")  # the render core estimates and chooses
     assert est.gender == "female" and 0.5 < est.gender_probability <= 1 and est.age >= 0
-    assert pipeline._choose_model("me.jpg", face, est) == "female"
+    assert pipeline.core.decide("me.jpg face 0", est) == "female"
     assert messages and messages[-1].startswith("me.jpg face 0: ~") and "female model" in messages[-1]
 
 

@@ -189,6 +189,12 @@ def test_video_and_clip_mp4s_are_marked_and_still_play(tmp_path, photo, weights,
 
     info = probe(tmp_path / "aged.mp4")
     assert info.frames == 6 and info.audio == ["aac"]  # plays: every frame, the audio kept
+    # --label: every frame has the mark in its bottom-right corner; the far corner is as it was
+    from agetool.clip.media import read_frames
+
+    for (aged, _), (source, _) in zip(read_frames(info), read_frames(probe(clip))):
+        diff = np.abs(aged.astype(int) - source.astype(int)).mean(axis=2)
+        assert diff[-22:, -55:].mean() > 25 and diff[:20, :30].mean() < 8
     from agetool.provenance import describe
 
     assert describe(tmp_path / "aged.mp4")["record"]["ages"] == ["60"]

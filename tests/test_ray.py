@@ -116,7 +116,7 @@ def test_engine_options_are_checked_before_any_work(tmp_path, weights, crop, cap
 
 
 def test_uris_are_listed_before_any_work_and_need_the_ray_engine(tmp_path, weights, crop, capsys):
-    from agetool.ray import list_photos
+    from agetool.locations import list_photos
 
     folder = tmp_path / "in"
     (folder / "deep").mkdir(parents=True)
@@ -197,11 +197,12 @@ def test_results_go_to_object_storage(tmp_path, weights, monkeypatch):
     import numpy as np
 
     pyarrow_fs = pytest.importorskip("pyarrow.fs")
-    import agetool.ray as agetool_ray
-    from agetool.ray import FaceStage, GeneratorStage, Job, exists, write_results
+    from agetool import locations
+    from agetool.locations import exists
+    from agetool.ray import FaceStage, GeneratorStage, Job, write_results
 
     bucket = pyarrow_fs._MockFileSystem()
-    monkeypatch.setattr(agetool_ray, "_filesystem", lambda uri: (bucket, uri.split("://", 1)[1]))
+    monkeypatch.setattr(locations, "_filesystem", lambda uri: (bucket, uri.split("://", 1)[1]))
     photo = tmp_path / "me.png"
     Image.fromarray(face_like(seed=5)).save(photo)
     rows = [Job(str(photo), "mock://bucket/grids/me_ages.png", "mock://bucket/tiles/me").row(),

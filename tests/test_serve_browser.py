@@ -167,11 +167,36 @@ def test_errors_show_as_a_short_message(page, tmp_path):
     bad.write_text("not a picture")
     page.locator("#photo button[aria-label='Remove Image']").first.click()
     page.locator("#photo input[type=file]").set_input_files(str(bad))
-    toast = page.locator(".toast-body").filter(has_text="not a readable image").first
-    toast.wait_for(state="visible")
-    text = toast.inner_text()
+    page.wait_for_function("document.querySelector('#status').innerText.includes('not a readable image')")
+    text = page.locator("#status").inner_text()
     assert "notes.png" in text and "Traceback" not in text and "agetool-serve-" not in text
     shot(page, "6_error")
+
+
+def test_a_photo_without_a_face_says_so_where_it_stays(page, tmp_path):
+    """No toast that vanishes and no red badges: the status line holds the message, in the page's words."""
+    page.get_by_role("tab", name="Age slider").click()
+    blank = tmp_path / "sky.png"
+    yy, xx = np.mgrid[0:300, 0:400]
+    Image.fromarray(np.stack([xx * 0.5, yy * 0.6, 200 + 0 * xx], -1).astype(np.uint8)).save(blank)
+    remove = page.locator("#photo button[aria-label='Remove Image']").first
+    if remove.count():
+        remove.click()
+    page.locator("#photo input[type=file]").set_input_files(str(blank))
+    page.wait_for_function("document.querySelector('#status').innerText.includes('no face found')")
+    status = page.locator("#status").inner_text()
+    assert "Can't use this photo" in status and "no face found" in status and "frontal" in status
+    assert "landmarks" not in status and "aligned" not in status  # no control of the page is named that way
+    page.wait_for_timeout(1500)  # whatever the page would show after the request: still the same line
+    assert page.locator("#status").inner_text() == status
+    assert page.locator(".toast-body").count() == 0
+    badges = page.get_by_text("Error", exact=True)
+    assert sum(badges.nth(i).is_visible() for i in range(badges.count())) == 0  # no red "Error" badges
+    shot(page, "8_no_face")
+    remove = page.locator("#photo button[aria-label='Remove Image']").first
+    if remove.count():
+        remove.click()
+        page.wait_for_function("document.querySelector('#status').innerText.includes('No photo yet')")
 
 
 def test_only_faces_like_the_chosen_one(page, tmp_path):
@@ -200,9 +225,8 @@ def test_only_faces_like_the_chosen_one(page, tmp_path):
     page.locator("#like input[type=checkbox]").check()
     page.wait_for_function("document.querySelector('#status').innerText.includes('only faces like face 0')")
     upload(EXAMPLE)  # Eileen Collins alone: not the chosen person
-    toast = page.locator(".toast-body").filter(has_text="no face like the chosen one").first
-    toast.wait_for(state="visible")
-    text = toast.inner_text()
+    page.wait_for_function("document.querySelector('#status').innerText.includes('no face like the chosen one')")
+    text = page.locator("#status").inner_text()
     assert "astronaut.png" in text and "closest distance" in text and "untick" in text and "Traceback" not in text
     upload(group_path)
     page.wait_for_function("document.querySelector('#status').innerText.includes('1 face found (only the chosen person)')")

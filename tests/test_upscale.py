@@ -175,10 +175,11 @@ def test_the_upscaled_face_lands_where_the_256_px_one_did(reference_dir, zoom):
     assert np.linalg.norm(at_1024 - at_256) < 1.0
     # frame by frame (clips): the tile and its held blend mask, both at the pasted size
     from agetool.face.paste import paste_back, paste_mask
+    from agetool.upscale import fit_paste
 
     held = paste_mask(face.parsing, 256)
-    tile_p, mask_p = upscaler.for_paste(tile, al, 4, held)
-    gray_p, _ = upscaler.for_paste(gray, al, 4, held)
+    tile_p, mask_p = fit_paste(up, al, held)
+    gray_p, _ = fit_paste(up_gray, al, held)
     assert tile_p.shape[:2] == mask_p.shape == (max(256, int(np.ceil(native))),) * 2
     at_clip = _centroid(paste_back(photo, gray_p, al, mask=mask_p), paste_back(photo, tile_p, al, mask=mask_p))
     assert np.linalg.norm(at_clip - at_256) < 1.0

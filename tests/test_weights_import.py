@@ -148,7 +148,9 @@ def test_parser_pth_checked_against_its_checksum(env, monkeypatch, capsys, wide)
     assert weights.fetch("parser-x", offline=True).read_bytes() == good
 
 
-def test_import_a_folder(env, monkeypatch, capsys, wide):
+def folder_registry(env, monkeypatch) -> tuple[bytes, bytes]:
+    """A registry of the two generators, the parser and the classifier; returns the parser's and
+    the classifier's bytes."""
     parser = payload(3000, seed=4)
     onnx = payload(2000, seed=5)
     use_registry(env, monkeypatch, {
@@ -157,6 +159,11 @@ def test_import_a_folder(env, monkeypatch, capsys, wide):
         "deeplab-parser": entry(parser, [{"url": "http://nosuch.invalid/deeplab_model.pth"}], kind="parser"),
         "genderage": entry(onnx, [{"hub": "a/b", "filename": "models/genderage.onnx"}]),
     })
+    return parser, onnx
+
+
+def test_import_a_folder(env, monkeypatch, capsys, wide):
+    parser, onnx = folder_registry(env, monkeypatch)
     folder = env / "downloads"
     (folder / "males_model").mkdir(parents=True)
     _pth(folder / "males_model" / "latest_net_g_running.pth", _tiny_state())

@@ -15,7 +15,7 @@ from agetool import weights
 from agetool.nn.realesrgan import SRVGGNetCompact
 from tests.helpers import cli
 from tests.test_weights import entry, env, payload, server, use_registry  # noqa: F401
-from tests.test_weights_import import _generator_entry, _pth, _tiny_state, wide  # noqa: F401
+from tests.test_weights_import import _pth, _tiny_state, folder_registry, wide  # noqa: F401
 
 
 def _errors(err: str) -> list[str]:
@@ -23,14 +23,7 @@ def _errors(err: str) -> list[str]:
 
 
 def test_a_flat_folder_names_every_file_it_does_not_import(env, monkeypatch, capsys, wide):
-    parser = payload(3000, seed=4)
-    onnx = payload(2000, seed=5)
-    use_registry(env, monkeypatch, {
-        "lats-male": _generator_entry(b"the zip", filename="males_model.zip"),
-        "lats-female": _generator_entry(b"another zip", filename="females_model.zip"),
-        "deeplab-parser": entry(parser, [{"url": "http://nosuch.invalid/deeplab_model.pth"}], kind="parser"),
-        "genderage": entry(onnx, [{"hub": "a/b", "filename": "models/genderage.onnx"}]),
-    })
+    _, onnx = folder_registry(env, monkeypatch)
     folder = env / "flat"
     folder.mkdir()
     _pth(folder / "latest_net_g_running.pth", _tiny_state())  # which of the two? the folder doesn't say
@@ -119,3 +112,14 @@ def test_the_registered_name_is_a_usage_error_and_cut(env, capsys, wide):
     assert code == 2 and "unknown weights 'no-such-model'" in err
     code, _, err = cli(["weights", "import", some, "--as", "X" * 5000], capsys)
     assert code == 2 and len(err) < 400 and "..." in err and err.count("\n") == 1
+
+
+def test_the_fan_backend_offline_says_how_to_give_its_files(env, monkeypatch):
+    from agetool.errors import OfflineError
+    from agetool.face.detect import FanDetector
+
+    monkeypatch.setenv("TORCH_HOME", str(env / "empty-torch"))
+    with pytest.raises(OfflineError) as info:
+        FanDetector._place_files(offline=True, report=None, progress=None)
+    text = str(info.value)
+    assert "`agetool weights import FILE --as fan-2d`" in text and "--as s3fd" in text and "landmarks='dlib'" in text

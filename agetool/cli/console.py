@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.markup import escape
 
-DEBUG = False
 #: the command line as typed, for messages that show a value as the user wrote it
 TYPED: list[str] = []
 

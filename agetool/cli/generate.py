@@ -76,7 +76,7 @@ def age(
                   keep_candidates=keep_candidates, json=json_lines or None)
     if engine == "ray" and (marks.signing is not None or marks.label):
         raise UsageError(f"{'--sign' if marks.signing is not None else '--label'} applies to --engine local")
-    from agetool.ray import is_uri
+    from agetool.locations import is_uri
 
     to_uris = [o for o in (out, tiles) if o is not None and is_uri(o)]  # outputs in object storage
     if to_uris and engine != "ray":
@@ -134,7 +134,7 @@ def age(
                           rf"face(0|[1-9][0-9]*)_draw[0-9]+_({labels})(_[0-9]+)?\.png|scores\.json", sources,
                           keep_candidates)
     if engine == "ray":
-        from agetool.ray import join as inside
+        from agetool.locations import join as inside
 
         jobs = [(path, target, None if tiles is None else inside(str(tiles), stem))
                 for path, stem, target in zip(paths, stems, targets)]
@@ -195,7 +195,7 @@ def _uri_photos(inputs: list[str], engine: str) -> tuple[list[str], bool, list[s
     """(photo URIs, whether there are several outputs, local paths among them to keep outputs off)
     for inputs given as URIs; those need ``--engine ray``, and can't be mixed with local paths."""
     from agetool.errors import UsageError
-    from agetool.ray import is_uri, list_photos, local_path
+    from agetool.locations import is_uri, list_photos, local_path
 
     uri = next(i for i in inputs if is_uri(i))
     if engine != "ray":
@@ -247,7 +247,8 @@ def _check_engine(engine: str, *, profile: bool, **ray_options) -> None:
 def _age_on_ray(jobs, *, address, gpus, cpus, **kwargs) -> int:
     """``--engine ray``: the same files, made by a Ray Data job (agetool.ray); Ray shows its progress."""
     from agetool.cli.options import report
-    from agetool.ray import Job, age_photos, is_uri
+    from agetool.locations import is_uri
+    from agetool.ray import Job, age_photos
 
     def where(path) -> str:
         return path if is_uri(str(path)) else os.path.abspath(path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agetool.errors import InputError, OutputError, UsageError, arg
+from agetool.errors import InputError, OutputError, UsageError, arg, detail
 from agetool.files import Finishing
 from agetool.options import DEFAULT_CRF
 
@@ -76,7 +76,7 @@ def _open(path: Path):
     try:
         return av.open(str(path))
     except (av.FFmpegError, OSError) as e:
-        raise InputError(f"{path}: not a readable video ({str(e).splitlines()[0][:120]})") from None
+        raise InputError(f"{path}: not a readable video ({detail(e, 120)})") from None
 
 
 def probe(path: str | os.PathLike, max_pixels: int | None = None) -> ClipInfo:
@@ -184,13 +184,13 @@ def read_frames(info: ClipInfo):
                 _check_size(info.path, *size, info.max_pixels, index)  # grown past the limit: named as such
             if index == 0:
                 raise _damaged(info.path, e, info.max_pixels) from None
-            info.broken = _first_line(e)  # the frames so far stand; age_clip says the clip ended early
+            info.broken = detail(e, 160)  # the frames so far stand; age_clip says the clip ended early
 
 
 def _damaged(path: Path, e: BaseException, max_pixels: int | None) -> InputError:
     """A decoder's failure as one line (with a limit, a frame over it fails the same way)."""
     what = "damaged video" if max_pixels is None else f"damaged video, or a frame over the limit of {max_pixels:,} pixels"
-    return InputError(f"{path}: {what} ({(str(e).splitlines() or [type(e).__name__])[0][:120]})",
+    return InputError(f"{path}: {what} ({detail(e, 120)})",
                       hint=None if max_pixels is None else f"raise {arg('max_pixels')} if the clip is genuine")
 
 
@@ -293,7 +293,7 @@ class ClipWriter(Finishing):
             self._mux_audio(float(pts * self.info.time_base) + 0.5)
         except (av.FFmpegError, OSError) as e:
             self.abort()
-            raise _no_space(e, self.path) or OutputError(f"writing {self.path} failed: {_first_line(e)}") from None
+            raise _no_space(e, self.path) or OutputError(f"writing {self.path} failed: {detail(e, 160)}") from None
         self.frames += 1
 
     def finish(self) -> None:
@@ -316,7 +316,7 @@ class ClipWriter(Finishing):
                 raise full from None
             hint = (f"the audio ({', '.join(self.info.audio)}) may not fit {self.path.suffix}: try "
                     f"{arg('out')} NAME.mkv") if self.info.audio and self.path.suffix.lower() != ".mkv" else None
-            raise OutputError(f"finishing {self.path} failed: {_first_line(e)}", hint=hint) from None
+            raise OutputError(f"finishing {self.path} failed: {detail(e, 160)}", hint=hint) from None
         self._box = self._video = None
         self._close_source()
         self._finished = True
@@ -378,10 +378,6 @@ def _video_frame(image: np.ndarray):
     import cv2
 
     return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:160]
 
 
 def _no_space(e: BaseException, path: Path) -> OutputError | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agetool.errors import CheckpointError, OfflineError, UsageError, arg
+from agetool.errors import CheckpointError, OfflineError, UsageError, arg, detail
 from agetool.weights.places import fan_checkpoint_dir, fan_file_names, fan_files_present  # noqa: F401
 
 DLIB_PREDICTOR = "shape_predictor_68_face_landmarks.dat"
@@ -145,7 +145,7 @@ class DlibDetector(LandmarkDetector):
         try:
             self._predictor = dlib.shape_predictor(str(path))
         except RuntimeError as e:
-            raise CheckpointError(f"{path}: not a dlib shape predictor ({str(e).splitlines()[0][:120]})",
+            raise CheckpointError(f"{path}: not a dlib shape predictor ({detail(e, 120)})",
                                   hint="agetool weights download dlib-landmarks68") from None
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
@@ -188,13 +188,15 @@ class FanDetector(LandmarkDetector):
                 face_detector_kwargs={"path_to_detector": str(folder / fan_file_names()["s3fd"])}, compile=False)
         except (RuntimeError, OSError, KeyError) as e:
             raise CheckpointError(f"face-alignment could not load its networks from {folder} "
-                                  f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})",
+                                  f"({detail(e, 120)})",
                                   hint=f"agetool weights download fan-2d s3fd, or use {arg('landmarks', 'dlib')}") from None
 
     @staticmethod
     def _place_files(*, offline: bool, report, progress) -> None:
         missing = ", ".join(f for f in fan_file_names().values() if not (fan_checkpoint_dir() / f).is_file())
-        hint = f"run `agetool weights download fan-2d s3fd` once online, or use {arg('landmarks', 'dlib')}"
+        hint = (f"place the files you have with `agetool weights import FILE --as fan-2d` and "
+                f"`agetool weights import FILE --as s3fd`, run `agetool weights download fan-2d s3fd` once online, "
+                f"or use {arg('landmarks', 'dlib')}")
         if offline:
             raise OfflineError(f"the fan landmark backend needs {missing} in {fan_checkpoint_dir()}", hint=hint)
         from agetool import weights

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 from agetool.ages import AGE_CLASSES
-from agetool.errors import AgetoolError, NoMatchError
-from agetool.serve.studio import MAX_AGE, MAX_CLIP_SECONDS, MIN_AGE, MODELS, Session, Studio
+from agetool.errors import AgetoolError, NoFaceError, NoMatchError
+from agetool.serve.studio import MAX_AGE, MAX_CLIP_SECONDS, MAX_LOOKS, MIN_AGE, MODELS, Session, Studio
 
 log = logging.getLogger("agetool.serve")
 
@@ -42,6 +42,26 @@ def short_message(e: Exception, path: str | None = None) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+#: what the page offers where the command line's hint names its flags
+PAGE_HINTS = {NoFaceError: "try a larger photo with the face frontal and in full view"}
+
+
+def page_message(e: AgetoolError, path: str | None = None) -> str:
+    """``e`` in the page's words: its message, and a hint naming what the page offers (the command
+    line's hints name flags the page has no control for)."""
+    for kind, hint in PAGE_HINTS.items():
+        if type(e) is kind:
+            e = kind(e.message, hint=hint)
+    return short_message(e, path)
+
+
+def photo_error(text: str) -> str:
+    """A failure to use the dropped photo, for the status line (plain text, never read as markup)."""
+    import re
+
+    return "**Can't use this photo:** " + re.sub(r"([\\`*_{}\[\]()#+\-.!<>|~])", r"\\\1", text)
+
+
 def guarded(fn):
     """Run a handler; failures become one short message in the page (details only in the terminal)."""
     import gradio as gr
@@ -54,7 +74,7 @@ def guarded(fn):
             raise
         except AgetoolError as e:
             path = args[0] if args and isinstance(args[0], str) else None
-            raise gr.Error(short_message(e, path), print_exception=False) from None
+            raise gr.Error(page_message(e, path), print_exception=False) from None
         except MemoryError:
             raise gr.Error("out of memory; try a smaller photo", print_exception=False) from None
         except Exception as e:  # noqa: BLE001 - the page shows one line, the terminal the traceback
@@ -153,6 +173,9 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                                                       + ", ".join(AGE_CLASSES) + ")")
                         grid_paste_back = gr.Checkbox(False, label="Whole photos: paste the aged faces back "
                                                       "(this tab)", elem_id="grid-paste-back")
+                        looks = gr.Slider(1, MAX_LOOKS, value=1, step=1, elem_id="looks",
+                                          label="More looks: draws per face, the one most like the person kept "
+                                                "(identity, skin tone, gender)")
                         grid_button = gr.Button("Render grid", variant="primary", elem_id="grid-button")
                         grid_notes = gr.Markdown("", elem_id="grid-warnings")
                         grid_image = gr.Image(label="Grid", type="filepath", format="png", interactive=False,
@@ -190,14 +213,18 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
         # ---------------------------------------------------------------- page events
         @guarded
         def on_photo(path, model_choice, masked, at, whole, person):
+            empty = (None, None, gr.update(choices=[("face 0", 0)], value=0))
             if path is None:
-                return None, None, gr.update(choices=[("face 0", 0)], value=0), "No photo yet.", None
+                return *empty, "No photo yet.", None
             try:
                 s = studio.encode(path, model_choice, masked, like=person)
             except NoMatchError as e:  # the page's own way out: the switch, not a threshold
-                raise gr.Error(f"{Path(path).name}: no face like the chosen one (closest {e.metric} {e.closest:.3f}, "
-                               f"same person at {e.threshold:g}); untick \"Next photos: only faces like this one\" "
-                               "to see every face", print_exception=False) from None
+                text = (f"{Path(path).name}: no face like the chosen one (closest {e.metric} {e.closest:.3f}, "
+                        f"same person at {e.threshold:g}); untick \"Next photos: only faces like this one\" "
+                        "to see every face")
+                return *empty, photo_error(text), None  # shown where it stays; the outputs simply empty
+            except AgetoolError as e:
+                return *empty, photo_error(page_message(e, path)), None
             gallery = studio.thumbnails(s)
             choices = [(f"face {f.index}", i) for i, f in enumerate(s.encoded.faces)]
             n = len(choices)
@@ -221,12 +248,13 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
             return studio.at_age(s, int(index or 0), at, whole)
 
         @guarded
-        def on_grid(s: Session | None, text, whole, request: gr.Request):
+        def on_grid(s: Session | None, text, whole, draws, request: gr.Request):
             if s is None:
                 raise gr.Error("drop a photo first", print_exception=False)
-            render = studio.options(text)  # the ages parsed once, before any model runs
-            png, archive = studio.grid(s, render, whole, stop=cancelled(demo, request))
-            notes = "  \n".join(f"**Warning:** {w}" for w in studio.warnings(render))
+            render = studio.options(text, draws)  # the ages parsed once, before any model runs
+            choices: list[str] = []
+            png, archive = studio.grid(s, render, whole, stop=cancelled(demo, request), choices=choices)
+            notes = "  \n".join([*(f"**Warning:** {w}" for w in studio.warnings(render)), *choices])
             return (str(png), gr.update(value=str(png), interactive=True),
                     gr.update(value=str(archive), interactive=True), notes)
 
@@ -254,7 +282,7 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                    **private)
         for control in (face, paste_back):
             control.input(on_age, slider_inputs, aged, trigger_mode="always_last", **slot, **private)
-        grid_button.click(on_grid, [session, ages, grid_paste_back], [grid_image, grid_file, tiles_file, grid_notes],
+        grid_button.click(on_grid, [session, ages, grid_paste_back, looks], [grid_image, grid_file, tiles_file, grid_notes],
                           **slot, **private)
         video_button.click(on_video, [session, video_paste_back], [video, video_file], **slot, **private)
         clip_button.click(on_clip, [clip_in, model, mask, clip_age], [clip_out, clip_file], **slot, **private)

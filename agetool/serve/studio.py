@@ -37,6 +37,8 @@ REQUEST_BUDGET_S = 120.0
 UPLOAD_QUOTA = 1 << 30
 #: what a clip for the page may be: seconds, frames, pixels per frame (bytes: the upload limit)
 MAX_CLIP_SECONDS, MAX_CLIP_FRAMES, MAX_CLIP_PIXELS = 10.0, 300, 1920 * 1080
+#: the most noise draws ("looks") of each face a grid request may score
+MAX_LOOKS = 8
 #: seconds one clip may take to age; it stops between two frames after that (no file is left)
 CLIP_BUDGET_S = 600.0
 
@@ -186,16 +188,26 @@ class Studio:
         tiles = [caption(resize(f.aligned, (THUMB, THUMB)), f"face {f.index}") for f in session.encoded.faces]
         return np.concatenate(tiles, axis=1)
 
-    def options(self, ages=None):
+    def options(self, ages=None, looks: int = 1):
         """A request's ages ("5, 45, 30-39", a list, or empty for the six classes) as the
         ``agetool.options.RenderOptions`` of this server's seed, noise and upscaling: parsed here,
-        once per request, and at most ``MAX_REQUEST_AGES`` of them."""
+        once per request, and at most ``MAX_REQUEST_AGES`` of them. ``looks``: noise draws of each
+        face, the most faithful kept (``candidates``, at most ``MAX_LOOKS``)."""
+        from agetool import validate
         from agetool.options import RenderOptions
 
         if isinstance(ages, RenderOptions):
             return ages
         count_ages(ages)
-        return RenderOptions.of(ages, seed=self.seed, noise=self.noise, upscale=self.upscale)
+        looks = validate.integer("looks", 1 if looks is None else looks, low=1, high=MAX_LOOKS)
+        return RenderOptions.of(ages, seed=self.seed, noise=self.noise, upscale=self.upscale, candidates=looks)
+
+    @staticmethod
+    def choices(result) -> list[str]:
+        """What the page says about a grid's draws: per face, the one kept and every draw's score."""
+        from agetool.faithful import describe_choice
+
+        return [describe_choice(f"face {f.index}", f.candidates) for f in result.faces if f.candidates is not None]
 
     @staticmethod
     def warnings(render) -> list[str]:
@@ -253,7 +265,8 @@ class Studio:
 
         return check
 
-    def grid(self, session: Session, ages=None, paste_back: bool = False, stop=None) -> tuple[Path, Path]:
+    def grid(self, session: Session, ages=None, paste_back: bool = False, stop=None,
+             choices: list | None = None) -> tuple[Path, Path]:
         """(grid PNG, ZIP of every tile as face<i>_<label>.png), both in a fresh folder of the workdir:
         the ``AgingResult`` the command line makes, upscaled when the server upscales, every age
         decoded once for both. ``ages``: as ``options()`` takes them. A repeated age's tiles are
@@ -264,6 +277,8 @@ class Studio:
             result = self.pipe.core.result(session.encoded, render, paste_back=paste_back, check=self.checker(stop))
         folder = self.new_folder()
         png = result.write_grid(folder / f"{session.name}_ages.png")
+        if choices is not None:  # with several looks: the lines that say which draw each face kept
+            choices += self.choices(result)
         return png, result.write_zip(folder / f"{session.name}_tiles.zip")
 
     def video(self, session: Session, paste_back: bool = False, fps: float = DEFAULT_FPS,
