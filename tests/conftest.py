@@ -116,3 +116,25 @@ def crop(tmp_path) -> Path:
     p = tmp_path / "crop.png"
     Image.fromarray(face_like()).save(p)
     return p
+
+
+#: what makes a test slow: a process, server or browser it starts, or full-size networks. The fast
+#: subset for contributors, ``pytest -m "not slow"``, leaves these out; CI runs everything.
+SLOW_SOURCE = ("spawn(", "subprocess.", "sys.executable", "Popen(", "playwright", "torch.distributed",
+               "mp.start_processes")
+SLOW_FIXTURES = ("served", "released_generator_file", "seeded_parser_file", "seeded_parser", "reference_dir")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks ``slow`` every test whose code starts a process, server or browser, or that takes a
+    full-size network (``SLOW_SOURCE``, ``SLOW_FIXTURES``), beside those marked by hand."""
+    import inspect
+
+    for item in items:
+        function = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(function) if function is not None else ""
+        except (OSError, TypeError):
+            source = ""
+        if any(s in source for s in SLOW_SOURCE) or any(f in SLOW_FIXTURES for f in item.fixturenames):
+            item.add_marker(pytest.mark.slow)

@@ -41,6 +41,15 @@ def cli(args: list[str], capsys=None) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (the system's pick, released at once)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def face_like(size: int = 256, seed: int = 0) -> np.ndarray:
     """A smooth synthetic RGB image (not a real face) for aligned-crop tests."""
     rng = np.random.default_rng(seed)

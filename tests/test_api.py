@@ -24,9 +24,16 @@ def pipe(weights):
 
 
 def test_public_names():
-    for name in ("AgingPipeline", "AgingResult", "Face", "AgeEstimate", "errors", "evaluate"):
-        assert hasattr(agetool, name), name
-    assert "AgingPipeline" in dir(agetool)
+    """Every name of ``agetool.__all__`` loads and is what it says; an unknown name is an AttributeError."""
+    import inspect
+
+    loaded = {name: getattr(agetool, name) for name in agetool.__all__}
+    assert inspect.isclass(loaded["AgingPipeline"]) and callable(loaded["AgingPipeline"].from_pretrained)
+    assert inspect.ismodule(loaded["errors"]) and issubclass(loaded["AgetoolError"], Exception)
+    assert callable(loaded["evaluate"]) and callable(loaded["parse_ages"]) and len(loaded["AGE_CLASSES"]) == 6
+    assert set(agetool.__all__) <= set(dir(agetool))
+    with pytest.raises(AttributeError, match="no attribute 'Pipeline'"):
+        agetool.Pipeline  # noqa: B018
     assert "Example" in __import__("agetool.pipeline").pipeline.__doc__ and "Args:" in agetool.AgingPipeline.from_pretrained.__doc__
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from agetool.ages import AGE_CLASSES
-from tests.helpers import common, cli, face_like
+from tests.helpers import common, cli, face_like, free_port
 
 
 def test_help_is_fast_and_lists_commands():
@@ -223,7 +223,6 @@ def test_missing_output_folder_is_created(tmp_path, crop, weights, capsys):
 def test_folder_run_shared_by_two_torchrun_ranks(tmp_path, weights):
     """Each rank takes every other photo; together they write what one process writes; one summary."""
     import os
-    import socket
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -231,9 +230,7 @@ def test_folder_run_shared_by_two_torchrun_ranks(tmp_path, weights):
         Image.fromarray(face_like(seed=s)).save(photos / f"p{s}.png")
     one, two = tmp_path / "one", tmp_path / "two"
     assert cli(["age", photos, "--out", one, *common(weights)])[0] == 0
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

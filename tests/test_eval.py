@@ -20,7 +20,7 @@ if importlib.util.find_spec("agetool.cli.options") is None:  # the command line 
     pytest.skip("agetool eval runs on agetool.AgingPipeline and its shared options", allow_module_level=True)
 
 from agetool.ages import AGE_CLASSES, DEFAULT_ANCHORS  # noqa: E402
-from tests.helpers import arcface_standin, cli, face_like, genderage_standin, tiny_generator_file  # noqa: E402
+from tests.helpers import arcface_standin, cli, face_like, free_port, genderage_standin, tiny_generator_file  # noqa: E402
 
 AGE = 30.0
 
@@ -180,21 +180,13 @@ def test_two_torchrun_ranks_give_the_same_report(kit, tmp_path):
            "OMP_NUM_THREADS": "1"}
     args = [str(a) for a in _args(kit, two, "--weights", kit["gen"])]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "agetool", *args],
+                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "agetool", *args],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = json.loads((one / "report.json").read_text())
     b = json.loads((two / "report.json").read_text())
     assert a == b
     assert proc.stdout.count("evaluation") == 1  # one summary, from rank 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_identity_only_without_the_age_model(kit, tmp_path, capsys, monkeypatch):

@@ -146,8 +146,17 @@ def test_default_chunk_is_bounded_and_shrinks_with_frame_size():
     assert default_chunk(CPU, torch.bfloat16) >= 1
 
 
-def test_physical_cores():
-    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+def test_physical_cores_counts_each_core_once():
+    """Against the kernel's own numbering: one core per (package, core id) of the CPUs this process may use."""
+    from pathlib import Path
+
+    cores = set()
+    for cpu in os.sched_getaffinity(0):
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        if not (topology / "core_id").is_file():
+            pytest.skip("no CPU topology in /sys")
+        cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+    assert physical_cores() == len(cores)
 
 
 def test_frame_pool_keeps_order_and_stops_early():

@@ -14,7 +14,7 @@ import pytest
 
 from agetool.device import Dist, env_dist
 from agetool.errors import UsageError
-from tests.helpers import ROOT, cli, common
+from tests.helpers import ROOT, cli, common, free_port
 
 JOB_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "AGETOOL_PEER_TIMEOUT",
             "TORCHELASTIC_USE_AGENT_STORE")
@@ -31,12 +31,6 @@ def job_env(monkeypatch):
             monkeypatch.setenv(name, str(value))
 
     return set_env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("values, needle", [
@@ -71,7 +65,7 @@ def test_job_variables_that_make_sense(job_env):
 
 
 def test_nonsense_job_variables_stop_the_command_before_any_work(tmp_path, crop, weights, capsys, job_env):
-    job_env(RANK=3, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=_free_port())
+    job_env(RANK=3, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port())
     out = tmp_path / "g.png"
     code, _, err = cli(["age", crop, "--out", out, *common(weights)], capsys)
     assert code == 2 and err.count("\n") == 1 and "RANK=3" in err
@@ -89,7 +83,7 @@ def _spawn(env: dict, out, crop, weights) -> subprocess.Popen:
 def test_a_rank_without_peers_gives_up_before_any_work(tmp_path, crop, weights):
     out = tmp_path / "g.png"
     t0 = time.monotonic()
-    proc = _spawn({"RANK": 0, "WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _free_port(),
+    proc = _spawn({"RANK": 0, "WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": free_port(),
                    "AGETOOL_PEER_TIMEOUT": 2}, out, crop, weights)
     try:
         _, err = proc.communicate(timeout=120)
@@ -102,7 +96,7 @@ def test_a_rank_without_peers_gives_up_before_any_work(tmp_path, crop, weights):
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
 def test_a_stop_signal_ends_the_wait_for_peers(tmp_path, crop, weights, signame):
-    port = _free_port()
+    port = free_port()
     proc = _spawn({"RANK": 0, "WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}, tmp_path / "g.png",
                   crop, weights)
     deadline = time.monotonic() + 60
@@ -132,7 +126,7 @@ def test_two_ranks_meet_without_torchrun(tmp_path, crop, weights):
     photos.mkdir()
     for name in ("a.png", "b.png"):
         shutil.copy(crop, photos / name)
-    port = _free_port()
+    port = free_port()
     out = f"{tmp_path / 'out'}/"
     procs = [_spawn({"RANK": r, "WORLD_SIZE": 2, "LOCAL_RANK": r, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
                     out, photos, weights) for r in (0, 1)]

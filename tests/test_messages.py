@@ -74,14 +74,21 @@ def test_tables_and_messages_print_brackets_literally():
         console.err = saved
     assert screen.getvalue().splitlines() == ["error: can't read /tmp/[red]x[/] (no [/b] such file)",
                                               "warning: license [non-commercial]"]
-    from rich.table import Table
+    # the table agetool prints (``agetool weights list``), with markup in a name and a license
+    from types import SimpleNamespace
 
-    table = Table()
-    table.add_column("license")
-    table.add_row("CC BY-NC-SA 4.0 [non-commercial] [/b]")
+    from agetool.cli.weights import print_models
+
+    art = SimpleNamespace(name="gen[bold]x[/]", kind="generator", license="CC BY-NC-SA 4.0 [/b]", non_commercial=True,
+                          size=1024, bundled=None)
+    status = SimpleNamespace(artifact=art, record={}, path=None, bundled=None, partial=0)
     screen = io.StringIO()
-    Console(file=screen, width=200, markup=console.out._markup).print(table)
-    assert "[non-commercial] [/b]" in screen.getvalue()
+    console.out, saved = Console(file=screen, width=200, markup=True), console.out  # cells are never markup
+    try:
+        print_models([status])
+    finally:
+        console.out = saved
+    assert "gen[bold]x[/]" in screen.getvalue() and "CC BY-NC-SA 4.0 [/b] [non-commercial]" in screen.getvalue()
 
 
 def test_info_with_markup_in_the_cache_path(tmp_path, capsys, monkeypatch):

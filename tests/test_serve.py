@@ -58,7 +58,7 @@ def test_clip_endpoint_returns_the_aged_clip(client, tmp_path):
     assert str(path).endswith("walk_age60.mp4")
     a, b = probe(src), probe(path)
     assert (b.frames, b.width, b.height, b.audio) == (a.frames, a.width, a.height, a.audio) == (6, 160, 128, ["aac"])
-    with pytest.raises(Exception, match="not a video clip"):
+    with pytest.raises(gradio_client.exceptions.AppError, match="not a video clip"):
         client.predict(gradio_client.handle_file(EXAMPLE), 60, api_name="/clip")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from agetool.train import checkpoints
 from agetool.train.checkpoints import checkpoint_dirs, read_checkpoint
 from agetool.train.config import TrainConfig
 from agetool.train.trainer import train
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,12 +164,6 @@ def test_sigkill_during_checkpointing_never_corrupts(data64, tmp_path):
     assert not any(p.name.startswith(".step_") for p in (run / "checkpoints").iterdir())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, data: str, out: str, dump: str) -> None:
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
@@ -193,7 +187,7 @@ def test_two_gloo_processes_keep_identical_parameters(data64, tmp_path):
     import torch.multiprocessing as mp
     from safetensors.torch import load_file
 
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(data64), str(tmp_path / "run"), str(tmp_path)),
+    mp.start_processes(_ddp_worker, args=(2, free_port(), str(data64), str(tmp_path / "run"), str(tmp_path)),
                        nprocs=2, start_method="fork")
     r0, r1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     assert r0.keys() == r1.keys()
@@ -225,7 +219,7 @@ def test_cli_torchrun_resume_and_export(data64, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "agetool", "train", "--data", str(data64), "--out", str(out), "--size", "64",
+           str(free_port()), "-m", "agetool", "train", "--data", str(data64), "--out", str(out), "--size", "64",
            "--ngf", "8", "--batch-size", "2", "--max-steps", "2", "--save-every", "2", "--sample-every", "0",
            "--workers", "0", "--device", "cpu"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)

@@ -135,10 +135,9 @@ class Server:
 
 def refused_url(path: str = "/x.bin") -> str:
     """A URL on 127.0.0.1 whose port has no listener: connecting is refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}{path}"
+    from tests.helpers import free_port
+
+    return f"http://127.0.0.1:{free_port()}{path}"
 
 
 def _toml_value(value) -> str:
