@@ -130,7 +130,10 @@ def fit(image: np.ndarray, long_side: int) -> np.ndarray:
 
 
 def _short(e: Exception) -> str:
-    return detail(e, 120)
+    import re
+
+    # Pillow names the stream it was given: for photos handed over as bytes, an object address
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", detail(e, 120))
 
 
 def to_rgb_array(im) -> np.ndarray:

@@ -143,6 +143,7 @@ def run(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    _console.DEBUG = debug
     _console.TYPED = args  # messages show values as typed (1e309, not inf)
     _quiet_dependencies()
     global _received

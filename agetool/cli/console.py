@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.markup import escape
 
+#: --debug was given: tracebacks, and the chatter of libraries that have their own (Ray's logging)
+DEBUG = False
 #: the command line as typed, for messages that show a value as the user wrote it
 TYPED: list[str] = []
 
@@ -43,7 +45,8 @@ out = _Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 _NEGATED = {"mask": "--no-mask", "labels": "--no-labels", "estimate_age": "--no-age"}
 #: library arguments whose flag is spelled differently (from_age is --from)
 _FLAGS = {"from_age": "--from", "to_age": "--to", "frames_dir": "--frames", "batch": "--batch-size",
-          "classifier_weights": "--age-model", "json_lines": "--json", "metadata_json": "--json"}
+          "classifier_weights": "--age-model", "json_lines": "--json", "metadata_json": "--json",
+          "address": "--ray-address", "timeout": "--ray-timeout"}
 
 
 def flag_style(name: str, python: str | None, plain: str | None) -> str:

@@ -33,11 +33,12 @@ def age(
     truncated: Annotated[str, typer.Option("--truncated", metavar="fail|keep", help="Clips: a clip cut short (fewer frames than its index lists) fails, or with keep gives the frames it has, with a warning.")] = "fail",
     keep_candidates: Annotated[Optional[str], typer.Option("--keep-candidates", metavar="DIR", help="With --candidates: also write every draw's tiles as DIR/<stem>/face<i>_draw<k>_<label>.png and their scores as DIR/<stem>/scores.json.")] = None,
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per face on stdout: the output, the model and, with --candidates, every draw's scores and the one kept.")] = False,
-    profile: Annotated[bool, typer.Option("--profile", help="Print the time spent in each stage.")] = False,
+    profile: Annotated[bool, typer.Option("--profile", help="Print the time spent in each stage (with --engine ray: Ray's start-up and per-stage statistics).")] = False,
     engine: Annotated[str, typer.Option("--engine", metavar="local|ray", help="local: this process (or each torchrun rank); ray: a Ray Data job (pip install \"agetool\\[ray]\"), same outputs; grids already written are skipped.", rich_help_panel=RAY_PANEL)] = "local",
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, ray://HOST:10001, ...). Default: RAY_ADDRESS, else a Ray started here for the job.", rich_help_panel=RAY_PANEL)] = None,
-    gpus: Annotated[Optional[int], typer.Option("--gpus", metavar="N", help="GPUs to use, one generator worker each; 0: one generator worker on a CPU. Default: all the cluster has.", rich_help_panel=RAY_PANEL)] = None,
-    cpus: Annotated[Optional[int], typer.Option("--cpus", metavar="N", help="CPUs to use (face stages, writing; each generator worker holds one). Default: all the cluster has.", rich_help_panel=RAY_PANEL)] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, HOST:PORT, ray://HOST:10001): start it once with `ray start --head`. Default: RAY_ADDRESS, else a private Ray on 127.0.0.1 for this job.", rich_help_panel=RAY_PANEL)] = None,
+    gpus: Annotated[Optional[int], typer.Option("--gpus", metavar="N", help="GPUs to use, one generator worker each; 0: every stage on CPUs. Default: all the cluster has.", rich_help_panel=RAY_PANEL)] = None,
+    cpus: Annotated[Optional[int], typer.Option("--cpus", metavar="N", help="CPUs to use (one worker each without GPUs; with GPUs the face stages, and each generator worker holds one). Default: all the cluster has.", rich_help_panel=RAY_PANEL)] = None,
+    ray_timeout: Annotated[Optional[float], typer.Option("--ray-timeout", metavar="SECONDS", help="Longest wait for the cluster and for each listing, read or write at a URI. Default: 60.", rich_help_panel=RAY_PANEL)] = None,
     *, build, face_kwargs, marks,
 ) -> int:
     """Render each face at six ages (or --ages): one grid per photo, a row per face (left to right),
@@ -59,6 +60,8 @@ def age(
 
       agetool age photos/ --out grids/ --tiles tiles/
 
+      agetool age photos/ --out grids/ --engine ray --ray-address auto
+
       agetool age photos/ --out grids/ --engine ray --gpus 4
 
       agetool age s3://bucket/photos --out s3://bucket/grids/ --engine ray
@@ -72,17 +75,22 @@ def age(
     request = build_request(ages, **face_kwargs, keep_candidates=keep_candidates is not None)  # checked once, before any work
     if keep_candidates is not None and request.render.candidates == 1:
         raise UsageError("--keep-candidates needs --candidates 2 or more")
-    _check_engine(engine, ray_address=ray_address, gpus=gpus, cpus=cpus, profile=profile,
+    _check_engine(engine, ray_address=ray_address, gpus=gpus, cpus=cpus, ray_timeout=ray_timeout,
                   keep_candidates=keep_candidates, json=json_lines or None)
     if engine == "ray" and (marks.signing is not None or marks.label):
         raise UsageError(f"{'--sign' if marks.signing is not None else '--label'} applies to --engine local")
-    from agetool.locations import is_uri
+    from agetool.locations import DEFAULT_TIMEOUT, is_uri
+    from agetool.validate import finite
+
+    timeout = DEFAULT_TIMEOUT if ray_timeout is None else finite("timeout", ray_timeout, low=0, low_open=True)
 
     to_uris = [o for o in (out, tiles) if o is not None and is_uri(o)]  # outputs in object storage
     if to_uris and engine != "ray":
         raise UsageError(f"{to_uris[0]}: a URI is written by --engine ray only", hint="add --engine ray")
+    from agetool.cli.ray_engine import age_on_ray, uri_photos, uri_targets
+
     if any(map(is_uri, inputs)):  # photos in object storage: listed here, read by the Ray workers
-        paths, several, sources = _uri_photos(inputs, engine)
+        paths, several, sources = uri_photos(inputs, engine, timeout)
     else:
         from agetool.cli.clips import age_clips, clip_inputs
 
@@ -105,7 +113,7 @@ def age(
     marks.check_models(build, face_kwargs)
     stems = unique_stems(paths)  # a.jpg + a.png + a_2.png: three grids and three tile folders
     if out is not None and is_uri(out):
-        targets = _uri_targets(stems, out, several, "_ages.png", paths)
+        targets = uri_targets(stems, out, several, "_ages.png", paths)
     else:
         targets = _targets(stems, out, several, "_ages.png")
         distinct_outputs([("out", t) for t in targets], sources)
@@ -138,8 +146,8 @@ def age(
 
         jobs = [(path, target, None if tiles is None else inside(str(tiles), stem))
                 for path, stem, target in zip(paths, stems, targets)]
-        return _age_on_ray(jobs, ages=ages, labels=not no_labels, pipeline=build.options, options=face_kwargs,
-                           address=ray_address, gpus=gpus, cpus=cpus)
+        return age_on_ray(jobs, ages=request, labels=not no_labels, pipeline=build.options,
+                          address=ray_address, gpus=gpus, cpus=cpus, timeout=timeout, profile=profile)
 
     from agetool.shards import env_dist, join, total
 
@@ -191,48 +199,11 @@ def _print_scores(path: Path, target: Path, result) -> None:
                           highlight=False, soft_wrap=True)
 
 
-def _uri_photos(inputs: list[str], engine: str) -> tuple[list[str], bool, list[str]]:
-    """(photo URIs, whether there are several outputs, local paths among them to keep outputs off)
-    for inputs given as URIs; those need ``--engine ray``, and can't be mixed with local paths."""
-    from agetool.errors import UsageError
-    from agetool.locations import is_uri, list_photos, local_path
-
-    uri = next(i for i in inputs if is_uri(i))
-    if engine != "ray":
-        raise UsageError(f"{uri}: a URI is read by --engine ray only", hint="add --engine ray, or copy the photos here")
-    if not all(map(is_uri, inputs)):
-        raise UsageError("give URIs and local paths in separate runs")
-    listed = [list_photos(i) for i in inputs]
-    photos = [p for found in listed for p in found]
-    if not photos:
-        raise UsageError(f"no images found at {', '.join(inputs)}")
-    several = len(photos) > 1 or any(found != [i] for i, found in zip(inputs, listed))
-    return photos, several, [p for p in map(local_path, photos) if p is not None]
-
-
-def _uri_targets(stems: list[str], out: str, several: bool, suffix: str, inputs: list) -> list[str]:
-    """``_targets`` for an ``--out`` URI: the URI itself for one input when it names an image file,
-    else ``<out>/<stem><suffix>`` per input; none of them may be an input."""
-    from agetool.errors import UsageError, arg
-
-    if not several and not out.endswith("/") and os.path.splitext(out)[1].lower() in IMAGE_SUFFIXES:
-        targets = [out]
-    else:
-        targets = [f"{out.rstrip('/')}/{stem}{suffix}" for stem in stems]
-    clash = set(targets) & set(map(str, inputs))
-    if clash:
-        raise UsageError(f"{arg('out', out)}: {sorted(clash)[0]} is an input; it would be overwritten",
-                         hint="choose another output path")
-    return targets
-
-
-def _check_engine(engine: str, *, profile: bool, **ray_options) -> None:
+def _check_engine(engine: str, **ray_options) -> None:
     from agetool.errors import UsageError
 
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine {engine}: expected local or ray")
-    if engine == "ray" and profile:
-        raise UsageError("--profile applies to --engine local")
     local = {k: ray_options.pop(k, None) for k in ("keep_candidates", "json")}
     if engine == "ray":
         for name, value in local.items():
@@ -242,25 +213,6 @@ def _check_engine(engine: str, *, profile: bool, **ray_options) -> None:
         for name, value in ray_options.items():
             if value is not None:
                 raise UsageError(f"--{name.replace('_', '-')} applies to --engine ray")
-
-
-def _age_on_ray(jobs, *, address, gpus, cpus, **kwargs) -> int:
-    """``--engine ray``: the same files, made by a Ray Data job (agetool.ray); Ray shows its progress."""
-    from agetool.cli.options import report
-    from agetool.locations import is_uri
-    from agetool.ray import Job, age_photos
-
-    def where(path) -> str:
-        return path if is_uri(str(path)) else os.path.abspath(path)
-
-    summary = age_photos([Job(where(p), where(t), "" if d is None else where(d)) for p, t, d in jobs],
-                         address=address, gpus=gpus, cpus=cpus, report=report, **kwargs)
-    for _, error in summary.failed:
-        console.error(console.message(error))
-    if len(jobs) > 1 or summary.skipped:
-        console.info(f"done: {len(summary.written)} written, {len(summary.failed)} failed, "
-                     f"{len(summary.skipped)} skipped")
-    return 1 if summary.failed else 0
 
 
 def _is_folder(out: str) -> bool:

@@ -170,8 +170,12 @@ class Generator(nn.Module):
         return self.age_encoder(x)
 
     def latent(self, code: torch.Tensor) -> torch.Tensor:
-        """class code [B, 300] -> w [B, 256]"""
-        return self.decoder.mlp(code)
+        """class code [B, 300] -> w [B, 256], one row at a time: a matrix product of several rows is
+        split between threads differently by thread count, one row's is not, so the latents (and every
+        output) are the same whatever the number of torch threads."""
+        if code.shape[0] == 1 or torch.is_grad_enabled():
+            return self.decoder.mlp(code)
+        return torch.cat([self.decoder.mlp(row) for row in code.split(1)])
 
     def decode(self, features: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """features [B, 256, h, w] + w [B, 256] -> image [B, 3, 4h, 4w] in [-1, 1]"""

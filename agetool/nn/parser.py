@@ -56,7 +56,48 @@ class WSConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self._frozen if self._frozen is not None else standardize(self.weight)
+        if self.kernel_size == (1, 1) and self.groups == 1 and self.padding == (0, 0):
+            return pointwise(x, w, self.bias, self.stride)
+        if x.device.type == "cpu" and self.in_channels >= WIDE and self.stride == (1, 1) and self.groups == 1:
+            return by_taps(x, w, self.padding, self.dilation)
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+#: Input channels from which a k x k convolution on the CPU is summed tap by tap (``by_taps``): the
+#: ASPP's dilated convolutions over 2048 channels, where oneDNN splits the channel sum between threads.
+WIDE = 1024
+
+
+def by_taps(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    """A stride-1 k x k convolution as the sum, in a fixed order, of one ``pointwise`` product per
+    kernel tap over the shifted input: the same result whatever the number of threads."""
+    b, c, h, w = x.shape
+    (ph, pw), (dh, dw), (kh, kw) = padding, dilation, weight.shape[-2:]
+    oh, ow = h + 2 * ph - dh * (kh - 1), w + 2 * pw - dw * (kw - 1)
+    xp = F.pad(x, (pw, pw, ph, ph))
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = pointwise(xp[:, :, i * dh:i * dh + oh, j * dw:j * dw + ow].contiguous(), weight[:, :, i:i + 1, j:j + 1])
+            out = tap if out is None else out.add_(tap)
+    return out
+
+
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+              stride: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """A 1x1 convolution [B, I, H, W] -> [B, O, H', W']. On the CPU a matrix product: oneDNN's 1x1
+    convolution splits wide channel sums between threads, so its result (and the face mask after the
+    argmax) would depend on the number of torch threads; the matrix product's does not, which keeps
+    a run's outputs the same whatever threads the process has (a Ray worker has one)."""
+    if x.device.type != "cpu":
+        return F.conv2d(x, weight, bias, stride)
+    if stride != (1, 1):
+        x = x[:, :, ::stride[0], ::stride[1]]
+    b, c, h, w = x.shape
+    y = torch.matmul(weight.reshape(weight.shape[0], c), x.reshape(b, c, h * w))  # [B, O, H*W]
+    if bias is not None:
+        y += bias.view(1, -1, 1)
+    return y.view(b, -1, h, w)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -115,7 +156,7 @@ class ASPP(nn.Module):
         pooled = F.relu(self.aspp5_bn(self.aspp5(x.mean(dim=(2, 3), keepdim=True))))  # [B, depth, 1, 1]
         branches.append(F.interpolate(pooled, size=(h, w), mode="bilinear", align_corners=True))
         x = F.relu(self.bn2(self.conv2(torch.cat(branches, dim=1))), inplace=True)  # [B, depth, h, w]
-        return self.conv3(x)
+        return pointwise(x, self.conv3.weight, self.conv3.bias)  # a 1x1 conv, as WSConv2d's
 
 
 class DeepLabV3(nn.Module):

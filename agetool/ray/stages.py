@@ -1,0 +1,299 @@
+"""The Ray Data stages of a job: callables on batches (dicts of numpy columns), one pipeline per actor.
+
+Rows are columns of plain types: strings for paths, URIs and messages, integers for counts; only the
+hand-off from ``FaceStage`` to ``GeneratorStage`` (GPU clusters) carries the prepared faces, as bytes.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+
+import numpy as np
+
+from agetool import errors
+from agetool.locations import DEFAULT_TIMEOUT, fetch, join, store
+
+#: Columns of a job's rows. ``error`` is "" for a photo that went well, else one line saying what
+#: failed; ``failure`` holds the same error in a form ``error_from`` turns back into the exception.
+PHOTO, GRID, TILES, ERROR, FAILURE, NOTES = "photo", "grid", "tiles", "error", "failure", "notes"
+PREPARED, RESULT, FACES, MODELS = "prepared", "result", "faces", "models"
+BINARY = (PREPARED, RESULT)
+#: the columns ``write_results`` and ``FusedStage`` give back
+OUTPUT = (PHOTO, GRID, ERROR, FAILURE, NOTES, FACES, MODELS)
+
+
+def job_request(ages=None, options: dict | None = None):
+    """The ``AgeRequest`` of a job: ``ages`` and ``options`` (keyword arguments of
+    ``AgingPipeline.__call__``) checked, and the ages parsed, once; an ``AgeRequest`` passes as it is."""
+    from agetool.options import AgeRequest, request
+
+    if isinstance(ages, AgeRequest):
+        return ages
+    return request(ages, **(options or {}))
+
+
+# ---------------------------------------------------------------- errors across processes
+def _error_fields(e: errors.AgetoolError) -> str:
+    """An agetool error as text that survives any serialization: class, message, hint."""
+    import json
+
+    return json.dumps([type(e).__name__, e.message, e.hint or ""])
+
+
+def error_from(text: str) -> errors.AgetoolError:
+    """The agetool error that ``text`` (a ``failure`` column) describes."""
+    import json
+
+    try:
+        name, message, hint = (list(json.loads(text)) + ["", "", ""])[:3]
+    except (ValueError, TypeError):
+        name, message, hint = "", str(text), ""
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.AgetoolError)):
+        cls = errors.AgetoolError
+    e = cls.__new__(cls)
+    errors.AgetoolError.__init__(e, message, hint=hint or None)
+    return e
+
+
+def _fail(row: dict, e: errors.AgetoolError) -> None:
+    """Mark ``row`` failed with ``e`` (whose message then names the photo)."""
+    photo = _text(row[PHOTO])
+    if photo not in e.message:
+        e.message = f"{photo}: {e.message}"
+    row[ERROR], row[FAILURE] = str(e), _error_fields(e)
+
+
+# ---------------------------------------------------------------- batches
+def _rows(batch: dict) -> list[dict]:
+    n = len(next(iter(batch.values()))) if batch else 0
+    return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+
+def _column(name: str, values: list) -> np.ndarray:
+    if name in BINARY or name == "bytes":
+        out = np.empty(len(values), dtype=object)
+        out[:] = [bytes(v) if v is not None else b"" for v in values]
+        return out
+    if name == FACES:
+        return np.array([int(v) for v in values], dtype=np.int64)
+    return np.array([_text(v) for v in values], dtype=str)
+
+
+def _batch(rows: list[dict], columns: Sequence[str]) -> dict[str, np.ndarray]:
+    return {c: _column(c, [r.get(c, b"" if c in BINARY else 0 if c == FACES else "") for r in rows])
+            for c in columns}
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in rows:
+        seen.update(dict.fromkeys(r))
+    return list(seen)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def _read(row: dict, max_pixels: int, timeout: float):
+    """The photo of a row: a local path as it is (read as ``agetool age`` reads it), else the array
+    decoded from the row's ``bytes`` or from the URI's filesystem."""
+    from agetool.images import read_image
+
+    photo = _text(row[PHOTO])
+    data = row.get("bytes")
+    if data is None and "://" not in photo:
+        return photo
+    if data is None:
+        data = fetch(photo, timeout)
+    return read_image(photo, max_pixels, data=bytes(data))
+
+
+def _write(row: dict, result, labels: bool, timeout: float) -> dict:
+    """``result`` written as the row's tiles and grid (tiles first: a grid there means a finished photo)."""
+    from agetool.images import encode_image
+
+    if _text(row.get(TILES, "")):
+        for name, tile in result.tiles():
+            store(join(_text(row[TILES]), name), encode_image(tile, name), timeout)
+    grid = _text(row[GRID])
+    store(grid, encode_image(result.grid_array(labels=labels), grid), timeout)
+    return {FACES: len(result.faces), MODELS: ", ".join(sorted({f.model for f in result.faces}))}
+
+
+def _output(row: dict) -> dict:
+    return {PHOTO: _text(row[PHOTO]), GRID: _text(row[GRID]), ERROR: _text(row.get(ERROR, "")),
+            FAILURE: _text(row.get(FAILURE, "")), NOTES: _text(row.get(NOTES, "")), FACES: 0, MODELS: ""}
+
+
+# ---------------------------------------------------------------- stages
+class _Stage:
+    """A pipeline made once per actor; its notices are kept and handed on with the next row."""
+
+    device: str | None = None  # a stage's own device, whatever the pipeline options say
+
+    def __init__(self, pipeline: dict | None = None, threads: int | None = None, timeout: float = DEFAULT_TIMEOUT):
+        from agetool.pipeline import AgingPipeline
+
+        _set_threads(threads)
+        options = dict(pipeline or {})
+        if self.device is not None:
+            options["device"] = self.device
+        self.timeout = float(timeout)
+        self._notes: list[str] = []
+        self.pipe = AgingPipeline.from_pretrained(**options, report=self._notes.append)
+
+    def _take_notes(self, row: dict) -> dict:
+        earlier = _text(row.get(NOTES, ""))
+        row[NOTES] = "\n".join(n for n in (earlier, *self._notes) if n)
+        self._notes.clear()
+        return row
+
+    def _each(self, batch: dict, work) -> list[dict]:
+        """``work(row)`` for each row that has not failed; a photo's own failure (exit code 1) marks
+        its row, anything else (a usage error, a missing model) stops the job."""
+        rows = []
+        for row in _rows(batch):
+            row = dict(row)
+            if PHOTO not in row:  # rows of ray.data.read_binary_files(..., include_paths=True)
+                row[PHOTO] = row.get("path", "")
+            if not _text(row.get(ERROR, "")):
+                try:
+                    work(row)
+                except errors.AgetoolError as e:
+                    if e.exit_code != 1:
+                        raise
+                    _fail(row, e)
+            rows.append(self._take_notes(row))
+        return rows
+
+
+class FaceStage(_Stage):
+    """Ray Data stage: each row's photo read, its faces found, aligned, parsed and masked, their age
+    and gender estimated and each face's generator chosen: all CPU work, models loaded once per actor.
+
+    Use it with ``Dataset.map_batches(FaceStage, fn_constructor_kwargs=..., num_cpus=1, batch_size=...)``.
+    Rows need ``photo`` (and may carry ``bytes``; ``path`` and ``bytes``, as
+    ``ray.data.read_binary_files(..., include_paths=True)`` makes them, do too); each comes out with
+    ``prepared`` (the faces, for ``GeneratorStage``), ``error`` ("" or what failed, one line),
+    ``failure`` and ``notes`` (the pipeline's notices). Rows that failed in an earlier stage pass through.
+
+    Args:
+        pipeline: keyword arguments of ``AgingPipeline.from_pretrained`` (model, weights, ...); this
+            stage runs on the CPU whatever ``device`` says.
+        request: the job's ``agetool.options.AgeRequest`` (built once, by the driver); this stage
+            takes its face options (relative ages need each face's estimated age). Without it
+            ``ages`` and ``options`` (keyword arguments of ``AgingPipeline.__call__``) make one.
+        threads: torch threads of this actor (default: Ray's, one per CPU it holds); the outputs
+            are the same whatever the number.
+        timeout: seconds to wait for a photo at a URI.
+    """
+
+    device = "cpu"
+
+    def __init__(self, pipeline: dict | None = None, *, request=None, ages=None, options: dict | None = None,
+                 threads: int | None = None, timeout: float = DEFAULT_TIMEOUT):
+        from dataclasses import fields
+
+        super().__init__(pipeline, threads, timeout)
+        request = request or job_request(ages, options)
+        self.options = {f.name: getattr(request.face, f.name) for f in fields(request.face)}
+        self.options["estimate"] = True if request.render.relative else "auto"
+
+    def __call__(self, batch: dict) -> dict:
+        def prepare(row: dict) -> None:
+            prepared = self.pipe.prepare(_read(row, self.pipe.max_pixels, self.timeout), **self.options)
+            prepared.name = _text(row[PHOTO])
+            row[PREPARED] = pickle.dumps(prepared)
+
+        rows = self._each(batch, prepare)
+        for row in rows:
+            row.pop("bytes", None)
+        return _batch(rows, _columns(rows))
+
+
+class GeneratorStage(_Stage):
+    """Ray Data stage: the faces ``FaceStage`` prepared, encoded once and rendered at every age
+    (then pasted back when asked), on the GPU the actor holds (or the CPU); the generator loads once
+    per actor. Rows come out with ``result`` (an ``AgingResult``, pickled; ``write_results`` writes it).
+
+    Use it with ``Dataset.map_batches(GeneratorStage, fn_constructor_kwargs=..., num_gpus=1,
+    compute=ray.data.ActorPoolStrategy(size=GPUS), batch_size=...)``.
+
+    Args:
+        pipeline: keyword arguments of ``AgingPipeline.from_pretrained`` (as given to ``FaceStage``).
+        request: the job's ``agetool.options.AgeRequest`` (as given to ``FaceStage``); without it
+            ``ages`` and ``options`` make one.
+        threads: torch threads of this actor (default: Ray's).
+    """
+
+    def __init__(self, pipeline: dict | None = None, *, request=None, ages=None, options: dict | None = None,
+                 threads: int | None = None, timeout: float = DEFAULT_TIMEOUT):
+        from dataclasses import replace
+
+        super().__init__(pipeline, threads, timeout)
+        request = request or job_request(ages, options)
+        # the faces were found by FaceStage: only paste-back of the face options applies here
+        self.request = replace(request, face=type(request.face)(paste_back=request.face.paste_back))
+
+    def __call__(self, batch: dict) -> dict:
+        def render(row: dict) -> None:
+            row[RESULT] = pickle.dumps(self.pipe.age(pickle.loads(row[PREPARED]), self.request))
+
+        rows = self._each(batch, render)
+        for row in rows:
+            row.pop(PREPARED, None)
+        return _batch(rows, _columns(rows))
+
+
+class FusedStage(_Stage):
+    """Ray Data stage for CPU nodes: each row's photo read, aged and written in one actor (the face
+    stages, the generator and ``write_results`` fused: nothing is handed between processes). Use one
+    actor per CPU, each with one torch thread. Rows come out as ``write_results`` gives them.
+
+    Args: as ``FaceStage``'s, and ``labels`` (age captions on the grids).
+    """
+
+    device = "cpu"
+
+    def __init__(self, pipeline: dict | None = None, *, request=None, ages=None, options: dict | None = None,
+                 threads: int | None = 1, labels: bool = True, timeout: float = DEFAULT_TIMEOUT):
+        super().__init__(pipeline, threads, timeout)
+        self.request = request or job_request(ages, options)
+        self.labels = labels
+
+    def __call__(self, batch: dict) -> dict:
+        def age(row: dict) -> None:
+            result = self.pipe.age(_read(row, self.pipe.max_pixels, self.timeout), self.request)
+            row.update(_write(row, result, self.labels, self.timeout))
+
+        return _batch([{**_output(row), **{k: row[k] for k in (FACES, MODELS) if k in row}}
+                       for row in self._each(batch, age)], OUTPUT)
+
+
+def write_results(batch: dict, *, labels: bool = True, timeout: float = DEFAULT_TIMEOUT) -> dict:
+    """Ray Data stage (a function): each row's ``result`` written as its ``grid`` (with age captions
+    unless ``labels=False``) and, where ``tiles`` names a folder, every tile there: the files
+    ``agetool age`` writes, byte for byte. Tiles come first, so a grid on disk means a finished photo.
+    Rows come out with ``photo``, ``grid``, ``error``, ``failure``, ``notes``, ``faces`` and ``models``."""
+    rows = []
+    for row in _rows(batch):
+        out = _output(row)
+        if not out[ERROR]:
+            try:
+                out.update(_write(row, pickle.loads(row[RESULT]), labels, timeout))
+            except errors.AgetoolError as e:
+                if e.exit_code != 1:
+                    raise
+                _fail(out, e)
+        rows.append(out)
+    return _batch(rows, OUTPUT)
