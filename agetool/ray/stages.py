@@ -105,28 +105,30 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _read(row: dict, max_pixels: int, timeout: float):
-    """The photo of a row: a local path as it is (read as ``agetool age`` reads it), else the array
-    decoded from the row's ``bytes`` or from the URI's filesystem."""
+    """(photo, sha256 of its bytes or None) of a row: a local path as it is (read as ``agetool age``
+    reads it), else the array decoded from the row's ``bytes`` or from the URI's filesystem."""
+    import hashlib
+
     from agetool.images import read_image
 
     photo = _text(row[PHOTO])
     data = row.get("bytes")
     if data is None and "://" not in photo:
-        return photo
+        return photo, None
     if data is None:
         data = fetch(photo, timeout)
-    return read_image(photo, max_pixels, data=bytes(data))
+    data = bytes(data)  # its sha256 names the photo in the outputs' records, as the plain run's does
+    return read_image(photo, max_pixels, data=data), hashlib.sha256(data).hexdigest()
 
 
 def _write(row: dict, result, labels: bool, timeout: float) -> dict:
-    """``result`` written as the row's tiles and grid (tiles first: a grid there means a finished photo)."""
-    from agetool.images import encode_image
-
+    """``result`` written as the row's tiles and grid (tiles first: a grid there means a finished photo),
+    each marked with the run's record as the plain run's files are."""
     if _text(row.get(TILES, "")):
-        for name, tile in result.tiles():
-            store(join(_text(row[TILES]), name), encode_image(tile, name), timeout)
+        for name, data in result.tile_files():
+            store(join(_text(row[TILES]), name), data, timeout)
     grid = _text(row[GRID])
-    store(grid, encode_image(result.grid_array(labels=labels), grid), timeout)
+    store(grid, result.encode_grid(grid, labels=labels), timeout)
     return {FACES: len(result.faces), MODELS: ", ".join(sorted({f.model for f in result.faces}))}
 
 
@@ -211,7 +213,9 @@ class FaceStage(_Stage):
 
     def __call__(self, batch: dict) -> dict:
         def prepare(row: dict) -> None:
-            prepared = self.pipe.prepare(_read(row, self.pipe.max_pixels, self.timeout), **self.options)
+            photo, digest = _read(row, self.pipe.max_pixels, self.timeout)
+            prepared = self.pipe.prepare(photo, **self.options)
+            prepared.source_sha256 = digest or prepared.source_sha256
             prepared.name = _text(row[PHOTO])
             row[PREPARED] = pickle.dumps(prepared)
 
@@ -267,13 +271,26 @@ class FusedStage(_Stage):
 
     def __init__(self, pipeline: dict | None = None, *, request=None, ages=None, options: dict | None = None,
                  threads: int | None = 1, labels: bool = True, timeout: float = DEFAULT_TIMEOUT):
+        from dataclasses import fields, replace
+
         super().__init__(pipeline, threads, timeout)
         self.request = request or job_request(ages, options)
         self.labels = labels
+        # photos given as bytes: prepared, then rendered, as FaceStage and GeneratorStage do
+        self.face_options = {f.name: getattr(self.request.face, f.name) for f in fields(self.request.face)} | {
+            "estimate": True if self.request.render.relative else "auto"}
+        self.rendering = replace(self.request, face=type(self.request.face)(paste_back=self.request.face.paste_back))
 
     def __call__(self, batch: dict) -> dict:
         def age(row: dict) -> None:
-            result = self.pipe.age(_read(row, self.pipe.max_pixels, self.timeout), self.request)
+            photo, digest = _read(row, self.pipe.max_pixels, self.timeout)
+            if digest is None:  # a local path: as the plain run reads it
+                result = self.pipe.age(photo, self.request)
+            else:
+                prepared = self.pipe.prepare(photo, **self.face_options)
+                prepared.source_sha256 = digest
+                prepared.name = _text(row[PHOTO])
+                result = self.pipe.age(prepared, self.rendering)
             row.update(_write(row, result, self.labels, self.timeout))
 
         return _batch([{**_output(row), **{k: row[k] for k in (FACES, MODELS) if k in row}}
