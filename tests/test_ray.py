@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import ROOT, cli, common, face_like, partials
+from tests.helpers import ROOT, cli, common, face_like, free_port, partials
 
 
 def _agetool(args: list, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -85,12 +84,6 @@ def _ray_env(home: Path) -> dict:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A running two-node Ray on this machine, as ``ray start`` makes it: a head on 127.0.0.1 with token
@@ -100,7 +93,7 @@ def cluster(tmp_path_factory):
     env = _ray_env(tmp_path_factory.mktemp("home"))
     env["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
     ray_cli = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     try:
         for args in (["--head", "--node-ip-address", "127.0.0.1", "--port", address.split(":")[1],
                       "--include-dashboard", "false"], ["--address", address]):
@@ -133,6 +126,7 @@ def folder(tmp_path_factory, weights):
     return src, opts, _files(base / "plain"), _files(base / "plain_tiles")
 
 
+@pytest.mark.slow  # Ray clusters and agetool processes
 def test_jobs_on_a_running_two_node_cluster_make_the_plain_runs_files(tmp_path, cluster, folder):
     """Attached by --ray-address over the loopback with the token in RAY_AUTH_TOKEN: the plain run's
     bytes, a few lines of output (Ray's own logging quiet), --profile's per-stage rows; then by
@@ -174,6 +168,7 @@ def test_jobs_on_a_running_two_node_cluster_make_the_plain_runs_files(tmp_path, 
     assert _files(out) == grids and _files(tile_dir) == tiles
 
 
+@pytest.mark.slow  # Ray clusters and agetool processes
 def test_a_worker_killed_mid_job_is_retried(tmp_path, cluster, folder):
     """A worker's process killed (SIGKILL) while the job runs: Ray restarts it and retries its batch;
     the job ends with the plain run's files, none twice, no temporary file left."""
@@ -236,6 +231,7 @@ def test_uris_are_listed_before_any_work_and_need_the_ray_engine(tmp_path, weigh
     assert code == 2 and "is an input" in err  # the local file a file:// URI names, refused before any work
 
 
+@pytest.mark.slow  # Ray clusters and agetool processes
 def test_without_ray_the_error_names_the_extra(tmp_path, weights, crop):
     """With ray not importable, one line naming the extra to install, exit 1."""
     shadow = tmp_path / "shadow"
@@ -392,6 +388,7 @@ def test_more_gpus_than_the_cluster_has_is_a_usage_error():
                       options=None, cpus=None, gpus=2)
 
 
+@pytest.mark.slow  # Ray clusters and agetool processes
 def test_a_private_ray_stops_on_signals_and_leaves_nothing(tmp_path, weights):
     """SIGTERM while a private Ray works: exit 143 within seconds, no Ray process left, no partial
     file; Ctrl-C while it starts: exit 130, the same. It said it was private and bound to 127.0.0.1."""
@@ -434,11 +431,12 @@ def test_a_private_ray_stops_on_signals_and_leaves_nothing(tmp_path, weights):
         assert partials(out) == [] if out.exists() else True
 
 
+@pytest.mark.slow  # Ray clusters and agetool processes
 def test_a_cluster_that_cannot_be_reached_is_one_line(tmp_path, weights, crop):
     """A refused address: one line naming it and what to check, exit 1, at once (no Ray retries)."""
     pytest.importorskip("ray")
     env = _ray_env(tmp_path / "home")
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     t0 = time.monotonic()
     r = _agetool(["age", crop, "--out", tmp_path / "g.png", *common(weights), "--engine", "ray",
                   "--ray-address", f"127.0.0.1:{port}"], env, timeout=300)
