@@ -92,8 +92,6 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
     if estimate_age is not None:
         validate.flag("estimate_age", estimate_age)
     chooses = pipeline is None and model == "auto" and weights is None and not compare  # needs genderage anyway
-    measure_ages = _measures_ages(estimate_age, age_model, offline=offline, calibrate=calibrate, chooses=chooses,
-                                  report=report)
     if calibrate and compare:
         raise UsageError(f"{arg('calibrate')} fits the anchors of one generator", hint=f"drop {arg('compare')}")
     if isinstance(calibrate_steps, bool) or not isinstance(calibrate_steps, int) or not 1 <= calibrate_steps <= 100:
@@ -108,6 +106,8 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, *, pipelin
         from agetool.images import outputs_clear
 
         outputs_clear("out", out, r"report\.(json|md|png)|anchors\.json", paths)
+    measure_ages = _measures_ages(estimate_age, age_model, offline=offline, calibrate=calibrate, chooses=chooses,
+                                  report=report)
     if dist.world > 1:
         from agetool.shards import join
 
