@@ -291,3 +291,28 @@ def test_settings_reach_only_the_options_that_mean_the_same(tmp_path):
     assert "model" not in defaults.get("compare", {})  # compare --model names an identity model
     with pytest.raises(UsageError, match="AGETOOL_IDENTITY_MODEL: .*no such file"):
         load_settings(tmp_path / "none.toml", environ={"AGETOOL_IDENTITY_MODEL": "missing.onnx"})
+
+
+def test_piped_progress_speaks_at_the_first_step_with_rate_and_time_left(monkeypatch):
+    """A fake clock: the first frame is reported at once, then at most one line per LOG_EVERY_S,
+    each with the rate and the time left, and the last step always."""
+    now = [0.0]
+    lines = []
+    monkeypatch.setattr(console, "info", lines.append)
+    bar = console._log_progress()(disable=True, get_time=lambda: now[0])
+    task = bar.add_task("ageing clip.mp4", total=90, unit="frames")
+    now[0] = 40.0
+    bar.advance(task, 1)  # the first frame took 40 s: said at once
+    assert lines == ["ageing clip.mp4: 1/90 frames, 0.03 frames/s, 40 s, about 59 min 20 s left"]
+    now[0] = 41.0
+    bar.advance(task, 1)  # within LOG_EVERY_S of the last line: quiet
+    assert len(lines) == 1
+    now[0] = 40.0 + console.LOG_EVERY_S
+    bar.advance(task, 8)
+    assert lines[-1] == "ageing clip.mp4: 10/90 frames, 0.22 frames/s, 45 s, about 6 min 0 s left"
+    now[0] += 0.5
+    bar.advance(task, 80)  # the last step is always said, without time left
+    assert lines[-1] == "ageing clip.mp4: 90/90 frames, 1.98 frames/s, 46 s"
+    bar.advance(task, 0)
+    assert len(lines) == 3
+    assert console.progress_line(3, None, 0.0) == "3, 0 s"

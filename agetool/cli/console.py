@@ -157,9 +157,9 @@ def progress(transient: bool = True):
 
 
 def _log_progress():
-    """A ``rich.progress.Progress`` that draws nothing and prints a plain line per task now and then."""
-    import time
-
+    """A ``rich.progress.Progress`` that draws nothing and prints a plain line per task: at its first
+    step, then every ``LOG_EVERY_S`` seconds, with the rate and the time left where they are known
+    (``ageing clip.mp4: 9/90 frames, 0.21 frames/s, 43 s, about 6 min 26 s left``)."""
     from rich.progress import Progress
 
     class LogProgress(Progress):
@@ -176,13 +176,43 @@ def _log_progress():
             self._log(task_id)
 
         def _log(self, task_id) -> None:
-            now = time.monotonic()
             task = self._tasks.get(task_id)
-            if task is None or now - self._last.setdefault(task_id, now) < LOG_EVERY_S:
+            if task is None or not task.completed or self._last.get(task_id) == "done":
                 return
-            self._last[task_id] = now
-            done = f"{task.completed:g}/{task.total:g}" if task.total else f"{task.completed:g}"
-            info(f"{task.description}: {done}, {task.elapsed or 0:.0f} s")
+            now, last = self.get_time(), self._last.get(task_id)
+            if last is not None and now - last < LOG_EVERY_S and not task.finished:
+                return
+            self._last[task_id] = "done" if task.finished else now
+            line = progress_line(task.completed, task.total, task.elapsed or 0.0, task.fields.get("unit"))
+            info(f"{task.description}: {line}")
+
+    return LogProgress
+
+
+def progress_line(done: float, total: float | None, elapsed: float, unit: str | None = None) -> str:
+    """``9/90 frames, 0.21 frames/s, 43 s, about 6 min 26 s left``: what a piped progress line says
+    (the rate and the time left once a step has taken measurable time)."""
+    count = f"{done:g}/{total:g}" if total else f"{done:g}"
+    parts = [f"{count} {unit}" if unit else count]
+    rate = done / elapsed if elapsed > 0 else 0.0
+    if rate > 0 and unit:
+        parts.append(f"{rate:.2f} {unit}/s")
+    parts.append(f"{elapsed:.0f} s")
+    if rate > 0 and total and done < total:
+        parts.append(f"about {_duration((total - done) / rate)} left")
+    return ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
 
     return LogProgress
 
