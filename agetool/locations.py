@@ -115,18 +115,22 @@ def store(target: str, data: bytes, timeout: float = DEFAULT_TIMEOUT) -> None:
         write_bytes(local, data)
         return
 
-    def put() -> None:
-        fs, inner = _filesystem(target)
-        parent = inner.rsplit("/", 1)[0]
-        if parent and parent != inner:
-            fs.create_dir(parent, recursive=True)
-        with fs.open_output_stream(inner) as stream:
-            stream.write(data)
-
     try:
-        bounded(put, timeout, f"{target}: writing", errors.OutputError)
+        bounded(lambda: _put(target, data), timeout, f"{target}: writing", errors.OutputError)
     except (OSError, ValueError) as e:
         raise errors.OutputError(f"{target}: can't write ({errors.detail(e, 200)})") from None
+
+
+def _put(target: str, data: bytes):
+    """Write ``data`` as the object ``target`` (its parent made where the filesystem has folders);
+    returns the filesystem and the object's path in it."""
+    fs, inner = _filesystem(target)
+    parent = inner.rsplit("/", 1)[0]
+    if parent and parent != inner:
+        fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(inner) as stream:
+        stream.write(data)
+    return fs, inner
 
 
 def check_writable(folder: str, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -145,12 +149,7 @@ def check_writable(folder: str, timeout: float = DEFAULT_TIMEOUT) -> None:
     probe = join(folder, f".agetool-probe-{secrets.token_hex(4)}")
 
     def try_it() -> None:
-        fs, inner = _filesystem(probe)
-        parent = inner.rsplit("/", 1)[0]
-        if parent and parent != inner:
-            fs.create_dir(parent, recursive=True)
-        with fs.open_output_stream(inner) as stream:
-            stream.write(b"")
+        fs, inner = _put(probe, b"")
         fs.delete_file(inner)
 
     try:
