@@ -1,4 +1,4 @@
-"""The trainer: networks, optimizers, learning-rate schedule, EMA generator, the step and the run.
+"""The trainer: networks, the step and the run (optimizers, schedule and EMA in ``agetool.train.optim``).
 
 One step = a discriminator update, then a generator update (see ``agetool.train.losses``), then an
 EMA update of the generator used for inference. Adam (lr 1e-3, betas (0, 0.999)) with the mapping
@@ -24,7 +24,6 @@ import time
 from collections import deque
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,15 +33,10 @@ from agetool.train.checkpoints import (checkpoint_dirs, init_widths, load_init, 
 from agetool.train.config import TrainConfig, network_configs
 from agetool.train.losses import (Codes, GeneratorPass, discriminate, discriminator_fake_loss,
                                   discriminator_real_losses, generator_losses, generator_pass, make_codes, translate)
+from agetool.train.optim import ema_update, learning_rate, make_optimizers, set_learning_rate, step_seed
 from agetool.train.report import Callback, TrainEvent, sample_grid
 
 SAMPLES = "samples"
-
-
-def step_seed(seed: int, step: int, rank: int, stream: int = 0) -> int:
-    """A 63-bit seed that depends only on (seed, step, rank, stream)."""
-    ss = np.random.SeedSequence([seed & 0xFFFFFFFF, step, rank, stream, 0x7A11])
-    return int(ss.generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def build_networks(cfg: TrainConfig):
@@ -57,37 +51,6 @@ def build_networks(cfg: TrainConfig):
         d = Discriminator(dcfg)
     g_ema = copy.deepcopy(g).eval().requires_grad_(False)
     return g, d, g_ema
-
-
-def make_optimizers(g, d, cfg: TrainConfig):
-    mlp = [p for n, p in g.named_parameters() if n.startswith("decoder.mlp.")]
-    rest = [p for n, p in g.named_parameters() if not n.startswith("decoder.mlp.")]
-    betas = (cfg.beta1, cfg.beta2)
-    opt_g = torch.optim.Adam([{"params": rest, "lr": cfg.lr, "lr_mult": 1.0},
-                              {"params": mlp, "lr": cfg.lr * cfg.mlp_lr_mult, "lr_mult": cfg.mlp_lr_mult}],
-                             lr=cfg.lr, betas=betas)
-    opt_d = torch.optim.Adam([{"params": list(d.parameters()), "lr": cfg.lr, "lr_mult": 1.0}], lr=cfg.lr, betas=betas)
-    return opt_g, opt_d
-
-
-def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    """Step decay: x decay_gamma for every decay epoch already reached (epochs count from 0)."""
-    return cfg.lr * cfg.decay_gamma ** sum(1 for e in cfg.decay_epochs if epoch >= e)
-
-
-def set_learning_rate(optimizers, lr: float) -> None:
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)
-
-
-def ema_update(ema, model, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameters only (the buffers are constant kernels)."""
-    with torch.no_grad():
-        e = list(ema.parameters())
-        m = [p.detach() for p in model.parameters()]
-        torch._foreach_mul_(e, decay)
-        torch._foreach_add_(e, m, alpha=1.0 - decay)
 
 
 def _is_out_of_memory(e: BaseException) -> bool:
