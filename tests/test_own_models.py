@@ -301,6 +301,8 @@ def test_piped_progress_speaks_at_the_first_step_with_rate_and_time_left(monkeyp
     monkeypatch.setattr(console, "info", lines.append)
     bar = console._log_progress()(disable=True, get_time=lambda: now[0])
     task = bar.add_task("ageing clip.mp4", total=90, unit="frames")
+    assert lines == ["ageing clip.mp4: 0/90 frames, 0 s"]  # said as the work starts
+    lines.clear()
     now[0] = 40.0
     bar.advance(task, 1)  # the first frame took 40 s: said at once
     assert lines == ["ageing clip.mp4: 1/90 frames, 0.03 frames/s, 40 s, about 59 min 20 s left"]
@@ -316,3 +318,5 @@ def test_piped_progress_speaks_at_the_first_step_with_rate_and_time_left(monkeyp
     bar.advance(task, 0)
     assert len(lines) == 3
     assert console.progress_line(3, None, 0.0) == "3, 0 s"
+    bar.add_task("ageing me.jpg", total=1)  # a photo's task: no line until it has done something
+    assert len(lines) == 3

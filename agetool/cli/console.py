@@ -157,8 +157,8 @@ def progress(transient: bool = True):
 
 
 def _log_progress():
-    """A ``rich.progress.Progress`` that draws nothing and prints a plain line per task: at its first
-    step, then every ``LOG_EVERY_S`` seconds, with the rate and the time left where they are known
+    """A ``rich.progress.Progress`` that draws nothing and prints a plain line per task: when a task
+    counted in units starts (a clip's frames), at its first step, then every ``LOG_EVERY_S`` seconds, with the rate and the time left where they are known
     (``ageing clip.mp4: 9/90 frames, 0.21 frames/s, 43 s, about 6 min 26 s left``)."""
     from rich.progress import Progress
 
@@ -166,6 +166,13 @@ def _log_progress():
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._last: dict = {}
+
+        def add_task(self, description, *args, **kwargs):
+            task_id = super().add_task(description, *args, **kwargs)
+            task = self._tasks[task_id]
+            if task.fields.get("unit") and task.total:  # long work counted in units (a clip's frames): said at once
+                info(f"{description}: {progress_line(0, task.total, 0.0, task.fields['unit'])}")
+            return task_id
 
         def update(self, task_id, **kwargs) -> None:
             super().update(task_id, **kwargs)
