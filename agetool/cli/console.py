@@ -157,8 +157,9 @@ def progress(transient: bool = True):
 
 
 def _log_progress():
-    """A ``rich.progress.Progress`` that draws nothing and prints a plain line per task: when a task
-    counted in units starts (a clip's frames), at its first step, then every ``LOG_EVERY_S`` seconds, with the rate and the time left where they are known
+    """A ``rich.progress.Progress`` that draws nothing and prints a plain line per task every
+    ``LOG_EVERY_S`` seconds (a task counted in units, such as a clip's frames, also as it starts and at
+    its first step), with the rate and the time left where they are known
     (``ageing clip.mp4: 9/90 frames, 0.21 frames/s, 43 s, about 6 min 26 s left``)."""
     from rich.progress import Progress
 
@@ -186,8 +187,11 @@ def _log_progress():
             task = self._tasks.get(task_id)
             if task is None or not task.completed or self._last.get(task_id) == "done":
                 return
-            now, last = self.get_time(), self._last.get(task_id)
-            if last is not None and now - last < LOG_EVERY_S and not task.finished:
+            now, counted = self.get_time(), bool(task.fields.get("unit"))
+            if not counted:  # short work (a photo): a line only every LOG_EVERY_S, the first one too
+                self._last.setdefault(task_id, now)
+            last = self._last.get(task_id)
+            if last is not None and now - last < LOG_EVERY_S and not (counted and task.finished):
                 return
             self._last[task_id] = "done" if task.finished else now
             line = progress_line(task.completed, task.total, task.elapsed or 0.0, task.fields.get("unit"))
