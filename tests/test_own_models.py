@@ -103,7 +103,7 @@ def test_own_parser_registered_with_trust_then_used_without_flags(home, photo, c
     code, out, _ = cli(["weights", "list"], capsys)
     row = next(line for line in out.splitlines() if line.startswith("deeplab-parser "))
     assert " yes, yours " in row, row
-    assert re.search(r"^deeplab-parser: .*own\.pth \(your file\)$", out, re.M), out
+    assert re.search(r"^deeplab-parser: .*own\.pth \(your file, [0-9.]+ [kMG]?B on disk\)$", out, re.M), out
     labels = home / "labels.png"
     code, out, err = cli(["parse", photo, "--aligned", "--out", labels, "--offline"], capsys)
     assert code == 0 and labels.is_file(), err
@@ -206,8 +206,10 @@ def test_eval_report_names_the_registry_generator_file_and_its_sha256(home, phot
     console.out.width = 80
     print_summary(json.loads((out / "report.json").read_text()))
     table = capsys.readouterr().out.splitlines()
-    assert max(map(len, table)) <= 80 and "estimated" in table[1] and "identity" in table[1]
-    rows = [line.split()[0] for line in table[2:]]
+    first = next(i for i, line in enumerate(table) if line.split()[:1] == ["0-2"])  # after the header's lines
+    header = " ".join(table[1:first])
+    assert max(map(len, table)) <= 80 and "estimated" in header and "identity" in header and "skin" in header
+    rows = [line.split()[0] for line in table[first:]]
     assert rows == ["0-2", "3-6", "7-9", "15-19", "30-39", "50-69", "input"], table  # one line each
 
 

@@ -123,7 +123,7 @@ def print_summary(result: dict) -> None:
             table.add_column(name, justify="right", min_width=max(map(len, name.split())))  # words whole
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
-    console.out.print(table)
+    console.out.print(table, soft_wrap=False)  # fitted to the terminal's width (soft wrapping would let it overflow)
     cal = result.get("calibration")
     if cal:
         anchors = ", ".join(f"{k}: {v:g}" for k, v in cal["anchors"].items())
