@@ -117,28 +117,37 @@ def astronaut_clip(folder: Path, frames: int = 6, name: str = "walk.mp4") -> Pat
     return make_clip(photo, folder / name, frames)
 
 
+#: a small launcher between the test process and the command: a child's peak resident size counts
+#: the memory of the process it was forked from, so the command is started from this small one (its
+#: own peak, not pytest's, which grows to gigabytes in a whole run); it writes "status maxrss_kb"
+_LAUNCHER = ("import os, subprocess, sys\n"
+             "p = subprocess.Popen(sys.argv[2:])\n"
+             "_, status, usage = os.wait4(p.pid, 0)\n"
+             "open(sys.argv[1], 'w').write(f'{status} {usage.ru_maxrss}')\n")
+
+
 def run_measured(args: list, cwd: Path, timeout: float = 600, preexec_fn=None,
                  env: dict | None = None) -> tuple[int, str, float]:
     """The CLI in a subprocess of its own (``env``: more variables): (exit code, stderr, the process's
     peak resident bytes)."""
+    import signal
     import tempfile
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "agetool", *map(str, args)], cwd=cwd, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err, preexec_fn=preexec_fn)
-        t0 = time.monotonic()
-        while True:  # os.wait4: this process's own peak, not the largest of every child so far
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - t0 > timeout:
-                proc.kill()
-                raise AssertionError(f"{args[:2]} ran past {timeout} s")
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as box:
+        report = Path(box) / "rusage"
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, report, sys.executable, "-m", "agetool",
+                                 *map(str, args)], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=preexec_fn, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise AssertionError(f"{args[:2]} ran past {timeout} s") from None
+        status, maxrss = map(int, report.read_text().split())
         err.seek(0)
-        return proc.returncode, err.read().decode(errors="replace"), usage.ru_maxrss * 1024.0
+        return os.waitstatus_to_exitcode(status), err.read().decode(errors="replace"), maxrss * 1024.0
 
 
 def one_line_message(err: str) -> str:
