@@ -258,14 +258,28 @@ def _end(processes: list, grace: float = 3.0) -> None:
         return
     import psutil
 
+    processes = _with_children(processes)  # Ray's agents drop the environment's marker; their raylet is marked
     _, alive = psutil.wait_procs(processes, timeout=grace)
     for sig in ("terminate", "kill"):
+        alive = _with_children(alive)  # an agent its raylet started during the wait
         for proc in alive:
             with contextlib.suppress(psutil.Error):
                 getattr(proc, sig)()
         _, alive = psutil.wait_procs(alive, timeout=grace)
         if not alive:
             return
+
+
+def _with_children(processes: list) -> list:
+    """``processes`` and every process they started (the agents of a raylet, its workers)."""
+    import psutil
+
+    found = {p.pid: p for p in processes}
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            for child in proc.children(recursive=True):
+                found.setdefault(child.pid, child)
+    return list(found.values())
 
 
 def _init(ray, address: str | None, cpus: int | None, *, timeout: float, verbose: bool) -> None:
