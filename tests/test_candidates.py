@@ -222,7 +222,7 @@ def test_eval_reports_skin_tone_drift(tmp_path, weights, seeded_parser_file, see
                                                  abs=1e-3)
     for row, out in zip(report["summary"], outputs):  # one face: the mean and the largest are its value
         assert row["skin_tone_mean"] == pytest.approx(out["skin_tone"]) == row["skin_tone_max"]
-    assert "skin tone mean" in (tmp_path / "eval" / "report.md").read_text()
+    assert "skin mean" in (tmp_path / "eval" / "report.md").read_text()
 
 
 class _SkinParser:

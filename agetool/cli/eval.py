@@ -115,15 +115,19 @@ def print_summary(result: dict) -> None:
 
     header, rows = table_rows(result)
     text_columns = 2 if len(generators(result)) > 1 else 1  # generator and target; the rest are numbers
-    table = Table(title="evaluation", show_edge=False, box=None, title_justify="left")  # 80 columns: no rules
+    table = Table(title="evaluation", show_edge=False, box=None, pad_edge=False, title_justify="left")  # 80 columns: no rules
+    need = 2 * (len(header) - 1)  # the padding between columns
     for i, name in enumerate(header):
         if i < text_columns:  # names stay whole; the number columns wrap their headers
-            table.add_column(name, no_wrap=True, min_width=max(len(r[i]) for r in [header, *rows]))
+            widest = max(len(r[i]) for r in [header, *rows])
+            table.add_column(name, no_wrap=True, min_width=widest)
         else:
-            table.add_column(name, justify="right", min_width=max(map(len, name.split())))  # words whole
+            widest = max([*map(len, name.split()), *(len(r[i]) for r in rows)])  # header words and numbers whole
+            table.add_column(name, justify="right", min_width=widest)
+        need += widest
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
-    console.out.print(table, soft_wrap=False)  # fitted to the terminal's width (soft wrapping would let it overflow)
+    console.out.print(table, soft_wrap=need > console.out.width)  # fitted where it can be; numbers never cut
     cal = result.get("calibration")
     if cal:
         anchors = ", ".join(f"{k}: {v:g}" for k, v in cal["anchors"].items())

@@ -153,7 +153,7 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     worst = worst_key(identity_metric(report["models"]))
     header = (["generator"] if several else []) + ["target", "target age", "n", "estimated age",
                                                    "age error", "identity mean", worst.replace("_", " "),
-                                                   "skin tone mean", "skin tone max"]
+                                                   "skin mean", "skin max"]
     factor = report.get("settings", {}).get("upscale") or 1
     if factor > 1:  # the upscaled outputs' numbers next to the 256 px ones
         header += [f"estimated age x{factor}", f"age error x{factor}", f"identity mean x{factor}"]
