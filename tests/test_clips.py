@@ -211,7 +211,8 @@ def test_x264_is_capped_below_avx512_only_where_it_would_use_it():
 
 
 def test_two_runs_give_identical_files(tmp_path, photo, weights):
-    """Two runs of the command, each in a process of its own as a user runs them."""
+    """Two runs of the command, each in a process of its own as a user runs them; piped, each says
+    its progress from the start and at the first frame, with the faces of the frame."""
     src = make_clip(photo, tmp_path / "twice.mp4", 8)
     outs = []
     for k in range(2):
@@ -220,7 +221,24 @@ def test_two_runs_give_identical_files(tmp_path, photo, weights):
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         outs.append(out.read_bytes())
+        lines = [line for line in err.splitlines() if line.startswith("ageing twice.mp4: ")]
+        assert lines[0] == "ageing twice.mp4: 0/8 frames, 0 s", err
+        assert lines[1].startswith("ageing twice.mp4: 1/8 frames, 1 face, "), err
+        assert lines[-1].startswith("ageing twice.mp4: 8/8 frames, 1 face, "), err
     assert outs[0] == outs[1]
+
+
+def test_a_progress_callback_hears_each_frames_faces(tmp_path, photo, pipe):
+    src = make_clip(photo, tmp_path / "count.mp4", 3)
+    heard, plain = [], []
+
+    def progress(description, total):
+        return lambda n, faces=None: heard.append((n, faces))
+
+    pipe.age_clip(src, tmp_path / "a.mp4", 60, mask=False, progress=progress)
+    assert heard == [(1, 1)] * 3
+    pipe.age_clip(src, tmp_path / "b.mp4", 60, mask=False, progress=lambda d, t: plain.append)  # n alone
+    assert plain == [1] * 3
 
 
 def test_several_ages_and_progressive(tmp_path, photo, weights):

@@ -312,11 +312,11 @@ def test_piped_progress_speaks_at_the_first_step_with_rate_and_time_left(monkeyp
     bar.advance(task, 1)  # within LOG_EVERY_S of the last line: quiet
     assert len(lines) == 1
     now[0] = 40.0 + console.LOG_EVERY_S
-    bar.advance(task, 8)
-    assert lines[-1] == "ageing clip.mp4: 10/90 frames, 0.22 frames/s, 45 s, about 6 min 0 s left"
+    bar.update(task, advance=8, faces=6)  # a clip's frames say how many faces they had
+    assert lines[-1] == "ageing clip.mp4: 10/90 frames, 6 faces, 0.22 frames/s, 45 s, about 6 min 0 s left"
     now[0] += 0.5
-    bar.advance(task, 80)  # the last step is always said, without time left
-    assert lines[-1] == "ageing clip.mp4: 90/90 frames, 1.98 frames/s, 46 s"
+    bar.update(task, advance=80, faces=1)  # the last step is always said, without time left
+    assert lines[-1] == "ageing clip.mp4: 90/90 frames, 1 face, 1.98 frames/s, 46 s"
     bar.advance(task, 0)
     assert len(lines) == 3
     assert console.progress_line(3, None, 0.0) == "3, 0 s"

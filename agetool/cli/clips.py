@@ -41,10 +41,15 @@ def _check_request(request) -> None:
 
 
 def _bar_progress(bar):
-    """``progress(description, total) -> advance`` with frames per second shown (``console.RateColumn``)."""
+    """``progress(description, total) -> advance(n, faces=None)`` with the faces of the last frame and
+    frames per second shown (``console.rate_column``)."""
     def progress(description: str, total: int | None):
         task = bar.add_task(description, total=total, unit="frames")
-        return lambda n: bar.advance(task, n)
+
+        def advance(n: int, faces: int | None = None) -> None:
+            bar.update(task, advance=n, **({} if faces is None else {"faces": faces}))
+
+        return advance
 
     return progress
 

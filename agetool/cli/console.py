@@ -122,16 +122,18 @@ def text_column(field: str = "{task.description}"):
 
 
 def rate_column():
-    """A progress column with items per second, for tasks added with a ``unit`` field (frames)."""
+    """A progress column with items per second, for tasks added with a ``unit`` field (frames), and
+    the faces of the last step where a task says them (a clip's frames: ``faces``)."""
     from rich.progress import ProgressColumn
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
         def render(self, task):
-            unit = task.fields.get("unit")
-            if not unit or not task.speed:
-                return Text("")
-            return Text(f"{task.speed:.2f} {unit}/s")
+            unit, faces = task.fields.get("unit"), task.fields.get("faces")
+            parts = [] if faces is None else [count_of(faces, "face")]
+            if unit and task.speed:
+                parts.append(f"{task.speed:.2f} {unit}/s")
+            return Text(", ".join(parts))
 
     return RateColumn()
 
@@ -160,7 +162,7 @@ def _log_progress():
     """A ``rich.progress.Progress`` that draws nothing and prints a plain line per task every
     ``LOG_EVERY_S`` seconds (a task counted in units, such as a clip's frames, also as it starts and at
     its first step), with the rate and the time left where they are known
-    (``ageing clip.mp4: 9/90 frames, 0.21 frames/s, 43 s, about 6 min 26 s left``)."""
+    (``ageing clip.mp4: 9/90 frames, 6 faces, 0.21 frames/s, 43 s, about 6 min 26 s left``)."""
     from rich.progress import Progress
 
     class LogProgress(Progress):
@@ -194,17 +196,22 @@ def _log_progress():
             if last is not None and now - last < LOG_EVERY_S and not (counted and task.finished):
                 return
             self._last[task_id] = "done" if task.finished else now
-            line = progress_line(task.completed, task.total, task.elapsed or 0.0, task.fields.get("unit"))
+            line = progress_line(task.completed, task.total, task.elapsed or 0.0, task.fields.get("unit"),
+                                 task.fields.get("faces"))
             info(f"{task.description}: {line}")
 
     return LogProgress
 
 
-def progress_line(done: float, total: float | None, elapsed: float, unit: str | None = None) -> str:
-    """``9/90 frames, 0.21 frames/s, 43 s, about 6 min 26 s left``: what a piped progress line says
-    (the rate and the time left once a step has taken measurable time)."""
+def progress_line(done: float, total: float | None, elapsed: float, unit: str | None = None,
+                  faces: int | None = None) -> str:
+    """``9/90 frames, 6 faces, 0.21 frames/s, 43 s, about 6 min 26 s left``: what a piped progress
+    line says (the faces of the last step where they are known; the rate and the time left once a
+    step has taken measurable time)."""
     count = f"{done:g}/{total:g}" if total else f"{done:g}"
     parts = [f"{count} {unit}" if unit else count]
+    if faces is not None:
+        parts.append(count_of(faces, "face"))
     rate = done / elapsed if elapsed > 0 else 0.0
     if rate > 0 and unit:
         parts.append(f"{rate:.2f} {unit}/s")
@@ -212,6 +219,11 @@ def progress_line(done: float, total: float | None, elapsed: float, unit: str | 
     if rate > 0 and total and done < total:
         parts.append(f"about {_duration((total - done) / rate)} left")
     return ", ".join(parts)
+
+
+def count_of(n: int, noun: str) -> str:
+    """``1 face``, ``6 faces``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _duration(seconds: float) -> str:

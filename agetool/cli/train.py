@@ -86,7 +86,7 @@ class TrainDisplay:
             classes = ", ".join(f"{k}: {v}" for k, v in i.get("classes", {}).items())
             console.info(f"training {i.get('size')} px, ngf {i.get('ngf')}, ndf {i.get('ndf')}, "
                          f"batch {i.get('batch_size')} pairs x {i.get('world')} process(es) on {i.get('device')}"
-                         f"{', bfloat16' if i.get('amp') == 'bfloat16' else ''}; {_count(i.get('steps_per_epoch'), 'step')} per epoch; "
+                         f"{', bfloat16' if i.get('amp') == 'bfloat16' else ''}; {console.count_of(i.get('steps_per_epoch'), 'step')} per epoch; "
                          f"images per class: {classes}")
             console.info(f"run folder: {i.get('run')}  (steps {ev.step} -> {ev.total_steps})")
             ignored = i.get("ignored") or {}
@@ -318,8 +318,3 @@ def from_photos(
     _print_report(report, out)
     if report.n_kept == 0:
         raise typer.Exit(1)
-
-
-def _count(n, noun: str) -> str:
-    """``1 step``, ``2 steps``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -141,7 +141,7 @@ def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float
     """Write ``src`` with its people aged: one clip per age (``out``: a file for one age, a folder,
     or a list of files); returns the paths written. ``ages`` and ``options`` are those of
     ``clip_frames``; ``progress(description, total) -> advance(n)`` replaces the pipeline's progress
-    callback. Each clip says it is a composite with generated faces and carries its run record;
+    callback (an ``advance`` that takes a ``faces`` keyword is also told the faces of each frame). Each clip says it is a composite with generated faces and carries its run record;
     ``label`` also writes a visible "AI-aged" mark in a corner of every frame; ``signing`` (an
     ``agetool.credentials.Signing``) signs each clip's Content Credentials.
 
@@ -170,7 +170,7 @@ def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float
     distinct_outputs([("out", t) for t in targets], [src])
     info = probe(src, clip_limit(pipe))
     groups = age_groups(specs, info)
-    advance = (progress or pipe.core.progress)(f"ageing {src.name}", info.frames * len(groups))
+    advance = _counting_faces((progress or pipe.core.progress)(f"ageing {src.name}", info.frames * len(groups)))
     with ExitStack() as stack:
         writers = [stack.enter_context(ClipWriter(t, info, crf)) for t in targets]
         if label:
@@ -188,12 +188,26 @@ def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float
                     if writer.marking is None:  # the models of the first frame (a Matroska header's tags)
                         writer.marking = clip_marking(pipe, src, spec.entry, request, digest, signing)
                     writer.write(disclose(image) if label else image, frame.pts)
-                advance(1)
+                advance(1, frame.faces)
             _check_complete(pipe, info, mine[0].frames, truncated)
             for writer, spec in zip(mine, kinds):
                 writer.finish()  # the encoders of this pass are freed before the next pass opens its own
                 writer.marking = clip_marking(pipe, src, spec.entry, request, digest, signing)  # every model used
     return [w.path for w in writers]
+
+
+def _counting_faces(advance):
+    """``advance(n, faces)`` from a progress callback's ``advance``: the faces are passed on where it
+    takes a ``faces`` keyword (or any keyword), dropped where it takes ``n`` alone."""
+    import inspect
+
+    try:
+        params = inspect.signature(advance).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        params = ()
+    if any(p.name == "faces" or p.kind is p.VAR_KEYWORD for p in params):
+        return lambda n, faces: advance(n, faces=faces)
+    return lambda n, faces: advance(n)
 
 
 def _check_complete(pipe, info: ClipInfo, frames: int, truncated: str) -> None:
