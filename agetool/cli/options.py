@@ -193,15 +193,19 @@ def face_options(fn):
 
 
 def print_profile(pipeline) -> None:
-    """The time spent in each stage (each counted once) and the total, as a table on stderr."""
+    """The time spent in each stage (each counted once), its share and the total, as a table on
+    stderr. Shares are of the stages run in the caller's thread; a "(background)" stage ran beside
+    them (model loads, a clip's reading and writing) and its share says how much it would have added."""
     from rich.table import Table
     from rich.text import Text
 
     table = Table(title="stage times", show_edge=False)
     table.add_column("stage")
     table.add_column("seconds", justify="right")
+    table.add_column("share", justify="right")
     timings = pipeline.timings
+    total = sum(v for k, v in timings.items() if not k.endswith("(background)"))
     for stage, secs in timings.items():
-        table.add_row(Text(stage), f"{secs:.3f}")
-    table.add_row("total", f"{sum(timings.values()):.3f}", style="bold")
+        table.add_row(Text(stage), f"{secs:.3f}", f"{100 * secs / total:.0f}%" if total > 0 else "-")
+    table.add_row("total", f"{total:.3f}", "100%" if total > 0 else "-", style="bold")  # the caller's stages
     console.err.print(table)

@@ -187,11 +187,13 @@ def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float
                 for writer, spec, image in zip(mine, kinds, frame.images):
                     if writer.marking is None:  # the models of the first frame (a Matroska header's tags)
                         writer.marking = clip_marking(pipe, src, spec.entry, request, digest, signing)
-                    writer.write(disclose(image) if label else image, frame.pts)
+                    with pipe.models.timer("write"):  # H.264 (libx264) and the audio copied alongside
+                        writer.write(disclose(image) if label else image, frame.pts)
                 advance(1, frame.faces)
             _check_complete(pipe, info, mine[0].frames, truncated)
             for writer, spec in zip(mine, kinds):
-                writer.finish()  # the encoders of this pass are freed before the next pass opens its own
+                with pipe.models.timer("write"):
+                    writer.finish()  # the encoders of this pass are freed before the next pass opens its own
                 writer.marking = clip_marking(pipe, src, spec.entry, request, digest, signing)  # every model used
     return [w.path for w in writers]
 
