@@ -253,8 +253,10 @@ def test_profile_table_counts_the_parser_load_apart(tmp_path, seeded_parser_file
     code, _, err = cli(["age", crop, "--aligned", "--weights", weights, "--parser-weights", seeded_parser_file,
                         "--device", "cpu", "--out", tmp_path / "g.png", "--profile"], capsys)
     assert code == 0, err
-    rows = dict(re.findall(r"^\s*([a-z ()]+?)\s+\S\s+(\d+\.\d+)\s*$", err, flags=re.M))
+    rows = {k: (float(v), int(share)) for k, v, share in
+            re.findall(r"^\s*([a-z ()]+?)\s+\S\s+(\d+\.\d+)\s+\S\s+(\d+)%\s*$", err, flags=re.M)}
     loads = {k.replace(" (background)", "") for k in rows}
     assert {"load parser", "parse", "load generator", "encode", "decode", "total"} <= loads
-    stages = sum(float(v) for k, v in rows.items() if k != "total")
-    assert abs(stages - float(rows["total"])) < 0.01
+    mine = {k: v for k, v in rows.items() if k != "total" and not k.endswith("(background)")}
+    assert abs(sum(v for v, _ in mine.values()) - rows["total"][0]) < 0.01  # the caller's stages, each once
+    assert rows["total"][1] == 100 and abs(sum(s for _, s in mine.values()) - 100) <= len(mine)  # shares, rounded
