@@ -10,6 +10,8 @@ read their defaults from this module, the one home of every rendering default.
 - ``RenderOptions``: the parsed age targets, the seed and noise of the class codes, upscaling, and
   how many noise draws of each face are scored (``candidates``).
 - ``VideoOptions``: frame rate, frames per class transition, ages in years, length, holds, encoder.
+- ``EvalOptions``: what ``agetool.evaluate`` measures with (age and identity models), calibration,
+  and where the report and each photo's kept results go.
 """
 
 from __future__ import annotations
@@ -194,6 +196,46 @@ def request(ages=None, *, aligned: bool = False, mask: bool = True, faces="all",
     return AgeRequest(FaceOptions.of(aligned=aligned, mask=mask, faces=faces, min_face=min_face, paste_back=paste_back),
                       RenderOptions.of(ages, seed=seed, noise=noise, upscale=upscale, candidates=candidates,
                                        keep_candidates=keep_candidates))
+
+
+#: traversal frames per class transition when eval fits the class anchors (``calibrate``)
+DEFAULT_CALIBRATE_STEPS = 10
+MAX_CALIBRATE_STEPS = 100
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What an evaluation measures with and where it keeps its results; the generators and the
+    request (ages, faces, seed, noise, upscaling) are given beside it."""
+
+    identity: str = "auto"  # "auto" (auraface where cached, else dlib), "dlib", "auraface", "arcface-w600k"
+    identity_model: object = None  # a name or a file instead of ``identity``
+    age_model: object = None  # the age model's ONNX file (None: the registry's genderage)
+    estimate_age: bool | None = None  # False: identity only; None: so when the age model is not at hand offline
+    calibrate: bool = False  # also fit the class anchor ages (one generator)
+    calibrate_steps: int = DEFAULT_CALIBRATE_STEPS
+    out: object = None  # the folder of report.json, report.md, report.png (and the kept results)
+    skip_existing: bool = False  # reuse the results kept in ``out``
+
+    @classmethod
+    def of(cls, *, identity: str = "auto", identity_model=None, age_model=None, estimate_age: bool | None = None,
+           calibrate: bool = False, calibrate_steps: int = DEFAULT_CALIBRATE_STEPS, out=None,
+           skip_existing: bool = False) -> "EvalOptions":
+        calibrate = validate.flag("calibrate", calibrate)
+        skip_existing = validate.flag("skip_existing", skip_existing)
+        if estimate_age is not None:
+            estimate_age = validate.flag("estimate_age", estimate_age)
+        if calibrate and estimate_age is False:
+            raise UsageError(f"{arg('calibrate')} fits the anchors to estimated ages",
+                             hint=f"drop {arg('estimate_age', False)}")
+        if isinstance(calibrate_steps, bool) or not isinstance(calibrate_steps, int) \
+                or not 1 <= calibrate_steps <= MAX_CALIBRATE_STEPS:
+            raise UsageError(f"{arg('calibrate_steps', calibrate_steps)}: expected a whole number from 1 to "
+                             f"{MAX_CALIBRATE_STEPS}")
+        if skip_existing and out is None:
+            raise UsageError(f"{arg('skip_existing')} needs {arg('out')}, where the results of each photo are kept")
+        return cls(identity=identity, identity_model=identity_model, age_model=age_model, estimate_age=estimate_age,
+                   calibrate=calibrate, calibrate_steps=calibrate_steps, out=out, skip_existing=skip_existing)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ def main() -> None:
 
     import agetool
     from agetool.nn.checkpoint import save_generator
+    from agetool.options import EvalOptions, request
     from agetool.nn.generator import Generator, GeneratorConfig
     from tests.seeding import arcface_standin, onnx_linear_model, seed_module
 
@@ -51,8 +52,9 @@ def main() -> None:
         here = os.getcwd()
         os.chdir(tmp)  # the report names the photos as given: photos/face0.png ...
         try:
-            report = agetool.evaluate("photos", weights=gen, aligned=True, mask=False, device="cpu",
-                                      age_model=age_model, identity_model=identity_model, out=out)
+            pipe = agetool.AgingPipeline.from_pretrained(weights=gen, device="cpu")
+            report = agetool.evaluate("photos", pipe, request(aligned=True, mask=False),
+                                      EvalOptions(age_model=age_model, identity_model=identity_model, out=out))
         finally:
             os.chdir(here)
     import shutil

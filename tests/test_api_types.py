@@ -66,11 +66,14 @@ def test_pipeline_refuses_wrong_types_naming_the_argument(pipe):
 def test_pipeline_options_of_the_wrong_type(weights, tmp_path):
     from agetool import AgingPipeline
     from agetool.eval.run import evaluate
+    from agetool.options import EvalOptions
 
     with pytest.raises(UsageError, match=r"^offline='no'"):
         AgingPipeline.from_pretrained(weights=weights, device="cpu", offline="no")
     with pytest.raises(UsageError, match=r"^calibrate='yes'"):
-        evaluate([tmp_path], weights=weights, calibrate="yes")
+        EvalOptions.of(calibrate="yes")
+    with pytest.raises(UsageError, match=r"^options=.*: expected EvalOptions"):
+        evaluate([tmp_path], AgingPipeline.from_pretrained(weights=weights, device="cpu"), None, {"calibrate": True})
 
 
 @pytest.mark.parametrize("image", [b"\x89PNG", 5, None, np.zeros((64, 64, 3), np.float32), np.zeros(64, np.uint8), ""])

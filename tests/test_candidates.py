@@ -206,12 +206,13 @@ def test_eval_reports_skin_tone_drift(tmp_path, weights, seeded_parser_file, see
     from scipy.ndimage import binary_erosion
 
     from agetool import AgingPipeline, evaluate
+    from agetool.options import EvalOptions, request
 
     classifier = genderage_standin(tmp_path / "genderage.onnx")
     pipe = AgingPipeline.from_pretrained(weights=weights, parser_weights=seeded_parser_file, device="cpu",
                                          classifier_weights=classifier)
-    report = evaluate([CROP], pipeline=pipe, ages="5,60", aligned=True, identity="dlib", age_model=classifier,
-                      out=tmp_path / "eval")
+    report = evaluate([CROP], pipe, request("5,60", aligned=True),
+                      EvalOptions(identity="dlib", age_model=classifier, out=tmp_path / "eval"))
     outputs = report["faces"][0]["outputs"]
     tiles = pipe(CROP, aligned=True, ages="5,60").faces[0].images  # the outputs eval measured (same seed)
     crop = png(CROP)

@@ -92,8 +92,11 @@ def test_eval_command_writes_the_report(kit, tmp_path, capsys):
 def test_python_api_returns_the_report(kit, tmp_path):
     import agetool
 
-    report = agetool.evaluate(kit["photos"] / "p0.png", weights=kit["gen"], aligned=True, mask=False, device="cpu",
-                              ages="5,30-39,80", age_model=kit["age"], identity_model=kit["identity"])
+    from agetool.options import EvalOptions, request
+
+    pipe = agetool.AgingPipeline.from_pretrained(weights=kit["gen"], device="cpu")
+    report = agetool.evaluate(kit["photos"] / "p0.png", pipe, request("5,30-39,80", aligned=True, mask=False),
+                              EvalOptions(age_model=kit["age"], identity_model=kit["identity"]))
     _check_constant_report(report, 1, [("5", 5.0), ("30-39", 34.5), ("80", 80.0)], "gen.safetensors")
     assert report["settings"]["targets"] == ["5", "30-39", "80"]
     assert not list(tmp_path.iterdir())  # nothing written without out
@@ -109,6 +112,50 @@ def test_compare_two_checkpoints(kit, tmp_path, capsys):
         ("gen.safetensors", "20"), ("gen.safetensors", "40"), ("gen2.safetensors", "20"), ("gen2.safetensors", "40")]
     assert report["inputs"]["n"] == 3 and len(report["faces"]) == 6
     assert "gen2.safetensors" in stdout and "| gen2.safetensors | 40 | 40.0 | 3 | 30.0 | 10.0 |" in (out / "report.md").read_text()
+
+
+def test_one_eval_run_parses_its_ages_once(kit, tmp_path, monkeypatch, capsys):
+    """Two generators over three photos: the ages are parsed once for the whole run."""
+    from agetool import ages
+
+    calls = []
+    parse = ages.parse_ages
+    monkeypatch.setattr(ages, "parse_ages", lambda *a, **k: calls.append(a) or parse(*a, **k))
+    out = tmp_path / "once"
+    code, _, err = cli(_args(kit, out, "--compare", kit["gen"], kit["gen2"], "--ages", "5,30-39,61"), capsys)
+    assert code == 0, err
+    assert len(json.loads((out / "report.json").read_text())["faces"]) == 6
+    assert calls == [("5,30-39,61",)]
+
+
+def test_pipelines_compared_from_python(kit, tmp_path):
+    """A list of pipelines is compared; two checkpoints of the same file name are told apart by their
+    paths."""
+    import shutil
+
+    import agetool
+    from agetool.errors import UsageError
+    from agetool.options import EvalOptions, request
+
+    files = [tmp_path / d / "generator.safetensors" for d in ("a", "b")]
+    for src, dst in zip((kit["gen"], kit["gen2"]), files):
+        dst.parent.mkdir()
+        shutil.copy(src, dst)
+    pipes = [agetool.AgingPipeline.from_pretrained(weights=f, device="cpu") for f in files]
+    options = EvalOptions(age_model=kit["age"], identity_model=kit["identity"])
+    report = agetool.evaluate([kit["photos"] / "p0.png"], pipes, request("20", aligned=True, mask=False),
+                              options)
+    assert [g["name"] for g in report["models"]["generator"]] == [str(f) for f in files]
+    assert [f["generator"] for f in report["faces"]] == [str(f) for f in files]
+    assert report["settings"]["targets"] == ["20"] and "upscale" not in report["settings"]
+    with pytest.raises(UsageError, match=r"^paste_back=True: eval measures the aged faces of the run's seed"):
+        agetool.evaluate([kit["photos"]], pipes[0], request(paste_back=True), options)
+    with pytest.raises(UsageError, match=r"^candidates=2: eval measures"):
+        agetool.evaluate([kit["photos"]], pipes[0], request(candidates=2), options)
+    with pytest.raises(UsageError, match=r"^calibrate fits the anchors of one generator"):
+        agetool.evaluate([kit["photos"]], pipes, None, EvalOptions.of(calibrate=True))
+    with pytest.raises(UsageError, match=r"^pipeline=.*: expected an AgingPipeline"):
+        agetool.evaluate([kit["photos"]], "female")
 
 
 def test_calibrate_writes_anchors(kit, tmp_path, capsys):

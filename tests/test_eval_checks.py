@@ -51,7 +51,9 @@ def test_model_outputs_that_are_not_numbers_name_the_model(kit, tmp_path, capsys
 
 def test_a_value_that_is_no_number_reads_as_null_with_a_warning(kit, tmp_path, monkeypatch):
     from agetool.eval import report as rep
+    from agetool import AgingPipeline
     from agetool.eval.run import evaluate
+    from agetool.options import EvalOptions, request
 
     build = rep.build
 
@@ -63,8 +65,9 @@ def test_a_value_that_is_no_number_reads_as_null_with_a_warning(kit, tmp_path, m
     monkeypatch.setattr(rep, "build", with_a_gap)
     notes: list[str] = []
     out = tmp_path / "eval"
-    result = evaluate(kit["photos"], weights=kit["gen"], age_model=kit["age"], identity_model=kit["identity"],
-                      aligned=True, mask=False, device="cpu", ages="20", out=out, report=notes.append)
+    pipe = AgingPipeline.from_pretrained(weights=kit["gen"], device="cpu", report=notes.append)
+    result = evaluate(kit["photos"], pipe, request("20", aligned=True, mask=False),
+                      EvalOptions(age_model=kit["age"], identity_model=kit["identity"], out=out))
     text = (out / "report.json").read_text()
     assert "NaN" not in text and json.loads(text)["summary"][0]["identity_worst"] is None
     assert result["summary"][0]["identity_worst"] is None
@@ -74,10 +77,13 @@ def test_a_value_that_is_no_number_reads_as_null_with_a_warning(kit, tmp_path, m
 def test_the_report_set_is_written_whole_or_not_at_all(kit, tmp_path, monkeypatch):
     import agetool.eval.plot as plot_module
     from agetool.eval import report as rep
+    from agetool import AgingPipeline
     from agetool.eval.run import evaluate
+    from agetool.options import EvalOptions, request
 
-    report = evaluate(kit["photos"], weights=kit["gen"], age_model=kit["age"], identity_model=kit["identity"],
-                      aligned=True, mask=False, device="cpu", ages="20")
+    report = evaluate(kit["photos"], AgingPipeline.from_pretrained(weights=kit["gen"], device="cpu"),
+                      request("20", aligned=True, mask=False),
+                      EvalOptions(age_model=kit["age"], identity_model=kit["identity"]))
     out = tmp_path / "eval"
     out.mkdir()
     for name in REPORT_SET:

@@ -9,7 +9,7 @@ import typer
 
 from agetool.cli import app, console
 from agetool.cli.options import OPTION
-from agetool.options import DEFAULT_NOISE, DEFAULT_SEED
+from agetool.options import DEFAULT_CALIBRATE_STEPS, DEFAULT_NOISE, DEFAULT_SEED
 
 EVAL_PANEL = "Evaluation options"
 
@@ -38,7 +38,7 @@ def eval_command(
         "age; writes anchors.json for --age-anchors.", rich_help_panel=EVAL_PANEL)] = False,
     calibrate_steps: Annotated[int, typer.Option(
         "--calibrate-steps", help="Traversal frames per class transition for --calibrate.", metavar="N",
-        rich_help_panel=EVAL_PANEL)] = 10,
+        rich_help_panel=EVAL_PANEL)] = DEFAULT_CALIBRATE_STEPS,
     no_age: Annotated[bool, typer.Option(
         "--no-age", help="Measure identity only, without the age model (genderage); also chosen, with a "
         "warning, when that model is not at hand and --offline is set.", rich_help_panel=EVAL_PANEL)] = False,
@@ -79,20 +79,29 @@ def eval_command(
     from agetool.cli.options import faces_argument, report
     from agetool.cli.weights import progress_factory
     from agetool.device import env_dist
+    from agetool.errors import UsageError
     from agetool.eval.run import evaluate
+    from agetool.options import EvalOptions, request
+    from agetool.pipeline import AgingPipeline
 
+    if compare and calibrate:  # --compare is two pipelines: flags the library has no argument for
+        raise UsageError("--calibrate fits the anchors of one generator", hint="drop --compare")
+    if compare and weights is not None:
+        raise UsageError("--compare takes the two generator checkpoints", hint="drop --weights")
+    asked = request(ages, aligned=aligned, mask=not no_mask, faces=faces_argument(faces, ref_threshold),
+                    min_face=min_face, seed=seed, noise=noise, upscale=upscale)  # checked once, before any work
+    options = EvalOptions.of(identity=identity, identity_model=identity_model, age_model=age_model,
+                             estimate_age=False if no_age else None, calibrate=calibrate,
+                             calibrate_steps=calibrate_steps, out=out, skip_existing=skip_existing)
     dist = env_dist()
     with console.progress() as bar:
-        result = evaluate(
-            photos, model=model, weights=weights, compare=list(compare) if compare else None,
-            parser_weights=parser_weights, landmarks=landmarks, device=device, dtype=dtype, offline=offline,
-            age_anchors=age_anchors, ages=ages, age_model=age_model, identity_model=identity_model,
-            identity=identity, aligned=aligned, mask=not no_mask, seed=seed, noise=noise,
-            faces=faces_argument(faces, ref_threshold),
-            min_face=min_face, calibrate=calibrate, calibrate_steps=calibrate_steps, out=out,
-            skip_existing=skip_existing, dist=dist, report=report if dist.main else None,
-            progress=progress_factory(bar), upscale=upscale, upscale_weights=upscale_weights,
-            estimate_age=False if no_age else None)
+        loading = dict(report=report if dist.main else None, progress=progress_factory(bar))
+        pipelines = [AgingPipeline.from_pretrained(model, weights=w, parser_weights=parser_weights,
+                                                   landmarks=landmarks, device=device, dtype=dtype, offline=offline,
+                                                   classifier_weights=age_model, age_anchors=age_anchors,
+                                                   upscale_weights=upscale_weights, **loading)
+                     for w in (compare or [weights])]
+        result = evaluate(photos, pipelines, asked, options, dist=dist)
     if not dist.main:
         return 0
     print_summary(result)
