@@ -146,6 +146,26 @@ def test_the_layers_are_those_the_architecture_page_draws():
     assert drawn == want
 
 
+def test_each_command_lives_in_the_module_named_after_it():
+    """``agetool NAME`` (and a group's subcommands) run from ``agetool/cli/NAME.py``, and every module of
+    ``agetool/cli/`` named like no command holds no command (it is a helper)."""
+    from agetool.cli import command
+
+    wrong, homes = [], set()
+    for name, group in command().commands.items():
+        home = "agetool.cli." + name.replace("-", "_")
+        homes.add(home)
+        for path, cmd in [(name, group), *((f"{name} {k}", c) for k, c in getattr(group, "commands", {}).items())]:
+            if cmd.callback is not None and cmd.callback.__module__ != home:
+                wrong.append(f"{path}: {cmd.callback.__module__}")
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        helper = path.name != "__init__.py" and _module_name(path) not in homes
+        if helper and (".command(" in text or "typer.Typer(" in text):
+            wrong.append(f"{path.name}: defines a command but is named like none")
+    assert wrong == [] and len(homes) >= 13
+
+
 def test_library_leaves_process_wide_state_alone():
     """No warning filters, PIL limits, signal handlers or global torch settings outside the command line."""
     needles = ("warnings.simplefilter", "warnings.filterwarnings", "catch_warnings", "MAX_IMAGE_PIXELS =",

@@ -1,6 +1,7 @@
 """agetool command line. The only place that prints, picks the device and exits.
 
-Commands live in one module each under ``agetool/cli/`` and register themselves on ``app``.
+Each command lives in its own module under ``agetool/cli/``, named after it, and is registered on
+``app`` in one table below.
 Heavy libraries (torch, cv2, dlib) are imported inside command bodies, so ``--help`` is fast.
 """
 
@@ -49,20 +50,27 @@ def _root(
     """Age progression across the lifespan from one photo."""
 
 
-def _register() -> None:
-    import importlib
+# Every command, in the order ``agetool --help`` lists them: name -> the function that runs it (one
+# module per command, named after it; a group's subcommands in one module). Each module imports only
+# typer and agetool's light leaves at the top; the libraries a command needs load in its body.
+from agetool.cli import (age, align, compare, dataset, estimate, eval, info, inspect, parse,  # noqa: E402
+                         serve, train, video, weights)
 
-    for name in ("generate", "faces", "identity", "weights", "train", "dataset", "misc", "eval", "serve", "inspect"):
-        importlib.import_module(f"agetool.cli.{name}")  # each module registers its commands on ``app``
-
-
-_register()
-
-
-class Stopped(int):
-    """The exit code of a command that a signal stops by design (``serve``): it has said so in its
-    own words, so no ``error: interrupted`` line follows."""
-
+for _name, _function, _no_args_is_help in (
+    ("age", age.age, True),
+    ("video", video.video, True),
+    ("estimate", estimate.estimate, True),
+    ("align", align.align, True),
+    ("parse", parse.parse, True),
+    ("compare", compare.compare, True),
+    ("info", info.info, False),
+    ("eval", eval.eval_command, True),
+    ("serve", serve.serve, False),
+    ("inspect", inspect.inspect, True),
+):
+    app.command(_name, no_args_is_help=_no_args_is_help)(_function)
+for _name, _group in (("weights", weights.weights_app), ("train", train.train_app), ("dataset", dataset.dataset_app)):
+    app.add_typer(_group, name=_name)
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised where the program is, so that it stops as it does on Ctrl-C."""
@@ -163,7 +171,7 @@ def _run(args: list[str], debug: bool) -> int:
             rv = command().main(args=args, prog_name="agetool", standalone_mode=False, default_map=_defaults(args))
         except KeyboardInterrupt as e:
             return _interrupted(e)
-        if isinstance(rv, Stopped):  # a command that stops on a signal by design (serve) said so itself
+        if isinstance(rv, _console.Stopped):  # a command that stops on a signal by design (serve) said so itself
             return int(rv)
         if rv == 130:  # the parser turns Ctrl-C inside a command into a return value of 130
             return _interrupted(None)

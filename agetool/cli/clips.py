@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agetool.cli import console
+from agetool.cli.outputs import is_folder
 
 
 def clip_inputs(inputs: list[Path]) -> list[Path]:
@@ -72,10 +73,10 @@ def _run(clips: list[Path], out, request, crf: int, build, *, from_age=None, to_
         for clip, info in zip(clips, infos):
             if from_age is not None or to_age is not None:
                 name = f"{clip.stem}_aging.mp4"
-                target = Path(name) if out is None else Path(out) / name if _folder(out) or several else Path(out)
+                target = Path(name) if out is None else Path(out) / name if is_folder(out) or several else Path(out)
                 targets = [target]
             else:
-                folder = Path(out) if out is not None and (several or _folder(out)) else None
+                folder = Path(out) if out is not None and (several or is_folder(out)) else None
                 targets = clip_outputs(clip, None if folder is not None else out, entries, folder)
             plans.append((clip, info, targets))
         distinct_outputs([("out", t) for _, _, ts in plans for t in ts], clips)
@@ -89,12 +90,6 @@ def _run(clips: list[Path], out, request, crf: int, build, *, from_age=None, to_
     if profile:
         print_profile(pipe)
     return 0
-
-
-def _folder(out: str) -> bool:
-    import os
-
-    return out.endswith(("/", os.sep)) or Path(out).is_dir()
 
 
 def age_clips(clips: list[Path], out, ages, request, crf: int, build, profile: bool = False, marks=None,

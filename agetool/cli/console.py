@@ -239,3 +239,17 @@ def _duration(seconds: float) -> str:
 
     return LogProgress
 
+
+def clock(seconds: float | None) -> str:
+    """``1:02:03`` or ``2:03`` (``?`` when not known): a duration as a clock shows it."""
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Stopped(int):
+    """The exit code of a command that a signal stops by design (``serve``): it has said so in its
+    own words, so no ``error: interrupted`` line follows."""

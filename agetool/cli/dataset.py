@@ -1,5 +1,5 @@
-"""`agetool dataset ffhq-aging | attributions | takedown | stats`: FFHQ-Aging from its published sources
-and the care of a built folder (``prepare`` and ``from-photos`` live in ``agetool.cli.train``)."""
+"""`agetool dataset prepare | from-photos | ffhq-aging | attributions | takedown | stats`: training folders
+in the reference layout, FFHQ-Aging from its published sources, and the care of a built folder."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from typing import Annotated, Optional
 import typer
 
 from agetool.cli import console
-from agetool.cli.train import _fmt_time, _print_report, dataset_app
+
+dataset_app = typer.Typer(name="dataset", no_args_is_help=True, add_completion=False,
+                          help=("Build training folders in the reference layout.\n\nExamples:\n\n"
+                                "  agetool dataset ffhq-aging --json ffhq-dataset-v2.json --labels ffhq_aging_labels.csv "
+                                "--wilds ffhq --out ffhq-aging\n\n"
+                                "  agetool dataset prepare --images ffhq/images --labels ffhq_aging_labels.csv "
+                                "--out ffhq-aging\n\n"
+                                "  agetool dataset from-photos --csv photos.csv --out mydata"))
 
 FAILURES_SHOWN = 50
 BUILDING = "aligning and parsing"
@@ -28,10 +35,104 @@ def _build_progress(bar, task):
         text = BUILDING
         if not console.err.is_terminal and done > start[1] and total:
             rate = (done - start[1]) / max(now - start[0], 1e-9)
-            text += f" (ETA {_fmt_time((total - done) / rate)})"
+            text += f" (ETA {console.clock((total - done) / rate)})"
         bar.update(task, completed=done, total=total, description=text)
 
     return cb
+
+
+def _print_report(report, out: Path) -> None:
+    from rich.table import Table
+
+    from agetool.train.prepare import REASONS
+
+    table = Table(title=f"kept {report.n_kept} of {report.rows}", show_edge=False)
+    table.add_column("folder")
+    table.add_column("images", justify="right")
+    for (gender, phase, group), n in sorted(report.kept.items()):
+        table.add_row(f"{gender}/{phase}{group}", str(n))
+    console.err.print(table)
+    if report.dropped:
+        dropped = Table(title=f"dropped {report.n_dropped}", show_edge=False)
+        dropped.add_column("reason")
+        dropped.add_column("images", justify="right")
+        dropped.add_column("first")
+        for reason, n in report.dropped.most_common():
+            dropped.add_row(REASONS.get(reason, reason), str(n), report.examples.get(reason, ""))
+        console.err.print(dropped)
+    shown = 20
+    for problem in report.problems[:shown]:
+        console.warn(problem)
+    if len(report.problems) > shown:
+        console.warn(f"... and {len(report.problems) - shown} more malformed or contradictory rows")
+    for note in report.notes:
+        console.warn(note)
+    console.info(f"output: {out}  (train on one gender folder, e.g. agetool train --data {out / 'males'} --out runs/males)")
+
+
+def _progress_cb(bar, task):
+    def cb(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return cb
+
+
+@dataset_app.command("prepare", no_args_is_help=True)
+def prepare(
+    images: Annotated[Path, typer.Option("--images", help="FFHQ-Aging images (e.g. ffhq_aging256x256): <number>.png, in any subfolders.", file_okay=False)],
+    labels: Annotated[Path, typer.Option("--labels", help="ffhq_aging_labels.csv.", dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: <out>/<males|females>/<train|test><group>/.", file_okay=False)],
+    parsings: Annotated[Optional[Path], typer.Option("--parsings", help="Face-parsing label maps <number>.png (default: parsings/ folders beside the images).", file_okay=False)] = None,
+    train_split: Annotated[int, typer.Option("--train-split", help="Images numbered below this go to train, the rest to test.")] = 69000,
+    link: Annotated[bool, typer.Option("--link", help="Hard-link instead of copying where the file system allows.")] = False,
+) -> None:
+    """Select FFHQ-Aging images with the dataset's rules and lay them out for training.
+
+    Examples:
+
+      agetool dataset prepare --images ffhq/images --labels ffhq_aging_labels.csv --out ffhq-aging
+
+      agetool dataset prepare --images ffhq/images --parsings ffhq/parsings --labels ffhq_aging_labels.csv --out ffhq-aging --link
+    """
+    from agetool.train.prepare import prepare_ffhq_aging
+
+    with console.progress() as bar:
+        task = bar.add_task("selecting", total=None)
+        report = prepare_ffhq_aging(images, labels, out, parsings=parsings, train_split=train_split, link=link,
+                                    progress=_progress_cb(bar, task))
+    _print_report(report, out)
+    if report.n_kept == 0:
+        raise typer.Exit(1)
+
+
+@dataset_app.command("from-photos", no_args_is_help=True)
+def from_photos(
+    csv_file: Annotated[Path, typer.Option("--csv", help="CSV with columns path, age (years) or age_group, gender (male/female).", dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: <out>/<males|females>/train<group>/.", file_okay=False)],
+    landmarks: Annotated[str, typer.Option("--landmarks", metavar="auto|fan|dlib", help="Landmark backend: auto, fan or dlib.")] = "auto",
+    parser_weights: Annotated[Optional[Path], typer.Option("--parser-weights", help="Face-parser checkpoint (default: the registry's deeplab-parser).", dir_okay=False)] = None,
+    phase: Annotated[str, typer.Option("--phase", help="train or test folders.")] = "train",
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or mps.")] = "auto",
+    offline: Annotated[bool, typer.Option("--offline", help="Never use the network; fail if a model file is not cached.", show_default=False)] = False,
+) -> None:
+    """Align and parse your own photos into the training layout (largest face of each photo), with the
+    same face preparation as `agetool age`.
+
+    Example: agetool dataset from-photos --csv photos.csv --out my-data
+    """
+    from agetool.device import pick_device
+    from agetool.train.prepare import build_from_photos, read_photo_csv
+
+    rows = read_photo_csv(csv_file)
+    dev = pick_device(device)
+    with console.progress() as bar:
+        task = bar.add_task("aligning and parsing", total=len(rows))
+        report = build_from_photos(rows, out, landmarks=landmarks, parser_weights=parser_weights, device=dev,
+                                   offline=offline, phase=phase, progress=_progress_cb(bar, task),
+                                   report=console.info)
+    _print_report(report, out)
+    if report.n_kept == 0:
+        raise typer.Exit(1)
 
 
 @dataset_app.command("ffhq-aging", no_args_is_help=True)

@@ -7,14 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from agetool.cli import app, console
+from agetool.cli import console
 from agetool.cli.options import OPTION
 from agetool.options import DEFAULT_CALIBRATE_STEPS, DEFAULT_NOISE, DEFAULT_SEED
 
 EVAL_PANEL = "Evaluation options"
 
 
-@app.command("eval", no_args_is_help=True)
 def eval_command(
     photos: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.json, report.md and report.png.",

@@ -8,14 +8,13 @@ from typing import Annotated
 
 import typer
 
-from agetool.cli import app, console
+from agetool.cli import console
 
 #: how the IPTC digital source types read
 MEANING = {"trainedAlgorithmicMedia": "made wholly by a generative model",
            "compositeWithTrainedAlgorithmicMedia": "generated content combined with the original pixels"}
 
 
-@app.command(no_args_is_help=True)
 def inspect(
     file: Annotated[Path, typer.Argument(help="An image (PNG, JPEG, WebP) or a video (MP4, MOV).", show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,

@@ -8,13 +8,11 @@ from typing import Annotated
 
 import typer
 
-from agetool.cli import app
 from agetool.cli import console
 from agetool.cli.options import OPTION, pipeline_options
 from agetool.options import DEFAULT_NOISE, DEFAULT_SEED
 
 
-@app.command()
 @pipeline_options
 def serve(
     build,
@@ -70,11 +68,10 @@ def serve(
                 pass
         except KeyboardInterrupt:  # Ctrl-C is how this command is meant to end
             interrupted = True
-    from agetool.cli import Stopped
 
     if interrupted or terminated:
         how = "Ctrl-C" if interrupted else signal.Signals(terminated[0]).name
         console.info(f"agetool serve: stopped ({how}); temporary files removed")
-        return Stopped(128 + (signal.SIGINT if interrupted else terminated[0]))
+        return console.Stopped(128 + (signal.SIGINT if interrupted else terminated[0]))
     console.info("server stopped")
     return 0

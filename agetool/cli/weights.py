@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from agetool.cli import app
 from agetool.cli import console
 
 weights_app = typer.Typer(
@@ -23,7 +22,6 @@ weights_app = typer.Typer(
           "  agetool weights import ~/Downloads/lats-weights/"),
     no_args_is_help=True,
 )
-app.add_typer(weights_app, name="weights")
 
 def progress_factory(bar):
     """A ``progress(description, total_bytes) -> advance`` callable (the protocol of

@@ -7,11 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from agetool.cli import app, console
+from agetool.cli import console
 from agetool.cli.options import OPTION
 
 
-@app.command(no_args_is_help=True)
 def compare(
     a: Annotated[Path, typer.Argument(help="A photo.", show_default=False, dir_okay=False)],
     b: Annotated[Path, typer.Argument(help="Another photo (or the same one: its faces against each other).",

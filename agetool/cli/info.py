@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 import sys
 
-from agetool.cli import app
 from agetool.cli import console
 
 PACKAGES = ("torch", "numpy", "safetensors", "huggingface-hub", "face-alignment", "dlib-bin", "dlib",
@@ -66,7 +65,6 @@ def _toml(value) -> str:
     return json.dumps(str(value), ensure_ascii=False)
 
 
-@app.command("info")
 def info() -> int:
     """Versions, devices, and cached model files with their licenses.
 
