@@ -207,11 +207,11 @@ def test_estimated_age_captions_the_input_and_drives_relative_ages(tmp_path, cro
 
 def test_one_year_and_one_step_are_singular():
     from agetool.ages import age_caption, years_text
-    from agetool.cli.train import _count
+    from agetool.cli.console import count_of
 
     assert age_caption(1.0) == "1 year" and age_caption(4.5) == "4.5 years" and age_caption(34) == "34 years"
     assert years_text(1.04) == "1 year" and years_text(0.6) == "1 year" and years_text(2) == "2 years"
-    assert _count(1, "step") == "1 step" and _count(3, "step") == "3 steps"
+    assert count_of(1, "step") == "1 step" and count_of(3, "step") == "3 steps"
 
 
 def test_captions_leave_a_64_px_tile_mostly_visible():
