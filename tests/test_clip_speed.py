@@ -39,3 +39,185 @@ def test_profile_names_each_stage_of_a_clip_with_its_share(tmp_path, photo, weig
     assert rows["total"][-1] == "100%"
     shares = [int(r[-1].rstrip("%")) for k, r in rows.items() if k != "total" and "(background)" not in " ".join(r)]
     assert 90 <= sum(shares) <= 110  # each stage's share of the run, rounded
+
+
+# ---------------------------------------------------------------- features reused
+
+@pytest.fixture()
+def encoded(monkeypatch) -> list:
+    """Crops the generator's encoder is given, counted (one entry per call: the batch's size)."""
+    from agetool.engine import AgingEngine
+
+    calls: list[int] = []
+    real = AgingEngine.encode
+
+    def encode(self, x):
+        calls.append(int(x.shape[0]))
+        return real(self, x)
+
+    monkeypatch.setattr(AgingEngine, "encode", encode)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def pipe(weights):
+    import agetool
+
+    return agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib")
+
+
+def _aged(pipe, clip: Path, **options) -> list[np.ndarray]:
+    return [f.image for f in pipe.clip_frames(clip, ages=60, mask=False, **options)]
+
+
+def test_a_still_face_is_encoded_once(tmp_path, photo, pipe, encoded, monkeypatch):
+    from agetool.clip import runner
+
+    still = make_clip(photo, tmp_path / "still.mp4", 6, motion=False)
+    frames = _aged(pipe, still)
+    assert len(frames) == 6 and sum(encoded) == 1  # six frames of one face: one crop encoded
+    encoded.clear()
+    monkeypatch.setattr(runner, "REUSE_LEVELS", -1.0)  # nothing reused: every crop encoded
+    assert len(_aged(pipe, still)) == 6 and sum(encoded) == 6
+
+
+def test_crops_that_change_are_encoded_again(tmp_path, photo, pipe, encoded, monkeypatch):
+    """A face that moves across the frame: the crops that the threshold lets through reuse the last
+    encoded one's work; the others are encoded. Either way the frames stay within a few levels of
+    the path that encodes every crop."""
+    from agetool.clip import runner
+    from agetool.clip.tracks import blocks, change
+
+    seen: list = []
+    real = runner.ClipRunner._step
+
+    def step(self, index, time, image):
+        faces = real(self, index, time, image)
+        seen.extend(f.network_input for f in faces)
+        return faces
+
+    monkeypatch.setattr(runner.ClipRunner, "_step", step)
+    clip = make_clip(photo, tmp_path / "walk.mp4", 10)
+    fast = _aged(pipe, clip)
+    # the count the rule gives: a crop is encoded when it differs from the last encoded one by more
+    expected, last = 0, None
+    for crop in seen:
+        if last is None or change(blocks(crop), last) > runner.REUSE_LEVELS:
+            expected, last = expected + 1, blocks(crop)
+    assert sum(encoded) == expected and 1 < expected < 10, (expected, sum(encoded))
+    monkeypatch.setattr(runner, "REUSE_LEVELS", -1.0)
+    full = _aged(pipe, clip)
+    assert len(fast) == len(full) == 10
+    for a, b in zip(fast, full):
+        diff = np.abs(a.astype(np.int16) - b)
+        assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 16, (diff.mean(), np.percentile(diff, 99))
+
+
+# ---------------------------------------------------------------- reading and writing beside the networks
+
+def _threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name in ("agetool-read", "agetool-write")]
+
+
+def test_read_ahead_keeps_every_item_in_order_and_stops_its_thread():
+    from agetool.clip.overlap import Ahead
+
+    closed = []
+
+    def items(n):
+        try:
+            yield from range(n)
+        finally:
+            closed.append(True)
+
+    with Ahead(items(500), 3) as ahead:
+        assert list(ahead) == list(range(500))
+    assert closed == [True] and not _threads()
+    with Ahead(items(500), 3) as ahead:  # the caller stops early: the reading stops, its generator is closed
+        assert [next(ahead) for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert closed == [True, True] and not _threads()
+
+
+def test_read_ahead_raises_a_readers_error_in_its_place():
+    from agetool.clip.overlap import Ahead
+    from agetool.errors import InputError
+
+    def items():
+        yield from range(7)
+        raise InputError("clip.mp4: frame 7 is damaged")
+
+    got = []
+    with pytest.raises(InputError, match="frame 7"):
+        with Ahead(items(), 2) as ahead:
+            for item in ahead:
+                got.append(item)
+    assert got == list(range(7)) and not _threads()
+
+
+def test_write_behind_keeps_order_and_stops_at_the_first_error():
+    from agetool.clip.overlap import Behind
+    from agetool.errors import OutputError
+
+    done = []
+    with Behind(done.append, 4) as behind:
+        for i in range(300):
+            behind.put(i)
+        behind.finish()
+    assert done == list(range(300)) and not _threads()
+
+    done.clear()
+
+    def write(i):
+        if i == 5:
+            raise OutputError("out.mp4: no space left")
+        done.append(i)
+
+    with pytest.raises(OutputError, match="no space"):
+        with Behind(write, 2) as behind:
+            for i in range(100):
+                behind.put(i)
+            behind.finish()
+    assert done == [0, 1, 2, 3, 4] and not _threads()  # nothing after the failed call
+
+
+def test_a_clip_that_fails_to_write_leaves_no_file_and_no_thread(tmp_path, photo, pipe, monkeypatch):
+    from agetool.clip.media import ClipWriter
+    from agetool.errors import OutputError
+
+    clip = make_clip(photo, tmp_path / "walk.mp4", 12)
+    real = ClipWriter.write
+
+    def write(self, image, pts):
+        if self.frames == 9:
+            raise OutputError(f"writing {self.path} failed: no space left on device")
+        real(self, image, pts)
+
+    monkeypatch.setattr(ClipWriter, "write", write)
+    with pytest.raises(OutputError, match="no space"):
+        pipe.age_clip(clip, tmp_path / "old.mp4", ages=60, mask=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["walk.mp4"] and not _threads()
+
+
+def test_frames_stopped_early_stop_the_reading(tmp_path, photo, pipe):
+    clip = make_clip(photo, tmp_path / "walk.mp4", 12)
+    frames = pipe.clip_frames(clip, ages=60, mask=False)
+    first = [next(frames) for _ in range(3)]
+    assert [f.index for f in first] == [0, 1, 2]
+    frames.close()
+    assert not _threads()
+
+
+def test_written_clip_has_every_frame_in_order(tmp_path, photo, pipe):
+    """The frames written behind the networks are those the runner gives, in its order (lossless H.264)."""
+    from agetool.clip.media import probe, read_frames
+
+    clip = make_clip(photo, tmp_path / "walk.mp4", 12)
+    out = pipe.age_clip(clip, tmp_path / "old.mp4", ages=60, mask=False, crf=0)[0]
+    runner = [(f.pts, f.image) for f in pipe.clip_frames(clip, ages=60, mask=False)]
+    written = list(read_frames(probe(out)))
+    assert [p for _, p in written] == [p for p, _ in runner] == [p for _, p in read_frames(probe(clip))]
+    for (_, a), (b, _) in zip(runner, written):  # yuv420p: the colours subsampled, nothing else
+        assert np.abs(a.astype(np.int16) - b).mean() < 3
+    assert not _threads()

@@ -149,10 +149,11 @@ def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float
     ``CLIP_PASS_PIXELS`` at once take further passes over the clip (the same frames, the same
     results). A clip that ends before the frames its index lists (a cut file) raises ``InputError``
     and leaves no file; ``truncated="keep"`` writes the frames it has and reports a warning instead."""
-    from contextlib import ExitStack
+    from contextlib import ExitStack, closing
 
     from agetool import validate
     from agetool.clip.media import ClipWriter
+    from agetool.clip.overlap import Behind, queue_size
     from agetool.errors import UsageError, arg
     from agetool.images import distinct_outputs
 
@@ -173,9 +174,11 @@ def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float
     advance = _counting_faces((progress or pipe.core.progress)(f"ageing {src.name}", info.frames * len(groups)))
     with ExitStack() as stack:
         writers = [stack.enter_context(ClipWriter(t, info, crf)) for t in targets]
-        if label:
-            from agetool.images import disclose
+        from agetool.images import disclose
         from agetool.provenance import source_sha256
+
+        def write(writer: ClipWriter, image, pts: int) -> None:
+            writer.write(disclose(image) if label else image, pts)
 
         digest = source_sha256(src)
         first = 0
@@ -183,13 +186,17 @@ def age_clip(pipe, src: str | os.PathLike, out=None, ages=60, *, from_age: float
             mine, kinds = writers[first:first + len(group)], specs[first:first + len(group)]
             first += len(group)
             info.repaired, info.broken = 0, None
-            for frame in _frames(pipe, src, request, group, parse=parse, detect_every=detect_every, info=info):
-                for writer, spec, image in zip(mine, kinds, frame.images):
-                    if writer.marking is None:  # the models of the first frame (a Matroska header's tags)
-                        writer.marking = clip_marking(pipe, src, spec.entry, request, digest, signing)
-                    with pipe.models.timer("write"):  # H.264 (libx264) and the audio copied alongside
-                        writer.write(disclose(image) if label else image, frame.pts)
-                advance(1, frame.faces)
+            frames = _frames(pipe, src, request, group, parse=parse, detect_every=detect_every, info=info)
+            # H.264 (libx264) and the audio copied alongside, in a thread while the next frames are aged
+            size = queue_size(info.width * info.height * 3 * len(group), pipe.models.batch or 8)
+            with closing(frames), Behind(write, size, "agetool-write", pipe.models.timer, "write") as behind:
+                for frame in frames:
+                    for writer, spec, image in zip(mine, kinds, frame.images):
+                        if writer.marking is None:  # the models of the first frame (a Matroska header's tags)
+                            writer.marking = clip_marking(pipe, src, spec.entry, request, digest, signing)
+                        behind.put(writer, image, frame.pts)
+                    advance(1, frame.faces)
+                behind.finish()
             _check_complete(pipe, info, mine[0].frames, truncated)
             for writer, spec in zip(mine, kinds):
                 with pipe.models.timer("write"):

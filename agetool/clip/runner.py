@@ -8,8 +8,10 @@ parses; each face is an ``agetool.results.Face`` with its ``track``. Per batch: 
 estimate and model are decided over their frames in the batch (up to eight) and then held; the
 crops of all frames are encoded together and decoded with the person's latents (one noise draw,
 held for the whole clip: the run's seed, or with ``candidates`` N the most faithful of N scored
-on the person's first crops, as for photos), a crop identical to the previous frame's reusing that frame's work. A
-frame without a face is passed through as it is.
+on the person's first crops, as for photos). A crop that hardly differs from the person's last
+encoded one (``REUSE_LEVELS``) reuses its features and, at the same ages, its tiles. Frames are read
+ahead in a background thread while the networks run (``overlap``). A frame without a face is passed
+through as it is.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ PARSE_MATCH = 0.95
 PARSE_EVERY = 30
 #: side of the small crop whose thumbnail checks that a followed face is still there
 CHECK_SIZE = 64
+#: a crop whose blocks' mean colours all lie within this many levels (0-255) of the person's last
+#: encoded crop (``tracks.change``) reuses that crop's features, and its aged tiles where the ages
+#: are the same: a still face is encoded and decoded once. Resampling noise and H.264 move a block
+#: by 1-3 levels; a blink or a word by tens. A negative value reuses nothing.
+REUSE_LEVELS = 3.0
 #: crops of a new person (from their first batch of frames) that score each noise draw (``candidates``)
 DRAW_FRAMES = 3
 
@@ -336,35 +343,39 @@ class ClipRunner:
 
     # ---------------------------------------------------------------- the run
     def __iter__(self) -> Iterator[ClipFrame]:
+        from agetool.clip.overlap import Ahead, queue_size
+        from agetool.clip.tracks import blocks, change
+
         models = self.models
         models.preload(parser=self.parse, model=None if self.core.model == "auto" else self.core.model)
-        last: dict[int, tuple[Face, bytes]] = {}  # per track: its last crop (the one whose work is kept)
+        last: dict[int, tuple[Face, np.ndarray]] = {}  # per track: its last encoded crop and its blocks
         pending: list[_Frame] = []
-        frames = read_frames(self.info)
+        size = queue_size(self.info.width * self.info.height * 3, self.batch)
         index = 0
-        while True:
-            with models.timer("read"):
+        with Ahead(read_frames(self.info), size, "agetool-read", models.timer, "read") as frames:
+            while True:
                 item = next(frames, None)
-            if item is not None:
-                image, pts = item
-                time = float(pts * self.info.time_base)
-                faces = self._step(index, time, image)
-                same = []
-                for f in faces:
-                    key = f.network_input.tobytes()
-                    prev = last.get(f.track.id)
-                    same.append(prev[0] if prev is not None and prev[1] == key else None)
-                    if same[-1] is None:
-                        last[f.track.id] = (f, key)
-                live = {t.id for t in self.tracks}
-                for tid in [tid for tid in last if tid not in live]:
-                    del last[tid]
-                pending.append(_Frame(index, pts, time, image, faces, same))
-                index += 1
-            if pending and (item is None or len(pending) >= self.batch):
-                self._render(pending)
-                for fr in pending:
-                    yield self._paste(fr)
-                pending = []
-            if item is None:
-                return
+                if item is not None:
+                    image, pts = item
+                    time = float(pts * self.info.time_base)
+                    faces = self._step(index, time, image)
+                    same = []
+                    for f in faces:
+                        look = blocks(f.network_input)
+                        prev = last.get(f.track.id)
+                        near = prev is not None and change(look, prev[1]) <= REUSE_LEVELS
+                        same.append(prev[0] if near else None)
+                        if not near:
+                            last[f.track.id] = (f, look)
+                    live = {t.id for t in self.tracks}
+                    for tid in [tid for tid in last if tid not in live]:
+                        del last[tid]
+                    pending.append(_Frame(index, pts, time, image, faces, same))
+                    index += 1
+                if pending and (item is None or len(pending) >= self.batch):
+                    self._render(pending)
+                    for fr in pending:
+                        yield self._paste(fr)
+                    pending = []
+                if item is None:
+                    return

@@ -23,6 +23,8 @@ MIN_IOU = 0.3
 #: least correlation of the aligned crop's thumbnail with the last detection's: below it the face is lost
 MIN_MATCH = 0.6
 THUMB = 24
+#: side in pixels of the blocks whose mean colours tell whether a crop changed (``change``)
+BLOCK = 16
 #: seconds after its end during which a track is picked up again by a face of the same person
 #: (identity embeddings): the person keeps their model, age estimate and track number
 REID_SECONDS = 4.0
@@ -56,6 +58,21 @@ def thumbnail(crop: np.ndarray) -> np.ndarray:
     g = cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (THUMB, THUMB), interpolation=cv2.INTER_AREA)
     g = g.astype(np.float64) - g.mean()
     return g / (np.linalg.norm(g) or 1.0)
+
+
+def blocks(crop: np.ndarray) -> np.ndarray:
+    """The mean colour of each ``BLOCK`` x ``BLOCK`` px block of a crop (float32 [S/B, S/B, 3]), for ``change``."""
+    import cv2
+
+    side = max(1, crop.shape[0] // BLOCK)
+    return cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def change(a: np.ndarray, b: np.ndarray) -> float:
+    """How far two crops' ``blocks`` differ: the largest change of one block's mean colour, in 0-255
+    levels. Resampling a crop a fraction of a pixel over moves a block's mean by a level or two at its
+    sharpest edges; an eye that closes or a mouth that opens moves the blocks it covers by tens."""
+    return float(np.abs(a - b).max())
 
 
 def match(a: np.ndarray, b: np.ndarray) -> float:
