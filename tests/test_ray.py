@@ -197,6 +197,28 @@ def test_a_worker_killed_mid_job_is_retried(tmp_path, cluster, folder):
     assert partials(out) == [] and partials(tile_dir) == []
 
 
+@pytest.mark.slow  # Ray clusters and agetool processes
+def test_retries_after_a_worker_died_are_bounded_and_said_in_one_line():
+    """A batch whose worker keeps dying (a photo that runs it out of memory every time) is retried a
+    bounded number of times with the installed Ray, then stops the job with one line, not a traceback."""
+    import ray
+    from ray.exceptions import ActorDiedError
+
+    from agetool.errors import ResourceError
+    from agetool.ray.job import BATCH_RETRIES, _restarts, _worker_died
+
+    assert 0 < BATCH_RETRIES < 10
+    limits = _restarts(ray, max_restarts=-1, max_task_retries=BATCH_RETRIES)
+    assert limits == {"max_restarts": -1, "max_task_retries": BATCH_RETRIES}  # this Ray takes them
+    wrapped = RuntimeError("Ray Data stopped")
+    wrapped.__cause__ = ActorDiedError()
+    error = _worker_died(wrapped)
+    assert isinstance(error, ResourceError) and error.exit_code == 1
+    assert str(error).startswith("a Ray worker's process died and the job could not go on (The actor died")
+    assert "\n" not in str(error) and "run again to finish the rest" in error.hint
+    assert _worker_died(RuntimeError("something else")) is None
+
+
 def test_engine_options_are_checked_before_any_work(tmp_path, weights, crop, capsys):
     code, _, err = cli(["age", crop, "--gpus", "1", *common(weights)], capsys)
     assert code == 2 and "--gpus applies to --engine ray" in err
@@ -332,7 +354,7 @@ class _FakeRay:
                 fake.stages.append((getattr(fn, "__name__", fn), kwargs))
                 return self
 
-        self.data = SimpleNamespace(from_items=lambda rows, **kw: Dataset(),
+        self.data = SimpleNamespace(Dataset=Dataset, from_items=lambda rows, **kw: Dataset(),
                                     ActorPoolStrategy=lambda **kw: ("actors", kw),
                                     TaskPoolStrategy=lambda **kw: ("tasks", kw))
 
@@ -347,6 +369,7 @@ class _FakeRay:
 ])
 def test_resources_of_the_stages_with_gpus(resources, cpus, gpus, want):
     from agetool.ray import Job, build_dataset
+    from agetool.ray.job import BATCH_RETRIES
 
     fake = _FakeRay(resources)
     build_dataset(fake, [Job("a.png", "a_ages.png")], pipeline=None, ages=None, labels=True, options=None,
@@ -357,6 +380,7 @@ def test_resources_of_the_stages_with_gpus(resources, cpus, gpus, want):
     assert f["num_cpus"] == g["num_cpus"] and w["num_cpus"] == 0
     assert f["compute"][1]["max_tasks_in_flight_per_actor"] == 2  # the next batch waits at each actor
     assert f["fn_constructor_kwargs"]["threads"] == 1
+    assert f["max_task_retries"] == g["max_task_retries"] == w["max_retries"] == BATCH_RETRIES  # never forever
 
 
 @pytest.mark.parametrize("resources, cpus, photos, want", [
@@ -368,12 +392,14 @@ def test_resources_of_the_stages_with_gpus(resources, cpus, gpus, want):
 ])
 def test_a_node_without_gpus_runs_one_fused_stage_per_cpu(resources, cpus, photos, want):
     from agetool.ray import Job, build_dataset
+    from agetool.ray.job import BATCH_RETRIES
 
     fake = _FakeRay(resources)
     build_dataset(fake, [Job(f"{i}.png", f"{i}_ages.png") for i in range(photos)], pipeline=None, ages=None,
                   labels=False, options=None, cpus=cpus, gpus=0 if want is None else None)
     ((name, kw),) = fake.stages  # one operator: nothing handed between processes
     assert name == "FusedStage" and kw["num_cpus"] == 1 and kw["fn_constructor_kwargs"]["threads"] == 1
+    assert kw["max_task_retries"] == BATCH_RETRIES
     assert kw["fn_constructor_kwargs"]["labels"] is False
     if want is not None:
         assert (kw["compute"][1]["size"], kw["batch_size"]) == want

@@ -18,6 +18,10 @@ from agetool.locations import DEFAULT_TIMEOUT, exists
 
 INSTALL_HINT = 'pip install "agetool[ray]"'
 
+#: times a batch is retried after its worker's process died (the worker is restarted each time): a
+#: photo that ends its worker every time (out of memory) stops the job instead of looping forever
+BATCH_RETRIES = 3
+
 #: Ray's own processes find their token here (or in RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH)
 TOKEN_FILE = os.path.join("~", ".ray", "auth_token")
 
@@ -157,23 +161,42 @@ def _rows_of(ds) -> Iterator[dict]:
     try:
         yield from ds.iter_rows()
     except Exception as e:
-        cause = _agetool_cause(e)
+        cause = _agetool_cause(e) or _worker_died(e)
         if cause is None:
             raise
         raise cause from None
 
 
-def _agetool_cause(e: BaseException | None) -> errors.AgetoolError | None:
+def _worker_died(e: BaseException) -> errors.ResourceError | None:
+    """A worker whose process died while it started, or kept dying on a batch (out of memory, killed):
+    one line saying so."""
+    for e in _causes(e):
+        if type(e).__name__ in ("ActorDiedError", "WorkerCrashedError", "ActorUnavailableError",
+                                "OutOfMemoryError", "NodeDiedError"):
+            return errors.ResourceError(
+                f"a Ray worker's process died and the job could not go on ({errors.detail(e, 120)})",
+                hint=f"it may have run out of memory: give the job fewer CPUs ({errors.arg('cpus')}) or more "
+                     "memory; grids already written are kept, run again to finish the rest")
+    return None
+
+
+def _causes(e: BaseException | None) -> Iterator[BaseException]:
+    """``e`` and the errors that caused it (Ray's wrappers keep theirs in ``cause``)."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
+        yield e
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+
+
+def _agetool_cause(e: BaseException | None) -> errors.AgetoolError | None:
+    for e in _causes(e):
         if isinstance(e, errors.AgetoolError):  # Ray's copy may be a class of its own: the plain error
             cls = next(c for c in type(e).__mro__ if c.__module__ == errors.__name__)
             plain = cls.__new__(cls)
             plain.__dict__.update(e.__dict__)
             errors.AgetoolError.__init__(plain, e.message, hint=e.hint)
             return plain
-        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
     return None
 
 
@@ -363,9 +386,9 @@ def _quiet_data(ray, verbose: bool) -> None:
     context.enable_progress_bars = verbose
     if hasattr(context, "print_on_execution_start"):
         context.print_on_execution_start = verbose
-    if not verbose:
+    if not verbose:  # errors that stop the job reach the caller as exceptions, not as Ray's log with its traceback
         for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 # ---------------------------------------------------------------- the dataset
@@ -376,7 +399,15 @@ def build_dataset(ray, jobs: Sequence[Job], *, pipeline: dict | None, ages, labe
     CPU (read, age and write in one process). With GPUs: ``FaceStage`` actors on the CPUs, one
     ``GeneratorStage`` actor per GPU, then ``write_results``. ``ages`` and ``options`` become the job's one
     request (``job_request``), handed to every actor."""
-    request = job_request(ages, options)
+    import warnings
+
+    with warnings.catch_warnings():  # Ray's notice that its remote options move (see ``_restarts``)
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return _stages(ray, jobs, job_request(ages, options), pipeline=pipeline, labels=labels, cpus=cpus,
+                       gpus=gpus, threads=threads, batch_size=batch_size, timeout=timeout)
+
+
+def _stages(ray, jobs: Sequence[Job], request, *, pipeline, labels, cpus, gpus, threads, batch_size, timeout):
     resources = ray.cluster_resources()
     has_gpus, has_cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
     if gpus is not None and gpus > has_gpus:
@@ -384,13 +415,14 @@ def build_dataset(ray, jobs: Sequence[Job], *, pipeline: dict | None, ages, labe
                                 hint="start Ray with more GPUs, or ask for fewer")
     gpus = has_gpus if gpus is None else gpus
     cpus = has_cpus if cpus is None else min(cpus, has_cpus)
-    # an actor whose process dies is restarted and its batch retried: Ray Data's defaults for actor pools
+    # an actor whose process dies is restarted (as often as it takes) and its batch retried, BATCH_RETRIES times
+    actors = _restarts(ray, max_restarts=-1, max_task_retries=BATCH_RETRIES)
     ds = ray.data.from_items([job.row() for job in jobs], override_num_blocks=len(jobs))
     if not gpus:
         batch = batch_size or _batch_size(len(jobs), cpus)
         fused = _bound(FusedStage, pipeline=pipeline, request=request, threads=threads, labels=labels,
                        timeout=timeout)
-        return ds.map_batches(fused, batch_size=batch, batch_format="numpy", num_cpus=1,
+        return ds.map_batches(fused, batch_size=batch, batch_format="numpy", num_cpus=1, **actors,
                               compute=ray.data.ActorPoolStrategy(size=min(cpus, len(jobs)),
                                                                  max_tasks_in_flight_per_actor=2))
     # each actor holds one CPU, or a share where there are fewer CPUs than actors (never waits forever)
@@ -398,15 +430,27 @@ def build_dataset(ray, jobs: Sequence[Job], *, pipeline: dict | None, ages, labe
     face_workers = max(1, int((cpus - gpus * unit) / unit + 1e-9))
     batch = batch_size or _batch_size(len(jobs), face_workers)
     stage = dict(pipeline=pipeline, request=request, threads=threads, timeout=timeout)
-    ds = ds.map_batches(_bound(FaceStage, **stage), batch_size=batch, batch_format="numpy", num_cpus=unit,
+    ds = ds.map_batches(_bound(FaceStage, **stage), batch_size=batch, batch_format="numpy", num_cpus=unit, **actors,
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=face_workers,
                                                            max_tasks_in_flight_per_actor=2))
     ds = ds.map_batches(_bound(GeneratorStage, **stage), batch_size=batch, batch_format="numpy", num_cpus=unit,
-                        num_gpus=1, compute=ray.data.ActorPoolStrategy(size=gpus, max_tasks_in_flight_per_actor=2))
+                        num_gpus=1, **actors, compute=ray.data.ActorPoolStrategy(size=gpus, max_tasks_in_flight_per_actor=2))
     # writing is light (PNG encoding, I/O): it takes no CPU of its own, so it never waits on the actors
     return ds.map_batches(write_results, batch_size=batch, batch_format="numpy", num_cpus=0,
+                          **_restarts(ray, max_retries=BATCH_RETRIES),
                           compute=ray.data.TaskPoolStrategy(size=max(1, face_workers)),
                           fn_kwargs=dict(labels=labels, timeout=timeout))
+
+
+def _restarts(ray, **limits) -> dict:
+    """``map_batches`` arguments that bound the retries of a stage's batches: Ray's remote options, given
+    as named parameters where ``map_batches`` has them, else passed through (its older way, which
+    newer Ray versions warn about: the warning is Ray's business, not the user's)."""
+    import inspect
+
+    named = inspect.signature(ray.data.Dataset.map_batches).parameters
+    passed_on = any(p.kind is p.VAR_KEYWORD for p in named.values())
+    return {k: v for k, v in limits.items() if k in named or passed_on}
 
 
 def _bound(stage: type, **kwargs) -> type:
