@@ -339,6 +339,15 @@ class FaceIdentity:
         """Whether ``a`` and ``b`` show the same person by the model's rule (or ``threshold``)."""
         return self.is_match(self.similarity(a, b), threshold)
 
+    def check_threshold(self, name: str, value) -> float:
+        """``value`` as a threshold in this model's metric, or ``UsageError`` naming ``name``: a distance
+        above 0, a cosine strictly between 0 and 1 (at 0 or below every face would match, at 1 none)."""
+        from agetool import validate
+
+        if self.metric == DISTANCE:
+            return validate.finite(name, value, low=0, high=100, low_open=True)
+        return validate.finite(name, value, low=0, high=1, low_open=True, high_open=True)
+
     def is_match(self, value: float, threshold: float | None = None) -> bool:
         t = self.threshold if threshold is None else threshold
         return value <= t if self.metric == DISTANCE else value >= t

@@ -152,6 +152,11 @@ def test_compare_command(photos, capsys):
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(blank)
     code, _, err = cli(["compare", blank, photos["group"]], capsys)
     assert code == 1 and "no face found" in err
+    for bad in ("-1", "0", "nan"):  # dlib's is a distance: above 0
+        code, _, err = cli(["compare", photos["hopper"], photos["group"], "--threshold", bad], capsys)
+        assert code == 2 and "--threshold" in err, (bad, err)
+    code, out, _ = cli(["compare", photos["hopper"], photos["group"], "--threshold", "2", "--json"], capsys)
+    assert code == 0 and all(p["same_person"] for p in json.loads(out)["pairs"])
 
 
 def test_arcface_type_model_uses_cosine_on_the_five_points(tmp_path):
@@ -166,6 +171,10 @@ def test_arcface_type_model_uses_cosine_on_the_five_points(tmp_path):
     b = ident.embed(red[::-1].copy(), face=five)
     assert a.metric == "cosine" and ident.similarity(a, b) == pytest.approx(1.0, abs=1e-6)
     assert ident.same_person(a, b) and not ident.same_person(a, b, threshold=1.5)
+    assert ident.check_threshold("threshold", 0.5) == 0.5
+    for bad in (-0.5, 0, 1, 1.5):  # a cosine: strictly between 0 and 1
+        with pytest.raises(UsageError, match="threshold"):
+            ident.check_threshold("threshold", bad)
     with pytest.raises(UsageError, match="dlib"):
         FaceIdentity.from_pretrained("dlib").similarity(a, b)
 

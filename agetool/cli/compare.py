@@ -44,11 +44,13 @@ def compare(
     from agetool.errors import NoFaceError
     from agetool.identity import FaceIdentity
 
-    if threshold is not None:
-        threshold = validate.finite("threshold", threshold, low=-1, high=100)
+    if threshold is not None:  # a number first; its range is the model's metric's (checked once it is known)
+        threshold = validate.finite("threshold", threshold)
     dev = pick_device(device) if model not in ("dlib",) and not model.endswith(".dat") else None
     identity = FaceIdentity.from_pretrained(model, device=dev, offline=offline, report=report,
                                             file_argument="model")  # compare's --model takes a file too
+    if threshold is not None:
+        threshold = identity.check_threshold("threshold", threshold)
     same = _same_file(a, b)  # one photo under two spellings: its faces against each other, as for A A
     faces = {a: identity.embed(a)}
     faces[b] = faces[a] if same else identity.embed(b)
