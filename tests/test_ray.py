@@ -168,6 +168,51 @@ def test_jobs_on_a_running_two_node_cluster_make_the_plain_runs_files(tmp_path, 
     assert _files(out) == grids and _files(tile_dir) == tiles
 
 
+_GPU_PATH = """
+import json, sys
+from pathlib import Path
+import ray
+from agetool.ray import FaceStage, GeneratorStage, Job, write_results
+
+src, out, weights = map(Path, sys.argv[1:4])
+ray.init(address=sys.argv[4], include_dashboard=False, log_to_driver=False)
+rows = [Job(str(p), str(out / (p.stem + "_ages.png"))).row() for p in sorted(src.rglob("*.png"))]
+stage = dict(fn_constructor_kwargs={"pipeline": {"weights": str(weights), "device": "cpu"},
+                                    "options": {"aligned": True, "mask": False, "seed": 3}},
+             compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1, batch_size=2, batch_format="numpy")
+faces = ray.data.from_items(rows).map_batches(FaceStage, **stage).materialize()
+schema = faces.schema()
+rows = faces.map_batches(GeneratorStage, **stage).map_batches(write_results, batch_size=2,
+                                                             batch_format="numpy").take_all()
+print(json.dumps({"types": dict(zip(schema.names, map(str, schema.types))),
+                  "errors": sorted(str(r["error"]) for r in rows if str(r["error"]))}))
+"""
+
+
+@pytest.mark.slow  # Ray clusters and agetool processes
+def test_the_gpu_stages_hand_faces_on_as_numeric_columns(tmp_path, cluster, folder):
+    """FaceStage -> GeneratorStage -> write_results through Ray's object store (on CPUs here): the
+    prepared faces travel as uint8 and int64 tensor columns beside a small pickle, and the grids are
+    the plain run's bytes."""
+    import json
+
+    address, env = cluster
+    src, _, grids, _ = folder
+    out = tmp_path / "gpu_path"
+    out.mkdir()
+    weights = next(a for a in folder[1] if str(a).endswith(".safetensors"))
+    run = subprocess.run([sys.executable, "-c", _GPU_PATH, src, out, weights, address],
+                         env={**env, "RAY_AUTH_MODE": "token"},
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = json.loads(run.stdout.strip().splitlines()[-1])
+    types = doc["types"]
+    assert "uint8" in types["prepared_data"] and "Tensor" in types["prepared_data"], types
+    assert "int64" in types["prepared_sizes"] and "Tensor" in types["prepared_sizes"], types
+    assert [e.split(":")[0].endswith("broken.png") for e in doc["errors"]] == [True]
+    assert _files(out) == grids
+
+
 @pytest.mark.slow  # Ray clusters and agetool processes
 def test_a_worker_killed_mid_job_is_retried(tmp_path, cluster, folder):
     """A worker's process killed (SIGKILL) while the job runs: Ray restarts it and retries its batch;

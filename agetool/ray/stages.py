@@ -1,7 +1,10 @@
 """The Ray Data stages of a job: callables on batches (dicts of numpy columns), one pipeline per actor.
 
-Rows are columns of plain types: strings for paths, URIs and messages, integers for counts; only the
-hand-off from ``FaceStage`` to ``GeneratorStage`` (GPU clusters) carries the prepared faces, as bytes.
+Rows are columns of plain types: strings for paths, URIs and messages, integers for counts. The
+hand-off from ``FaceStage`` to ``GeneratorStage`` (GPU clusters) and on to ``write_results`` carries
+the prepared faces and the results as numeric columns: their arrays (photo, crops, masks, features,
+tiles) as one uint8 column of raw bytes with an int64 column of their sizes, which Ray's object store
+holds without pickling, beside a small pickled column of everything else (``pack`` / ``unpack``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from agetool.locations import DEFAULT_TIMEOUT, fetch, join, store
 PHOTO, GRID, TILES, ERROR, FAILURE, NOTES = "photo", "grid", "tiles", "error", "failure", "notes"
 PREPARED, RESULT, FACES, MODELS = "prepared", "result", "faces", "models"
 BINARY = (PREPARED, RESULT)
+#: the numeric columns beside a packed column: its arrays' bytes and their sizes
+DATA, SIZES = "_data", "_sizes"
+NUMERIC = tuple(c + suffix for c in BINARY for suffix in (DATA, SIZES))
 #: the columns ``write_results`` and ``FusedStage`` give back
 OUTPUT = (PHOTO, GRID, ERROR, FAILURE, NOTES, FACES, MODELS)
 
@@ -65,6 +71,26 @@ def _fail(row: dict, e: errors.AgetoolError) -> None:
     row[ERROR], row[FAILURE] = str(e), _error_fields(e)
 
 
+# ---------------------------------------------------------------- packed objects
+def pack(obj, row: dict, column: str) -> None:
+    """``obj`` into ``row`` as three columns: ``column`` (the pickle, without the arrays' data),
+    ``column_data`` (uint8: the bytes of every array, one after another) and ``column_sizes`` (int64:
+    the byte size of each)."""
+    buffers: list[pickle.PickleBuffer] = []
+    row[column] = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    views = [b.raw() for b in buffers]
+    row[column + SIZES] = np.array([v.nbytes for v in views], dtype=np.int64)
+    row[column + DATA] = np.frombuffer(b"".join(views), dtype=np.uint8) if views else np.zeros(0, np.uint8)
+
+
+def unpack(row: dict, column: str):
+    """The object ``pack`` put in ``row``; its arrays are writable copies of the numeric columns."""
+    data = np.asarray(row.get(column + DATA, np.zeros(0, np.uint8)), dtype=np.uint8).ravel()
+    ends = np.cumsum(np.asarray(row.get(column + SIZES, np.zeros(0, np.int64)), dtype=np.int64).ravel())
+    buffers = [bytearray(data[a:b].tobytes()) for a, b in zip([0, *ends[:-1]], ends)]
+    return pickle.loads(bytes(row[column]), buffers=buffers)
+
+
 # ---------------------------------------------------------------- batches
 def _rows(batch: dict) -> list[dict]:
     n = len(next(iter(batch.values()))) if batch else 0
@@ -72,6 +98,11 @@ def _rows(batch: dict) -> list[dict]:
 
 
 def _column(name: str, values: list) -> np.ndarray:
+    if name in NUMERIC:  # one array per row, of its own length
+        out = np.empty(len(values), dtype=object)
+        out[:] = [np.asarray(v) if isinstance(v, np.ndarray) else np.zeros(0, np.int64 if name.endswith(SIZES)
+                                                                             else np.uint8) for v in values]
+        return out
     if name in BINARY or name == "bytes":
         out = np.empty(len(values), dtype=object)
         out[:] = [bytes(v) if v is not None else b"" for v in values]
@@ -217,7 +248,7 @@ class FaceStage(_Stage):
             prepared = self.pipe.prepare(photo, **self.options)
             prepared.source_sha256 = digest or prepared.source_sha256
             prepared.name = _text(row[PHOTO])
-            row[PREPARED] = pickle.dumps(prepared)
+            pack(prepared, row, PREPARED)
 
         rows = self._each(batch, prepare)
         for row in rows:
@@ -228,7 +259,7 @@ class FaceStage(_Stage):
 class GeneratorStage(_Stage):
     """Ray Data stage: the faces ``FaceStage`` prepared, encoded once and rendered at every age
     (then pasted back when asked), on the GPU the actor holds (or the CPU); the generator loads once
-    per actor. Rows come out with ``result`` (an ``AgingResult``, pickled; ``write_results`` writes it).
+    per actor. Rows come out with ``result`` (an ``AgingResult``, packed: ``pack``; ``write_results`` writes it).
 
     Use it with ``Dataset.map_batches(GeneratorStage, fn_constructor_kwargs=..., num_gpus=1,
     compute=ray.data.ActorPoolStrategy(size=GPUS), batch_size=...)``.
@@ -251,11 +282,12 @@ class GeneratorStage(_Stage):
 
     def __call__(self, batch: dict) -> dict:
         def render(row: dict) -> None:
-            row[RESULT] = pickle.dumps(self.pipe.age(pickle.loads(row[PREPARED]), self.request))
+            pack(self.pipe.age(unpack(row, PREPARED), self.request), row, RESULT)
 
         rows = self._each(batch, render)
         for row in rows:
-            row.pop(PREPARED, None)
+            for column in (PREPARED, PREPARED + DATA, PREPARED + SIZES):
+                row.pop(column, None)
         return _batch(rows, _columns(rows))
 
 
@@ -307,7 +339,7 @@ def write_results(batch: dict, *, labels: bool = True, timeout: float = DEFAULT_
         out = _output(row)
         if not out[ERROR]:
             try:
-                out.update(_write(row, pickle.loads(row[RESULT]), labels, timeout))
+                out.update(_write(row, unpack(row, RESULT), labels, timeout))
             except errors.AgetoolError as e:
                 if e.exit_code != 1:
                     raise
