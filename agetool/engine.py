@@ -40,17 +40,20 @@ class AgingEngine:
             self._decoder = PreparedDecoder(self.generator.decoder, self.device, self.dtype)
         return self._decoder
 
-    def _autocast(self):
-        # CPUs encode in float32: autocast's casts make bfloat16 slower there, for one image per face
-        if self.dtype == torch.float32 or self.device.type == "cpu":
+    def _autocast(self, batched: bool = False):
+        # CPUs encode a photo's faces in float32 (autocast's casts make bfloat16 slower there, for one
+        # image per face); a clip's batches of crops in the engine's dtype, as its decoder runs
+        if self.dtype == torch.float32 or self.device.type == "cpu" and not batched:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     @torch.inference_mode()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [-1, 1] -> identity features [B, 256, H/4, W/4] (float32)"""
+    def encode(self, x: torch.Tensor, batched: bool = False) -> torch.Tensor:
+        """[B, 3, H, W] in [-1, 1] -> identity features [B, 256, H/4, W/4] (float32). ``batched``: a
+        clip's crops, encoded in the engine's dtype on CPUs too (bfloat16 where the CPU computes it
+        natively and the dtype is ``auto``); photos are encoded in float32 there."""
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        with self._autocast():
+        with self._autocast(batched):
             return self.generator.encode(x).float().contiguous()
 
     @torch.inference_mode()

@@ -113,9 +113,10 @@ class Renderer:
         return combine(looks)
 
     # ---------------------------------------------------------------- features
-    def encode(self, faces: Sequence[Face], batch: int = 1) -> list[Face]:
+    def encode(self, faces: Sequence[Face], batch: int = 1, fast: bool = False) -> list[Face]:
         """``faces``, each with the generator's identity features (filled in where missing, ``batch``
-        crops of one model encoded at once)."""
+        crops of one model encoded at once). ``fast`` (clips): in the engine's dtype on CPUs too,
+        where photos are encoded in float32 (``AgingEngine.encode``)."""
         from agetool.images import to_tensor
 
         out = list(faces)
@@ -129,7 +130,7 @@ class Renderer:
                 with self.models.timer("encode"):
                     for start in range(0, len(indices), batch):
                         part = indices[start:start + batch]
-                        feats = engine.encode(to_tensor(np.stack([out[i].network_input for i in part])))
+                        feats = engine.encode(to_tensor(np.stack([out[i].network_input for i in part])), fast)
                         for i, x in zip(part, feats):
                             out[i].features = x
         return out

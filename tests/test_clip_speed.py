@@ -51,9 +51,9 @@ def encoded(monkeypatch) -> list:
     calls: list[int] = []
     real = AgingEngine.encode
 
-    def encode(self, x):
+    def encode(self, x, *args, **kwargs):
         calls.append(int(x.shape[0]))
-        return real(self, x)
+        return real(self, x, *args, **kwargs)
 
     monkeypatch.setattr(AgingEngine, "encode", encode)
     return calls
@@ -221,3 +221,39 @@ def test_written_clip_has_every_frame_in_order(tmp_path, photo, pipe):
     for (_, a), (b, _) in zip(runner, written):  # yuv420p: the colours subsampled, nothing else
         assert np.abs(a.astype(np.int16) - b).mean() < 3
     assert not _threads()
+
+
+# ---------------------------------------------------------------- the encoder's bfloat16
+
+def test_a_clips_encoder_runs_in_the_engines_bfloat16_where_a_photos_stays_float32(weights):
+    """On this CPU bfloat16 is emulated (slow, but computed): the batched (clip) path is checked for
+    what it computes; where the CPU has it natively, ``dtype="auto"`` picks it (next test)."""
+    import torch
+
+    from agetool.engine import AgingEngine
+    from agetool.images import to_tensor
+    from agetool.nn.checkpoint import load_generator
+    from tests.helpers import face_like
+
+    gen = load_generator(weights, device=torch.device("cpu"))
+    x = to_tensor(np.stack([face_like(64, seed) for seed in range(3)]))
+    exact = AgingEngine(gen, torch.device("cpu"), torch.float32).encode(x, batched=True)
+    half = AgingEngine(gen, torch.device("cpu"), torch.bfloat16)
+    assert torch.equal(half.encode(x), exact)  # a photo's faces: float32 whatever the engine's dtype
+    fast = half.encode(x, batched=True)
+    assert fast.dtype == torch.float32 and fast.shape == exact.shape
+    error = (fast - exact).norm() / exact.norm()
+    assert 0 < error < 0.03, float(error)  # computed in bfloat16 (8 bits of mantissa), close to float32
+
+
+@pytest.mark.skipif("not __import__('agetool.device', fromlist=['x']).cpu_has_native_bf16()",
+                    reason="the CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+def test_auto_dtype_gives_clips_a_bfloat16_encoder_on_a_cpu_with_native_bfloat16(weights, tmp_path, photo, encoded):
+    import torch
+
+    import agetool
+
+    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib", dtype="auto")
+    assert pipe.dtype == torch.bfloat16
+    clip = make_clip(photo, tmp_path / "walk.mp4", 4)
+    assert len(_aged(pipe, clip)) == 4 and sum(encoded) >= 1

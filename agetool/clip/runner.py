@@ -316,7 +316,8 @@ class ClipRunner:
             if f.track.model is None:
                 self._decide(f.track)
             f.estimate, f.model = f.track.estimate, f.track.model
-        self.core.encode([f for fr in frames for f, same in zip(fr.faces, fr.same) if same is None], self.batch)
+        self.core.encode([f for fr in frames for f, same in zip(fr.faces, fr.same) if same is None], self.batch,
+                         fast=True)
         self._choose_draws([f for fr in frames for f, same in zip(fr.faces, fr.same) if same is None])
         jobs, reused = [], []
         for fr in frames:
