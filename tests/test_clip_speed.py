@@ -257,3 +257,40 @@ def test_auto_dtype_gives_clips_a_bfloat16_encoder_on_a_cpu_with_native_bfloat16
     assert pipe.dtype == torch.bfloat16
     clip = make_clip(photo, tmp_path / "walk.mp4", 4)
     assert len(_aged(pipe, clip)) == 4 and sum(encoded) >= 1
+
+
+# ---------------------------------------------------------------- parsing less often
+
+def test_held_labels_follow_a_face_that_only_moved_in_its_crop():
+    """A crop whose square lags or leads the face (shifted by 7 px and scaled by 6%, as smoothed
+    landmarks do on a moving face) takes the last parse's labels moved with it, not a new parse;
+    the moved labels are where the same photo regions land in the new crop. Another face is parsed."""
+    import cv2
+
+    from agetool.clip.tracks import Track, fast_align, thumbnail
+    from agetool.face.detect import DlibDetector, bundled_dlib_predictor
+    from agetool.images import read_image
+
+    photo = read_image(ROOT / "examples" / "astronaut.png")
+    (face,) = DlibDetector(predictor=bundled_dlib_predictor()).detect(photo)
+    lm = face.landmarks.astype(np.float64)
+    yy, xx = np.mgrid[:photo.shape[0], :photo.shape[1]]
+    regions = ((xx // 16 + yy // 16) % 5).astype(np.uint8)  # labels painted on the photo: a checker of 5 classes
+
+    def crop(points):
+        a = fast_align(photo, points, 256)
+        m = a.photo_to_crop_matrix(256)[:2]
+        return a.image, a, cv2.warpAffine(regions, m, (256, 256), flags=cv2.INTER_NEAREST)
+
+    first, first_alignment, first_labels = crop(lm)
+    centre = lm.mean(0)
+    moved_points = (lm - centre) * 1.06 + centre + (7, -4)
+    now, now_alignment, expected = crop(moved_points)
+    t = Track.start(0, face)
+    t.parsed_crop, t.labels = (first, first_alignment, first_labels), first_labels
+    assert t.carry_labels(now, now_alignment, thumbnail(now), 0.95)
+    inside = (slice(16, 240), slice(16, 240))  # off the edges (reflected there)
+    assert (t.labels[inside] == expected[inside]).mean() > 0.97
+    assert not np.array_equal(t.labels, first_labels) and t.target_mask is not None
+    other = np.ascontiguousarray(now[::-1])  # not the face moved: a different picture
+    assert not t.carry_labels(other, now_alignment, thumbnail(other), 0.95)

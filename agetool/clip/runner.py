@@ -3,8 +3,8 @@
 The runner follows faces and streams frames; the render core (``agetool.render.Renderer``) ages
 them with the same code as photos. Per frame: faces are followed (``tracks``), their landmarks
 smoothed over time (One-Euro), the crop cut from the smoothed landmarks, parsed only when the
-face's look changed (labels held per track otherwise), and the paste-back weights eased between
-parses; each face is an ``agetool.results.Face`` with its ``track``. Per batch: each new person's
+face's look changed (labels held per track otherwise, and carried along with the crop where it only
+moved: ``Track.carry_labels``), and the paste-back weights eased between parses; each face is an ``agetool.results.Face`` with its ``track``. Per batch: each new person's
 estimate and model are decided over their frames in the batch (up to eight) and then held; the
 crops of all frames are encoded together and decoded with the person's latents (one noise draw,
 held for the whole clip: the run's seed, or with ``candidates`` N the most faithful of N scored
@@ -249,11 +249,16 @@ class ClipRunner:
         face.aligned = face.alignment.image
         if self.parse:
             look = thumbnail(face.aligned)
-            if t.labels is None or index - t.parsed_at >= PARSE_EVERY or match(look, t.parsed) < PARSE_MATCH:
+            due = t.labels is None or index - t.parsed_at >= PARSE_EVERY
+            if not due and match(look, t.parsed) < PARSE_MATCH:
+                with timer("track"):
+                    due = not t.carry_labels(face.aligned, face.alignment, look, PARSE_MATCH)
+            if due:
                 parser = self.models.parser
                 with timer("parse"):
                     t.labels = parser.parse(face.aligned)
                 t.parsed, t.parsed_at = look, index
+                t.parsed_crop = (face.aligned, face.alignment, t.labels)
                 t.target_mask = paste_mask(t.labels, 256)
         elif t.target_mask is None:
             t.target_mask = paste_mask(None, 256)

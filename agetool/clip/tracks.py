@@ -94,6 +94,7 @@ class Track:
     labels: np.ndarray | None = None  # parsing labels, held between parses
     parsed: np.ndarray | None = None  # thumbnail of the crop at the last parse
     parsed_at: int = -1
+    parsed_crop: tuple | None = None  # (crop, its AlignedFace, labels) of the last parse
     target_mask: np.ndarray | None = None  # paste-back weights of the held labels (``mask`` eases to them)
     model: str | None = None  # decided once, over the track's first frames
     estimates: list = field(default_factory=list)  # (gender, p, age) per classified frame
@@ -131,12 +132,35 @@ class Track:
         self.patch = (np.ascontiguousarray(image[top:bottom, left:right]), shifted)
         self.embedding = None
 
+    def carry_labels(self, crop: np.ndarray, alignment, look: np.ndarray, least: float) -> bool:
+        """Where the face only moved in the crop since its last parse (the smoothed landmarks lag a
+        moving face by a few pixels, the crop's square shifts or scales), the parsed crop and its
+        labels are moved with it: if the moved crop's thumbnail matches ``look`` (the crop's) at
+        least ``least``, the held labels become the moved ones (and ``target_mask`` their weights);
+        True then. False where the face itself changed: it is parsed again."""
+        import cv2
+
+        from agetool.face.paste import paste_mask
+
+        if self.parsed_crop is None:
+            return False
+        old, old_alignment, labels = self.parsed_crop
+        size = crop.shape[0]
+        m = (alignment.photo_to_crop_matrix(size) @ old_alignment.crop_to_photo_matrix(size))[:2]
+        moved = cv2.warpAffine(old, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        if match(thumbnail(moved), look) < least:
+            return False
+        self.labels = cv2.warpAffine(labels, m, (size, size), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+        self.parsed = look
+        self.target_mask = paste_mask(self.labels, size)
+        return True
+
     def restart(self, detection) -> None:
         """Pick the person up again after a gap: what was held for them stays, the place starts afresh."""
         self.landmarks = np.asarray(detection.landmarks, np.float64)
         self.box_offset = box_offset(detection.box, detection.landmarks)
         self.smooth, self.mask = OneEuro(), Ema(0.35)
-        self.labels = self.parsed = self.target_mask = None
+        self.labels = self.parsed = self.target_mask = self.parsed_crop = None
         self.parsed_at, self.missed, self.ended = -1, 0, None
 
 
