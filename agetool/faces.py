@@ -33,7 +33,7 @@ def prepare_faces(models: Models, image: np.ndarray, *, aligned: bool = False, m
     face parser even without masking (paste-back needs the labels).
     """
     timer = models.timer
-    report = report or models.report
+    report = report or models.loading.say
     parse = mask if parse is None else parse
     if aligned:
         crop = image
@@ -60,7 +60,7 @@ def prepare_faces(models: Models, image: np.ndarray, *, aligned: bool = False, m
 def find_faces(models: Models, image: np.ndarray, *, faces: str = "all", min_face: int = 0,
                name: str = "image", report: Report | None = None) -> list:
     """Detected faces after ``min_face`` and ``faces``, numbered left to right; ``NoFaceError`` if none."""
-    report = report or models.report
+    report = report or models.loading.say
     detector = models.detector
     before = dict(detector.timings)
     found = detector.detect(image)  # largest first

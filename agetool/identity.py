@@ -216,15 +216,20 @@ class FaceIdentity:
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = "dlib", *, device=None, offline: bool = False,
                         detector=None, report: Callable[[str], None] | None = None, progress=None,
-                        argument: str = "model", file_argument: str | None = None) -> "FaceIdentity":
+                        argument: str = "model", file_argument: str | None = None,
+                        loading=None) -> "FaceIdentity":
         """``"dlib"`` (offline), ``"auraface"`` / ``"arcface-w600k"`` (registry ONNX files, downloaded
         once unless ``offline``), or a file: ``.onnx`` (ArcFace-type) or ``.dat`` (a dlib descriptor).
+        ``loading`` (``agetool.loading.Loading``) in place of ``offline``, ``report`` and ``progress``.
 
         ``detector``: an ``agetool.face.detect.LandmarkDetector`` for ``embed(image)`` without a face
         (default: dlib's, made on first use). ``argument`` names the argument in error messages;
         ``file_argument`` the one that takes a file in place of a registry download (default:
         ``identity_model``).
         """
+        from agetool.loading import given
+
+        loading = given(loading, offline=offline, progress=progress, report=report)
         text = str(model)
         is_file = Path(text).is_file()
         if not is_file and text in ("dlib", *ARCFACE_MODELS):
@@ -246,8 +251,8 @@ class FaceIdentity:
                        detector=detector)
         from agetool.face.identity import IdentityEmbedder
 
-        embedder = IdentityEmbedder.open(name or "auraface", path, device=device, offline=offline, report=report,
-                                         progress=progress, argument=argument, file_argument=file_argument)
+        embedder = IdentityEmbedder.open(name or "auraface", path, device=device, loading=loading, argument=argument,
+                                         file_argument=file_argument)
         return cls(_ArcFace(embedder), name=name or path.name, path=embedder.path, detector=detector)
 
     # ------------------------------------------------------------------ description

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agetool.loading import LOADING, Loading
+
 Report = Callable[[str], None]
 #: the name prefix of the threads that load models in the background
 LOADER_PREFIX = "agetool-load-"
@@ -76,12 +78,10 @@ class Models:
     parser_weights: Path | None = None
     classifier_weights: Path | None = None
     landmarks: str = "auto"
-    offline: bool = False
     device: object = None
     dtype: object = None
     batch: int | None = None
-    report: Report = field(default=lambda message: None)
-    progress: object = None
+    loading: Loading = LOADING  # offline, progress and report of every model file fetched
     timer: Timer = field(default_factory=Timer)
     upscale_weights: Path | str | None = None  # a super-resolution file or registered name (None: the default)
 
@@ -162,9 +162,8 @@ class Models:
         def load():
             from agetool.face.detect import LandmarkDetector
 
-            detector = LandmarkDetector.create(self.landmarks, device=self.device, offline=self.offline,
-                                               report=self.report, progress=self.progress)
-            self.report(f"landmarks: {detector.name}")
+            detector = LandmarkDetector.create(self.landmarks, device=self.device, loading=self.loading)
+            self.loading.say(f"landmarks: {detector.name}")
             return detector
 
         return self._once("detector", "load landmarks", load)
@@ -174,8 +173,7 @@ class Models:
         def load():
             from agetool.face.parse import FaceParser
 
-            return FaceParser.load(self.parser_weights, device=self.device, offline=self.offline,
-                                   report=self.report, progress=self.progress)
+            return FaceParser.load(self.parser_weights, device=self.device, loading=self.loading)
 
         return self._once("parser", "load parser", load)
 
@@ -185,8 +183,7 @@ class Models:
         def load():
             from agetool.face.gender import GenderClassifier
 
-            return GenderClassifier.load(self.classifier_weights, offline=self.offline, report=self.report,
-                                         progress=self.progress)
+            return GenderClassifier.load(self.classifier_weights, loading=self.loading)
 
         return self._once("classifier", "load classifier", load)
 
@@ -227,8 +224,7 @@ class Models:
         def load():
             from agetool.upscale import load_upscaler
 
-            return load_upscaler(self.upscale_weights, device=self.device, offline=self.offline,
-                                 report=self.report, progress=self.progress)
+            return load_upscaler(self.upscale_weights, device=self.device, loading=self.loading)
 
         return self._once("upscaler", "load upscaler", load)
 
@@ -248,8 +244,7 @@ class Models:
     def _registry_generator(self, model: str) -> Path:
         from agetool import weights
 
-        return weights.generator_path(f"lats-{model}", offline=self.offline, progress=self.progress,
-                                      report=self.report)
+        return weights.generator_path(f"lats-{model}", loading=self.loading)
 
     def used(self, generators=None, *, landmarks: bool | None = None, parser: bool | None = None,
              classifier: bool | None = None, upscaler: bool | None = None) -> tuple:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agetool.errors import MissingModelsError, arg
+from agetool.loading import LOADING, Loading
 from agetool.weights.registry import ROLES
 
 
@@ -80,11 +81,11 @@ def missing(groups: Iterable[list[str]]) -> list[str]:
     return out
 
 
-def require(groups: Iterable[list[str]], *, offline: bool = False, report=None, progress=None) -> None:
-    """Every file of ``groups`` at hand before anything loads: with the network off, a
-    ``MissingModelsError`` naming each one that is not; online, each missing one is downloaded
-    first (``report`` / ``progress`` as for ``agetool.weights.fetch``), and those that could not be
-    are named together, each with why."""
+def require(groups: Iterable[list[str]], loading: Loading = LOADING) -> None:
+    """Every file of ``groups`` at hand before anything loads: with the network off
+    (``loading.offline``), a ``MissingModelsError`` naming each one that is not; online, each
+    missing one is downloaded first (as ``agetool.weights.fetch`` does), and those that could not
+    be are named together, each with why."""
     from agetool import weights
     from agetool.errors import ChecksumError, DownloadError
 
@@ -92,19 +93,19 @@ def require(groups: Iterable[list[str]], *, offline: bool = False, report=None, 
     names = missing(groups)
     if not names:
         return
-    if weights.is_offline(offline):
-        raise missing_error(names, offline=offline)
+    if weights.is_offline(loading.offline):
+        raise missing_error(names, offline=loading.offline)
     failed: dict[str, str] = {}
     for name in names:
         if any(at_hand(other) for group in groups if name in group for other in group):
             continue  # an alternative of its group arrived meanwhile
         try:
-            weights.fetch(name, report=report, progress=progress)
+            weights.fetch(name, loading=loading)
         except (DownloadError, ChecksumError) as e:  # the next file is still tried
             failed[name] = ", ".join(dict.fromkeys(getattr(e, "reasons", None) or [e.message]))
     still = missing(groups)
     if still:
-        raise missing_error(still, offline=offline, failed=failed)
+        raise missing_error(still, offline=loading.offline, failed=failed)
 
 
 def missing_error(names: list[str], *, offline: bool = True, failed: dict[str, str] | None = None

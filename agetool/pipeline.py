@@ -28,6 +28,7 @@ from agetool.ages import DEFAULT_ANCHORS, AgeTarget, check_anchors
 from agetool.errors import EstimateError, arg
 from agetool.faces import check_encoded, check_faces, prepare_faces
 from agetool.images import DEFAULT_MAX_PIXELS, load_image
+from agetool.loading import Loading
 from agetool.models import LANDMARKS, MODELS, Models, Timer
 from agetool.options import (DEFAULT_CRF, DEFAULT_FPS, DEFAULT_MAX_SIZE, DEFAULT_NOISE, DEFAULT_SEED, DEFAULT_STEPS,
                              AgeRequest, FaceOptions, RenderOptions, VideoOptions, request as build_request)
@@ -84,7 +85,7 @@ class AgingPipeline:
 
         validate.choice("model", model, MODELS)
         validate.choice("landmarks", landmarks, LANDMARKS)
-        offline = validate.flag("offline", offline)
+        loading = Loading.of(offline, progress, report)  # every model file is had through it
         if batch is not None:
             validate.integer("batch", batch, low=1, high=4096)
         validate.integer("max_pixels", max_pixels, low=64)
@@ -108,8 +109,7 @@ class AgingPipeline:
         models = Models(weights=None if weights is None else Path(weights),
                         parser_weights=None if parser_weights is None else Path(parser_weights),
                         classifier_weights=None if classifier_weights is None else Path(classifier_weights),
-                        landmarks=landmarks, offline=offline, device=dev, dtype=dt, batch=batch,
-                        report=report or (lambda message: None), progress=progress, timer=Timer(dev),
+                        landmarks=landmarks, loading=loading, device=dev, dtype=dt, batch=batch, timer=Timer(dev),
                         upscale_weights=upscale_weights)
         return cls(models, model="custom" if weights is not None else model, age_anchors=age_anchors,
                    max_pixels=max_pixels)
@@ -156,7 +156,7 @@ class AgingPipeline:
 
         require(pipeline_files(self.models, self.model, generate=generate, landmarks=not aligned,
                                parser=mask or paste_back, classifier=estimate, upscale=upscale),
-                offline=self.models.offline, report=self.models.report, progress=self.models.progress)
+                self.models.loading)
         if upscale:  # loaded and checked now (its limits, its scale): a bad file fails before any work
             self.models.upscaler
 

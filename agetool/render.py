@@ -49,13 +49,13 @@ class Renderer:
 
     # ---------------------------------------------------------------- notices
     def report(self, message: str) -> None:
-        self.models.report(message)
+        self.models.loading.say(message)
 
     def warn_once(self, message: str) -> None:
         """``message`` reported the first time only (per renderer)."""
         if message not in self._warned:
             self._warned.add(message)
-            self.models.report(message)
+            self.models.loading.say(message)
 
     def warn_old(self, targets: Sequence[AgeTarget]) -> None:
         """Once: ages past the oldest class render that class."""
@@ -65,9 +65,7 @@ class Renderer:
 
     def progress(self, description: str, total: int | None) -> Callable[[int], None]:
         """``advance(n)`` of the models' progress callback (nothing without one)."""
-        if self.models.progress is None:
-            return lambda n: None
-        return self.models.progress(description, total)
+        return self.models.loading.advance(description, total)
 
     # ---------------------------------------------------------------- estimate and model
     def classifier(self, estimate: bool | str = "auto"):

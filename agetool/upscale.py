@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from agetool import validate
+from agetool.loading import LOADING, Loading
 from agetool.errors import CheckpointError, UsageError, arg
 from agetool.options import check_factor
 
@@ -170,15 +171,14 @@ def resolve(weights: str | os.PathLike | None) -> tuple[Path | None, str]:
                           hint=f"a super-resolution model file, or one of: {', '.join(names)}")
 
 
-def load_upscaler(weights: str | os.PathLike | None = None, *, device=None, offline: bool = False,
-                  report: Callable[[str], None] | None = None, progress=None, tile: int = TILE,
-                  tile_pad: int = TILE_PAD) -> Upscaler:
+def load_upscaler(weights: str | os.PathLike | None = None, *, device=None, loading: Loading = LOADING,
+                  tile: int = TILE, tile_pad: int = TILE_PAD) -> Upscaler:
     """An ``Upscaler`` from ``weights``: None (the registry's ``realesr-general-x4v3``), a registered
     name (downloaded once, verified, cached) or a file (the built-in Real-ESRGAN architectures,
     else any model spandrel loads)."""
     import torch
 
-    say = report or (lambda message: None)
+    say = loading.say
     tile = validate.integer("tile", tile, low=16, high=4096)
     tile_pad = validate.integer("tile_pad", tile_pad, low=0, high=256)
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -188,7 +188,7 @@ def load_upscaler(weights: str | os.PathLike | None = None, *, device=None, offl
         from agetool.weights.registry import get
 
         art = get(name)
-        path = fetch(name, offline=offline, progress=progress, report=report)
+        path = fetch(name, loading=loading)
         own = status(name).own  # a file of the user's own registered for the name: no borrowed licence
         licence = "; your own file" if own else f"; {art.license_line.split(': ', 1)[1]}"
     else:

@@ -313,12 +313,14 @@ class Bench:
         if not photo_path.is_file():
             return self.skip("landmarks", f"no test photo at {photo_path}")
         photo = read_image(photo_path)
+        from agetool.loading import Loading
+
         for backend in ("dlib", "fan"):
             if backend == "fan" and not fan_files_present():
                 self.skip("landmarks fan", "FAN weights not in the cache (agetool weights download)")
                 continue
             try:
-                det = LandmarkDetector.create(backend, device=self.device, offline=True)
+                det = LandmarkDetector.create(backend, device=self.device, loading=Loading(offline=True))
             except Exception as e:  # a missing package or model file
                 self.skip(f"landmarks {backend}", f"unavailable: {str(e).splitlines()[0][:80]}")
                 continue

@@ -20,7 +20,7 @@ LAYERS = [
     ("agetool.errors", "agetool"),  # agetool: the package's __init__ (its names are imported lazily)
     ("agetool.validate", "agetool.files", "agetool.userfiles", "agetool.config", "agetool.device",
      "agetool.credentials"),
-    ("agetool.ages", "agetool.images", "agetool.nn", "agetool.shards", "agetool.provenance"),
+    ("agetool.ages", "agetool.images", "agetool.nn", "agetool.shards", "agetool.provenance", "agetool.loading"),
     ("agetool.options", "agetool.results", "agetool.weights", "agetool.engine", "agetool.locations"),
     ("agetool.face", "agetool.video"),
     ("agetool.identity", "agetool.upscale"),

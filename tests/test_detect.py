@@ -11,6 +11,7 @@ from PIL import Image
 from agetool.errors import OfflineError
 from agetool.face import detect
 from agetool.face.detect import DetectedFace, LandmarkDetector
+from agetool.loading import Loading
 from tests.helpers import cli
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -95,13 +96,13 @@ def test_auto_is_fan_when_its_files_are_present(tmp_path, monkeypatch):
 
     monkeypatch.setattr(detect, "FanDetector", FakeFan)
     assert detect.fan_files_present()
-    assert LandmarkDetector.create("auto", device="cpu", offline=True).name == "fan (test)"
-    assert built["offline"] is True
+    assert LandmarkDetector.create("auto", device="cpu", loading=Loading(offline=True)).name == "fan (test)"
+    assert built["loading"].offline is True
 
 
 def test_fan_offline_without_files_is_a_clear_error():
     with pytest.raises(OfflineError) as e:
-        LandmarkDetector.create("fan", device="cpu", offline=True)
+        LandmarkDetector.create("fan", device="cpu", loading=Loading(offline=True))
     assert "2DFAN4" in str(e.value) and "landmarks='dlib'" in str(e.value)
 
 

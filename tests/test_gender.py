@@ -12,6 +12,7 @@ from PIL import Image
 from agetool.errors import ModelChoiceError
 from agetool.face.detect import DetectedFace
 from agetool.face.gender import GenderClassifier, face_box, input_normalization
+from agetool.loading import Loading
 from agetool.pipeline import AgingPipeline
 from agetool.results import Face
 from tests.helpers import cli
@@ -117,7 +118,7 @@ def test_pipeline_reports_the_choice(classifier, landmarks):
 
 def test_offline_without_the_classifier_asks_for_model(tmp_path, capsys):
     with pytest.raises(ModelChoiceError) as e:
-        GenderClassifier.load(offline=True)
+        GenderClassifier.load(loading=Loading(offline=True))
     assert "model='male'" in str(e.value)
     crop = tmp_path / "crop.png"
     Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(crop)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from agetool.face.mask import mask_background
 from agetool.face.parse import FaceParser, labels_from_logits, preprocess, save_parser
+from agetool.loading import Loading
 from agetool.nn.parser import read_parser_state_dict
 from agetool.nn.parser import DeepLabV3
 from tests.helpers import cli
@@ -116,7 +117,7 @@ def test_parser_load_offline_without_weights_is_a_clear_error():
     from agetool.errors import AgetoolError
 
     with pytest.raises(AgetoolError) as e:
-        FaceParser.load(None, offline=True)
+        FaceParser.load(None, loading=Loading(offline=True))
     assert e.value.exit_code == 1 and "deeplab-parser" in str(e.value)
 
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from agetool.errors import CheckpointError, OfflineError, UsageError
+from agetool.loading import Loading
 from agetool.nn.realesrgan import RRDBNet, SRVGGNetCompact, recognise
 from agetool.upscale import Upscaler, fit_face, load_upscaler, native_side
 from tests.helpers import ROOT, cli, face_like
@@ -60,7 +61,7 @@ def test_released_architectures_are_recognised_from_their_tensors(tmp_path, arch
         torch.manual_seed(0)
         net = RRDBNet(scale=side, num_feat=16, num_block=2, num_grow_ch=8).eval()
     reports = []
-    up = load_upscaler(_save(tmp_path / "net.pth", net, wrapper), report=reports.append)
+    up = load_upscaler(_save(tmp_path / "net.pth", net, wrapper), loading=Loading(report=reports.append))
     assert (up.architecture, up.scale) == (arch, side)
     assert reports == [f"upscale: net.pth ({arch}, x{side})"]
     x = torch.rand(1, 3, 24, 24)

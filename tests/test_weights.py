@@ -16,6 +16,7 @@ import pytest
 from agetool import weights
 from agetool.cli import run
 from agetool.errors import ChecksumError, OfflineError, WeightsError
+from agetool.loading import Loading
 from agetool.weights import registry, store, transfer
 from tests.weights_server import COMMIT, Server, write_registry
 
@@ -391,7 +392,7 @@ def test_face_alignment_files_are_placed_where_it_looks(env, server, monkeypatch
     assert (target / names["fan-2d"]).read_bytes() == fan
     assert (target / names["s3fd"]).read_bytes() == sfd
     gets = len(server.state.requests("GET"))
-    weights.place_face_alignment_files(offline=True)  # already in place: nothing fetched
+    weights.place_face_alignment_files(loading=Loading(offline=True))  # already in place: nothing fetched
     assert len(server.state.requests("GET")) == gets
 
 

@@ -16,6 +16,7 @@ import torch
 from agetool import weights
 from agetool.cli import console, run
 from agetool.errors import ChecksumError
+from agetool.loading import Loading
 from agetool.nn.generator import Generator, GeneratorConfig
 from tests.seeding import seeded_state_dict
 from tests.test_weights import entry, env, payload, server, use_registry  # noqa: F401
@@ -95,7 +96,7 @@ def test_released_zip_and_member_and_safetensors_forms(env, monkeypatch, capsys,
     # the zip: verified by its published checksum
     assert run(["weights", "import", str(env / "males_model.zip"), "--as", "lats-tiny"]) == 0
     assert "published checksum" not in capsys.readouterr().err
-    g = weights.generator_path("lats-tiny", offline=True)
+    g = weights.generator_path("lats-tiny", loading=Loading(offline=True))
     from agetool.nn.checkpoint import load_generator
 
     assert all(torch.equal(load_generator(g).state_dict()[k], v) for k, v in sd.items())
@@ -103,7 +104,7 @@ def test_released_zip_and_member_and_safetensors_forms(env, monkeypatch, capsys,
     # the member: checked by loading; replaces the zip as the cached form
     member = _pth(env / "latest_net_g_running.pth", _tiny_state(seed=5))
     assert run(["weights", "import", str(member), "--as", "lats-tiny"]) == 0
-    g = weights.generator_path("lats-tiny", offline=True)
+    g = weights.generator_path("lats-tiny", loading=Loading(offline=True))
     assert torch.equal(load_generator(g).state_dict()["id_encoder.encoder.1.conv.weight_orig"],
                        _tiny_state(seed=5)["id_encoder.encoder.1.conv.weight_orig"])
     assert weights.verify(["lats-tiny"])[0].ok  # re-hashed against the sha256 recorded at import
@@ -111,7 +112,7 @@ def test_released_zip_and_member_and_safetensors_forms(env, monkeypatch, capsys,
     # an agetool safetensors file: used as it is
     st = tiny_generator_file(env / "mine.safetensors", seed=7)
     assert run(["weights", "import", str(st), "--as", "lats-tiny"]) == 0
-    used = weights.generator_path("lats-tiny", offline=True)
+    used = weights.generator_path("lats-tiny", loading=Loading(offline=True))
     assert used.suffix == ".safetensors" and used.read_bytes() == st.read_bytes()
 
 
@@ -121,7 +122,7 @@ def test_member_of_a_registry_entry_without_checksum(env, monkeypatch, capsys):
     pth = _pth(env / "latest_net_g_running.pth", _tiny_state())
     path = weights.import_file(pth, "lats-tofu")
     assert path.name == "latest_net_g_running.pth"
-    out = weights.generator_path("lats-tofu", offline=True)
+    out = weights.generator_path("lats-tofu", loading=Loading(offline=True))
     assert out.name == "lats-tofu.safetensors"
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from agetool import weights
+from agetool.loading import Loading
 from agetool.nn.realesrgan import SRVGGNetCompact
 from tests.helpers import cli
 from tests.test_weights import entry, env, payload, server, use_registry  # noqa: F401
@@ -66,7 +67,7 @@ def test_an_upscaler_copy_without_a_published_checksum_is_yours(env, monkeypatch
     row = next(line for line in out.splitlines() if line.startswith("realesr-general-x4v3 "))
     assert "yes, yours" in row
     notes = []
-    load_upscaler("realesr-general-x4v3", offline=True, report=notes.append)
+    load_upscaler("realesr-general-x4v3", loading=Loading(offline=True, report=notes.append))
     assert notes == ["upscale: " + notes[0][len("upscale: "):]] and "your own file" in notes[0]
     assert "BSD" not in notes[0]
 
@@ -120,6 +121,6 @@ def test_the_fan_backend_offline_says_how_to_give_its_files(env, monkeypatch):
 
     monkeypatch.setenv("TORCH_HOME", str(env / "empty-torch"))
     with pytest.raises(OfflineError) as info:
-        FanDetector._place_files(offline=True, report=None, progress=None)
+        FanDetector._place_files(Loading(offline=True))
     text = str(info.value)
     assert "`agetool weights import FILE --as fan-2d`" in text and "--as s3fd" in text and "landmarks='dlib'" in text

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from agetool.loading import LOADING, Loading
+
 #: Identity models in the registry; the first is the default (Apache-2.0, usable commercially).
 IDENTITY_MODELS = ("auraface", "arcface-w600k")
 #: what ``identity="auto"`` falls back to when the default is not cached: no download needed
@@ -41,12 +43,11 @@ class Measurer:
 
     @classmethod
     def load(cls, *, age_model: str | os.PathLike | None = None, identity_model: str | os.PathLike | None = None,
-             identity: str = "auto", device=None, offline: bool = False,
-             report: Callable[[str], None] | None = None, progress=None, ages: bool = True) -> "Measurer":
+             identity: str = "auto", device=None, loading: Loading = LOADING, ages: bool = True) -> "Measurer":
         """The registry's ``genderage`` (or the local ONNX file ``age_model``) and the identity model:
         ``identity_model`` (a name or a file, see ``FaceIdentity.from_pretrained``), else ``identity``
         (``"auto"``: the ArcFace-type default where it is cached, else dlib's descriptor, said through
-        ``report``; ``"dlib"``, ``"auraface"``, ``"arcface-w600k"``). ``ages=False``: no age model;
+        ``loading.report``; ``"dlib"``, ``"auraface"``, ``"arcface-w600k"``). ``ages=False``: no age model;
         identity only (every estimated age is None)."""
         from agetool.errors import UsageError, arg
         from agetool.face.gender import GenderClassifier
@@ -54,12 +55,12 @@ class Measurer:
 
         if identity not in ("auto", *MODELS):
             raise UsageError(f"{arg('identity', identity)}: expected auto, {', '.join(MODELS)}")
-        estimator = None if not ages else GenderClassifier.open(age_model, device=device, offline=offline,
-                                                                report=report, progress=progress, argument="age_model")
+        estimator = None if not ages else GenderClassifier.open(age_model, device=device, loading=loading,
+                                                                argument="age_model")
         choice = identity_model if identity_model is not None else identity
         if choice == "auto":
-            choice = default_identity(report)
-        ident = FaceIdentity.from_pretrained(choice, device=device, offline=offline, report=report, progress=progress,
+            choice = default_identity(loading.report)
+        ident = FaceIdentity.from_pretrained(choice, device=device, loading=loading,
                                              argument="identity_model" if identity_model is not None else "identity")
         measurer = cls(estimator, ident)
         measurer.models = {

@@ -97,9 +97,9 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, pipeline, 
 
         outputs_clear("out", out, r"report\.(json|md|png)|anchors\.json", paths)
     first = generators[0].pipeline
-    models = first.models  # where every model comes from: offline, report, progress
+    loading = first.models.loading  # how every model file is had: offline, progress, report
     chooses = any(g.pipeline.model == "auto" for g in generators)  # genderage is needed anyway
-    measure_ages = _measures_ages(options, offline=models.offline, chooses=chooses, report=models.report)
+    measure_ages = _measures_ages(options, loading, chooses=chooses)
     if dist.world > 1:
         from agetool.shards import join
 
@@ -109,8 +109,7 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, pipeline, 
                     identity_model=options.identity_model, identity=options.identity, face=face_options,
                     upscale=render.upscale > 1)
     measurer = Measurer.load(age_model=options.age_model, identity_model=options.identity_model,
-                             identity=options.identity, device=first.device, offline=models.offline,
-                             report=models.report, progress=models.progress, ages=measure_ages)
+                             identity=options.identity, device=first.device, loading=loading, ages=measure_ages)
     used = {"generator": [g.info for g in generators], **measurer.models}
     calibrate_steps = options.calibrate_steps if options.calibrate else 0
     settings = {"targets": render.labels, "anchors": dict(first.age_anchors), "seed": render.seed,
@@ -124,7 +123,7 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, pipeline, 
     parts_dir = Path(out) / PARTS if out is not None else None
     mine = dist.shard(list(enumerate(paths)))
     results: dict[int, dict] = {}
-    advance = models.progress("evaluating", len(mine)) if models.progress is not None else (lambda n: None)
+    advance = loading.advance("evaluating", len(mine))
     try:
         for index, path in mine:
             part = _load_part(parts_dir, index, path, key) if options.skip_existing else None
@@ -142,7 +141,7 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, pipeline, 
         barrier(dist)
         results = {i: _load_part(parts_dir, i, p, key) or _missing(p, key) for i, p in enumerate(paths)}
     used["generator"] = [info for g in generators for info in _used_info(g)]  # files fetched meanwhile
-    return _finish(results, paths, used, settings, first, out if dist.main else None, report=models.report)
+    return _finish(results, paths, used, settings, first, out if dist.main else None, say=loading.say)
 
 
 class _Run:
@@ -193,22 +192,22 @@ class _Run:
         return {"positions": [i / steps for i in range(len(years))], "estimated": estimated}
 
 
-def _measures_ages(options, *, offline: bool, chooses: bool, report) -> bool:
+def _measures_ages(options, loading, *, chooses: bool) -> bool:
     """Whether the run estimates ages: as asked, else unless the age model is not at hand offline
-    (then identity only, said through ``report``); ``chooses``: a generator is chosen per face by
+    (then identity only, said through ``loading``); ``chooses``: a generator is chosen per face by
     the same model, which is then needed anyway."""
     from agetool.weights import is_offline
 
     if options.estimate_age is False:
         return False
     if options.estimate_age or options.calibrate or chooses or options.age_model is not None \
-            or not is_offline(offline):
+            or not is_offline(loading.offline):
         return True
     from agetool.needs import at_hand
 
     if at_hand("genderage"):
         return True
-    report(f"warning: the age model genderage is not at hand and network access is off: measuring identity "
+    loading.say(f"warning: the age model genderage is not at hand and network access is off: measuring identity "
            f"only (every estimated age is null; {arg('estimate_age', False)} says it is meant)")
     return False
 
@@ -229,9 +228,7 @@ def _require_models(generators, *, age_model, identity_model, identity, face, up
             groups.append([weights.get(identity).name])
         except UnknownWeightsError:  # not a registry name: the embedder says what it is
             pass
-    models = generators[0].pipeline.models
-    require([list(g) for g in dict.fromkeys(tuple(g) for g in groups)], offline=models.offline,
-            report=models.report, progress=models.progress)
+    require([list(g) for g in dict.fromkeys(tuple(g) for g in groups)], generators[0].pipeline.models.loading)
 
 
 def _generators(pipeline) -> list[_Generator]:
@@ -300,7 +297,7 @@ def _missing(path: Path, key: str) -> dict:
 
 
 def _finish(results: dict[int, dict], paths: list[Path], models: dict, settings: dict, pipeline,
-            out: str | os.PathLike | None, report: Callable[[str], None] | None = None) -> dict:
+            out: str | os.PathLike | None, say: Callable[[str], None]) -> dict:
     from agetool.eval import report as rep
 
     parts = [results[i] for i in sorted(results)]
@@ -317,8 +314,8 @@ def _finish(results: dict[int, dict], paths: list[Path], models: dict, settings:
         calibration = fit(positions, estimated, list(AGE_CLASSES), list(pipeline.anchor_ages))
     result = rep.build(faces, models=models, settings=settings, failed=failed, calibration=calibration)
     result, missing = rep.without_nan(result)
-    if missing and report is not None:
-        report(f"warning: {missing} value(s) of the report are not numbers (too few faces to measure?); "
+    if missing:
+        say(f"warning: {missing} value(s) of the report are not numbers (too few faces to measure?); "
                "they read as null")
     if out is not None:
         rep.write(result, Path(out))

@@ -19,12 +19,12 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from agetool.loading import LOADING, Loading
 from agetool.errors import CheckpointError, OfflineError, UsageError, arg, detail
 from agetool.weights.places import fan_checkpoint_dir, fan_file_names, fan_files_present  # noqa: F401
 
@@ -61,14 +61,13 @@ class LandmarkDetector:
         self.timings: dict[str, float] = defaultdict(float)
 
     @staticmethod
-    def create(backend: str = "auto", *, device=None, offline: bool = False,
-               report: Callable[[str], None] | None = None, progress=None) -> "LandmarkDetector":
+    def create(backend: str = "auto", *, device=None, loading: Loading = LOADING) -> "LandmarkDetector":
         if backend == "auto":
             backend = "fan" if fan_files_present() else "dlib"
         if backend == "dlib":
-            return DlibDetector(offline=offline, report=report, progress=progress)
+            return DlibDetector(loading=loading)
         if backend == "fan":
-            return FanDetector(device=device, offline=offline, report=report, progress=progress)
+            return FanDetector(device=device, loading=loading)
         raise UsageError(f"{arg('landmarks', backend)}: expected auto, fan or dlib")
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
@@ -108,17 +107,17 @@ def bundled_dlib_predictor(name: str = DLIB_PREDICTOR) -> Path | None:
     return None
 
 
-def dlib_predictor_path(*, offline: bool = False, report=None, progress=None) -> Path:
+def dlib_predictor_path(loading: Loading = LOADING) -> Path:
     """The 68-point predictor: a copy imported into the cache (a file of one's own too) first, else
     the one face-recognition-models ships, else the registry's download."""
     from agetool import weights
 
     if weights.status("dlib-landmarks68").path is not None:
-        return Path(weights.fetch("dlib-landmarks68", offline=True, progress=progress, report=report))
+        return Path(weights.fetch("dlib-landmarks68", loading=replace(loading, offline=True)))
     path = bundled_dlib_predictor()
     if path is not None:
         return path
-    return Path(weights.fetch("dlib-landmarks68", offline=offline, progress=progress, report=report))
+    return Path(weights.fetch("dlib-landmarks68", loading=loading))
 
 
 def confident_boxes(rects, scores, min_score: float = DLIB_MIN_SCORE) -> list:
@@ -134,11 +133,11 @@ class DlibDetector(LandmarkDetector):
     name = "dlib (HOG + 68-point shape predictor)"
 
     def __init__(self, *, predictor: str | Path | None = None, upsample: int = DLIB_UPSAMPLE,
-                 min_score: float = DLIB_MIN_SCORE, offline: bool = False, report=None, progress=None):
+                 min_score: float = DLIB_MIN_SCORE, loading: Loading = LOADING):
         super().__init__()
         import dlib
 
-        path = Path(predictor) if predictor else dlib_predictor_path(offline=offline, report=report, progress=progress)
+        path = Path(predictor) if predictor else dlib_predictor_path(loading)
         self.upsample = upsample
         self.min_score = min_score
         self._detector = dlib.get_frontal_face_detector()
@@ -174,10 +173,10 @@ class DlibDetector(LandmarkDetector):
 class FanDetector(LandmarkDetector):
     name = "fan (face-alignment: S3FD + 2D-FAN-4)"
 
-    def __init__(self, *, device=None, offline: bool = False, report=None, progress=None):
+    def __init__(self, *, device=None, loading: Loading = LOADING):
         super().__init__()
         if not fan_files_present():
-            self._place_files(offline=offline, report=report, progress=progress)
+            self._place_files(loading)
         import face_alignment
 
         folder = fan_checkpoint_dir()
@@ -192,16 +191,16 @@ class FanDetector(LandmarkDetector):
                                   hint=f"agetool weights download fan-2d s3fd, or use {arg('landmarks', 'dlib')}") from None
 
     @staticmethod
-    def _place_files(*, offline: bool, report, progress) -> None:
+    def _place_files(loading: Loading) -> None:
         missing = ", ".join(f for f in fan_file_names().values() if not (fan_checkpoint_dir() / f).is_file())
         hint = (f"place the files you have with `agetool weights import FILE --as fan-2d` and "
                 f"`agetool weights import FILE --as s3fd`, run `agetool weights download fan-2d s3fd` once online, "
                 f"or use {arg('landmarks', 'dlib')}")
-        if offline:
+        if loading.offline:
             raise OfflineError(f"the fan landmark backend needs {missing} in {fan_checkpoint_dir()}", hint=hint)
         from agetool import weights
 
-        weights.place_face_alignment_files(offline=offline, progress=progress, report=report)
+        weights.place_face_alignment_files(loading=loading)
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         image = _rgb(image)

@@ -14,11 +14,11 @@ landmarks uses the face's place in the FFHQ-aging crop.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import numpy as np
 
 from agetool.errors import AgetoolError, ModelChoiceError, arg
+from agetool.loading import LOADING, Loading
 
 GENDERS = ("female", "male")
 #: the registry entry whose ``preprocess`` table gives ``box_scale`` (the crop around the face box)
@@ -63,27 +63,24 @@ class GenderClassifier:
         self.box_scale = float(preprocessing(ENTRY)["box_scale"])
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, *, offline: bool = False,
-             report: Callable[[str], None] | None = None, progress=None) -> "GenderClassifier":
+    def load(cls, path: str | os.PathLike | None = None, *, loading: Loading = LOADING) -> "GenderClassifier":
         """From ``path``, or the registry's ``genderage``; ``ModelChoiceError`` when it can't be had."""
         try:
-            return cls.open(path, offline=offline, report=report, progress=progress)
+            return cls.open(path, loading=loading)
         except AgetoolError as e:
             error = ModelChoiceError(f"can't choose the male or female model automatically: {e.message}", hint=_HINT)
             error.reason = e.message  # why the classifier can't be had, for callers that need it otherwise
             raise error from None
 
     @classmethod
-    def open(cls, path: str | os.PathLike | None = None, *, device=None, offline: bool = False,
-             report: Callable[[str], None] | None = None, progress=None,
+    def open(cls, path: str | os.PathLike | None = None, *, device=None, loading: Loading = LOADING,
              argument: str = "classifier_weights") -> "GenderClassifier":
         """From ``path``, or the registry's ``genderage``, on ``device``'s onnxruntime provider; the
         errors name ``argument`` (the file is missing or no model) or come from the registry."""
         from agetool import weights
         from agetool.nn import onnxrt
 
-        path = weights.resolve("genderage", path, argument=argument, offline=offline, report=report,
-                               progress=progress)
+        path = weights.resolve("genderage", path, argument=argument, loading=loading)
         session = onnxrt.session(path, argument=argument, device=device)
         mean, std = input_normalization(path)
         classifier = cls(session, mean, std)

@@ -13,9 +13,10 @@ without landmarks uses where they lie in an FFHQ-aging crop of a frontal face.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import numpy as np
+
+from agetool.loading import LOADING, Loading
 
 #: the registry entry whose ``preprocess`` table holds the ArcFace template (``template``: left eye,
 #: right eye, nose tip, left and right mouth corner in a crop of ``size`` pixels)
@@ -95,16 +96,14 @@ class IdentityEmbedder:
         self.path = None
 
     @classmethod
-    def open(cls, name: str, path: str | os.PathLike | None = None, *, device=None, offline: bool = False,
-             report: Callable[[str], None] | None = None, progress=None,
+    def open(cls, name: str, path: str | os.PathLike | None = None, *, device=None, loading: Loading = LOADING,
              argument: str = "identity_model", file_argument: str | None = None) -> "IdentityEmbedder":
         """From ``path``, or the registry artifact ``name``, on ``device``'s onnxruntime provider
         (``file_argument``: the caller's argument that takes the file instead, for messages)."""
         from agetool import weights
         from agetool.nn import onnxrt
 
-        path = weights.resolve(name, path, argument=argument, offline=offline, report=report, progress=progress,
-                               file_argument=file_argument)
+        path = weights.resolve(name, path, argument=argument, loading=loading, file_argument=file_argument)
         session = onnxrt.session(path, argument=argument, device=device)
         mean, std = (0.0, 1.0) if onnxrt.graph_normalizes(path) else (127.5, 127.5)
         from agetool.weights.registry import preprocessing

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from agetool.loading import LOADING, Loading
 
 
 #: the registry entry whose ``preprocess`` table says what the parser expects (size, mean, std)
@@ -118,15 +119,14 @@ class FaceParser:
         self.preprocessing = dict(preprocessing or registered(ENTRY))  # the entry's size, mean and std
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, *, device=None, offline: bool = False,
-             report: Callable[[str], None] | None = None, progress=None) -> "FaceParser":
+    def load(cls, path: str | os.PathLike | None = None, *, device=None, loading: Loading = LOADING) -> "FaceParser":
         """From ``path``, or (None) the registry's ``deeplab-parser``, downloaded once and cached."""
         import torch
 
         if path is None:
             from agetool import weights
 
-            path = weights.fetch("deeplab-parser", offline=offline, progress=progress, report=report)
+            path = weights.fetch("deeplab-parser", loading=loading)
         device = torch.device(device) if device is not None else torch.device("cpu")
         return cls(load_parser_network(path, device), device)
 

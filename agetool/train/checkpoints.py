@@ -17,13 +17,13 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from agetool.errors import CheckpointError, UsageError, arg
+from agetool.loading import LOADING, Loading
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
@@ -246,7 +246,7 @@ def read_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> dict:
 # starting points and export
 
 
-def load_init(spec: str, offline: bool = False, report: Callable[[str], None] | None = None) -> tuple[dict, list[str], str]:
+def load_init(spec: str, loading: Loading = LOADING) -> tuple[dict, list[str], str]:
     """State dicts to fine-tune from: ({"G", "G_ema", "D"?}, notes, description).
 
     ``spec`` is ``male`` / ``female`` (the released models, fetched from the registry), a released
@@ -258,7 +258,7 @@ def load_init(spec: str, offline: bool = False, report: Callable[[str], None] | 
     if spec in ("male", "female"):
         from agetool.weights import fetch
 
-        path = Path(fetch(f"lats-{spec}", offline=offline, report=report))
+        path = Path(fetch(f"lats-{spec}", loading=loading))
         what = f"the released {spec} model ({path.name})"
     else:
         path = Path(spec).expanduser()

@@ -195,8 +195,9 @@ def build_ffhq_aging(metadata_json: str | os.PathLike, labels: str | os.PathLike
         head.close()
     if todo and parser is None:
         from agetool.face.parse import FaceParser
+        from agetool.loading import Loading
 
-        parser = FaceParser.load(parser_weights, device=device, offline=offline, report=report)
+        parser = FaceParser.load(parser_weights, device=device, loading=Loading.of(offline, report=report))
     fetch = _Fetcher(source, out, keep_wilds, resolution)
     done, total = 0, len(todo)
     if progress is not None:

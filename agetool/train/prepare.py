@@ -407,6 +407,7 @@ def build_from_photos(rows: list[PhotoRow], out: str | os.PathLike, *, landmarks
     from agetool.errors import NoFaceError
     from agetool.images import distinct_outputs, read_image, write_image, write_label_map
     from agetool.faces import prepare_faces
+    from agetool.loading import Loading
     from agetool.models import Models
 
     if phase not in ("train", "test"):
@@ -419,7 +420,7 @@ def build_from_photos(rows: list[PhotoRow], out: str | os.PathLike, *, landmarks
         planned += [("out", folder / name), ("out", folder / "parsings" / name)]
     distinct_outputs(planned, [row.path for row in rows])  # before any model loads
     models = Models(parser_weights=Path(parser_weights) if parser_weights else None, landmarks=landmarks,
-                    offline=offline, device=device, report=report or (lambda message: None))
+                    loading=Loading.of(offline, report=report), device=device)
     result = PrepareReport(rows=len(rows))
     for done, row in enumerate(rows, start=1):
         item = f"line {row.line}: {row.path}"

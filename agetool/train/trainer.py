@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from agetool.errors import CheckpointError, DatasetError, Interrupted, ResourceError, UsageError, arg
+from agetool.loading import Loading
 from agetool.train.checkpoints import (checkpoint_dirs, init_widths, load_init, optimizer_state, read_checkpoint,
                                        remove_stale_parts, save_checkpoint, set_rng_states)
 from agetool.train.config import TrainConfig, network_configs
@@ -121,7 +122,7 @@ class Trainer:
         else:
             init = None
             if cfg.init_from:
-                init = load_init(cfg.init_from, cfg.offline, report=self._warn)
+                init = load_init(cfg.init_from, Loading(cfg.offline, report=self._warn))
             widths = init_widths(init[0]) if init is not None else (None, None)
             self._build(cfg.resolved(widths=widths, init_from=cfg.init_from))
             if init is not None:

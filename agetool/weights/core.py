@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from agetool.errors import ChecksumError, DownloadError, InputError, OfflineError, WeightsError, arg
 from agetool.files import link_or_copy
+from agetool.loading import LOADING, Loading, given
 from agetool.weights import store, transfer
 from agetool.weights.registry import ARGUMENT_FOR_KIND, Artifact, get, load_registry
 from agetool.weights.store import Digest, read_record, write_record
@@ -98,9 +98,10 @@ def _candidates(art: Artifact, record: dict) -> list[Path]:
     return out
 
 
-def _cached(art: Artifact, progress, say) -> Path | None:
+def _cached(art: Artifact, loading: Loading) -> Path | None:
     """A verified cached copy of ``art``: the recorded one if unchanged, else the first candidate
     that passes verification. Copies that fail are deleted and reported."""
+    progress, say = loading.progress, loading.say
     record = read_record(art.name)
     recorded = Path(record["path"]) if record.get("path") else None
     if recorded is not None and store.record_matches(art, record, recorded) and store.managed(recorded):
@@ -118,8 +119,8 @@ def _cached(art: Artifact, progress, say) -> Path | None:
     return None
 
 
-def resolve(name: str, path: str | os.PathLike | None, *, argument: str, offline: bool = False,
-            report: Callable[[str], None] | None = None, progress=None, file_argument: str | None = None) -> Path:
+def resolve(name: str, path: str | os.PathLike | None, *, argument: str, loading: Loading = LOADING,
+            file_argument: str | None = None) -> Path:
     """``path`` if given (it must exist), else the registry artifact ``name`` (downloaded if needed);
     ``file_argument``: the caller's argument that takes a file instead, named when it is missing
     (default: the one of the artifact's kind)."""
@@ -128,28 +129,31 @@ def resolve(name: str, path: str | os.PathLike | None, *, argument: str, offline
         if not path.is_file():
             raise InputError(f"{arg(argument, path)}: no such file")
         return path
-    return fetch(name, offline=offline, progress=progress, report=report, argument=file_argument)
+    return fetch(name, loading=loading, argument=file_argument)
 
 
-def fetch(name: str, *, offline: bool = False, progress=None, report=None, argument: str | None = None) -> Path:
-    """A verified local copy of artifact ``name``, downloaded if needed (see the module docstring).
+def fetch(name: str, *, loading: Loading | None = None, offline: bool = False, progress=None, report=None,
+          argument: str | None = None) -> Path:
+    """A verified local copy of artifact ``name``, downloaded if needed (see the module docstring):
+    ``loading`` (``agetool.loading.Loading``), or its ``offline``, ``progress`` and ``report``.
     ``argument``: the caller's argument that takes the file instead, for messages."""
     art = get(name)
-    say = _say(report)
-    found = _cached(art, progress, say)
+    loading = given(loading, offline=offline, progress=progress, report=report)
+    found = _cached(art, loading)
     if found is not None:
         return found
-    if is_offline(offline):
-        why = arg("offline", True) if offline else "HF_HUB_OFFLINE=1"
+    if is_offline(loading.offline):
+        why = arg("offline", True) if loading.offline else "HF_HUB_OFFLINE=1"
         raise OfflineError(f"{name} is not in the cache and network access is off ({why})",
                            hint=f"run `agetool weights download {name}` while online; {ways_out(art, argument)}")
     with store.locked(art), store.writing():
         store.clean_stale(art)
-        found = _cached(art, progress, say)  # another process may have finished meanwhile
-        return found if found is not None else _download(art, progress, say)
+        found = _cached(art, loading)  # another process may have finished meanwhile
+        return found if found is not None else _download(art, loading)
 
 
-def _download(art: Artifact, progress, say) -> Path:
+def _download(art: Artifact, loading: Loading) -> Path:
+    progress, say = loading.progress, loading.say
     if not art.sources:
         raise DownloadError(f"{art.name} has no download source", hint=ways_out(art))
     failures: list[str] = []
@@ -318,7 +322,7 @@ def _verify_converted(art: Artifact, progress, say) -> list[Check]:
 
 # --- first-use helpers for the pipeline -----------------------------------------------------------
 
-def generator_path(name: str, *, offline: bool = False, progress=None, report=None) -> Path:
+def generator_path(name: str, *, loading: Loading = LOADING) -> Path:
     """agetool's safetensors for a released generator, converted once from the zip's member (or
     from the imported member); an imported agetool safetensors file is used as it is."""
     from agetool.nn.checkpoint import GENERATOR_MEMBER, convert_generator
@@ -329,7 +333,7 @@ def generator_path(name: str, *, offline: bool = False, progress=None, report=No
     out = store.converted_path(art)
     if _converted_current(art, out):
         return out
-    src = fetch(name, offline=offline, progress=progress, report=report)
+    src = fetch(name, loading=loading)
     form = read_record(name).get("form")
     if form == store.SAFETENSORS or form == store.OWN and src.suffix.lower() == ".safetensors":
         return src
@@ -352,12 +356,12 @@ def _converted_current(art: Artifact, out: Path) -> bool:
             and conv.get("from_sha256") == record.get("sha256") and store.record_agrees(art, record))
 
 
-def place_face_alignment_files(*, offline: bool = False, progress=None, report=None) -> None:
+def place_face_alignment_files(*, loading: Loading = LOADING) -> None:
     """Put fan-2d and s3fd where face-alignment looks (``torch.hub.get_dir()/checkpoints``), verified,
     so that it never downloads on its own."""
     from agetool.weights.places import fan_checkpoint_dir, fan_file_names
 
-    say = _say(report)
+    say = loading.say
     dest_dir = fan_checkpoint_dir()
     expected = fan_file_names()
     for name in FACE_ALIGNMENT:
@@ -373,13 +377,13 @@ def place_face_alignment_files(*, offline: bool = False, progress=None, report=N
         if dest.is_file() and placed.get("path") == str(dest) and placed.get("stamp") == store.stamp(dest):
             continue
         if dest.is_file():
-            why = store.mismatch(art, _hash(art, dest, progress), record)
+            why = store.mismatch(art, _hash(art, dest, loading.progress), record)
             if why is None:
                 _mark_placed(name, dest)
                 continue
             say(f"{name}: replacing {dest}: {why}")
             store.remove(dest)
-        src = fetch(name, offline=offline, progress=progress, report=report)
+        src = fetch(name, loading=loading)
         link_or_copy(src, dest)
         _mark_placed(name, dest)
 
