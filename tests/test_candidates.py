@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from agetool.loading import Loading
 from tests.helpers import ROOT, cli, genderage_standin
 
 CROP = ROOT / "tests" / "fixtures" / "align_case0_out256.png"  # a real aligned face (the reference's)
@@ -143,7 +144,7 @@ def test_video_holds_the_chosen_draw(weights):
     labels[70:220, 60:200] = 1  # a skin region (no parser needed)
     encoded.faces[0].parsing = labels
     notes = []
-    pipe.models.report = notes.append
+    pipe.models.loading = Loading(report=notes.append)
     drawn = list(pipe.frames(encoded, steps=1, candidates=3))
     seed = int(re.search(r"draw \d of 3 kept, seed (\d+)", " ".join(notes)).group(1))
     seeded = list(pipe.frames(encoded, steps=1, seed=seed))
@@ -244,7 +245,7 @@ def test_a_clip_holds_one_draw_per_person(tmp_path, weights, seeded_parser_file)
                                          landmarks="dlib")
     pipe.models._loaded["parser"] = _SkinParser()  # the file is there; its network is not run
     notes = []
-    pipe.models.report = notes.append
+    pipe.models.loading = Loading(report=notes.append)
     drawn = [f for f in pipe.clip_frames(src, ages=60, mask=False, candidates=3)]
     choices = re.findall(r"walk\.mp4 person (\d+): draw (\d) of 3 kept, seed (\d+)", " ".join(notes))
     assert len(choices) == 1  # one person, chosen once
