@@ -214,6 +214,42 @@ def test_the_gpu_stages_hand_faces_on_as_numeric_columns(tmp_path, cluster, fold
 
 
 @pytest.mark.slow  # Ray clusters and agetool processes
+def test_a_job_signs_and_labels_its_outputs_as_the_plain_run_does(tmp_path, cluster, weights, seeded_parser_file):
+    """--sign and --label on Ray: every file carries valid Content Credentials (the test CA is not
+    trusted, nothing else fails) and the pixels of the plain run with the same flags."""
+    import numpy as np
+
+    pytest.importorskip("c2pa", reason='signing needs the c2pa extra: pip install "agetool[c2pa]"')
+    from tests.test_provenance import _actions, _certificates, _reader
+
+    address, env = cluster
+    src = tmp_path / "photos"
+    src.mkdir()
+    astronaut = Image.open(ROOT / "examples" / "astronaut.png").convert("RGB").resize((256, 256), Image.LANCZOS)
+    for i in range(2):
+        (astronaut if i == 0 else astronaut.transpose(Image.FLIP_LEFT_RIGHT)).save(src / f"s{i}.png")
+    chain, key, _ = _certificates(tmp_path)
+    args = ["--no-mask", "--weights", weights, "--parser-weights", seeded_parser_file, "--device", "cpu",
+            "--landmarks", "dlib", "--ages", "60", "--paste-back", "--label", "--sign", chain, "--sign-key", key]
+    plain = _agetool(["age", src, "--out", tmp_path / "plain", "--tiles", tmp_path / "plain_tiles", *args],
+                     {**os.environ, "PYTHONPATH": str(ROOT)})
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    run = _agetool(["age", src, "--out", tmp_path / "ray", "--tiles", tmp_path / "ray_tiles", *args, "--engine", "ray",
+                    "--ray-address", address], env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    pixels = lambda p: np.asarray(Image.open(p))  # noqa: E731
+    for folder in ("", "_tiles"):
+        want, got = _files(tmp_path / f"plain{folder}"), _files(tmp_path / f"ray{folder}")
+        assert sorted(got) == sorted(want) and len(got) >= 2
+        for name in got:
+            path = tmp_path / f"ray{folder}" / name
+            assert np.array_equal(pixels(path), pixels(tmp_path / f"plain{folder}" / name)), name
+            manifest, results = _reader(path)
+            assert _actions(manifest), name
+            assert [f["code"] for f in results["activeManifest"]["failure"]] == ["signingCredential.untrusted"]
+
+
+@pytest.mark.slow  # Ray clusters and agetool processes
 def test_a_worker_killed_mid_job_is_retried(tmp_path, cluster, folder):
     """A worker's process killed (SIGKILL) while the job runs: Ray restarts it and retries its batch;
     the job ends with the plain run's files, none twice, no temporary file left."""

@@ -74,8 +74,6 @@ def age(
         raise UsageError("--keep-candidates needs --candidates 2 or more")
     _check_engine(engine, ray_address=ray_address, gpus=gpus, cpus=cpus, ray_timeout=ray_timeout,
                   keep_candidates=keep_candidates, json=json_lines or None)
-    if engine == "ray" and (marks.signing is not None or marks.label):
-        raise UsageError(f"{'--sign' if marks.signing is not None else '--label'} applies to --engine local")
     from agetool.locations import DEFAULT_TIMEOUT, is_uri
     from agetool.validate import finite
 
@@ -144,6 +142,7 @@ def age(
         jobs = [(path, target, None if tiles is None else inside(str(tiles), stem))
                 for path, stem, target in zip(paths, stems, targets)]
         return age_on_ray(jobs, ages=request, labels=not no_labels, pipeline=build.options,
+                          signing=marks.signing, label=marks.label,
                           address=ray_address, gpus=gpus, cpus=cpus, timeout=timeout, profile=profile)
 
     from agetool.shards import env_dist, join, total

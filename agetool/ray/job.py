@@ -68,7 +68,7 @@ def age_photos(jobs: Sequence[Job], *, pipeline: dict | None = None, ages=None, 
                options: dict | None = None, address: str | None = None,
                cpus: int | None = None, gpus: int | None = None, threads: int = 1,
                batch_size: int | None = None, skip_existing: bool = True, timeout: float = DEFAULT_TIMEOUT,
-               verbose: bool = False, stats: bool = False,
+               verbose: bool = False, stats: bool = False, signing=None, label: bool = False,
                report: Callable[[str], None] | None = None) -> Summary:
     """Age ``jobs`` on Ray Data; returns the ``Summary`` (failed photos don't stop the job).
 
@@ -90,6 +90,9 @@ def age_photos(jobs: Sequence[Job], *, pipeline: dict | None = None, ages=None, 
         timeout: seconds to wait for the cluster and for each listing, read or write at a URI.
         verbose: Ray's own log lines and progress bars (default: warnings and errors only).
         stats: keep Ray Data's per-stage statistics in ``Summary.stats``.
+        signing: an ``agetool.credentials.Signing``: every file signed with C2PA Content Credentials
+            (the certificate and its key travel to every worker with the job).
+        label: the visible "AI-aged" mark on pasted photos.
         report: receives the pipeline's notices and one line per photo done.
     """
     from agetool import validate
@@ -115,7 +118,7 @@ def age_photos(jobs: Sequence[Job], *, pipeline: dict | None = None, ages=None, 
     try:
         _run(ray, todo, summary, t0, address=address, cpus=cpus, gpus=gpus, timeout=timeout, verbose=verbose,
              stats=stats, report=report, pipeline=pipeline, ages=ages, labels=labels, options=options,
-             threads=threads, batch_size=batch_size)
+             signing=signing, label=label, threads=threads, batch_size=batch_size)
     finally:  # temporary files of workers that were killed (a retried batch, a stopped job)
         _sweep(todo)
     return summary
@@ -393,6 +396,7 @@ def _quiet_data(ray, verbose: bool) -> None:
 
 # ---------------------------------------------------------------- the dataset
 def build_dataset(ray, jobs: Sequence[Job], *, pipeline: dict | None, ages, labels: bool, options: dict | None,
+                  signing=None, label: bool = False,
                   cpus: int | None, gpus: int | None, threads: int | None = 1, batch_size: int | None = None,
                   timeout: float = DEFAULT_TIMEOUT):
     """The job's dataset (lazy) for the cluster's resources. Without GPUs: one ``FusedStage`` actor per
@@ -403,11 +407,12 @@ def build_dataset(ray, jobs: Sequence[Job], *, pipeline: dict | None, ages, labe
 
     with warnings.catch_warnings():  # Ray's notice that its remote options move (see ``_restarts``)
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        return _stages(ray, jobs, job_request(ages, options), pipeline=pipeline, labels=labels, cpus=cpus,
+        marks = dict(labels=labels, signing=signing, label=label)
+        return _stages(ray, jobs, job_request(ages, options), pipeline=pipeline, marks=marks, cpus=cpus,
                        gpus=gpus, threads=threads, batch_size=batch_size, timeout=timeout)
 
 
-def _stages(ray, jobs: Sequence[Job], request, *, pipeline, labels, cpus, gpus, threads, batch_size, timeout):
+def _stages(ray, jobs: Sequence[Job], request, *, pipeline, marks: dict, cpus, gpus, threads, batch_size, timeout):
     resources = ray.cluster_resources()
     has_gpus, has_cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
     if gpus is not None and gpus > has_gpus:
@@ -420,7 +425,7 @@ def _stages(ray, jobs: Sequence[Job], request, *, pipeline, labels, cpus, gpus, 
     ds = ray.data.from_items([job.row() for job in jobs], override_num_blocks=len(jobs))
     if not gpus:
         batch = batch_size or _batch_size(len(jobs), cpus)
-        fused = _bound(FusedStage, pipeline=pipeline, request=request, threads=threads, labels=labels,
+        fused = _bound(FusedStage, pipeline=pipeline, request=request, threads=threads, **marks,
                        timeout=timeout)
         return ds.map_batches(fused, batch_size=batch, batch_format="numpy", num_cpus=1, **actors,
                               compute=ray.data.ActorPoolStrategy(size=min(cpus, len(jobs)),
@@ -439,7 +444,7 @@ def _stages(ray, jobs: Sequence[Job], request, *, pipeline, labels, cpus, gpus, 
     return ds.map_batches(write_results, batch_size=batch, batch_format="numpy", num_cpus=0,
                           **_restarts(ray, max_retries=BATCH_RETRIES),
                           compute=ray.data.TaskPoolStrategy(size=max(1, face_workers)),
-                          fn_kwargs=dict(labels=labels, timeout=timeout))
+                          fn_kwargs=dict(timeout=timeout, **marks))
 
 
 def _restarts(ray, **limits) -> dict:

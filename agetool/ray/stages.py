@@ -152,9 +152,12 @@ def _read(row: dict, max_pixels: int, timeout: float):
     return read_image(photo, max_pixels, data=data), hashlib.sha256(data).hexdigest()
 
 
-def _write(row: dict, result, labels: bool, timeout: float) -> dict:
+def _write(row: dict, result, labels: bool, timeout: float, signing=None, label: bool = False) -> dict:
     """``result`` written as the row's tiles and grid (tiles first: a grid there means a finished photo),
-    each marked with the run's record as the plain run's files are."""
+    each marked with the run's record as the plain run's files are, signed with ``signing`` (an
+    ``agetool.credentials.Signing``) and with the visible "AI-aged" mark on pasted photos (``label``)
+    where asked."""
+    result.signing, result.label = signing, label
     if _text(row.get(TILES, "")):
         for name, data in result.tile_files():
             store(join(_text(row[TILES]), name), data, timeout)
@@ -296,18 +299,20 @@ class FusedStage(_Stage):
     stages, the generator and ``write_results`` fused: nothing is handed between processes). Use one
     actor per CPU, each with one torch thread. Rows come out as ``write_results`` gives them.
 
-    Args: as ``FaceStage``'s, and ``labels`` (age captions on the grids).
+    Args: as ``FaceStage``'s, and ``labels`` (age captions on the grids), ``signing`` and ``label``
+    (as ``write_results``).
     """
 
     device = "cpu"
 
     def __init__(self, pipeline: dict | None = None, *, request=None, ages=None, options: dict | None = None,
-                 threads: int | None = 1, labels: bool = True, timeout: float = DEFAULT_TIMEOUT):
+                 threads: int | None = 1, labels: bool = True, timeout: float = DEFAULT_TIMEOUT, signing=None,
+                 label: bool = False):
         from dataclasses import fields, replace
 
         super().__init__(pipeline, threads, timeout)
         self.request = request or job_request(ages, options)
-        self.labels = labels
+        self.labels, self.signing, self.label = labels, signing, label
         # photos given as bytes: prepared, then rendered, as FaceStage and GeneratorStage do
         self.face_options = {f.name: getattr(self.request.face, f.name) for f in fields(self.request.face)} | {
             "estimate": True if self.request.render.relative else "auto"}
@@ -323,23 +328,25 @@ class FusedStage(_Stage):
                 prepared.source_sha256 = digest
                 prepared.name = _text(row[PHOTO])
                 result = self.pipe.age(prepared, self.rendering)
-            row.update(_write(row, result, self.labels, self.timeout))
+            row.update(_write(row, result, self.labels, self.timeout, self.signing, self.label))
 
         return _batch([{**_output(row), **{k: row[k] for k in (FACES, MODELS) if k in row}}
                        for row in self._each(batch, age)], OUTPUT)
 
 
-def write_results(batch: dict, *, labels: bool = True, timeout: float = DEFAULT_TIMEOUT) -> dict:
+def write_results(batch: dict, *, labels: bool = True, timeout: float = DEFAULT_TIMEOUT, signing=None,
+                  label: bool = False) -> dict:
     """Ray Data stage (a function): each row's ``result`` written as its ``grid`` (with age captions
     unless ``labels=False``) and, where ``tiles`` names a folder, every tile there: the files
     ``agetool age`` writes, byte for byte. Tiles come first, so a grid on disk means a finished photo.
-    Rows come out with ``photo``, ``grid``, ``error``, ``failure``, ``notes``, ``faces`` and ``models``."""
+    ``signing`` (an ``agetool.credentials.Signing``) signs every file with C2PA Content Credentials;
+    ``label`` writes the visible "AI-aged" mark on pasted photos. Rows come out with ``photo``, ``grid``, ``error``, ``failure``, ``notes``, ``faces`` and ``models``."""
     rows = []
     for row in _rows(batch):
         out = _output(row)
         if not out[ERROR]:
             try:
-                out.update(_write(row, unpack(row, RESULT), labels, timeout))
+                out.update(_write(row, unpack(row, RESULT), labels, timeout, signing, label))
             except errors.AgetoolError as e:
                 if e.exit_code != 1:
                     raise
