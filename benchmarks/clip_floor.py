@@ -160,6 +160,8 @@ def record_crops(runner_class) -> list:
 
 def floor(pipe, crops: list, age: float = 60) -> float:
     """Seconds to encode (in the clip path's batches) and decode every crop at ``age``: nothing reused."""
+    import inspect
+
     from agetool.options import DEFAULT_NOISE, DEFAULT_SEED, request
     from agetool.results import Face
 
@@ -167,10 +169,8 @@ def floor(pipe, crops: list, age: float = 60) -> float:
              for frame in crops for crop, track in frame]
     targets = request([age]).render.targets
     core = pipe.core
-    t0 = time.perf_counter()
-    import inspect
-
     fast = {"fast": True} if "fast" in inspect.signature(core.encode).parameters else {}  # as the clip path
+    t0 = time.perf_counter()
     core.encode(faces, pipe.models.batch or 8, **fast)
     core.decode([(f, core.latents(f, targets, DEFAULT_NOISE, DEFAULT_SEED)) for f in faces])
     return time.perf_counter() - t0
