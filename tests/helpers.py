@@ -108,13 +108,18 @@ def make_clip(photo: Path, out: Path, frames: int = 12, *, motion: bool = True, 
     return out
 
 
-def astronaut_clip(folder: Path, frames: int = 6, name: str = "walk.mp4") -> Path:
-    """``make_clip`` of the astronaut photo at 256 px (a real face, about 45 px wide), in ``folder``."""
+def astronaut256(folder: Path) -> Path:
+    """The astronaut photo at 256 px (a real face, about 45 px wide) as ``folder``/astronaut256.png."""
     from PIL import Image
 
     photo = folder / "astronaut256.png"
     Image.open(ROOT / "examples" / "astronaut.png").convert("RGB").resize((256, 256), Image.LANCZOS).save(photo)
-    return make_clip(photo, folder / name, frames)
+    return photo
+
+
+def astronaut_clip(folder: Path, frames: int = 6, name: str = "walk.mp4") -> Path:
+    """``make_clip`` of ``astronaut256`` in ``folder``."""
+    return make_clip(astronaut256(folder), folder / name, frames)
 
 
 #: a small launcher between the test process and the command: a child's peak resident size counts

@@ -13,19 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, cli, make_clip
+from tests.helpers import ROOT, astronaut256, cli, make_clip
 
 FAST = ["--no-mask", "--device", "cpu", "--landmarks", "dlib"]
 
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory) -> Path:
-    """The astronaut at 256 px (face about 45 px wide)."""
-    from PIL import Image
-
-    p = tmp_path_factory.mktemp("clips") / "astronaut256.png"
-    Image.open(ROOT / "examples" / "astronaut.png").convert("RGB").resize((256, 256), Image.LANCZOS).save(p)
-    return p
+    return astronaut256(tmp_path_factory.mktemp("clips"))
 
 
 def test_profile_names_each_stage_of_a_clip_with_its_share(tmp_path, photo, weights, capsys):
