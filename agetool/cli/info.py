@@ -8,7 +8,7 @@ import sys
 from agetool.cli import console
 
 PACKAGES = ("torch", "numpy", "safetensors", "huggingface-hub", "face-alignment", "dlib-bin", "dlib",
-            "onnxruntime", "opencv-python", "imageio-ffmpeg", "pillow", "typer", "rich")
+            "onnxruntime", "opencv-python", "av", "pillow", "typer", "rich")
 
 
 def _version(dist: str) -> str | None:

@@ -82,7 +82,7 @@ def video(
                                    signing=marks.signing)
     from agetool.video import read_video_frames
 
-    n, _ = read_video_frames(written)
+    n, _ = read_video_frames(written, decode=False)
     console.info(f"{input} -> {written}  ({n} frames, {n / fps:.1f} s at {fps:g} fps)")
     if profile:
         print_profile(pipe)

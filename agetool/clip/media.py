@@ -1,11 +1,11 @@
 """Clips in and out with PyAV: recognise a clip by its bytes, read its frames with their exact
-timestamps, write the aged frames with the same timestamps and rotation, and copy every audio
-stream packet for packet.
+timestamps, and write the aged frames with the same timestamps and rotation and every audio
+stream copied packet for packet (through the H.264 writer of photo videos, ``agetool.video``).
 
-PyAV rather than the ffmpeg program of imageio-ffmpeg: a pipe of raw frames carries no timestamps
-(a variable-frame-rate clip would come back at a constant rate), no rotation, and no way to copy
-the audio packets in the same pass; PyAV gives each frame's pts, the display matrix and the
-packets of the other streams in one process, with no child process to end on a stop signal.
+PyAV rather than a pipe of raw frames to an ffmpeg program: a pipe carries no timestamps (a
+variable-frame-rate clip would come back at a constant rate), no rotation, and no way to copy the
+audio packets in the same pass; PyAV gives each frame's pts, the display matrix and the packets of
+the other streams in one process, with no child process to end on a stop signal.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agetool.errors import InputError, OutputError, UsageError, arg, detail
-from agetool.files import Finishing
+from agetool.errors import InputError, UsageError, arg, detail
 from agetool.options import DEFAULT_CRF
+from agetool.video import H264Writer
 
 #: what a clip output may be called
 CLIP_SUFFIXES = (".mp4", ".mov", ".mkv")
@@ -201,191 +201,17 @@ def check_output(out: str | os.PathLike) -> Path:
     return out
 
 
-class ClipWriter(Finishing):
-    """H.264 (libx264, yuv420p, CRF) with the source's timestamps and rotation, the source's audio
-    streams copied unchanged. Writes a temporary sibling, marks it with ``marking``
-    (``agetool.provenance``) and renames it on ``close()``; ``abort()``
-    (or an exception inside ``with``) removes it."""
+class ClipWriter(H264Writer):
+    """The aged clip: H.264 (``agetool.video.H264Writer``) with the source's timestamps, frame rate and
+    rotation, the source's audio streams copied unchanged. Frames are written upright, as read."""
 
     def __init__(self, out: str | os.PathLike, info: ClipInfo, crf: int = DEFAULT_CRF, preset: str = "medium",
                  marking=None):
-        from agetool import validate
-        from agetool.files import ensure_parent
-
-        self.path = check_output(out)
+        super().__init__(check_output(out), info.rate, crf, marking, preset=preset, time_base=info.time_base,
+                         rotation=info.rotation, size=(info.width, info.height),
+                         audio_from=info.path if info.audio else None, audio_codecs=info.audio)
         self.info = info
-        self.crf = validate.integer("crf", crf, 0, 51)
-        self.preset = preset
-        self.marking = marking  # agetool.provenance.Marking: what the file says about itself
-        ensure_parent(self.path)
-        self._tmp: Path | None = None
-        self._box = self._src = self._video = None
-        self._audio: dict = {}
-        self._packets = None
-        self._pending = None
-        self._finished = False
-        self.frames = 0
-
-    def _start(self) -> None:
-        import av
-
-        from agetool.files import temp_sibling
-        from agetool.video import _signals_deferred, x264_options
-
-        with _signals_deferred():
-            self._tmp = temp_sibling(self.path)
-            self._box = av.open(str(self._tmp), "w")
-        if self.path.suffix.lower() == ".mkv":
-            from agetool.provenance import matroska_tags
-
-            self._box.metadata.update(matroska_tags(self.marking))
-        info = self.info
-        vs = self._box.add_stream("libx264", rate=info.rate)
-        vs.width, vs.height, vs.pix_fmt = info.width, info.height, pixel_format(info.width, info.height)
-        vs.time_base = info.time_base
-        vs.codec_context.time_base = info.time_base
-        vs.options = {"crf": str(self.crf), "preset": self.preset, **x264_options()}
-        if info.rotation:
-            vs.set_display_rotation(info.rotation)
-        self._video = vs
-        if info.audio:
-            self._src = _open(info.path)
-            try:
-                for a in self._src.streams.audio:
-                    self._audio[a.index] = self._box.add_stream_from_template(a)
-            except ValueError as e:
-                raise OutputError(f"{self.path}: the audio of {info.path} ({', '.join(info.audio)}) can't be "
-                                  f"copied into {self.path.suffix} ({e})", hint=f"write .mkv with {arg('out')}") from None
-            self._packets = self._src.demux(*self._src.streams.audio)
-        self._box.start_encoding()
-
-    def _mux_audio(self, until: float | None) -> None:
-        """Copy audio packets up to ``until`` seconds (all of them for None), in file order."""
-        while self._packets is not None:
-            packet = self._pending or next(self._packets, None)
-            self._pending = None
-            if packet is None:
-                self._packets = None
-                return
-            if packet.dts is None and packet.size == 0:
-                continue
-            if until is not None and packet.pts is not None and float(packet.pts * packet.time_base) > until:
-                self._pending = packet
-                return
-            packet.stream = self._audio[packet.stream.index]
-            self._box.mux(packet)
 
     def write(self, image: np.ndarray, pts: int) -> None:
         """One upright RGB uint8 frame of the source's size, at the source frame's ``pts``."""
-        import av
-
-        if self._box is None:
-            self._start()
-        image = stored(image, self.info.rotation)
-        if image.shape[:2] != (self.info.height, self.info.width):
-            raise OutputError(f"frame {self.frames} is {image.shape[1]}x{image.shape[0]}, expected "
-                              f"{self.info.width}x{self.info.height}")
-        frame = _video_frame(np.ascontiguousarray(image))
-        frame.pts = int(pts)
-        frame.time_base = self.info.time_base
-        try:
-            self._box.mux(self._video.encode(frame))
-            self._mux_audio(float(pts * self.info.time_base) + 0.5)
-        except (av.FFmpegError, OSError) as e:
-            self.abort()
-            raise _no_space(e, self.path) or OutputError(f"writing {self.path} failed: {detail(e, 160)}") from None
-        self.frames += 1
-
-    def finish(self) -> None:
-        """Flush the encoder and close the temporary file (its memory is freed); ``close()`` then
-        moves it into place, ``abort()`` removes it."""
-        import av
-
-        if self._finished:
-            return
-        if self._box is None:
-            raise OutputError(f"{self.path}: no frames to write")
-        try:
-            self._box.mux(self._video.encode(None))
-            self._mux_audio(None)
-            self._box.close()
-        except (av.FFmpegError, OSError) as e:
-            self.abort()
-            full = _no_space(e, self.path)
-            if full is not None:
-                raise full from None
-            hint = (f"the audio ({', '.join(self.info.audio)}) may not fit {self.path.suffix}: try "
-                    f"{arg('out')} NAME.mkv") if self.info.audio and self.path.suffix.lower() != ".mkv" else None
-            raise OutputError(f"finishing {self.path} failed: {detail(e, 160)}", hint=hint) from None
-        self._box = self._video = None
-        self._close_source()
-        self._finished = True
-
-    def close(self) -> Path:
-        self.finish()
-        from agetool.provenance import mark_video
-
-        try:
-            mark_video(self._tmp, self.marking, self.path.name)
-        except BaseException:
-            self.abort()
-            raise
-        os.replace(self._tmp, self.path)
-        self._tmp = None
-        return self.path
-
-    def _close_source(self) -> None:
-        if self._src is not None:
-            self._src.close()
-            self._src = self._packets = self._pending = None
-
-    def abort(self) -> None:
-        """Stop without a file: the temporary file is removed."""
-        box, self._box = self._box, None
-        if box is not None:
-            try:
-                box.close()
-            except Exception:  # noqa: BLE001 - the file is removed below anyway
-                pass
-        self._close_source()
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = None
-
-
-def pixel_format(width: int, height: int) -> str:
-    """The encoder's pixel format: YUV 4:2:0 (what every player takes) when both sides are even, else
-    4:4:4 (H.264's High 4:4:4 profile), which keeps an odd size exactly where 4:2:0 can't hold it."""
-    return "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-
-
-#: RGB to BT.601 limited-range Y, Cb, Cr (rows), as the encoder's own converter computes them
-_BT601 = np.array([[0.256788, 0.504129, 0.097906], [-0.148223, -0.290993, 0.439216],
-                   [0.439216, -0.367788, -0.071427]], np.float32)
-
-
-def _video_frame(image: np.ndarray):
-    """An RGB uint8 frame as the encoder's input, converted here in one conversion of our own (the
-    same bytes on every run): YUV 4:2:0 (BT.601, limited range, as the encoder's own converter does)
-    when both sides are even, else YUV 4:4:4 with the same coefficients."""
-    import av
-
-    h, w = image.shape[:2]
-    if h % 2 or w % 2:
-        planes = np.tensordot(_BT601, image.astype(np.float32), axes=([1], [2]))
-        planes += np.array([16, 128, 128], np.float32)[:, None, None]
-        return av.VideoFrame.from_ndarray(np.clip(np.rint(planes), 0, 255).astype(np.uint8), format="yuv444p")
-    import cv2
-
-    return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
-
-
-def _no_space(e: BaseException, path: Path) -> OutputError | None:
-    """The error to give when writing failed for want of space (a full disk, a quota, a file-size limit)."""
-    import errno
-
-    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
-                  errno.EFBIG: "the file is larger than this process may write"}[e.errno]
-        return OutputError(f"writing {path} failed: {reason}", hint="free some space, or write it elsewhere")
-    return None
+        super().write(stored(image, self.info.rotation), pts)
