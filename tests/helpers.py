@@ -160,3 +160,18 @@ def one_line_message(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err and "\x1b" not in err, err
     return lines[0]
+
+
+class FakeClock:
+    """A clock for code that is handed one (``clock=``) or for ``time.monotonic``: time passes only
+    when a test says so (``sleep``), whatever the machine's load."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+

@@ -13,7 +13,7 @@ from PIL import Image
 
 import agetool
 from agetool.errors import CheckpointError, UsageError
-from tests.helpers import ROOT, cli, face_like
+from tests.helpers import ROOT, FakeClock, cli, face_like
 
 EXAMPLE = ROOT / "examples" / "astronaut.png"
 
@@ -231,20 +231,21 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch, seeded_parser_fil
 
 def test_each_stage_is_timed_once():
     """A model loading inside another stage (the parser on first use inside "parse") is not counted twice."""
-    import time
-
     from agetool.models import Timer
 
-    timer = Timer()
+    clock = FakeClock()
+    timer = Timer(clock=clock)
     with timer("parse"):
-        time.sleep(0.02)
+        clock.sleep(0.02)
         with timer("load parser"):
-            time.sleep(0.1)
-        timer.add("landmarks", 0.05)
-    total = timer.seconds["parse"] + timer.seconds["load parser"] + timer.seconds["landmarks"]
-    assert 0.1 <= timer.seconds["load parser"] < 0.2
-    assert timer.seconds["parse"] < 0.08  # the nested 0.15 s are not in it
-    assert total < 0.3
+            clock.sleep(0.1)
+        clock.sleep(0.05)
+        timer.add("landmarks", 0.05)  # timed elsewhere (another thread's clock), counted here
+        clock.sleep(0.01)
+    assert timer.seconds["load parser"] == pytest.approx(0.1)
+    assert timer.seconds["parse"] == pytest.approx(0.03)  # the nested 0.15 s are not in it
+    assert timer.seconds["landmarks"] == pytest.approx(0.05)
+    assert sum(timer.seconds.values()) == pytest.approx(0.18)  # the 0.18 s that passed, each counted once
 
 
 def test_profile_table_counts_the_parser_load_apart(tmp_path, seeded_parser_file, weights, capsys):

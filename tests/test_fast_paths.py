@@ -160,24 +160,48 @@ def test_physical_cores_counts_each_core_once():
 
 
 def test_frame_pool_keeps_order_and_stops_early():
-    import time
+    import threading
 
     from agetool.engine import FramePool
 
     before = torch.get_num_threads()
     pool = FramePool(2)
     assert torch.get_num_threads() == before  # the workers' single thread does not leak out
-    seen = set(pool.imap(lambda i: time.sleep(0.05) or torch.get_num_threads(), range(4), ahead=4))
-    assert seen == {1}  # each worker computes with one intra-op thread (not the process's setting)
+    together = threading.Barrier(2, timeout=60)  # both workers at once, whatever the machine's load
+
+    def threads(i):
+        together.wait()
+        return threading.current_thread().name, torch.get_num_threads()
+
+    seen = list(pool.imap(threads, range(4), ahead=4))
+    assert len({name for name, _ in seen}) == 2  # two workers ...
+    assert {n for _, n in seen} == {1}  # ... each computing with one intra-op thread (not the process's setting)
     assert torch.get_num_threads() == before
-    out = list(pool.imap(lambda i: (time.sleep(0.01 * (i % 3)), i)[1], range(12), ahead=4))
-    assert out == list(range(12))
-    started = []
-    it = pool.imap(lambda i: started.append(i) or time.sleep(0.02) or i, range(100), ahead=3)
+    done = [threading.Event() for _ in range(13)]
+
+    def late(i):  # each even item ends after the odd one behind it: results come back out of order
+        if i % 2 == 0:
+            done[i + 1].wait(60)
+        done[i].set()
+        return i
+
+    assert list(pool.imap(late, range(12), ahead=4)) == list(range(12))
+    gate, started = threading.Event(), []
+
+    def held(i):
+        started.append(i)
+        if i:
+            gate.wait(60)
+        return i
+
+    it = pool.imap(held, range(100), ahead=3)
     assert next(it) == 0
-    it.close()
-    time.sleep(0.1)
-    assert len(started) <= 6
+    it.close()  # items 1 and 2 are queued or running; nothing more is submitted
+    gate.set()
+    drained = threading.Barrier(2, timeout=60)
+    for waiter in [pool._pool.submit(drained.wait) for _ in range(2)]:  # both workers past what came before
+        waiter.result()
+    assert set(started) <= {0, 1, 2}
 
 
 def test_engine_stream_equals_direct_decode(generator, load_npz):
