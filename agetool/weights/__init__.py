@@ -1,6 +1,8 @@
 """Model weights: the registry (``weights.toml``), the cache, verified downloads, conversion.
 
-The library never prints. Callers that want feedback pass two optional callables:
+The library never prints. Callers that want feedback pass two optional callables (inside the
+library they travel with ``offline`` as one ``agetool.loading.Loading``, which ``fetch`` also takes
+as ``loading=``):
 
 ``report(message: str) -> None``
     Receives one-line notices: the license line on the first download of a non-commercial
