@@ -41,15 +41,18 @@ def progress_factory(bar):
 
 
 @contextmanager
-def byte_progress():
-    """A transient byte-counting bar on stderr (hidden when stderr is not a terminal)."""
+def byte_loading():
+    """The loading context of a weights command: a transient byte-counting bar on stderr (hidden
+    when stderr is not a terminal) and notices as information."""
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
+
+    from agetool.loading import Loading
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                    TimeRemainingColumn(), console=console.err, transient=True, disable=not sys.stderr.isatty())
     with bar:
-        yield progress_factory(bar)
+        yield Loading(progress=progress_factory(bar), report=report)
 
 
 def report(message: str) -> None:
@@ -150,14 +153,14 @@ def download(
 
     targets = list(weights.load_registry()) if all_ or not names else list(dict.fromkeys(names))
     failed = []
-    with byte_progress() as progress:
+    with byte_loading() as loading:
         for name in targets:
             st = weights.status(name)
             if st.path is None and st.bundled is not None:
                 console.out.print(f"{name}: {st.bundled} ({st.where})", markup=False, highlight=False)
                 continue
             try:
-                path = weights.fetch(name, progress=progress, report=report)
+                path = weights.fetch(name, loading=loading)
             except AgetoolError as e:
                 if len(targets) == 1:
                     raise
@@ -182,8 +185,8 @@ def verify(
 
     from agetool import weights
 
-    with byte_progress() as progress:
-        checks = weights.verify(names or None, progress=progress, report=report)
+    with byte_loading() as loading:
+        checks = weights.verify(names or None, loading=loading)
     checks = [c for c in checks if c.ok is not None or names]
     if not checks:
         console.info("nothing is cached yet")
@@ -250,13 +253,13 @@ def import_(
 
     if name is not None:
         weights.get(name)  # a name that is not registered is a usage error, before any file is read
-    with byte_progress() as progress:
+    with byte_loading() as loading:
         if file.is_dir():
             if name is not None or trust:
                 raise UsageError(f"{'--as' if name is not None else '--trust'} takes one file; a folder's files "
                                  "are recognised by size, name or folder")
             try:
-                result = weights.import_folder(file, progress=progress, report=report)
+                result = weights.import_folder(file, loading=loading)
             except WeightsError as e:
                 _skipped(getattr(e, "skipped", []))
                 raise
@@ -264,7 +267,7 @@ def import_(
                 console.out.print(f"{item.name}: {item.path}", markup=False, highlight=False)
             _skipped(result.skipped)  # each named with why; the command succeeds when any file was imported
             return 0
-        dest = weights.import_file(file, name, trust=trust, progress=progress, report=report)
+        dest = weights.import_file(file, name, trust=trust, loading=loading)
     console.out.print(f"{name or dest.parent.name}: {dest}", markup=False, highlight=False)
 
 

@@ -24,10 +24,6 @@ def is_offline(offline: bool = False) -> bool:
     return bool(offline) or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
-def _say(report):
-    return report if report is not None else (lambda message: None)
-
-
 def human_size(n: int | None) -> str:
     """``213.2 MB`` (decimal units), ``?`` when unknown."""
     if n is None:
@@ -277,9 +273,12 @@ class Check:
     detail: str
 
 
-def verify(names: list[str] | None = None, *, progress=None, report=None) -> list[Check]:
-    """Re-hash every cached copy (and converted file). Bad files are deleted and reported."""
-    say = _say(report)
+def verify(names: list[str] | None = None, *, loading: Loading | None = None, progress=None,
+           report=None) -> list[Check]:
+    """Re-hash every cached copy (and converted file). Bad files are deleted and reported
+    (``progress`` and ``report`` as for ``fetch``, or ``loading``)."""
+    loading = given(loading, progress=progress, report=report)
+    progress, say = loading.progress, loading.say
     checks = []
     for name in names or list(load_registry()):
         art = get(name)

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from agetool.errors import AgetoolError, ChecksumError, WeightsError, arg
+from agetool.loading import Loading, given
 from agetool.weights import store
-from agetool.weights.core import _remember, _say, human_size
+from agetool.weights.core import _remember, human_size
 from agetool.weights.registry import ARGUMENT_FOR_KIND, ROLES, Artifact, check_name, get, load_registry, max_bytes
 from agetool.weights.store import LOCAL_FORMS, MEMBER, OWN, RELEASED, SAFETENSORS, read_record
 from agetool.weights.transfer import progress_bar
@@ -58,8 +59,8 @@ class FolderImport:
     skipped: list[Skipped]  # every other file of the folder, with the reason
 
 
-def import_file(src: str | os.PathLike, name: str | None = None, *, trust: bool = False, progress=None,
-                report=None) -> Path:
+def import_file(src: str | os.PathLike, name: str | None = None, *, trust: bool = False,
+                loading: Loading | None = None, progress=None, report=None) -> Path:
     """Verify a file the user has and place it in the cache as artifact ``name`` (any accepted
     form, see the module docstring; None: recognised by its size, name or folder); returns its
     path in the cache.
@@ -67,7 +68,8 @@ def import_file(src: str | os.PathLike, name: str | None = None, *, trust: bool 
     ``trust=True`` registers a file of the user's own for ``name`` (a fine-tuned parser, another
     classifier): the published size and checksums are not asked for; the file must still load
     where agetool can load that kind, and its sha256 is pinned. The released file itself is
-    imported as released."""
+    imported as released. ``progress`` and ``report`` as for ``fetch`` (or ``loading``)."""
+    loading = given(loading, progress=progress, report=report)
     src = _regular_file(Path(src).expanduser())
     if trust and name is None:
         raise WeightsError(f"{arg('trust')} registers a file for a name", hint="name it: --as NAME")
@@ -77,15 +79,16 @@ def import_file(src: str | os.PathLike, name: str | None = None, *, trust: bool 
             raise WeightsError(f"{src}: can't tell which registered file this is",
                                hint="name it: agetool weights import FILE --as NAME")
         name = hits[0][1].name
-    return _import(src, get(check_name(name)), progress, _say(report), trust=trust).path
+    return _import(src, get(check_name(name)), loading, trust=trust).path
 
 
-def import_folder(folder: str | os.PathLike, *, progress=None, report=None) -> FolderImport:
+def import_folder(folder: str | os.PathLike, *, loading: Loading | None = None, progress=None,
+                  report=None) -> FolderImport:
     """Import every recognised file under ``folder``; every other file is returned with the reason
     it was not imported (not recognised, ambiguous, failed verification, a link). ``WeightsError``
     when nothing could be imported."""
+    loading = given(loading, progress=progress, report=report)
     folder = Path(folder).expanduser()
-    say = _say(report)
     if not folder.is_dir():
         raise WeightsError(f"{folder}: no such folder")
     done: list[Imported] = []
@@ -118,7 +121,7 @@ def import_folder(folder: str | os.PathLike, *, progress=None, report=None) -> F
                                                       f"already")))
             continue
         try:
-            done.append(_import(path, art, progress, say))
+            done.append(_import(path, art, loading))
         except AgetoolError as e:
             skipped.append(Skipped(path, e))
     for path in unknown:
@@ -223,7 +226,8 @@ def form_of(path: Path, art: Artifact) -> str:
     return RELEASED
 
 
-def _import(src: Path, art: Artifact, progress, say, *, trust: bool = False) -> Imported:
+def _import(src: Path, art: Artifact, loading: Loading, *, trust: bool = False) -> Imported:
+    say = loading.say
     if not src.is_file():
         raise WeightsError(f"{src}: no such file")
     form = form_of(src, art)
@@ -247,7 +251,7 @@ def _import(src: Path, art: Artifact, progress, say, *, trust: bool = False) -> 
         tmp = store.temp_path(dest)
         record = read_record(name)
         try:
-            with progress_bar(progress, f"importing {name} ({human_size(size)}) from {src.name}", size) as advance:
+            with progress_bar(loading.progress, f"importing {name} ({human_size(size)}) from {src.name}", size) as advance:
                 digest = _copy(src, tmp, art, advance)
             if form == RELEASED:
                 why = store.mismatch(art, digest, record if record.get("form", RELEASED) == RELEASED else {})
