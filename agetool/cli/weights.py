@@ -215,6 +215,7 @@ def path(name: Annotated[str, typer.Argument(help="A name from `agetool weights 
     """
     from agetool import weights
     from agetool.errors import WeightsError
+    from agetool.loading import Loading
 
     st = weights.status(name)
     if st.path is None and st.bundled is not None:
@@ -222,7 +223,8 @@ def path(name: Annotated[str, typer.Argument(help="A name from `agetool weights 
         return
     if st.path is None:
         raise WeightsError(f"{name} is not cached", hint=f"run `agetool weights download {name}`")
-    console.out.print(str(weights.fetch(name, offline=True, report=report)), markup=False, highlight=False)
+    console.out.print(str(weights.fetch(name, loading=Loading(offline=True, report=report))), markup=False,
+                      highlight=False)
 
 
 @weights_app.command("import")
