@@ -144,9 +144,23 @@ def manifest(marking, title: str, mime: str, parent: bool = True) -> dict:
     return {"claim_generator_info": [agent], "title": title, "format": mime, "assertions": assertions}
 
 
+def _parent_kind(marking) -> str | None:
+    """The media type of the marking's input file where the C2PA library can read it as an ingredient."""
+    parent = marking.parent
+    return None if parent is None or not Path(parent).is_file() else MIME.get(Path(parent).suffix.lower())
+
+
+def signable(marking) -> bool:
+    """Whether a file of ``marking`` has something true to sign: generated or edited pixels, or the
+    user's own pixels (an input crop) opened from an input file it can name. An input crop whose
+    photo is no file here (an array, a URI, an upload gone) is left unsigned: a manifest must say how
+    it was made, and agetool did not make it."""
+    return marking.source_url is not None or _parent_kind(marking) is not None
+
+
 def _builder(c2pa, marking, title: str, mime: str):
     parent = marking.parent
-    kind = None if parent is None or not Path(parent).is_file() else MIME.get(Path(parent).suffix.lower())
+    kind = _parent_kind(marking)
     # inputs the C2PA library reads are the ingredient; others are named by the record's sha256 only
     builder = c2pa.Builder(manifest(marking, title, mime, parent=kind is not None), _settings_context(c2pa))
     if kind is not None:
@@ -158,7 +172,10 @@ def _builder(c2pa, marking, title: str, mime: str):
 
 
 def sign_bytes(data: bytes, mime: str, marking, title: str = "image") -> bytes:
-    """``data`` (an encoded image) with an embedded C2PA manifest signed by ``marking.signing``."""
+    """``data`` (an encoded image) with an embedded C2PA manifest signed by ``marking.signing``
+    (as it is where there is nothing to sign: ``signable``)."""
+    if not signable(marking):
+        return data
     c2pa = _c2pa()
     out = io.BytesIO()
     try:

@@ -248,9 +248,11 @@ def mark_video(path: str | os.PathLike, marking: Marking | None, title: str | No
         with open(path, "ab") as f:
             f.write(uuid_box(marking.xmp()))
     if marking.signing is not None and path.suffix.lower() in (".mp4", ".mov", ".m4v"):
-        from agetool.credentials import sign_file
+        from agetool.credentials import sign_file, signable
         from agetool.files import replacing
 
+        if not signable(marking):
+            return
         with replacing(path, errors=False) as signed:  # the signed copy replaces the file
             sign_file(path, signed, marking, title or path.name)
 

@@ -297,3 +297,49 @@ def test_a_clip_that_changes_size_stops_at_its_first_other_frame(clip_studio_pip
     with pytest.raises(InputError, match="changes size"):
         studio.clip(tmp_path / "grows.mp4", 60, mask=False)
     assert not list((tmp_path / "work").rglob("*.mp4"))
+
+
+def test_the_pages_files_are_signed_and_labelled_when_the_server_is(pipe, session, crop, clip_studio_pipe,
+                                                                     short_clip, tmp_path):
+    """`agetool serve --sign --sign-key --label`: the grid, every member of the tile archive, the aging
+    video and the clip carry valid Content Credentials (our test CA is not trusted: nothing else
+    fails), and the clip's frames the visible mark where an unlabelled server's have none."""
+    import numpy as np
+
+    pytest.importorskip("c2pa", reason='signing needs the c2pa extra: pip install "agetool[c2pa]"')
+    from agetool.credentials import Signing
+    from tests.test_clips import decoded
+    from tests.test_provenance import _certificates, _reader
+
+    chain, key, _ = _certificates(tmp_path)
+    signing = Signing.load(chain, key)
+
+    def signed(path) -> bool:
+        import c2pa
+
+        try:
+            manifest, results = _reader(path)
+        except c2pa.C2paError.ManifestNotFound:
+            return False
+        return manifest is not None and \
+            [f["code"] for f in results["activeManifest"]["failure"]] == ["signingCredential.untrusted"]
+
+    studio = Studio(pipe, tmp_path / "work", fixed_model="tiny.safetensors", signing=signing, label=True)
+    for source in (None, crop):  # the input crop is signed as opened from the upload where there is one
+        session.source = None if source is None else str(source)
+        grid, archive = studio.grid(session, "20,60")
+        assert signed(grid)
+        members = tmp_path / f"members{source is None}"
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(members)
+        assert sorted((p.name, signed(p)) for p in members.iterdir()) == [
+            ("face0_20.png", True), ("face0_60.png", True), ("face0_input.png", source is not None)]
+    assert signed(studio.video(session, steps=2))
+    marked = Studio(clip_studio_pipe, tmp_path / "marked", fixed_model="tiny.safetensors", signing=signing, label=True)
+    plain = Studio(clip_studio_pipe, tmp_path / "plain", fixed_model="tiny.safetensors")
+    a, b = marked.clip(short_clip, 60, mask=False), plain.clip(short_clip, 60, mask=False)
+    assert signed(a)
+    for x, y in zip(decoded(a), decoded(b)):
+        h, w = x.shape[:2]
+        differs = np.abs(x.astype(int) - y).max(axis=2) > 40
+        assert differs[h // 2:, w // 2:].any() and not differs[: h // 2].any()  # the corner mark, nothing else

@@ -9,13 +9,15 @@ from typing import Annotated
 import typer
 
 from agetool.cli import console
+from agetool.cli.marking import marking_options
 from agetool.cli.options import OPTION, pipeline_options
 from agetool.options import DEFAULT_NOISE, DEFAULT_SEED
 
 
 @pipeline_options
+@marking_options
 def serve(
-    build,
+    build, marks,
     host: Annotated[str, typer.Option("--host", help="Address to listen on. 127.0.0.1 keeps the app on this computer; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=1, max=65535)] = 7860,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Refuse uploaded photos and clips larger than this many megabytes.", min=0.01)] = 20.0,
@@ -35,10 +37,14 @@ def serve(
       agetool serve --weights males.safetensors --device cuda
 
       agetool serve --upscale 2
+
+      agetool serve --label --sign chain.pem --sign-key key.pem
     """
     from agetool.serve.server import require_gradio
 
     require_gradio()
+    # the page offers the mask, paste-back (which parses) and clips: every model they may use
+    marks.check_models(build, {"mask": True, "paste_back": True, "upscale": upscale}, clip=True)
     from agetool.serve.server import Server
     from agetool.serve.studio import Limits
 
@@ -58,7 +64,7 @@ def serve(
         weights = pipe.models.weights
         server = Server(pipe, host=host, port=port, limits=limits,
                         fixed_model=None if weights is None else weights.name, seed=seed, noise=noise,
-                        upscale=upscale)
+                        upscale=upscale, signing=marks.signing, label=marks.label)
     interrupted = False
     with server:
         url = server.start()

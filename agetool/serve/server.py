@@ -91,7 +91,7 @@ class Server:
 
     def __init__(self, pipeline, host: str = "127.0.0.1", port: int = 7860, limits=None,
                  fixed_model: str | None = None, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE, warm_up: bool = True,
-                 upscale: int | None = None):
+                 upscale: int | None = None, signing=None, label: bool = False):
         if not 1 <= port <= 65535:
             raise UsageError(f"{arg('port', port)}: expected 1 to 65535")
         require_gradio()
@@ -113,7 +113,8 @@ class Server:
 
         self.limits = limits or Limits()
         self.studio = Studio(pipeline, self.folder / "tmp" / "results", self.limits, fixed_model=fixed_model,
-                             seed=seed, noise=noise, upscale=upscale, uploads=self.folder / "uploads")
+                             seed=seed, noise=noise, upscale=upscale, uploads=self.folder / "uploads",
+                             signing=signing, label=label)
         self.example = example_photo(self.folder)
         if warm_up:
             self.studio.warm_up(self.example)

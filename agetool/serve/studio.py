@@ -17,7 +17,7 @@ import numpy as np
 
 from agetool.errors import InputError, NoFaceError, UsageError, arg
 from agetool.images import DEFAULT_MAX_PIXELS, read_image, resize
-from agetool.options import DEFAULT_FPS, DEFAULT_NOISE, DEFAULT_SEED, DEFAULT_STEPS
+from agetool.options import DEFAULT_FPS, DEFAULT_NOISE, DEFAULT_SEED, DEFAULT_STEPS, VideoOptions
 
 DEFAULT_MAX_BYTES = 20 * 2**20
 MODELS = ("auto", "male", "female")
@@ -64,6 +64,7 @@ class Session:
     mask: bool
     name: str = "photo"
     rendered: dict = field(default_factory=dict)
+    source: str | None = None  # the uploaded file: the parent of signed files, while it is kept
 
 
 def load_pipeline(**options):
@@ -90,7 +91,7 @@ class Studio:
     def __init__(self, pipeline, workdir: str | os.PathLike, limits: Limits | None = None,
                  fixed_model: str | None = None, seed: int = DEFAULT_SEED, noise: float = DEFAULT_NOISE, upscale: int | None = None,
                  budget_s: float = REQUEST_BUDGET_S, uploads: str | os.PathLike | None = None,
-                 upload_quota: int = UPLOAD_QUOTA):
+                 upload_quota: int = UPLOAD_QUOTA, signing=None, label: bool = False):
         from agetool.options import check_factor
 
         self.pipe = pipeline
@@ -105,6 +106,9 @@ class Studio:
         self.budget_s = budget_s  # per request, checked between decodes
         self.uploads = None if uploads is None else Path(uploads)  # Gradio's upload folder, kept in quota
         self.upload_quota = upload_quota
+        # the files the page hands out (grids, tile archives, videos, clips): signed with ``signing`` (an
+        # agetool.credentials.Signing), pasted photos with the visible "AI-aged" mark (``label``)
+        self.signing, self.label = signing, bool(label)
         self._identity = None  # dlib's face descriptor, for "only faces like this one"
 
     # ------------------------------------------------------------------ inputs
@@ -136,7 +140,9 @@ class Studio:
     def encode(self, path, model: str | None = None, mask: bool = True, like=None) -> Session:
         """The photo at ``path``, encoded; ``like`` (an ``Embedding`` from ``like``) keeps only the
         faces of that person."""
-        return self.encode_image(self.read(path), model, mask, name=Path(path).stem, like=like)
+        session = self.encode_image(self.read(path), model, mask, name=Path(path).stem, like=like)
+        session.source = str(path)
+        return session
 
     def encode_image(self, image: np.ndarray, model: str | None = None, mask: bool = True,
                      name: str = "photo", like=None) -> Session:
@@ -275,6 +281,7 @@ class Studio:
         render = self.options(ages)
         with self._lock:
             result = self.pipe.core.result(session.encoded, render, paste_back=paste_back, check=self.checker(stop))
+        result.signing, result.label, result.source = self.signing, self.label, session.source
         folder = self.new_folder()
         png = result.write_grid(folder / f"{session.name}_ages.png")
         if choices is not None:  # with several looks: the lines that say which draw each face kept
@@ -287,9 +294,10 @@ class Studio:
         out = self.new_folder() / f"{session.name}_aging.mp4"
         with self._lock:
             pipe = self.pipe_for(session.model_choice)
-            return Path(pipe.video(session.encoded, out, fps=fps, steps=steps, paste_back=paste_back,
-                                   mask=session.mask, seed=self.seed, noise=self.noise,
-                                   upscale=self.upscale))
+            # the encoded photo holds its faces as found and masked: only rendering options go with it
+            request = pipe.request(None, paste_back=paste_back, seed=self.seed, noise=self.noise, upscale=self.upscale)
+            return Path(pipe.write_video(session.encoded, out, request, VideoOptions.of(fps=fps, steps=steps),
+                                         label=self.label, signing=self.signing))
 
     def clip(self, path, age: float = 60.0, model: str | None = None, mask: bool = True, stop=None) -> Path:
         """A short clip (``MAX_CLIP_SECONDS``, ``MAX_CLIP_FRAMES``, ``MAX_CLIP_PIXELS``) with every face
@@ -336,7 +344,8 @@ class Studio:
         with self._lock:
             pipe = self.pipe_for(model or self.model)
             return Path(pipe.age_clip(path, out, ages=[age], mask=mask, seed=self.seed, noise=self.noise,
-                                      upscale=self.upscale, progress=progress)[0])
+                                      upscale=self.upscale, progress=progress, label=self.label,
+                                      signing=self.signing)[0])
 
     def new_folder(self) -> Path:
         """A fresh folder for one request's results; those of earlier requests go after ``KEEP_S``."""
