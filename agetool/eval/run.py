@@ -33,9 +33,10 @@ def evaluate(photos: Sequence[str | os.PathLike] | str | os.PathLike, pipeline, 
 
     Example::
 
+        from agetool.options import EvalOptions, request
+
         pipe = agetool.AgingPipeline.from_pretrained(model="female")
-        report = agetool.evaluate("photos/", pipe, agetool.options.request("5,20,45"),
-                                  agetool.options.EvalOptions.of(identity="dlib", out="eval/"))
+        report = agetool.evaluate("photos/", pipe, request("5,20,45"), EvalOptions.of(identity="dlib", out="eval/"))
 
     Every face of ``photos`` (files, or folders searched recursively) is rendered by ``pipeline``
     (an ``AgingPipeline``; a sequence of them compares their generators in one report, each named
