@@ -94,11 +94,11 @@ def eval_command(
                              calibrate_steps=calibrate_steps, out=out, skip_existing=skip_existing)
     dist = env_dist()
     with console.progress() as bar:
-        loading = dict(report=report if dist.main else None, progress=progress_factory(bar))
+        feedback = dict(report=report if dist.main else None, progress=progress_factory(bar))  # notices from rank 0 only
         pipelines = [AgingPipeline.from_pretrained(model, weights=w, parser_weights=parser_weights,
                                                    landmarks=landmarks, device=device, dtype=dtype, offline=offline,
                                                    classifier_weights=age_model, age_anchors=age_anchors,
-                                                   upscale_weights=upscale_weights, **loading)
+                                                   upscale_weights=upscale_weights, **feedback)
                      for w in (compare or [weights])]
         result = evaluate(photos, pipelines, asked, options, dist=dist)
     if not dist.main:
