@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from agetool.errors import NoFaceError, UsageError, arg
-from agetool.models import Models, Report
+from agetool.models import Models
 from agetool.options import FaceOptions
 from agetool.results import Face
 
@@ -24,8 +24,7 @@ def check_faces(faces):
 
 
 def prepare_faces(models: Models, image: np.ndarray, *, aligned: bool = False, mask: bool = True,
-                  parse: bool | None = None, faces: str = "all", min_face: int = 0, name: str = "image",
-                  report: Report | None = None) -> list[Face]:
+                  parse: bool | None = None, faces: str = "all", min_face: int = 0, name: str = "image") -> list[Face]:
     """A photo [H, W, 3] -> its faces, aligned (256 px) and, with ``mask``, background painted gray.
 
     Faces are numbered left to right in the photo. ``aligned=True`` takes the photo as an aligned
@@ -33,7 +32,6 @@ def prepare_faces(models: Models, image: np.ndarray, *, aligned: bool = False, m
     face parser even without masking (paste-back needs the labels).
     """
     timer = models.timer
-    report = report or models.loading.say
     parse = mask if parse is None else parse
     if aligned:
         crop = image
@@ -41,14 +39,14 @@ def prepare_faces(models: Models, image: np.ndarray, *, aligned: bool = False, m
             from agetool.images import resize
 
             h, w = image.shape[:2]
-            report(f"warning: {name}: {w}x{h} is not a {GEN_SIZE}x{GEN_SIZE} aligned crop"
+            models.loading.say(f"warning: {name}: {w}x{h} is not a {GEN_SIZE}x{GEN_SIZE} aligned crop"
                    f"{'' if w == h else ' (not square)'}; resizing it to {GEN_SIZE}x{GEN_SIZE}")
             with timer("align"):
                 crop = resize(image, GEN_SIZE)
         return [_finish(models, 0, crop, None, None, mask, parse)]
     from agetool.face.align import align_face
 
-    found = find_faces(models, image, faces=faces, min_face=min_face, name=name, report=report)
+    found = find_faces(models, image, faces=faces, min_face=min_face, name=name)
     crops = []
     for i, det in enumerate(found):
         with timer("align"):
@@ -58,9 +56,8 @@ def prepare_faces(models: Models, image: np.ndarray, *, aligned: bool = False, m
 
 
 def find_faces(models: Models, image: np.ndarray, *, faces: str = "all", min_face: int = 0,
-               name: str = "image", report: Report | None = None) -> list:
+               name: str = "image") -> list:
     """Detected faces after ``min_face`` and ``faces``, numbered left to right; ``NoFaceError`` if none."""
-    report = report or models.loading.say
     detector = models.detector
     before = dict(detector.timings)
     found = detector.detect(image)  # largest first
@@ -71,7 +68,7 @@ def find_faces(models: Models, image: np.ndarray, *, faces: str = "all", min_fac
         kept = [f for f in found if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= min_face]
         skipped = len(found) - len(kept)
         if skipped and kept:
-            report(f"warning: {name}: skipped {skipped} face(s) smaller than {min_face} px")
+            models.loading.say(f"warning: {name}: skipped {skipped} face(s) smaller than {min_face} px")
         found = kept
     if not found:
         if skipped:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from agetool.loading import LOADING, Loading
 
-Report = Callable[[str], None]
 #: the name prefix of the threads that load models in the background
 LOADER_PREFIX = "agetool-load-"
 

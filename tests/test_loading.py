@@ -64,3 +64,23 @@ def test_a_pipeline_holds_the_context_its_loaders_use(weights, monkeypatch, tmp_
         pipe.models.parser  # noqa: B018
     sibling = agetool.AgingPipeline.from_pipe(pipe, model="female")
     assert sibling.models.loading is pipe.models.loading
+
+
+def test_the_face_stages_speak_through_the_pipelines_report(tmp_path):
+    """A face skipped for its size is said through the report the pipeline was built with."""
+    import numpy as np
+    from PIL import Image
+
+    import agetool
+    from tests.helpers import ROOT
+
+    photo = np.asarray(Image.open(ROOT / "examples" / "astronaut.png"))
+    face = photo[40:330, 110:350]
+    canvas = np.full((300, 460, 3), 235, np.uint8)
+    canvas[5:208, 10:178] = np.asarray(Image.fromarray(face).resize((168, 203), Image.LANCZOS))
+    canvas[5:295, 210:450] = face
+    notes: list[str] = []
+    pipe = agetool.AgingPipeline.from_pretrained(landmarks="dlib", offline=True, device="cpu", report=notes.append)
+    kept = pipe.faces(canvas, min_face=80, mask=False)
+    assert len(kept) == 1 and kept[0].box[0] > 200
+    assert "warning: image: skipped 1 face(s) smaller than 80 px" in notes, notes
