@@ -4,6 +4,7 @@ load times counted by a ``Timer``. Siblings (``AgingPipeline.from_pipe``) share 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import defaultdict
@@ -24,6 +25,41 @@ def loading_in_background() -> list[threading.Thread]:
 
 MODELS = ("auto", "male", "female")
 LANDMARKS = ("auto", "fan", "dlib")
+
+
+def check_model(model, argument: str = "model") -> str | Path:
+    """A pipeline's generator choice: ``"auto"``, ``"male"``, ``"female"``, or the ``Path`` of a
+    generator file given as a str or PathLike (``argument``: the argument it came in as)."""
+    from agetool.errors import CheckpointError, UsageError, arg
+
+    if isinstance(model, str) and model in MODELS:
+        return model
+    expected = f"expected {', '.join(MODELS)} or the path of a generator file"
+    if not isinstance(model, (str, os.PathLike)) or not os.fspath(model):
+        raise UsageError(f"{arg(argument, model)}: {expected}")
+    path = Path(model)
+    if path.is_file():
+        return path
+    if isinstance(model, str) and not path.suffix and len(path.parts) == 1:  # a word, not a path: a typo
+        raise UsageError(f"{arg(argument, model)}: {expected}")
+    raise CheckpointError(f"{arg(argument, path)}: no such file", hint="check the path")
+
+
+def pretrained_model(model, weights=None) -> str | Path:
+    """``AgingPipeline.from_pretrained``'s generator: ``model``, or the file of the deprecated
+    ``weights`` argument (which warns, and wins over a ``model`` choice as it did)."""
+    choice = check_model(model)
+    if weights is None:
+        return choice
+    import warnings
+
+    from agetool.errors import UsageError, arg
+
+    warnings.warn("AgingPipeline.from_pretrained(weights=PATH) is deprecated: pass the generator file as "
+                  "model=PATH", DeprecationWarning, stacklevel=3)
+    if isinstance(choice, Path):
+        raise UsageError(f"give the generator file as {arg('model')} or {arg('weights')}, not both")
+    return check_model(weights, "weights")
 
 
 class Timer:
@@ -73,9 +109,9 @@ class Timer:
 
 @dataclass
 class Models:
-    """Everything a pipeline loads, once, on first use (thread-safe); ``timer`` counts load times."""
+    """Everything a pipeline loads, once, on first use (thread-safe); ``timer`` counts load times.
+    Generators are named ``"male"`` / ``"female"`` (the registry's) or by their file (``add_generator``)."""
 
-    weights: Path | None = None
     parser_weights: Path | None = None
     classifier_weights: Path | None = None
     landmarks: str = "auto"
@@ -92,6 +128,17 @@ class Models:
         self._loading: dict[str, threading.RLock] = {}  # one lock per model: models load side by side
         self._background: dict[str, threading.Thread] = {}
         self._closed = threading.Event()
+        self._files: dict[str, Path] = {}  # own generator files by the name their faces carry
+
+    def add_generator(self, path: str | os.PathLike) -> str:
+        """The name of generator file ``path`` in this model set: its file name (the whole path where
+        that name is taken by another file, or is "male", "female" or "auto")."""
+        path = Path(path)
+        with self._lock:
+            for name in (path.name, str(path.absolute())):
+                if name not in MODELS and self._files.setdefault(name, path) == path:
+                    return name
+            raise ValueError(f"{path}: two generator files of one name")  # pragma: no cover - a path is unique
 
     def _once(self, key: str, stage: str, load: Callable[[], object]):
         with self._lock:
@@ -115,7 +162,7 @@ class Models:
         jobs = {}
         if parser and (self.parser_weights is not None or self._at_hand("deeplab-parser")):
             jobs["parser"] = lambda: self.parser
-        if model == "custom" and self.weights is not None or model in ("male", "female") and self._at_hand(f"lats-{model}"):
+        if model in self._files or model in ("male", "female") and self._at_hand(f"lats-{model}"):
             jobs[f"engine:{model}"] = lambda: self.engine(model)
         for key, job in jobs.items():
             with self._lock:
@@ -230,12 +277,12 @@ class Models:
         return self._once("upscaler", "load upscaler", load)
 
     def engine(self, model: str):
-        """The ``AgingEngine`` of ``model`` ('male', 'female' or 'custom')."""
+        """The ``AgingEngine`` of generator ``model`` ('male', 'female' or a file's name)."""
         def load():
             from agetool.engine import AgingEngine, default_chunk
             from agetool.nn.checkpoint import load_generator
 
-            path = self.weights if model == "custom" else self._registry_generator(model)
+            path = self._files.get(model) or self._registry_generator(model)
             generator = load_generator(path, device=self.device)
             return AgingEngine(generator, self.device, self.dtype,
                                chunk=self.batch or default_chunk(self.device, self.dtype))
@@ -250,7 +297,7 @@ class Models:
     def used(self, generators=None, *, landmarks: bool | None = None, parser: bool | None = None,
              classifier: bool | None = None, upscaler: bool | None = None) -> tuple:
         """``agetool.provenance.ModelUse`` of the models that shaped an output: the generators of
-        ``generators`` ('male', 'female', 'custom'), the landmark model, face parser, classifier and
+        ``generators`` ('male', 'female' or files' names), the landmark model, face parser, classifier and
         upscaler where their flag is true. What is None is read from the models loaded so far (a
         run that knows what it used says so: its record is then the same in every process)."""
         with self._lock:
@@ -258,7 +305,7 @@ class Models:
         if generators is None:
             generators = sorted(k.split(":", 1)[1] for k in loaded if k.startswith("engine:"))
         pick = lambda flag, key: key in loaded if flag is None else flag  # noqa: E731
-        out = [own_model(self.weights, "generator") if g == "custom" else registry_model(f"lats-{g}")
+        out = [own_model(self._files[g], "generator") if g in self._files else registry_model(f"lats-{g}")
                for g in dict.fromkeys(generators)]
         if pick(landmarks, "detector"):
             backend = self.landmarks

@@ -29,7 +29,7 @@ from agetool.errors import EstimateError, arg
 from agetool.faces import check_encoded, check_faces, prepare_faces
 from agetool.images import DEFAULT_MAX_PIXELS, load_image
 from agetool.loading import Loading
-from agetool.models import LANDMARKS, MODELS, Models, Timer
+from agetool.models import LANDMARKS, Models, Timer, check_model, pretrained_model
 from agetool.options import (DEFAULT_CRF, DEFAULT_FPS, DEFAULT_MAX_SIZE, DEFAULT_NOISE, DEFAULT_SEED, DEFAULT_STEPS,
                              AgeRequest, FaceOptions, RenderOptions, VideoOptions, request as build_request)
 from agetool.render import Renderer
@@ -41,18 +41,20 @@ Image = "str | os.PathLike | np.ndarray | PIL.Image.Image"
 class AgingPipeline:
     """Age progression for photos, from Python. Build one with ``from_pretrained``."""
 
-    def __init__(self, models: Models, *, model: str = "auto", age_anchors: dict[str, float] | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, models: Models, *, model: str | os.PathLike = "auto",
+                 age_anchors: dict[str, float] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.models = models
-        self.model = validate.choice("model", model, (*MODELS, "custom"))  # custom: models.weights
+        #: "auto", "male", "female", or the Path of the generator file
+        self.model = check_model(model)
         self.age_anchors = dict(DEFAULT_ANCHORS if age_anchors is None else age_anchors)
         self.anchor_ages = check_anchors(self.age_anchors)
         self.max_pixels = validate.integer("max_pixels", max_pixels, low=64)
-        self.core = Renderer(models, self.model, self.anchor_ages)  # every medium renders through it
+        name = models.add_generator(self.model) if isinstance(self.model, Path) else self.model
+        self.core = Renderer(models, name, self.anchor_ages)  # every medium renders through it
         self._references: dict[str, object] = {}  # "ref:PHOTO" -> its FaceReference, embedded once
 
     @classmethod
-    def from_pretrained(cls, model: str = "auto", weights: str | os.PathLike | None = None,
+    def from_pretrained(cls, model: str | os.PathLike = "auto", weights: str | os.PathLike | None = None,
                         parser_weights: str | os.PathLike | None = None, landmarks: str = "auto",
                         device: str = "auto", dtype: str = "float32", offline: bool = False, *,
                         classifier_weights: str | os.PathLike | None = None,
@@ -64,9 +66,9 @@ class AgingPipeline:
 
         Args:
             model: ``"auto"`` (the male or female generator, chosen per face by a gender classifier),
-                ``"male"`` or ``"female"``.
-            weights: a generator checkpoint (released ``latest_net_g_running.pth``, the released zip,
-                or an agetool ``.safetensors``); overrides ``model``.
+                ``"male"``, ``"female"``, or the path of a generator file (the released
+                ``latest_net_g_running.pth``, the released zip, or an agetool ``.safetensors``).
+            weights: deprecated: a generator file, as ``model=PATH`` (it warns ``DeprecationWarning``).
             parser_weights: a face-parser checkpoint (default: the registry's ``deeplab-parser``).
             landmarks: ``"auto"``, ``"fan"`` or ``"dlib"``.
             device: ``"auto"`` (CUDA, then Metal, then the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
@@ -83,7 +85,7 @@ class AgingPipeline:
         """
         from agetool.device import check_names, env_dist, pick_device, pick_dtype
 
-        validate.choice("model", model, MODELS)
+        model = pretrained_model(model, weights)
         validate.choice("landmarks", landmarks, LANDMARKS)
         loading = Loading.of(offline, progress, report)  # every model file is had through it
         if batch is not None:
@@ -96,8 +98,7 @@ class AgingPipeline:
             from agetool.ages import load_anchors
 
             age_anchors = load_anchors(age_anchors)
-        for name, path in (("weights", weights), ("parser_weights", parser_weights),
-                           ("classifier_weights", classifier_weights)):
+        for name, path in (("parser_weights", parser_weights), ("classifier_weights", classifier_weights)):
             if path is not None and not Path(path).is_file():
                 from agetool.errors import CheckpointError
 
@@ -106,18 +107,18 @@ class AgingPipeline:
             from agetool.upscale import resolve
 
             resolve(upscale_weights)  # a missing file fails here, before any work
-        models = Models(weights=None if weights is None else Path(weights),
-                        parser_weights=None if parser_weights is None else Path(parser_weights),
+        models = Models(parser_weights=None if parser_weights is None else Path(parser_weights),
                         classifier_weights=None if classifier_weights is None else Path(classifier_weights),
                         landmarks=landmarks, loading=loading, device=dev, dtype=dt, batch=batch, timer=Timer(dev),
                         upscale_weights=upscale_weights)
-        return cls(models, model="custom" if weights is not None else model, age_anchors=age_anchors,
+        return cls(models, model=model, age_anchors=age_anchors,
                    max_pixels=max_pixels)
 
     @classmethod
     def from_pipe(cls, pipe: "AgingPipeline", *, model: str | None = None) -> "AgingPipeline":
         """A sibling of ``pipe`` that shares its loaded models (nothing is loaded twice) and settings,
-        with another generator choice (``"auto"``, ``"male"`` or ``"female"``; None keeps ``pipe``'s)."""
+        with another generator choice (``"auto"``, ``"male"``, ``"female"`` or a generator file; None
+        keeps ``pipe``'s)."""
         return cls(pipe.models, model=pipe.model if model is None else model, age_anchors=pipe.age_anchors,
                    max_pixels=pipe.max_pixels)
 
@@ -193,7 +194,7 @@ class AgingPipeline:
                               estimate=estimate is True, generate=generate)
             # the parser and a known generator load while the faces are found
             self.models.preload(parser=options.parse,
-                                model=None if self.model == "auto" or not generate else self.model)
+                                model=None if self.model == "auto" or not generate else self.core.model)
             faces = prepare_faces(self.models, array, aligned=options.aligned, mask=options.mask, parse=options.parse,
                                   faces=self._reference(options.faces), min_face=options.min_face, name=name)
             for face in faces:

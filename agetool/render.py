@@ -38,7 +38,7 @@ Check = Callable[[], None]
 
 class Renderer:
     """Renders faces with ``models``; ``model`` is ``"auto"`` (each face's estimated gender),
-    ``"male"``, ``"female"`` or ``"custom"`` (the models' own generator file)."""
+    ``"male"``, ``"female"`` or the name of a generator file in ``models`` (``Models.add_generator``)."""
 
     def __init__(self, models: Models, model: str = "auto", anchor_ages: Sequence[float] | None = None):
         self.models = models

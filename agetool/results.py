@@ -63,7 +63,7 @@ class Face:
     detection: Any = None  # agetool.face.detect.DetectedFace, in photo pixels; None for an aligned input
     alignment: Any = None  # agetool.face.align.AlignedFace, for paste-back
     estimate: AgeEstimate | None = None
-    model: str | None = None  # "male" | "female" | "custom"
+    model: str | None = None  # the generator: "male", "female", or its file's name (males.safetensors)
     features: Any = field(default=None, repr=False)  # torch.Tensor [256, 64, 64]
     embedding: Any = field(default=None, repr=False)  # agetool.identity.Embedding
     images: np.ndarray | None = None  # [N, S, S, 3] uint8: the face at each requested age
@@ -272,6 +272,14 @@ class AgingResult:
         from PIL import Image as PILImage
 
         return PILImage.fromarray(self.grid_array(labels))
+
+
+def model_words(faces) -> str:
+    """The generators that rendered ``faces``, in words: ``male model``, ``female, male model``, a
+    generator file by its name (``males.safetensors``)."""
+    names = sorted({f.model for f in faces if f.model})
+    chosen = [n for n in names if n in ("male", "female")]
+    return ", ".join(([f"{', '.join(chosen)} model"] if chosen else []) + [n for n in names if n not in chosen])
 
 
 def unique_labels(labels: list[str]) -> list[str]:

@@ -335,7 +335,7 @@ class Bench:
         if not photo_path.is_file():
             return self.skip("end to end: age", f"no test photo at {photo_path}")
         try:
-            pipeline = AgingPipeline.from_pretrained(weights=self.weights("generator"),
+            pipeline = AgingPipeline.from_pretrained(model=self.weights("generator"),
                                                      parser_weights=self.weights("parser"), landmarks="dlib",
                                                      offline=True, device=str(self.device), dtype=self.dt)
             rate, peak = measure(lambda: pipeline(photo_path), 1, self.device, self.repeat)

@@ -92,7 +92,7 @@ def stand_in_weights(folder: Path) -> tuple[Path, Path]:
 def pipeline(gen: Path, parser: Path):
     import agetool
 
-    return agetool.AgingPipeline.from_pretrained(weights=gen, parser_weights=parser, device="cpu", landmarks="dlib")
+    return agetool.AgingPipeline.from_pretrained(model=gen, parser_weights=parser, device="cpu", landmarks="dlib")
 
 
 def flicker(frames: list[np.ndarray]) -> float:
@@ -185,7 +185,7 @@ def upscale_cost(clip: Path, gen: Path, parser: Path, folder: Path) -> dict:
     torch.manual_seed(0)
     sr = folder / "realesr-general-x4v3.pth"
     torch.save({"params": SRVGGNetCompact(num_feat=64, num_conv=32, upscale=4).state_dict()}, sr)
-    pipe = agetool.AgingPipeline.from_pretrained(weights=gen, parser_weights=parser, device="cpu", landmarks="dlib",
+    pipe = agetool.AgingPipeline.from_pretrained(model=gen, parser_weights=parser, device="cpu", landmarks="dlib",
                                                  upscale_weights=sr)
     warm = folder / "warm.mp4"
     make_clip(warm, 2)

@@ -52,7 +52,7 @@ def main() -> None:
         here = os.getcwd()
         os.chdir(tmp)  # the report names the photos as given: photos/face0.png ...
         try:
-            pipe = agetool.AgingPipeline.from_pretrained(weights=gen, device="cpu")
+            pipe = agetool.AgingPipeline.from_pretrained(model=gen, device="cpu")
             report = agetool.evaluate("photos", pipe, request(aligned=True, mask=False),
                                       EvalOptions(age_model=age_model, identity_model=identity_model, out=out))
         finally:

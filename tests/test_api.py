@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -20,7 +21,7 @@ EXAMPLE = ROOT / "examples" / "astronaut.png"
 
 @pytest.fixture(scope="module")
 def pipe(weights):
-    return agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu")
+    return agetool.AgingPipeline.from_pretrained(model=weights, device="cpu")
 
 
 def test_public_names():
@@ -52,7 +53,7 @@ def test_every_image_form_gives_the_same_result(pipe, tmp_path, kind):
     assert isinstance(result, agetool.AgingResult)
     face = result.faces[0]
     assert face.images.shape == (6, 256, 256, 3) and face.images.dtype == np.uint8
-    assert face.labels == list(agetool.AGE_CLASSES) and face.model == "custom"
+    assert face.labels == list(agetool.AGE_CLASSES) and face.model == pipe.model.name == "tiny.safetensors"
     assert face.box is None and face.landmarks is None and face.pasted is None
     assert np.array_equal(face.aligned, img)
     assert np.array_equal(face.images, expected.faces[0].images)
@@ -93,9 +94,9 @@ def test_from_pretrained_validates(weights, tmp_path):
     with pytest.raises(UsageError, match="landmarks='x'"):
         agetool.AgingPipeline.from_pretrained(landmarks="x")
     with pytest.raises(UsageError, match="dtype='float64'"):
-        agetool.AgingPipeline.from_pretrained(weights=weights, dtype="float64", device="cpu")
-    with pytest.raises(CheckpointError, match="weights="):
-        agetool.AgingPipeline.from_pretrained(weights=tmp_path / "nothing.pth")
+        agetool.AgingPipeline.from_pretrained(model=weights, dtype="float64", device="cpu")
+    with pytest.raises(CheckpointError, match="model='.*nothing.pth': no such file"):
+        agetool.AgingPipeline.from_pretrained(model=tmp_path / "nothing.pth")
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="device='cuda'"):
             agetool.AgingPipeline.from_pretrained(device="cuda")
@@ -112,6 +113,52 @@ def test_grid_is_what_the_command_writes(pipe, weights, tmp_path, capsys):
     assert result.grid(labels=False).size == (3 * 256, 256)
 
 
+def test_a_generator_file_is_the_model_and_its_name_says_so(pipe, weights, tmp_path, capsys):
+    """model=PATH (str or Path) renders with that file; results, --json and the command's line name the file."""
+    crop = tmp_path / "crop.png"
+    Image.fromarray(face_like(seed=3)).save(crop)
+    by_str = agetool.AgingPipeline.from_pretrained(model=str(weights), device="cpu")
+    assert pipe.model == by_str.model == weights and by_str.core.model == "tiny.safetensors"
+    got, want = (p(crop, ages=[30], aligned=True, mask=False) for p in (by_str, pipe))
+    assert got.faces[0].model == "tiny.safetensors" and got.scores()[0]["model"] == "tiny.safetensors"
+    assert np.array_equal(got.faces[0].images, want.faces[0].images)
+    code, out, err = cli(["age", crop, "--out", tmp_path / "g.png", "--ages", "30", "--aligned", "--no-mask",
+                          "--weights", weights, "--device", "cpu", "--json"], capsys)
+    assert code == 0, err
+    assert "(1 face, tiny.safetensors)" in err and "custom" not in err
+    assert json.loads(out)["model"] == "tiny.safetensors"
+
+
+def test_weights_argument_is_deprecated_for_model_path(pipe, weights, tmp_path):
+    crop = face_like(seed=5)
+    with pytest.warns(DeprecationWarning, match="model=PATH") as warned:
+        old = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu")
+    assert warned[0].filename == __file__  # the warning points at the caller's line
+    assert old.model == pipe.model == weights
+    got, want = (p(crop, aligned=True, mask=False) for p in (old, pipe))
+    assert got.faces[0].model == "tiny.safetensors" and np.array_equal(got.faces[0].images, want.faces[0].images)
+    with pytest.warns(DeprecationWarning), pytest.raises(CheckpointError, match="weights='.*none.pth': no such file"):
+        agetool.AgingPipeline.from_pretrained(weights=tmp_path / "none.pth")
+    with pytest.warns(DeprecationWarning), pytest.raises(UsageError, match="model or weights, not both"):
+        agetool.AgingPipeline.from_pretrained(model=weights, weights=weights)
+
+
+@pytest.mark.parametrize("model, error, text", [
+    ("custom", UsageError, "model='custom': expected auto, male, female or the path of a generator file"),
+    (3, UsageError, "model=3: expected auto"),
+    ("", UsageError, "model='': expected auto"),
+    ("nowhere/gen.safetensors", CheckpointError, "model='nowhere/gen.safetensors': no such file"),
+])
+def test_a_bad_model_is_a_typed_error_naming_model(model, error, text):
+    from agetool.models import Models
+    from agetool.pipeline import AgingPipeline
+
+    for make in (lambda: AgingPipeline.from_pretrained(model=model), lambda: AgingPipeline(Models(), model=model)):
+        with pytest.raises(error) as caught:
+            make()
+        assert str(caught.value).startswith(text)
+
+
 def test_released_weights_api_tiles_equal_command_tiles(reference_dir, tmp_path, capsys):
     """from agetool import AgingPipeline with the released-layout weights gives `agetool age --tiles`."""
     from agetool.nn.generator import Generator
@@ -126,7 +173,7 @@ def test_released_weights_api_tiles_equal_command_tiles(reference_dir, tmp_path,
     assert code == 0, err
     from agetool import AgingPipeline
 
-    result = AgingPipeline.from_pretrained(weights=released, device="cpu")(crop, aligned=True, mask=False)
+    result = AgingPipeline.from_pretrained(model=released, device="cpu")(crop, aligned=True, mask=False)
     for label, image in zip(result.faces[0].labels, result.faces[0].images):
         assert np.array_equal(image, np.asarray(Image.open(tiles / crop.stem / f"face0_{label}.png"))), label
 
@@ -181,7 +228,7 @@ def test_threads_take_turns_and_agree(pipe):
 
 
 def test_paste_back_on_a_photo(seeded_parser_file, weights):
-    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, parser_weights=seeded_parser_file,
+    pipe = agetool.AgingPipeline.from_pretrained(model=weights, parser_weights=seeded_parser_file,
                                                  landmarks="dlib", device="cpu", offline=True)
     photo = np.asarray(Image.open(EXAMPLE).convert("RGB"))
     result = pipe(EXAMPLE, ages=[5, 60], paste_back=True, mask=False)

@@ -19,7 +19,7 @@ from tests.helpers import face_like
 def pipe(weights):
     from agetool import AgingPipeline
 
-    return AgingPipeline.from_pretrained(weights=weights, device="cpu")
+    return AgingPipeline.from_pretrained(model=weights, device="cpu")
 
 
 @pytest.mark.parametrize("ages", [b"5,6", bytearray(b"5"), True, np.bool_(True), {"30": 1}, {5}, 5 + 0j,
@@ -69,11 +69,11 @@ def test_pipeline_options_of_the_wrong_type(weights, tmp_path):
     from agetool.options import EvalOptions
 
     with pytest.raises(UsageError, match=r"^offline='no'"):
-        AgingPipeline.from_pretrained(weights=weights, device="cpu", offline="no")
+        AgingPipeline.from_pretrained(model=weights, device="cpu", offline="no")
     with pytest.raises(UsageError, match=r"^calibrate='yes'"):
         EvalOptions.of(calibrate="yes")
     with pytest.raises(UsageError, match=r"^options=.*: expected EvalOptions"):
-        evaluate([tmp_path], AgingPipeline.from_pretrained(weights=weights, device="cpu"), None, {"calibrate": True})
+        evaluate([tmp_path], AgingPipeline.from_pretrained(model=weights, device="cpu"), None, {"calibrate": True})
 
 
 @pytest.mark.parametrize("image", [b"\x89PNG", 5, None, np.zeros((64, 64, 3), np.float32), np.zeros(64, np.uint8), ""])

@@ -191,13 +191,13 @@ def test_no_module_is_far_over_500_lines():
 def test_sibling_pipelines_share_their_models(weights):
     import agetool
 
-    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu")
+    pipe = agetool.AgingPipeline.from_pretrained(model=weights, device="cpu")
     sibling = agetool.AgingPipeline.from_pipe(pipe, model="female")
-    assert sibling.models is pipe.models and sibling.model == "female" and pipe.model == "custom"
-    assert agetool.AgingPipeline.from_pipe(pipe).model == "custom"
-    face = np.asarray(pipe(np.full((256, 256, 3), 120, np.uint8), aligned=True, mask=False).faces[0].images)
-    engine = pipe.models.engine("custom")
-    assert sibling.models.engine("custom") is engine and face.shape == (6, 256, 256, 3)
+    assert sibling.models is pipe.models and sibling.model == "female" and pipe.model == weights
+    assert agetool.AgingPipeline.from_pipe(pipe).model == weights
+    face = pipe(np.full((256, 256, 3), 120, np.uint8), aligned=True, mask=False).faces[0]
+    engine = pipe.models.engine(weights.name)
+    assert sibling.models.engine(face.model) is engine and np.asarray(face.images).shape == (6, 256, 256, 3)
 
 
 def _counting(monkeypatch, module, name, counts, key, when=lambda *a, **k: True):
@@ -253,7 +253,7 @@ def test_face_options_with_an_encoded_photo_are_an_error(weights):
     import agetool
     from agetool.errors import UsageError
 
-    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu")
+    pipe = agetool.AgingPipeline.from_pretrained(model=weights, device="cpu")
     encoded = pipe.encode(np.full((256, 256, 3), 100, np.uint8), aligned=True, mask=False)
     with pytest.raises(UsageError, match="min_face: the photo is already encoded"):
         pipe(encoded, min_face=40)

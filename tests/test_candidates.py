@@ -138,7 +138,7 @@ def test_reported_scores_are_dlib_and_cielab_recomputed(runs, seeded_parser):
 def test_video_holds_the_chosen_draw(weights):
     from agetool import AgingPipeline
 
-    pipe = AgingPipeline.from_pretrained(weights=weights, device="cpu")
+    pipe = AgingPipeline.from_pretrained(model=weights, device="cpu")
     encoded = pipe.encode(CROP, aligned=True, mask=False)
     labels = np.zeros((256, 256), np.uint8)
     labels[70:220, 60:200] = 1  # a skin region (no parser needed)
@@ -210,7 +210,7 @@ def test_eval_reports_skin_tone_drift(tmp_path, weights, seeded_parser_file, see
     from agetool.options import EvalOptions, request
 
     classifier = genderage_standin(tmp_path / "genderage.onnx")
-    pipe = AgingPipeline.from_pretrained(weights=weights, parser_weights=seeded_parser_file, device="cpu",
+    pipe = AgingPipeline.from_pretrained(model=weights, parser_weights=seeded_parser_file, device="cpu",
                                          classifier_weights=classifier)
     report = evaluate([CROP], pipe, request("5,60", aligned=True),
                       EvalOptions(identity="dlib", age_model=classifier, out=tmp_path / "eval"))
@@ -241,7 +241,7 @@ def test_a_clip_holds_one_draw_per_person(tmp_path, weights, seeded_parser_file)
     from tests.helpers import astronaut_clip
 
     src = astronaut_clip(tmp_path, frames=6)
-    pipe = AgingPipeline.from_pretrained(weights=weights, parser_weights=seeded_parser_file, device="cpu",
+    pipe = AgingPipeline.from_pretrained(model=weights, parser_weights=seeded_parser_file, device="cpu",
                                          landmarks="dlib")
     pipe.models._loaded["parser"] = _SkinParser()  # the file is there; its network is not run
     notes = []
@@ -264,7 +264,7 @@ def test_web_app_more_looks(tmp_path, weights):
     from agetool.errors import UsageError
     from agetool.serve.studio import MAX_LOOKS, Session, Studio
 
-    pipe = AgingPipeline.from_pretrained(weights=weights, device="cpu")
+    pipe = AgingPipeline.from_pretrained(model=weights, device="cpu")
     studio = Studio(pipe, tmp_path / "work", fixed_model="tiny")
     session = Session(pipe.encode(CROP, aligned=True, mask=False), "tiny", False, name="crop")
     session.encoded.faces[0].parsing = _SkinParser().parse(png(CROP))

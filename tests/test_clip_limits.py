@@ -107,7 +107,7 @@ def test_ages_in_several_passes_give_the_clips_of_one_pass(tmp_path, photo, weig
     import agetool.options
 
     src = make_clip(photo, tmp_path / "walk.mp4", 6)
-    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib")
+    pipe = agetool.AgingPipeline.from_pretrained(model=weights, device="cpu", landmarks="dlib")
     one = pipe.age_clip(src, f"{tmp_path}/one/", ages=[20, 60, 80], mask=False)
     monkeypatch.setattr(agetool.options, "CLIP_PASS_PIXELS", 160 * 128)  # one age a pass
     from agetool.clip import age_groups, probe
@@ -213,7 +213,7 @@ def test_age_clip_typed_errors(tmp_path, photo, weights):
     import agetool
     from agetool.errors import InputError, UsageError
 
-    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib")
+    pipe = agetool.AgingPipeline.from_pretrained(model=weights, device="cpu", landmarks="dlib")
     src = make_clip(photo, tmp_path / "clip.mp4", 2)
     with pytest.raises(UsageError, match="src.*file path, not ndarray"):
         pipe.age_clip(np.zeros((8, 8, 3), np.uint8), tmp_path / "a.mp4")

@@ -62,7 +62,7 @@ def encoded(monkeypatch) -> list:
 def pipe(weights):
     import agetool
 
-    return agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib")
+    return agetool.AgingPipeline.from_pretrained(model=weights, device="cpu", landmarks="dlib")
 
 
 def _aged(pipe, clip: Path, **options) -> list[np.ndarray]:
@@ -252,7 +252,7 @@ def test_auto_dtype_gives_clips_a_bfloat16_encoder_on_a_cpu_with_native_bfloat16
 
     import agetool
 
-    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib", dtype="auto")
+    pipe = agetool.AgingPipeline.from_pretrained(model=weights, device="cpu", landmarks="dlib", dtype="auto")
     assert pipe.dtype == torch.bfloat16
     clip = make_clip(photo, tmp_path / "walk.mp4", 4)
     assert len(_aged(pipe, clip)) == 4 and sum(encoded) >= 1

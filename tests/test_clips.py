@@ -58,7 +58,7 @@ def decoded(path: Path) -> list[np.ndarray]:
 def pipe(weights):
     import agetool
 
-    return agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib")
+    return agetool.AgingPipeline.from_pretrained(model=weights, device="cpu", landmarks="dlib")
 
 
 def test_age_clip_keeps_frames_timing_size_and_audio(tmp_path, photo, weights, monkeypatch):
@@ -142,7 +142,7 @@ def test_upscaled_clip_faces_land_where_the_256_px_ones_did(tmp_path, photo, wei
     import agetool
 
     src = make_clip(photo, tmp_path / "up.mp4", 6)
-    upscaling = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib",
+    upscaling = agetool.AgingPipeline.from_pretrained(model=weights, device="cpu", landmarks="dlib",
                                                       upscale_weights=_nearest_upscaler(tmp_path / "nearest_x2.pth"))
     plain = [f.image for f in pipe.clip_frames(src, ages=60, mask=False)]
     upscaled = [f.image for f in upscaling.clip_frames(src, ages=60, mask=False, upscale=2)]
@@ -298,7 +298,7 @@ def test_parsing_is_held_between_frames(tmp_path, photo, weights, seeded_parser_
     import agetool
 
     src = make_clip(photo, tmp_path / "parsed.mp4", 6)
-    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, parser_weights=seeded_parser_file, device="cpu",
+    pipe = agetool.AgingPipeline.from_pretrained(model=weights, parser_weights=seeded_parser_file, device="cpu",
                                                  landmarks="dlib")
     parser = pipe.models.parser
     calls = []
@@ -371,7 +371,7 @@ def test_relative_ages_use_one_estimate_per_person(tmp_path, photo, weights):
     from tests.helpers import genderage_standin
 
     src = make_clip(photo, tmp_path / "rel.mp4", 6)
-    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib",
+    pipe = agetool.AgingPipeline.from_pretrained(model=weights, device="cpu", landmarks="dlib",
                                                  classifier_weights=genderage_standin(tmp_path / "ga.onnx", age=30))
     relative = [f.image for f in pipe.clip_frames(src, ages="+20", mask=False)]
     years = [f.image for f in pipe.clip_frames(src, ages=50, mask=False)]

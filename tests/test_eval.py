@@ -46,7 +46,7 @@ def _args(kit, out, *extra) -> list:
 def _check_constant_report(report: dict, photos: int, targets: list[tuple[str, float]], generator: str):
     assert len(report["faces"]) == photos
     for face in report["faces"]:
-        assert face["generator"] == generator and face["model"] == "custom" and face["face"] == 0
+        assert face["generator"] == generator == face["model"] and face["face"] == 0
         assert face["input"]["estimated_age"] == pytest.approx(AGE, abs=1e-4)
         assert face["input"]["identity"] == pytest.approx(1.0, abs=1e-6)
         assert [(o["target"], o["target_age"]) for o in face["outputs"]] == targets
@@ -94,7 +94,7 @@ def test_python_api_returns_the_report(kit, tmp_path):
 
     from agetool.options import EvalOptions, request
 
-    pipe = agetool.AgingPipeline.from_pretrained(weights=kit["gen"], device="cpu")
+    pipe = agetool.AgingPipeline.from_pretrained(model=kit["gen"], device="cpu")
     report = agetool.evaluate(kit["photos"] / "p0.png", pipe, request("5,30-39,80", aligned=True, mask=False),
                               EvalOptions(age_model=kit["age"], identity_model=kit["identity"]))
     _check_constant_report(report, 1, [("5", 5.0), ("30-39", 34.5), ("80", 80.0)], "gen.safetensors")
@@ -141,7 +141,7 @@ def test_pipelines_compared_from_python(kit, tmp_path):
     for src, dst in zip((kit["gen"], kit["gen2"]), files):
         dst.parent.mkdir()
         shutil.copy(src, dst)
-    pipes = [agetool.AgingPipeline.from_pretrained(weights=f, device="cpu") for f in files]
+    pipes = [agetool.AgingPipeline.from_pretrained(model=f, device="cpu") for f in files]
     options = EvalOptions(age_model=kit["age"], identity_model=kit["identity"])
     report = agetool.evaluate([kit["photos"] / "p0.png"], pipes, request("20", aligned=True, mask=False),
                               options)

@@ -65,7 +65,7 @@ def test_a_value_that_is_no_number_reads_as_null_with_a_warning(kit, tmp_path, m
     monkeypatch.setattr(rep, "build", with_a_gap)
     notes: list[str] = []
     out = tmp_path / "eval"
-    pipe = AgingPipeline.from_pretrained(weights=kit["gen"], device="cpu", report=notes.append)
+    pipe = AgingPipeline.from_pretrained(model=kit["gen"], device="cpu", report=notes.append)
     result = evaluate(kit["photos"], pipe, request("20", aligned=True, mask=False),
                       EvalOptions(age_model=kit["age"], identity_model=kit["identity"], out=out))
     text = (out / "report.json").read_text()
@@ -81,7 +81,7 @@ def test_the_report_set_is_written_whole_or_not_at_all(kit, tmp_path, monkeypatc
     from agetool.eval.run import evaluate
     from agetool.options import EvalOptions, request
 
-    report = evaluate(kit["photos"], AgingPipeline.from_pretrained(weights=kit["gen"], device="cpu"),
+    report = evaluate(kit["photos"], AgingPipeline.from_pretrained(model=kit["gen"], device="cpu"),
                       request("20", aligned=True, mask=False),
                       EvalOptions(age_model=kit["age"], identity_model=kit["identity"]))
     out = tmp_path / "eval"

@@ -102,7 +102,7 @@ def test_library_waits_for_loads_at_exit(case, tmp_path):
     script = tmp_path / "use.py"
     script.write_text(
         "import agetool\n"
-        f"pipe = agetool.AgingPipeline.from_pretrained(weights={options[1]!r}, parser_weights={options[3]!r},\n"
+        f"pipe = agetool.AgingPipeline.from_pretrained(model={options[1]!r}, parser_weights={options[3]!r},\n"
         "                                               offline=True, device='cpu', landmarks='dlib')\n"
         "try:\n"
         "    pipe('broken.jpg')\n"
@@ -122,11 +122,11 @@ def test_close_waits_for_background_loads(case):
     from agetool.models import loading_in_background
 
     folder, options = case
-    with agetool.AgingPipeline.from_pretrained(weights=options[1], parser_weights=options[3], offline=True,
+    with agetool.AgingPipeline.from_pretrained(model=options[1], parser_weights=options[3], offline=True,
                                                device="cpu", landmarks="dlib") as pipe:
         with pytest.raises(agetool.AgetoolError):
             pipe(folder / "broken.jpg")
         assert pipe.close(timeout=120)
         assert not loading_in_background()
-        pipe.models.preload(parser=True, model="custom")  # closed: nothing starts
+        pipe.models.preload(parser=True, model=pipe.core.model)  # closed: nothing starts
         assert not loading_in_background()

@@ -235,7 +235,7 @@ def test_clip_ages_only_the_reference_person(tmp_path, photos, weights):
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-loop", "1", "-framerate", "10",
                     "-i", str(still), "-frames:v", "3", "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv444p",
                     str(clip)], check=True)
-    pipe = AgingPipeline.from_pretrained(weights=weights, landmarks="dlib", device="cpu")
+    pipe = AgingPipeline.from_pretrained(model=weights, landmarks="dlib", device="cpu")
     source = np.asarray(Image.open(still).convert("RGB")).astype(np.int16)
     half = source.shape[1] // 2
     for who, side in (("hopper", 0), ("collins", 1)):

@@ -58,7 +58,7 @@ def test_a_pipeline_holds_the_context_its_loaders_use(weights, monkeypatch, tmp_
     monkeypatch.setenv("AGETOOL_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never the network; the message says which switch was on
     notes: list[str] = []
-    pipe = agetool.AgingPipeline.from_pretrained(weights=weights, device="cpu", offline=True, report=notes.append)
+    pipe = agetool.AgingPipeline.from_pretrained(model=weights, device="cpu", offline=True, report=notes.append)
     assert pipe.models.loading == Loading(offline=True, report=notes.append)
     with pytest.raises(OfflineError, match=r"^deeplab-parser is not in the cache .*\(offline=True\)"):
         pipe.models.parser  # noqa: B018

@@ -169,7 +169,7 @@ def test_relative_ages_are_captioned_with_the_age_they_became(tmp_path, weights,
     from tests.helpers import genderage_standin
 
     assert column_label("+20", 62.0) == "62 (+20)" and column_label("30-39", 34.5) == "30-39"
-    pipe = AgingPipeline.from_pretrained(weights=weights, device="cpu",
+    pipe = AgingPipeline.from_pretrained(model=weights, device="cpu",
                                          classifier_weights=genderage_standin(tmp_path / "ga.onnx", age=42.0))
     result = pipe(face_like(), ages="+20,30", aligned=True, mask=False)
     shown = []

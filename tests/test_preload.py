@@ -62,3 +62,19 @@ def test_nothing_preloads_that_might_download(monkeypatch):
     assert not models._background
     assert models.close(timeout=60)  # any load that was started has ended
     assert calls == []
+
+
+def test_a_generator_file_loads_in_the_background_under_its_name(weights, monkeypatch):
+    """model=PATH: the file's generator starts loading while the faces are found, keyed by the file's name."""
+    import numpy as np
+
+    from agetool.nn import checkpoint
+    from agetool.pipeline import AgingPipeline
+
+    loads: list = []
+    real = checkpoint.load_generator
+    monkeypatch.setattr(checkpoint, "load_generator", lambda path, **kw: loads.append(path) or real(path, **kw))
+    pipe = AgingPipeline.from_pretrained(model=weights, device="cpu")
+    face = pipe(np.full((256, 256, 3), 120, np.uint8), aligned=True, mask=False).faces[0]
+    assert list(pipe.models._background) == ["engine:tiny.safetensors"] and face.model == "tiny.safetensors"
+    assert loads == [weights]

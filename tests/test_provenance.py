@@ -89,7 +89,7 @@ def test_age_grid_and_tiles_say_what_they_are(tmp_path, photo, weights, capsys):
     # the marking changes no pixel: the tiles are what the API renders
     from agetool.pipeline import AgingPipeline
 
-    want = AgingPipeline.from_pretrained(weights=weights, device="cpu")(photo, ages=[20, 45], aligned=True,
+    want = AgingPipeline.from_pretrained(model=weights, device="cpu")(photo, ages=[20, 45], aligned=True,
                                                                        mask=False, seed=3, noise=0.1)
     np.testing.assert_array_equal(np.asarray(Image.open(tiles / "face0_45.png")), want.faces[0].images[1])
 
@@ -109,7 +109,7 @@ def test_two_unsigned_runs_give_the_same_bytes(tmp_path, photo, weights):
     # the web app's archive: deterministic members (no clock in the zip either)
     from agetool.pipeline import AgingPipeline
 
-    pipe = AgingPipeline.from_pretrained(weights=weights, device="cpu")
+    pipe = AgingPipeline.from_pretrained(model=weights, device="cpu")
     zips = [pipe(photo, ages=[30], aligned=True, mask=False).write_zip(tmp_path / f"{k}.zip").read_bytes()
             for k in "xy"]
     assert zips[0] == zips[1]

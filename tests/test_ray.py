@@ -177,7 +177,7 @@ from agetool.ray import FaceStage, GeneratorStage, Job, write_results
 src, out, weights = map(Path, sys.argv[1:4])
 ray.init(address=sys.argv[4], include_dashboard=False, log_to_driver=False)
 rows = [Job(str(p), str(out / (p.stem + "_ages.png"))).row() for p in sorted(src.rglob("*.png"))]
-stage = dict(fn_constructor_kwargs={"pipeline": {"weights": str(weights), "device": "cpu"},
+stage = dict(fn_constructor_kwargs={"pipeline": {"model": str(weights), "device": "cpu"},
                                     "options": {"aligned": True, "mask": False, "seed": 3}},
              compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1, batch_size=2, batch_format="numpy")
 faces = ray.data.from_items(rows).map_batches(FaceStage, **stage).materialize()
@@ -367,14 +367,14 @@ def test_stages_are_plain_callables_for_your_own_pipeline(tmp_path, weights):
              "bytes": np.array([r[1] for r in rows], dtype=object),
              "grid": np.array([str(tmp_path / f"g{i}.png") for i in range(4)], dtype=object),
              "tiles": np.array([str(tmp_path / "t0"), "", "", ""], dtype=object)}
-    models = {"weights": weights, "device": "cpu"}
+    models = {"model": weights, "device": "cpu"}
     options = {"aligned": True, "mask": False, "seed": 2}
     faces = FaceStage(models, options=options)  # threads: left as they are in this process
     out = write_results(GeneratorStage(models, options=options)(faces(batch)), labels=False)
     assert list(out["error"][:3]) == ["", "", ""]
     assert "broken.png" in out["error"][3] and isinstance(error_from(out["failure"][3]), InputError)
     assert not (tmp_path / "g3.png").exists()
-    want = AgingPipeline.from_pretrained(weights=weights, device="cpu")(photo, aligned=True, mask=False, seed=2)
+    want = AgingPipeline.from_pretrained(model=weights, device="cpu")(photo, aligned=True, mask=False, seed=2)
     for i in range(3):
         assert np.array_equal(np.asarray(Image.open(tmp_path / f"g{i}.png")), want.grid_array(labels=False))
     assert sorted(p.name for p in (tmp_path / "t0").iterdir())[0] == "face0_0-2.png"
@@ -403,7 +403,7 @@ def test_results_go_to_object_storage(tmp_path, weights, monkeypatch):
     rows = [Job(str(photo), "mock://bucket/grids/me_ages.png", "mock://bucket/tiles/me").row(),
             Job(str(photo), str(tmp_path / "me_ages.png"), str(tmp_path / "tiles" / "me")).row()]
     batch = {key: np.array([r[key] for r in rows], dtype=object) for key in rows[0]}
-    models, options = {"weights": weights, "device": "cpu"}, {"aligned": True, "mask": False}
+    models, options = {"model": weights, "device": "cpu"}, {"aligned": True, "mask": False}
     out = write_results(GeneratorStage(models, options=options)(FaceStage(models, options=options)(batch)))
     assert list(out["error"]) == ["", ""]
     assert exists("mock://bucket/grids/me_ages.png") and not exists("mock://bucket/grids/other.png")

@@ -1,6 +1,7 @@
 """The web app's work per request is bounded: ages per request, one decode per age shared by the grid
 and the tiles archive, a time budget and cancellation checked between decodes, unique archive member
-names, and a quota on uploads kept (the oldest go first)."""
+names, and a quota on uploads kept (the oldest go first); a pipeline built from a generator file is the
+page's one model, named by its file."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from agetool.serve.studio import MAX_REQUEST_AGES, Limits, Session, Studio
 def pipe(weights):
     from agetool import AgingPipeline
 
-    return AgingPipeline.from_pretrained(weights=weights, device="cpu")
+    return AgingPipeline.from_pretrained(model=weights, device="cpu")
 
 
 @pytest.fixture()
@@ -29,7 +30,7 @@ def studio(pipe, tmp_path):
 
 @pytest.fixture()
 def session(pipe, crop):
-    return Session(pipe.encode(crop, aligned=True, mask=False), "custom", False, name="crop")
+    return Session(pipe.encode(crop, aligned=True, mask=False), pipe.model, False, name="crop")
 
 
 def _count_decodes(monkeypatch) -> list:
@@ -168,7 +169,7 @@ def test_a_job_gradio_gave_up_on_stops_the_work():
 def clip_studio_pipe(weights):
     from agetool import AgingPipeline
 
-    return AgingPipeline.from_pretrained(weights=weights, device="cpu", landmarks="dlib")
+    return AgingPipeline.from_pretrained(model=weights, device="cpu", landmarks="dlib")
 
 
 @pytest.fixture(scope="module")
@@ -343,3 +344,12 @@ def test_the_pages_files_are_signed_and_labelled_when_the_server_is(pipe, sessio
         h, w = x.shape[:2]
         differs = np.abs(x.astype(int) - y).max(axis=2) > 40
         assert differs[h // 2:, w // 2:].any() and not differs[: h // 2].any()  # the corner mark, nothing else
+
+
+def test_a_generator_file_is_the_pages_one_model_named_plainly(studio, session, pipe):
+    from agetool.serve.app import plain
+
+    assert studio.fixed_model == "tiny.safetensors" and studio.pipe_for("female") is pipe  # no model choice
+    assert studio.describe(session)[0].startswith("face 0: tiny.safetensors (the server's own generator file)")
+    assert plain("face 0: my_model_2.safetensors") == "face 0: my\\_model\\_2\\.safetensors"
+

@@ -106,7 +106,7 @@ def test_age_writes_512_and_1024_px_tiles(tmp_path, crop, weights, small_sr, cap
 def test_without_upscale_nothing_changes(tmp_path, crop, weights, small_sr):
     from agetool import AgingPipeline
 
-    pipe = AgingPipeline.from_pretrained(weights=weights, device="cpu", upscale_weights=small_sr)
+    pipe = AgingPipeline.from_pretrained(model=weights, device="cpu", upscale_weights=small_sr)
     plain = pipe(crop, ages=[30], aligned=True, mask=False)
     same = pipe(crop, ages=[30], aligned=True, mask=False, upscale=1)
     assert plain.faces[0].images.shape == (1, 256, 256, 3) and "upscaler" not in pipe.models._loaded
@@ -123,7 +123,7 @@ def test_without_upscale_nothing_changes(tmp_path, crop, weights, small_sr):
 def test_video_frames_are_upscaled(crop, weights, small_sr):
     from agetool import AgingPipeline
 
-    pipe = AgingPipeline.from_pretrained(weights=weights, device="cpu", upscale_weights=small_sr)
+    pipe = AgingPipeline.from_pretrained(model=weights, device="cpu", upscale_weights=small_sr)
     frames = list(pipe.frames(crop, steps=1, aligned=True, mask=False, upscale=2))
     assert len(frames) == 6 and all(f.shape == (512, 512, 3) for f in frames)
 
@@ -158,7 +158,7 @@ def test_the_upscaled_face_lands_where_the_256_px_one_did(reference_dir, zoom):
     landmarks = (landmarks + 0.5) * zoom - 0.5
     al = align_face(photo, landmarks)
     box = (*landmarks.min(0), *landmarks.max(0))
-    face = Face(0, al.image, al.image, parsing=np.ones((256, 256), np.uint8), alignment=al, model="custom",
+    face = Face(0, al.image, al.image, parsing=np.ones((256, 256), np.uint8), alignment=al, model="male",
                 detection=DetectedFace(1.0, box, landmarks.astype(np.float32)))
     enc = EncodedPhoto(photo, "photo", [face])
     pipe = AgingPipeline(Models())
@@ -326,8 +326,8 @@ def test_the_web_app_upscales_grids_and_tile_archives(tmp_path, crop, weights, s
     from agetool import AgingPipeline
     from agetool.serve.studio import Session, Studio
 
-    pipe = AgingPipeline.from_pretrained(weights=weights, device="cpu", upscale_weights=small_sr)
-    session = Session(pipe.encode(crop, aligned=True, mask=False), "custom", False, name="crop")
+    pipe = AgingPipeline.from_pretrained(model=weights, device="cpu", upscale_weights=small_sr)
+    session = Session(pipe.encode(crop, aligned=True, mask=False), pipe.model, False, name="crop")
     studio = Studio(pipe, tmp_path / "work", upscale=2)
     png, archive = studio.grid(session, ages=[30])
     assert Image.open(png).size == (2 * 512, 512)

@@ -153,6 +153,7 @@ def run(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     _console.DEBUG = debug
     _console.TYPED = args  # messages show values as typed (1e309, not inf)
+    _console.MODEL_FILE_FLAG = "--weights"  # a generator file; compare's --model is another's
     _quiet_dependencies()
     global _received
     _received = None

@@ -68,6 +68,7 @@ def age(
     from agetool.errors import AgetoolError, MissingModelsError, UsageError
     from agetool.images import distinct_outputs, find_images, unique_stems
     from agetool.options import request as build_request
+    from agetool.results import model_words
 
     request = build_request(ages, **face_kwargs, keep_candidates=keep_candidates is not None)  # checked once, before any work
     if keep_candidates is not None and request.render.candidates == 1:
@@ -166,9 +167,8 @@ def age(
                     result.write_tiles(tiles / stem)
                 if keep_candidates is not None:
                     result.write_candidates(keep_candidates / stem)
-                models = ", ".join(sorted({f.model for f in result.faces}))
                 n = len(result.faces)
-                console.info(f"{path} -> {target}  ({n} face{'s' if n != 1 else ''}, {models} model)")
+                console.info(f"{path} -> {target}  ({n} face{'s' if n != 1 else ''}, {model_words(result.faces)})")
                 if json_lines:
                     _print_scores(path, target, result)
                 done += 1

@@ -44,6 +44,7 @@ def compare(
     from agetool.errors import NoFaceError
     from agetool.identity import FaceIdentity
 
+    console.MODEL_FILE_FLAG = None  # model=FILE is this command's --model FILE
     if threshold is not None:  # a number first; its range is the model's metric's (checked once it is known)
         threshold = validate.finite("threshold", threshold)
     dev = pick_device(device) if model not in ("dlib",) and not model.endswith(".dat") else None

@@ -16,6 +16,9 @@ from rich.markup import escape
 DEBUG = False
 #: the command line as typed, for messages that show a value as the user wrote it
 TYPED: list[str] = []
+#: the flag that gives the library's ``model=PATH`` (a generator file): ``--weights``; None on
+#: ``compare``, whose own ``--model`` takes an identity model's file
+MODEL_FILE_FLAG: str | None = "--weights"
 
 
 def printable(text: str) -> str:
@@ -53,6 +56,9 @@ def flag_style(name: str, python: str | None, plain: str | None) -> str:
     """How an argument named in a library error reads on the command line: its flag and value
     (``flip=False`` reads ``--no-flip``, ``mask=False`` reads ``--no-mask``)."""
     flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+    if name == "model" and MODEL_FILE_FLAG and plain not in (None, "auto", "male", "female") \
+            and _typed("--model") != plain:
+        flag = MODEL_FILE_FLAG  # the library's model=PATH is this command's --weights PATH
     if name in _NEGATED:
         return _NEGATED[name] if plain == "False" else flag
     if plain is None or plain == "True":
@@ -67,12 +73,7 @@ def as_typed(flag: str, plain: str) -> str:
     than ``1e-05``) when that is the same number; else ``plain``."""
     import math
 
-    typed = None
-    for i, token in enumerate(TYPED):
-        if token == flag and i + 1 < len(TYPED):
-            typed = TYPED[i + 1]
-        elif token.startswith(flag + "="):
-            typed = token[len(flag) + 1:]
+    typed = _typed(flag)
     if typed is None or typed == plain:
         return plain
     try:
@@ -81,6 +82,17 @@ def as_typed(flag: str, plain: str) -> str:
         return plain
     same = a == b or (math.isnan(a) and math.isnan(b))
     return typed if same and len(typed) <= 80 else plain
+
+
+def _typed(flag: str) -> str | None:
+    """The value typed after ``flag`` on the command line (its last), or None."""
+    typed = None
+    for i, token in enumerate(TYPED):
+        if token == flag and i + 1 < len(TYPED):
+            typed = TYPED[i + 1]
+        elif token.startswith(flag + "="):
+            typed = token[len(flag) + 1:]
+    return typed
 
 
 def message(e) -> str:

@@ -75,11 +75,13 @@ def eval_command(
 
       torchrun --nproc_per_node 4 -m agetool eval photos/ --out eval/ --skip-existing
     """
+    from agetool import validate
     from agetool.cli.options import faces_argument, report
     from agetool.cli.weights import progress_factory
     from agetool.device import env_dist
     from agetool.errors import UsageError
     from agetool.eval.run import evaluate
+    from agetool.models import MODELS
     from agetool.options import EvalOptions, request
     from agetool.pipeline import AgingPipeline
 
@@ -92,10 +94,11 @@ def eval_command(
     options = EvalOptions.of(identity=identity, identity_model=identity_model, age_model=age_model,
                              estimate_age=False if no_age else None, calibrate=calibrate,
                              calibrate_steps=calibrate_steps, out=out, skip_existing=skip_existing)
+    validate.choice("model", model, MODELS)  # --model auto|male|female, also beside --weights / --compare
     dist = env_dist()
     with console.progress() as bar:
         feedback = dict(report=report if dist.main else None, progress=progress_factory(bar))  # notices from rank 0 only
-        pipelines = [AgingPipeline.from_pretrained(model, weights=w, parser_weights=parser_weights,
+        pipelines = [AgingPipeline.from_pretrained(model if w is None else w, parser_weights=parser_weights,
                                                    landmarks=landmarks, device=device, dtype=dtype, offline=offline,
                                                    classifier_weights=age_model, age_anchors=age_anchors,
                                                    upscale_weights=upscale_weights, **feedback)

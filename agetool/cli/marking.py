@@ -46,7 +46,7 @@ class Marks:
         from agetool.models import registry_model
 
         opts = build.options
-        model = "custom" if opts.get("weights") is not None else opts.get("model", "auto")
+        model = opts.get("model", "auto")  # a generator file (--weights) needs no registry file
         models = SimpleNamespace(landmarks=opts.get("landmarks", "auto"), parser_weights=opts.get("parser_weights"),
                                  classifier_weights=opts.get("classifier_weights"),
                                  upscale_weights=opts.get("upscale_weights"))

@@ -126,7 +126,8 @@ def _builder(chosen: dict):
         chosen = {**chosen, "weights": None}  # --model on the command line wins over a configured generator
 
     options = dict(
-        model=chosen["model"], weights=chosen["weights"], parser_weights=chosen["parser_weights"],
+        model=chosen["model"] if chosen["weights"] is None else chosen["weights"],  # --weights: model=PATH
+        parser_weights=chosen["parser_weights"],
         landmarks=chosen["landmarks"], device=chosen["device"], dtype=chosen["dtype"],
         offline=chosen["offline"], classifier_weights=chosen["age_model"], age_anchors=chosen["age_anchors"],
         batch=chosen["batch_size"], max_pixels=chosen["max_pixels"],
@@ -134,6 +135,11 @@ def _builder(chosen: dict):
 
     def build(bar=None):
         from PIL import Image
+
+        from agetool import validate
+        from agetool.models import MODELS
+
+        validate.choice("model", chosen["model"], MODELS)  # --model auto|male|female, also beside --weights
 
         from agetool.cli.weights import progress_factory
         from agetool.pipeline import AgingPipeline

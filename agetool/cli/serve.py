@@ -61,10 +61,8 @@ def serve(
         bar.add_task("loading models", total=None)
         pipe = build(bar)
         limits = Limits(max_pixels=pipe.max_pixels, max_bytes=int(max_upload_mb * 2**20))
-        weights = pipe.models.weights
-        server = Server(pipe, host=host, port=port, limits=limits,
-                        fixed_model=None if weights is None else weights.name, seed=seed, noise=noise,
-                        upscale=upscale, signing=marks.signing, label=marks.label)
+        server = Server(pipe, host=host, port=port, limits=limits, seed=seed, noise=noise, upscale=upscale,
+                        signing=marks.signing, label=marks.label)
     interrupted = False
     with server:
         url = server.start()

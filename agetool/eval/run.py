@@ -240,7 +240,7 @@ def _generators(pipeline) -> list[_Generator]:
     pipelines = list(pipeline) if isinstance(pipeline, (list, tuple)) else [pipeline]
     if not pipelines or not all(hasattr(p, "core") and hasattr(p, "encode") for p in pipelines):
         raise UsageError(f"{arg('pipeline', pipeline)}: expected an AgingPipeline or a list of them")
-    files = [p.models.weights if p.model == "custom" else None for p in pipelines]
+    files = [p.model if isinstance(p.model, Path) else None for p in pipelines]
     labels = [Path(f).name if f is not None else f"lats-{p.model}" for p, f in zip(pipelines, files)]
     if len(set(labels)) < len(labels):
         labels = [str(f) if f is not None else label for f, label in zip(files, labels)]

@@ -74,7 +74,7 @@ def age_photos(jobs: Sequence[Job], *, pipeline: dict | None = None, ages=None, 
 
     Args:
         jobs: the photos and their outputs.
-        pipeline: keyword arguments of ``AgingPipeline.from_pretrained`` (model, weights, device, ...).
+        pipeline: keyword arguments of ``AgingPipeline.from_pretrained`` (model, device, ...).
         ages: as for ``AgingPipeline.__call__``; ``labels``: age captions on the grids.
         options: keyword arguments of ``AgingPipeline.__call__`` (aligned, mask, paste_back, faces,
             min_face, seed, noise, ...).
@@ -138,7 +138,7 @@ def _run(ray, todo: list[Job], summary: Summary, t0: float, *, address, cpus, ti
                 summary.written.append(row[PHOTO])
                 faces = int(row["faces"])
                 report(f"{row[PHOTO]} -> {row[GRID]}  ({faces} face{'s' if faces != 1 else ''}, "
-                       f"{row['models']} model)")
+                       f"{row['models']})")
         if stats:
             summary.stats = ds.stats()
 

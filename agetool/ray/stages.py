@@ -16,6 +16,7 @@ import numpy as np
 
 from agetool import errors
 from agetool.locations import DEFAULT_TIMEOUT, fetch, join, store
+from agetool.results import model_words
 
 #: Columns of a job's rows. ``error`` is "" for a photo that went well, else one line saying what
 #: failed; ``failure`` holds the same error in a form ``error_from`` turns back into the exception.
@@ -163,7 +164,7 @@ def _write(row: dict, result, labels: bool, timeout: float, signing=None, label:
             store(join(_text(row[TILES]), name), data, timeout)
     grid = _text(row[GRID])
     store(grid, result.encode_grid(grid, labels=labels), timeout)
-    return {FACES: len(result.faces), MODELS: ", ".join(sorted({f.model for f in result.faces}))}
+    return {FACES: len(result.faces), MODELS: model_words(result.faces)}
 
 
 def _output(row: dict) -> dict:
@@ -224,7 +225,7 @@ class FaceStage(_Stage):
     ``failure`` and ``notes`` (the pipeline's notices). Rows that failed in an earlier stage pass through.
 
     Args:
-        pipeline: keyword arguments of ``AgingPipeline.from_pretrained`` (model, weights, ...); this
+        pipeline: keyword arguments of ``AgingPipeline.from_pretrained`` (model, device, ...); this
             stage runs on the CPU whatever ``device`` says.
         request: the job's ``agetool.options.AgeRequest`` (built once, by the driver); this stage
             takes its face options (relative ages need each face's estimated age). Without it

@@ -55,11 +55,16 @@ def page_message(e: AgetoolError, path: str | None = None) -> str:
     return short_message(e, path)
 
 
-def photo_error(text: str) -> str:
-    """A failure to use the dropped photo, for the status line (plain text, never read as markup)."""
+def plain(text: str) -> str:
+    """``text`` for a Markdown component, read as it is (file names such as my_model_2.safetensors)."""
     import re
 
-    return "**Can't use this photo:** " + re.sub(r"([\\`*_{}\[\]()#+\-.!<>|~])", r"\\\1", text)
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!<>|~])", r"\\\1", text)
+
+
+def photo_error(text: str) -> str:
+    """A failure to use the dropped photo, for the status line (plain text, never read as markup)."""
+    return "**Can't use this photo:** " + plain(text)
 
 
 def guarded(fn):
@@ -229,7 +234,7 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
             choices = [(f"face {f.index}", i) for i, f in enumerate(s.encoded.faces)]
             n = len(choices)
             text = (f"{n} face{'s' if n != 1 else ''} found{' (only the chosen person)' if person else ''}.  \n"
-                    + "  \n".join(studio.describe(s)))
+                    + "  \n".join(map(plain, studio.describe(s))))
             return s, gallery, gr.update(choices=choices, value=0), text, studio.at_age(s, 0, at, whole)
 
         @guarded

@@ -18,6 +18,7 @@ import numpy as np
 from agetool.errors import InputError, NoFaceError, UsageError, arg
 from agetool.images import DEFAULT_MAX_PIXELS, read_image, resize
 from agetool.options import DEFAULT_FPS, DEFAULT_NOISE, DEFAULT_SEED, DEFAULT_STEPS, VideoOptions
+from agetool.results import model_words
 
 DEFAULT_MAX_BYTES = 20 * 2**20
 MODELS = ("auto", "male", "female")
@@ -98,7 +99,9 @@ class Studio:
         self.model = pipeline.model  # the choice the server started with
         self.workdir = Path(workdir)
         self.limits = limits or Limits()
-        self.fixed_model = fixed_model  # the name of the user's own checkpoint: no model choice
+        own = pipeline.model if isinstance(getattr(pipeline, "model", None), Path) else None
+        #: the name of the generator file the server renders with (its pipeline's, or as given): no model choice
+        self.fixed_model = fixed_model or (own.name if own is not None else None)
         self.seed, self.noise = seed, noise
         self.upscale = check_factor(upscale)  # grids, tile archives and videos; the slider stays 256 px
         self._lock = threading.RLock()
@@ -229,10 +232,10 @@ class Studio:
         lines = []
         for face in session.encoded.faces:
             if self.fixed_model:
-                how = f"checkpoint {self.fixed_model}"
+                how = "the server's own generator file"
             else:
                 how = "chosen automatically" if session.model_choice == "auto" else "chosen"
-            text = f"face {face.index}: {face.model} model ({how})"
+            text = f"face {face.index}: {model_words([face])} ({how})"
             estimate = getattr(face, "estimate", None)
             if estimate is not None:
                 text += f", estimated age ~{estimate.age:.0f} ({estimate.gender})"

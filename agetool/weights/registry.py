@@ -38,7 +38,7 @@ MAX_MEMBER_BYTES = 2 << 30
 ROLES = {"generator": "generator", "parser": "face parser", "classifier": "age and gender classifier",
          "landmarks": "landmark model", "detector": "face detector", "recognition": "identity embedder",
          "upscaler": "super-resolution model"}
-ARGUMENT_FOR_KIND = {"generator": "weights", "parser": "parser_weights", "classifier": "classifier_weights",
+ARGUMENT_FOR_KIND = {"generator": "model", "parser": "parser_weights", "classifier": "classifier_weights",
                      "recognition": "identity_model", "upscaler": "upscale_weights"}
 
 
