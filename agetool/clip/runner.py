@@ -258,7 +258,7 @@ class ClipRunner:
                 with timer("parse"):
                     t.labels = parser.parse(face.aligned)
                 t.parsed, t.parsed_at = look, index
-                t.parsed_crop = (face.aligned, face.alignment, t.labels)
+                t.parsed_crop = (face.aligned, face.alignment, t.labels, t.landmarks.copy())
                 t.target_mask = paste_mask(t.labels, 256)
         elif t.target_mask is None:
             t.target_mask = paste_mask(None, 256)

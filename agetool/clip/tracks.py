@@ -94,7 +94,7 @@ class Track:
     labels: np.ndarray | None = None  # parsing labels, held between parses
     parsed: np.ndarray | None = None  # thumbnail of the crop at the last parse
     parsed_at: int = -1
-    parsed_crop: tuple | None = None  # (crop, its AlignedFace, labels) of the last parse
+    parsed_crop: tuple | None = None  # (crop, its AlignedFace, labels, measured landmarks) of the last parse
     target_mask: np.ndarray | None = None  # paste-back weights of the held labels (``mask`` eases to them)
     model: str | None = None  # decided once, over the track's first frames
     estimates: list = field(default_factory=list)  # (gender, p, age) per classified frame
@@ -133,20 +133,22 @@ class Track:
         self.embedding = None
 
     def carry_labels(self, crop: np.ndarray, alignment, look: np.ndarray, least: float) -> bool:
-        """Where the face only moved in the crop since its last parse (the smoothed landmarks lag a
-        moving face by a few pixels, the crop's square shifts or scales), the parsed crop and its
-        labels are moved with it: if the moved crop's thumbnail matches ``look`` (the crop's) at
-        least ``least``, the held labels become the moved ones (and ``target_mask`` their weights);
-        True then. False where the face itself changed: it is parsed again."""
+        """Where the face only moved since its last parse (the camera moved, the smoothed landmarks lag
+        a moving face by a few pixels, the crop's square shifts or scales), the parsed crop and its
+        labels are moved with it: the face's motion is the similarity between its measured landmarks
+        then and now, and the crops' own squares add theirs. If the moved crop's thumbnail matches
+        ``look`` (the crop's) at least ``least``, the held labels become the moved ones (and
+        ``target_mask`` their weights): True. False where the face itself changed: it is parsed again."""
         import cv2
 
         from agetool.face.paste import paste_mask
 
         if self.parsed_crop is None:
             return False
-        old, old_alignment, labels = self.parsed_crop
+        old, old_alignment, labels, old_landmarks = self.parsed_crop
         size = crop.shape[0]
-        m = (alignment.photo_to_crop_matrix(size) @ old_alignment.crop_to_photo_matrix(size))[:2]
+        face = similarity(old_landmarks, self.landmarks)  # photo then -> photo now, following the face
+        m = (alignment.photo_to_crop_matrix(size) @ face @ old_alignment.crop_to_photo_matrix(size))[:2]
         moved = cv2.warpAffine(old, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         if match(thumbnail(moved), look) < least:
             return False
@@ -162,6 +164,17 @@ class Track:
         self.smooth, self.mask = OneEuro(), Ema(0.35)
         self.labels = self.parsed = self.target_mask = self.parsed_crop = None
         self.parsed_at, self.missed, self.ended = -1, 0, None
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """[3, 3] rotation, uniform scale and shift taking points ``src`` [N, 2] closest to ``dst``
+    (least squares)."""
+    a, b = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    ca, cb = a.mean(0), b.mean(0)
+    z, w = (a - ca) @ [1, 1j], (b - cb) @ [1, 1j]
+    c = (np.conj(z) * w).sum() / max((np.abs(z) ** 2).sum(), 1e-12)
+    t = cb - [c.real * ca[0] - c.imag * ca[1], c.imag * ca[0] + c.real * ca[1]]
+    return np.array([[c.real, -c.imag, t[0]], [c.imag, c.real, t[1]], [0.0, 0.0, 1.0]])
 
 
 def box_offset(box, landmarks) -> np.ndarray:
