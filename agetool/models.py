@@ -11,9 +11,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from agetool.loading import LOADING, Loading
+
+if TYPE_CHECKING:  # annotations only
+    from agetool.provenance import ModelUse
 
 #: the name prefix of the threads that load models in the background
 LOADER_PREFIX = "agetool-load-"

@@ -249,9 +249,6 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes} min"
 
 
-    return LogProgress
-
-
 def clock(seconds: float | None) -> str:
     """``1:02:03`` or ``2:03`` (``?`` when not known): a duration as a clock shows it."""
     if seconds is None or seconds != seconds or seconds == float("inf"):

@@ -15,6 +15,7 @@ Training Real-World Blind Super-Resolution with Pure Synthetic Data", ICCVW 2021
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import torch
