@@ -298,6 +298,19 @@ def test_retries_after_a_worker_died_are_bounded_and_said_in_one_line():
     assert str(error).startswith("a Ray worker's process died and the job could not go on (The actor died")
     assert "\n" not in str(error) and "run again to finish the rest" in error.hint
     assert _worker_died(RuntimeError("something else")) is None
+    # a worker that could not start: its agetool error, from the text of Ray's report
+    from agetool.errors import CheckpointError
+    from agetool.ray.job import _agetool_cause
+
+    from ray.exceptions import RayTaskError
+
+    start = ActorDiedError(RayTaskError("FusedStage.__init__", "Traceback (most recent call last):\n  ...\n"
+                                        "agetool.errors.CheckpointError: parser_weights='x.pth': no such file",
+                                        KeyError("lost on the way")))
+    assert _agetool_cause(RuntimeError("Ray Data stopped")) is None
+    wrapped.__cause__ = start
+    cause = _agetool_cause(wrapped)
+    assert isinstance(cause, CheckpointError) and str(cause) == "parser_weights='x.pth': no such file"
 
 
 def test_engine_options_are_checked_before_any_work(tmp_path, weights, crop, capsys):
@@ -565,6 +578,10 @@ def test_usage_of_the_ray_options(tmp_path, weights, crop, capsys):
     assert code == 2 and "--ray-address nowhere: expected auto, HOST:PORT" in err
     code, _, err = cli(["age", crop, *common(weights), "--ray-timeout", "5"], capsys)
     assert code == 2 and "--ray-timeout applies to --engine ray" in err
+    for bad, flag in ((["--model", "foo"], "--model foo"), (["--device", "gpu"], "--device gpu"),
+                      (["--landmarks", "hog"], "--landmarks hog")):  # in one line, before Ray starts
+        code, _, err = cli(["age", crop, "--aligned", "--no-mask", "--engine", "ray", *bad], capsys)
+        assert code == 2 and err.startswith(f"error: {flag}:") and "Ray" not in err, err
 
 
 def test_output_uris_are_checked_before_any_work(tmp_path, weights, crop, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -107,6 +108,7 @@ def age_photos(jobs: Sequence[Job], *, pipeline: dict | None = None, ages=None, 
     if batch_size is not None:
         batch_size = validate.integer("batch_size", batch_size, low=1, high=4096)
     timeout = validate.finite("timeout", timeout, low=0, low_open=True)
+    _check_pipeline(pipeline or {})
     report = report or (lambda message: None)
     summary = Summary()
     todo = []
@@ -183,6 +185,18 @@ def _worker_died(e: BaseException) -> errors.ResourceError | None:
     return None
 
 
+def _check_pipeline(pipeline: dict) -> None:
+    """The spelling of the pipeline's choices, checked here before Ray starts: a bad one would fail in
+    every worker as it starts (and be retried there) instead of once, in one line."""
+    from agetool import validate
+    from agetool.device import check_names
+    from agetool.models import LANDMARKS, check_model
+
+    check_model(pipeline.get("model", "auto"))
+    validate.choice("landmarks", pipeline.get("landmarks", "auto"), LANDMARKS)
+    check_names(pipeline.get("device", "auto"), pipeline.get("dtype", "float32"))
+
+
 def _causes(e: BaseException | None) -> Iterator[BaseException]:
     """``e`` and the errors that caused it (Ray's wrappers keep theirs in ``cause``)."""
     seen = set()
@@ -193,6 +207,8 @@ def _causes(e: BaseException | None) -> Iterator[BaseException]:
 
 
 def _agetool_cause(e: BaseException | None) -> errors.AgetoolError | None:
+    import re
+
     for e in _causes(e):
         if isinstance(e, errors.AgetoolError):  # Ray's copy may be a class of its own: the plain error
             cls = next(c for c in type(e).__mro__ if c.__module__ == errors.__name__)
@@ -200,6 +216,10 @@ def _agetool_cause(e: BaseException | None) -> errors.AgetoolError | None:
             plain.__dict__.update(e.__dict__)
             errors.AgetoolError.__init__(plain, e.message, hint=e.hint)
             return plain
+        # a worker that could not start: Ray keeps its error only as the text of its traceback
+        found = re.findall(r"^agetool\.errors\.(\w+): (.+)$", str(e), flags=re.MULTILINE)
+        if found:
+            return error_from(json.dumps([found[-1][0], found[-1][1], ""]))
     return None
 
 
