@@ -128,3 +128,19 @@ def test_same_bytes_whatever_the_machines_cpus(tmp_path, crop, weights):
                        capture_output=True)
         files.append([(folder / n).read_bytes() for n in ("photo.mp4", "clip.mp4", "video.mp4")])
     assert files[0] == files[1]
+
+
+def test_each_chroma_sample_is_the_colour_of_its_block():
+    """Red and blue columns: every 2x2 block's chroma is that of their mean (one picked pixel would
+    say red or blue, and fine colour detail would alias)."""
+    from agetool.video import yuv_frame
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:, 0::2, 0] = 255  # red columns
+    image[:, 1::2, 2] = 255  # blue columns
+    planes = yuv_frame(image).to_ndarray().astype(int)  # I420: Y rows, then U and V
+    u, v = planes[8:10].reshape(-1)[:16], planes[10:12].reshape(-1)[:16]
+    mean = np.array([127.5, 0, 127.5])  # of each block
+    want_u = 128 + (-0.148223 * mean[0] - 0.290993 * mean[1] + 0.439216 * mean[2])
+    want_v = 128 + (0.439216 * mean[0] - 0.367788 * mean[1] - 0.071427 * mean[2])
+    assert np.abs(u - want_u).max() <= 1 and np.abs(v - want_v).max() <= 1, (u, v)
