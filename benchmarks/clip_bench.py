@@ -294,7 +294,9 @@ def main() -> None:
               f"the clip path parsed {r['clip_parses']} times")
         for name in ("photo", "clip"):
             stages = r[f"{name}_stages"]
-            print(f"{name} stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items() if v > 0.05))
+            total = sum(v for k, v in stages.items() if not k.endswith("(background)")) or 1.0
+            print(f"{name} stages (s, share): " + ", ".join(f"{k} {v:.1f} ({100 * v / total:.0f}%)"
+                                                         for k, v in stages.items() if v > 0.05))
         if args.strip is not None:
             import cv2
 
