@@ -36,7 +36,8 @@ def _wide(monkeypatch):
 
 
 def test_unreachable_sources_fail_over_at_once(env, unreachable_hub, monkeypatch):
-    monkeypatch.setattr(transfer, "BACKOFF_S", 5.0)  # a retry of an unreachable host would show in the time
+    waits = []  # a retry of an unreachable host waits first: recorded here instead of slept
+    monkeypatch.setattr(transfer.Watch, "sleep", lambda self, seconds: waits.append(seconds))
     refused = refused_url("/m/model.bin")
     use_registry(env, monkeypatch, {"far": entry(payload(2_000_000), [
         {"url": UNRESOLVABLE}, {"url": refused}, {"hub": "acme/models", "filename": "m.bin"},
@@ -46,7 +47,7 @@ def test_unreachable_sources_fail_over_at_once(env, unreachable_hub, monkeypatch
     t0 = time.monotonic()
     with pytest.raises(DownloadError) as info:
         weights.fetch("far", report=notes.append)
-    assert time.monotonic() - t0 < 15
+    assert waits == [] and time.monotonic() - t0 < 60  # no retries (seconds of start-up, not minutes)
     message = str(info.value)
     assert "\n" not in message
     assert "far is not cached and could not be downloaded" in message
