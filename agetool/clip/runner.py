@@ -124,7 +124,7 @@ class ClipRunner:
         self.models.timer.add("landmarks", detector.timings.get("landmarks", 0.0) - before)
         return np.asarray(lm, np.float64)
 
-    def _step(self, index: int, time: float, image: np.ndarray) -> list[_Face]:
+    def _step(self, index: int, time: float, image: np.ndarray) -> list[Face]:
         """Follow, detect and link the faces of one frame; the crops to age."""
         timer = self.models.timer
         followed, lost = {}, False
