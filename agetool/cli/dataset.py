@@ -41,6 +41,16 @@ def _build_progress(bar, task):
     return cb
 
 
+def _build(description: str, total: int | None, work, out: Path) -> None:
+    """``work(progress)`` under a progress bar, then its report; exit 1 where it kept no image."""
+    with console.progress() as bar:
+        task = bar.add_task(description, total=total)
+        report = work(_progress_cb(bar, task))
+    _print_report(report, out)
+    if report.n_kept == 0:
+        raise typer.Exit(1)
+
+
 def _print_report(report, out: Path) -> None:
     from rich.table import Table
 
@@ -96,13 +106,8 @@ def prepare(
     """
     from agetool.train.prepare import prepare_ffhq_aging
 
-    with console.progress() as bar:
-        task = bar.add_task("selecting", total=None)
-        report = prepare_ffhq_aging(images, labels, out, parsings=parsings, train_split=train_split, link=link,
-                                    progress=_progress_cb(bar, task))
-    _print_report(report, out)
-    if report.n_kept == 0:
-        raise typer.Exit(1)
+    _build("selecting", None, lambda progress: prepare_ffhq_aging(
+        images, labels, out, parsings=parsings, train_split=train_split, link=link, progress=progress), out)
 
 
 @dataset_app.command("from-photos", no_args_is_help=True)
@@ -125,14 +130,9 @@ def from_photos(
 
     rows = read_photo_csv(csv_file)
     dev = pick_device(device)
-    with console.progress() as bar:
-        task = bar.add_task("aligning and parsing", total=len(rows))
-        report = build_from_photos(rows, out, landmarks=landmarks, parser_weights=parser_weights, device=dev,
-                                   offline=offline, phase=phase, progress=_progress_cb(bar, task),
-                                   report=console.info)
-    _print_report(report, out)
-    if report.n_kept == 0:
-        raise typer.Exit(1)
+    _build("aligning and parsing", len(rows), lambda progress: build_from_photos(
+        rows, out, landmarks=landmarks, parser_weights=parser_weights, device=dev, offline=offline, phase=phase,
+        progress=progress, report=console.info), out)
 
 
 @dataset_app.command("ffhq-aging", no_args_is_help=True)
