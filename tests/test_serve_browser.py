@@ -29,16 +29,27 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 @pytest.fixture(scope="module")
-def page(served, tmp_path_factory):
+def browser():
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(120_000)
-        page.goto(served.url)
-        yield page
-        context.close()
+        yield browser
         browser.close()
+
+
+def open_page(browser, url: str):
+    """A page of the app at ``url`` in a browser context of its own (closing it is leaving the app)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    page.goto(url)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, served):
+    page = open_page(browser, served.url)
+    yield page
+    page.context.close()
 
 
 def shot(page, name: str) -> Path:
@@ -254,3 +265,43 @@ def test_a_short_clip_in_the_video_tab(page, tmp_path):
     body = page.request.get(src_url).body()
     assert body[4:8] == b"ftyp"  # an MP4 from the server
     shot(page, "8_clip")
+
+
+def test_leaving_the_page_stops_a_clip_between_frames(browser, served, tmp_path):
+    """A long clip started on the page, the page closed after a few frames (the page's way to stop a
+    job): the server stops between two frames well before the end, keeps no file of it, and the one
+    slot serves the next request."""
+    import re
+    import time
+
+    from tests.helpers import astronaut256, astronaut_clip, make_clip, partials
+
+    frames = 90
+    src = make_clip(astronaut256(tmp_path), tmp_path / "long.mp4", frames)
+    page = open_page(browser, served.url)
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#clip input[type=file]").set_input_files(str(src))
+    page.wait_for_function("document.querySelector('#clip').innerText.includes('long')")  # uploaded
+    page.locator("#clip-button").click()
+    # the page says frame by frame how far the clip is: leave it at the third frame or a little later
+    page.wait_for_function("([name, n]) => { const t = document.querySelector('#clip-video').innerText;"
+                           " const m = new RegExp('(\\\\d+)/' + n + ' frames').exec(t);"
+                           " return m && +m[1] >= 3 && t.includes('ageing ' + name); }", arg=["long.mp4", frames])
+    shot(page, "9_clip_progress")
+    page.context.close()
+
+    said = re.compile(rf"long\.mp4: cancelled by its client after (\d+) of {frames} frames; no file kept")
+    deadline = time.monotonic() + 120
+    while not (found := said.search(served.log.read_text())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert found, f"no cancellation in the server's log:\n{served.log.read_text()[-2000:]}"
+    done = int(found.group(1))
+    assert 3 <= done <= frames // 2  # stopped between frames, far from the end
+    results = list(served.tmp.glob("agetool-serve-*/tmp/results"))
+    assert len(results) == 1
+    assert not list(results[0].rglob("long*")) and not partials(served.tmp)
+    # the slot is free: the next clip is aged on the same server
+    gradio_client = pytest.importorskip("gradio_client")
+    client = gradio_client.Client(served.url, verbose=False)
+    out = Path(client.predict(gradio_client.handle_file(astronaut_clip(tmp_path)), 60, api_name="/clip"))
+    assert out.name == "walk_age60.mp4" and out.read_bytes()[4:8] == b"ftyp"

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from agetool.ages import AGE_CLASSES
-from agetool.errors import AgetoolError, NoFaceError, NoMatchError
+from agetool.errors import AgetoolError, NoFaceError, NoMatchError, UsageError
 from agetool.serve.studio import MAX_AGE, MAX_CLIP_SECONDS, MAX_LOOKS, MIN_AGE, MODELS, Session, Studio
 
 log = logging.getLogger("agetool.serve")
@@ -270,10 +270,30 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
             mp4 = studio.video(s, whole)
             return str(mp4), gr.update(value=str(mp4), interactive=True)
 
+        def clip_job(path, at, model_choice, masked, request, progress=None) -> str:
+            """The aged clip of a request: the page's progress says frame by frame how far it is; work
+            its client gave up on (the page closed, the job cancelled) stops between two frames, and
+            the server's log says so."""
+            stop = cancelled(demo, request)
+            done = [0, 0]
+
+            def frame(n: int, total: int) -> None:
+                done[:] = n, total
+                if progress is not None:
+                    progress((n, total), desc=f"ageing {Path(path).name}", unit="frames")
+
+            try:
+                return str(studio.clip(path, at, model_choice, masked, stop=stop, frame=frame))
+            except UsageError:
+                if stop():
+                    log.warning("%s: cancelled by its client after %d of %d frames; no file kept",
+                                Path(path).name, *done)
+                raise
+
         @guarded
-        def on_clip(path, model_choice, masked, at, request: gr.Request):
-            mp4 = studio.clip(path, at, model_choice, masked, stop=cancelled(demo, request))
-            return str(mp4), gr.update(value=str(mp4), interactive=True)
+        def on_clip(path, model_choice, masked, at, request: gr.Request, progress=gr.Progress()):
+            mp4 = clip_job(path, at, model_choice, masked, request, progress)
+            return mp4, gr.update(value=mp4, interactive=True)
 
         encode_inputs = [photo, model, mask, age, paste_back, like]
         encode_outputs = [session, faces, face, status, aged]
@@ -308,7 +328,7 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
         @guarded
         def clip_endpoint(path, at, request: gr.Request):
             """The clip with every face aged to ``at`` years (up to 10 s; audio kept), as MP4."""
-            return str(studio.clip(path, 60.0 if at is None else at, stop=cancelled(demo, request)))
+            return clip_job(path, 60.0 if at is None else at, None, True, request)
 
         api_age_button.click(age_endpoint, [api_photo, api_ages], api_grid, api_name="age", **slot)
         api_clip_button.click(clip_endpoint, [api_clip, api_clip_age], api_clip_out, api_name="clip", **slot)

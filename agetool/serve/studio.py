@@ -302,10 +302,12 @@ class Studio:
             return Path(pipe.write_video(session.encoded, out, request, VideoOptions.of(fps=fps, steps=steps),
                                          label=self.label, signing=self.signing))
 
-    def clip(self, path, age: float = 60.0, model: str | None = None, mask: bool = True, stop=None) -> Path:
+    def clip(self, path, age: float = 60.0, model: str | None = None, mask: bool = True, stop=None,
+             frame=None) -> Path:
         """A short clip (``MAX_CLIP_SECONDS``, ``MAX_CLIP_FRAMES``, ``MAX_CLIP_PIXELS``) with every face
         aged to ``age`` years, its audio kept: an MP4 in a fresh folder of the workdir. The work stops
-        between two frames once ``stop()`` returns true or after ``CLIP_BUDGET_S`` seconds."""
+        between two frames once ``stop()`` returns true (no file is left) or after ``CLIP_BUDGET_S``
+        seconds; ``frame(done, total)`` is told of each frame aged."""
         import time
 
         from agetool.clip import is_clip, probe
@@ -333,12 +335,17 @@ class Studio:
 
         def progress(description, total):  # called when the work starts (the slot is ours): the budget starts then
             end = time.monotonic() + CLIP_BUDGET_S
+            done = 0
             if stop is not None and stop():
                 raise UsageError("the request was cancelled")
 
             def advance(n: int) -> None:
+                nonlocal done
+                done += n
+                if frame is not None:
+                    frame(done, total)
                 if stop is not None and stop():
-                    raise UsageError("the request was cancelled")
+                    raise UsageError(f"the request was cancelled after {done} of {total} frames")
                 if time.monotonic() > end:
                     raise ResourceError(f"the clip took more than {CLIP_BUDGET_S:g} s", hint="try a shorter clip")
             return advance
