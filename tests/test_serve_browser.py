@@ -72,6 +72,14 @@ def fill_and_hold(page, selector: str, text: str) -> None:
     raise AssertionError(f"{selector} did not keep {text!r}")
 
 
+def upload(page, path: Path) -> None:
+    """Drop ``path`` on the photo field, in place of the photo there."""
+    remove = page.locator("#photo button[aria-label='Remove Image']").first
+    if remove.count():
+        remove.click()
+    page.locator("#photo input[type=file]").set_input_files(str(path))
+
+
 def image_of(page, selector: str, previous: str | None = None, width: int = 0) -> tuple[str, np.ndarray]:
     """The (src, pixels) of the image inside ``selector``, waiting for a src other than ``previous``
     (and for an image ``width`` pixels wide, where given)."""
@@ -225,27 +233,21 @@ def test_only_faces_like_the_chosen_one(page, tmp_path):
     group_path = tmp_path / "group.png"
     group.save(group_path)
 
-    def upload(path: Path) -> None:
-        remove = page.locator("#photo button[aria-label='Remove Image']").first
-        if remove.count():
-            remove.click()
-        page.locator("#photo input[type=file]").set_input_files(str(path))
-
-    upload(group_path)
+    upload(page, group_path)
     page.wait_for_function("document.querySelector('#status').innerText.includes('2 faces found')")
     page.locator("#like input[type=checkbox]").check()
     page.wait_for_function("document.querySelector('#status').innerText.includes('only faces like face 0')")
-    upload(EXAMPLE)  # Eileen Collins alone: not the chosen person
+    upload(page, EXAMPLE)  # Eileen Collins alone: not the chosen person
     page.wait_for_function("document.querySelector('#status').innerText.includes('no face like the chosen one')")
     text = page.locator("#status").inner_text()
     assert "astronaut.png" in text and "closest distance" in text and "untick" in text and "Traceback" not in text
-    upload(group_path)
+    upload(page, group_path)
     page.wait_for_function("document.querySelector('#status').innerText.includes('1 face found (only the chosen person)')")
     _, thumb = image_of(page, "#faces")
     assert thumb.shape == (128, 128, 3)  # one face: Hopper's, the left one
     shot(page, "7_faces_like_this_one")
     page.locator("#like input[type=checkbox]").uncheck()
-    upload(group_path)
+    upload(page, group_path)
     page.wait_for_function("document.querySelector('#status').innerText.includes('2 faces found')")
 
 
@@ -305,3 +307,49 @@ def test_leaving_the_page_stops_a_clip_between_frames(browser, served, tmp_path)
     client = gradio_client.Client(served.url, verbose=False)
     out = Path(client.predict(gradio_client.handle_file(astronaut_clip(tmp_path)), 60, api_name="/clip"))
     assert out.name == "walk_age60.mp4" and out.read_bytes()[4:8] == b"ftyp"
+
+
+def test_more_looks_keep_the_most_faithful_of_their_draws(page, tmp_path):
+    """The "More looks" slider at 3: the grid is made of the kept one of three noise draws, which the
+    page names and the grid's record holds (read by exiftool); at 1, the run's own draw and no choice."""
+    import re
+
+    pytest.importorskip("defusedxml", reason="Pillow reads XMP with defusedxml")
+    from tests.test_provenance import exif, needs_exiftool
+
+    if needs_exiftool.args[0]:
+        pytest.skip(needs_exiftool.kwargs["reason"])
+    page.get_by_role("tab", name="Age slider").click()
+    upload(page, EXAMPLE)
+    page.wait_for_function("document.querySelector('#status').innerText.includes('1 face found')")
+    page.get_by_role("tab", name="Six ages").click()
+    page.locator("#grid-paste-back input[type=checkbox]").uncheck()
+    fill_and_hold(page, "#ages", "20, 60")
+
+    def grid(looks: int, previous: str | None) -> tuple[str, np.ndarray, dict, str]:
+        fill_and_hold(page, "#looks", str(looks))
+        page.locator("#looks input[type=number]").press("Tab")
+        assert page.locator("#looks input[type=range]").input_value() == str(looks)
+        page.locator("#grid-button").click()
+        src, pixels = image_of(page, "#grid", previous=previous)
+        png = tmp_path / f"looks{looks}.png"
+        png.write_bytes(page.request.get(src).body())
+        return src, pixels, exif(png), page.locator("#grid-warnings").inner_text()
+
+    shown = page.locator("#grid img")  # an earlier test's grid, if any
+    src, three, tags, notes = grid(3, shown.first.get_attribute("src") if shown.count() else None)
+    shot(page, "10_more_looks")
+    assert three.shape == (256, 3 * 256, 3)
+    run_seed = tags["XMP-agetool:Seed"]
+    kept = re.fullmatch(r"face 0: draw (\d) of 3 kept, seed (\d+): .*\(scores [-\d.]+, [-\d.]+, [-\d.]+\)",
+                        notes.strip())
+    assert kept, notes
+    draw, seed = int(kept.group(1)), int(kept.group(2))
+    assert seed == run_seed + draw  # the draws are the run's seed and the two that follow
+    assert tags["XMP-agetool:Faces"][0]["Seed"] == seed  # the record names the draw kept
+    _, one, tags, notes = grid(1, src)
+    assert one.shape == three.shape and notes.strip() == ""
+    assert tags["XMP-agetool:Seed"] == run_seed and "Seed" not in tags["XMP-agetool:Faces"][0]
+    # the input column is the same; the aged columns are the run's draw again only if that one was kept
+    np.testing.assert_array_equal(one[:, :256], three[:, :256])
+    assert np.array_equal(one[:, 256:], three[:, 256:]) == (draw == 0)
