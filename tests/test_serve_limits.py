@@ -210,10 +210,12 @@ def test_the_page_refuses_what_is_not_a_short_clip(clip_studio_pipe, short_clip,
 
 def test_a_cancelled_clip_leaves_no_file(clip_studio_pipe, short_clip, tmp_path):
     studio = Studio(clip_studio_pipe, tmp_path / "work", fixed_model="tiny.safetensors")
-    calls = []
-    with pytest.raises(UsageError, match="cancelled"):
-        studio.clip(short_clip, 60, mask=False, stop=lambda: calls.append(1) or len(calls) > 2)
-    assert len(calls) == 3  # checked frame by frame
+    calls, told = [], []
+    with pytest.raises(UsageError, match="cancelled after 2 of 6 frames"):
+        studio.clip(short_clip, 60, mask=False, stop=lambda: calls.append(1) or len(calls) > 2,
+                    frame=lambda done, total: told.append((done, total)))
+    assert len(calls) == 3  # checked before the work and frame by frame
+    assert told == [(1, 6), (2, 6)]  # each frame told as it is done
     assert not [p for p in (tmp_path / "work").rglob("*") if p.is_file()]
 
 
