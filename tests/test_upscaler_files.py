@@ -16,12 +16,19 @@ GB = 1e9
 
 
 def _deflated(src: Path, dst: Path) -> Path:
-    """``src`` (a torch zip) with every record deflated: a small file that inflates to its full size."""
+    """``src`` (a torch zip written under ``skip_data``: records declared, bytes left out) with every
+    record deflated and each storage record filled with zeros: a small file that inflates to its full
+    size, made without ever holding the storages in memory."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zout:
         for info in zin.infolist():
-            with zin.open(info) as r, zout.open(info.filename, "w", force_zip64=True) as w:
-                while chunk := r.read(1 << 24):
-                    w.write(chunk)
+            with zout.open(info.filename, "w", force_zip64=True) as w:
+                if "/data/" in info.filename:
+                    left, zeros = info.file_size, bytes(1 << 24)
+                    while left:
+                        w.write(zeros[:min(left, len(zeros))])
+                        left -= min(left, len(zeros))
+                else:
+                    w.write(zin.read(info))
     return dst
 
 
@@ -29,15 +36,12 @@ def _deflated(src: Path, dst: Path) -> Path:
 def bomb(tmp_path_factory) -> Path:
     """A released-layout SRVGGNetCompact file ({"params": ...}) whose first convolution holds 1.5 GB
     of zeros, deflated to about 1.5 MB."""
+    from torch.serialization import skip_data
+
     folder = tmp_path_factory.mktemp("bomb")
-    sparse = folder / "zeros.bin"
-    with open(sparse, "wb") as f:
-        f.truncate(1_500_000_000)
-    zeros = torch.from_file(str(sparse), shared=True, size=375_000_000, dtype=torch.float32)
     plain = folder / "plain.pth"
-    torch.save({"params": {"body.0.weight": zeros, "body.1.weight": torch.zeros(64)}}, plain)
-    del zeros
-    sparse.unlink()
+    with skip_data():  # the layout only: the 1.5 GB tensor is never touched (its pages never allocated)
+        torch.save({"params": {"body.0.weight": torch.empty(375_000_000), "body.1.weight": torch.empty(64)}}, plain)
     bomb = _deflated(plain, folder / "realesr-bomb.pth")
     plain.unlink()
     return bomb
