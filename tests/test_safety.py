@@ -110,3 +110,31 @@ def test_sigint_during_folder_run_then_resume(tmp_path, weights):
     assert proc.returncode == 0, err
     assert len(list(out.glob("*_ages.png"))) == 40
     assert all((out / n).stat().st_mtime_ns == t for n, t in kept.items())
+
+
+@pytest.mark.parametrize("chained", [True, False], ids=["raised-while-handling", "raised-after"])
+def test_an_error_that_ctrl_c_causes_ends_as_the_interrupt(tmp_path, weights, monkeypatch, capsys, chained):
+    """Ctrl-C can land inside a lock's or a thread pool's bookkeeping (a wait it cut short), so that
+    what reaches the command line is another error, such as "cannot release un-acquired lock": the
+    run still ends as interrupted (exit 130, the one line), not as an internal error."""
+    import os
+    import time
+
+    from agetool.pipeline import AgingPipeline
+
+    def stopped_while_loading(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the command line's handler raises in this thread
+            time.sleep(30)  # cut short by the signal
+        except KeyboardInterrupt:
+            if chained:
+                raise RuntimeError("cannot release un-acquired lock")  # noqa: B904 - raised while handling it
+        raise RuntimeError("cannot release un-acquired lock")
+
+    monkeypatch.setattr(AgingPipeline, "from_pretrained", stopped_while_loading)
+    crop = tmp_path / "crop.png"
+    Image.fromarray(face_like()).save(crop)
+    code, _, err = cli(["age", crop, "--aligned", "--no-mask", "--weights", weights, "--out", tmp_path / "g.png"], capsys)
+    assert code == 130, err
+    assert err.strip().splitlines() == ["error: interrupted; finished outputs were kept, partial ones removed"]
+    assert not (tmp_path / "g.png").exists()

@@ -90,6 +90,13 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated(signum)
 
 
+def _raise_interrupt(signum, frame) -> None:
+    """Ctrl-C: ``KeyboardInterrupt`` as Python's own handler raises it, the signal noted first."""
+    global _received
+    _received = signum
+    raise KeyboardInterrupt
+
+
 #: signals that stop a run the way Ctrl-C does: temporary files removed, child processes ended
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
@@ -117,7 +124,7 @@ def _install_signal_handlers() -> dict:
         if signum is None:  # SIGHUP does not exist on Windows
             continue
         old[signum] = signal.getsignal(signum)
-        handler = signal.default_int_handler if name == "SIGINT" else _raise_terminated
+        handler = _raise_interrupt if name == "SIGINT" else _raise_terminated
         signal.signal(signum, handler)
     return old
 
@@ -184,9 +191,15 @@ def _run(args: list[str], debug: bool) -> int:
         if stop is not None or isinstance(e, typer.Abort) or getattr(e, "exit_code", 0) == 130:
             return _interrupted(stop)
         return e.exit_code
-    except AgetoolError as e:
-        return _agetool_error(e, debug)
     except Exception as e:  # noqa: BLE001
+        if _received is not None or _stop_cause(e) is not None:
+            # raised by the stop: Ctrl-C can land inside a lock's or a thread pool's bookkeeping
+            # (a "cannot release un-acquired lock" from a wait it cut short); the run was stopped
+            if debug:
+                _console.traceback()
+            return _interrupted(_stop_cause(e))
+        if isinstance(e, AgetoolError):
+            return _agetool_error(e, debug)
         if _is_click_error(e):  # usage errors from the argument parser (exit 2)
             return _click_error(e)
         return _unexpected(e, debug)
@@ -208,9 +221,17 @@ def _defaults(args: list[str]) -> dict:
 
 
 def _stop_cause(e: BaseException) -> KeyboardInterrupt | None:
-    for inner in (e.__cause__, e.__context__):
+    """The stop signal's exception that ``e`` was raised from or while handling, at any depth."""
+    seen: set[int] = set()
+    todo = [e.__cause__, e.__context__]
+    while todo:
+        inner = todo.pop()
+        if inner is None or id(inner) in seen:
+            continue
         if isinstance(inner, KeyboardInterrupt):
             return inner
+        seen.add(id(inner))
+        todo += [inner.__cause__, inner.__context__]
     return None
 
 
