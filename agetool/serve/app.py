@@ -203,7 +203,9 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
                                           file_types=["video"], elem_id="clip")
                         clip_age = gr.Slider(MIN_AGE, MAX_AGE, value=60, step=0.5, label="Age (years)",
                                              elem_id="clip-age")
-                        clip_button = gr.Button("Age clip", variant="primary", elem_id="clip-button")
+                        with gr.Row():
+                            clip_button = gr.Button("Age clip", variant="primary", elem_id="clip-button")
+                            clip_stop = gr.Button("Stop", variant="stop", elem_id="clip-stop")
                         clip_out = gr.Video(label="Aged clip", interactive=False, autoplay=True, loop=True,
                                             elem_id="clip-video")
                         clip_file = gr.DownloadButton("Download clip", interactive=False, elem_id="clip-download")
@@ -310,7 +312,9 @@ def build_app(studio: Studio, example: Path | None = None, title: str = "agetool
         grid_button.click(on_grid, [session, ages, grid_paste_back, looks], [grid_image, grid_file, tiles_file, grid_notes],
                           **slot, **private)
         video_button.click(on_video, [session, video_paste_back], [video, video_file], **slot, **private)
-        clip_button.click(on_clip, [clip_in, model, mask, clip_age], [clip_out, clip_file], **slot, **private)
+        clip_event = clip_button.click(on_clip, [clip_in, model, mask, clip_age], [clip_out, clip_file], **slot,
+                                       **private)
+        clip_stop.click(None, None, None, cancels=[clip_event])  # ends between two frames, no file kept
 
         # ---------------------------------------------------------------- endpoints for programs
         @guarded
